@@ -1,0 +1,107 @@
+"""The contract every backend keeps. Canonical batches (see ``schema``) cross it both ways."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ray_migrate.checksum import Digest
+from ray_migrate.schema import CollectionInfo
+from ray_migrate.units import UnitSpec
+
+Cursor = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the engine allows, as data the driver reads (not ``isinstance`` checks)."""
+
+    parallel_writes: bool  # several processes may write at once
+    snapshot_scan: bool  # a scan reads one consistent version (LanceDB) or live data (Qdrant)
+    higher_score_is_better: bool  # Qdrant: similarity; LanceDB: distance
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: Any
+    score: float  # as the engine reports it; see Capabilities.higher_score_is_better
+    payload: dict[str, Any]
+
+
+class Backend(ABC):
+    """One collection in one engine. Opened inside the process that uses it."""
+
+    kind: str
+    capabilities: Capabilities
+
+    # --- describe and prepare -------------------------------------------------------------
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def describe(self, sample_size: int = 1000) -> CollectionInfo:
+        """Vectors, id type, inferred payload schema and count. Raises if missing."""
+
+    @abstractmethod
+    def create(self, info: CollectionInfo) -> None:
+        """Create an empty collection that holds ``info``'s points."""
+
+    @abstractmethod
+    def check_compatible(self, info: CollectionInfo) -> None:
+        """Raise IncompatibleTargetError, naming what differs, if this cannot hold ``info``."""
+
+    # --- units ----------------------------------------------------------------------------
+    @abstractmethod
+    def tenant_counts(self, field: str) -> dict[Any, int]:
+        """Point count per value of ``field``; the key None counts points without it."""
+
+    @abstractmethod
+    def id_boundaries(self, count: int) -> list[Any]:
+        """Up to ``count - 1`` sorted ids that split the collection into ranges of near-equal size."""
+
+    @abstractmethod
+    def count(self, unit: UnitSpec) -> int: ...
+
+    # --- read -----------------------------------------------------------------------------
+    @abstractmethod
+    def scan(self, unit: UnitSpec, batch_size: int,
+             cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
+        """Canonical batches of the unit, each with the cursor that resumes right after it."""
+
+    @abstractmethod
+    def fetch(self, ids: Sequence[Any]) -> pa.Table:
+        """The canonical rows of those ids that exist (in any order)."""
+
+    def checksum(self, unit: UnitSpec, batch_size: int = 2000) -> Digest:
+        digest = Digest()
+        for batch, _ in self.scan(unit, batch_size):
+            digest.add(batch)
+        return digest
+
+    @abstractmethod
+    def search(self, vector: Sequence[float], k: int, vector_name: str,
+               unit: UnitSpec | None = None) -> list[SearchHit]:
+        """Exact (brute-force) top-k, optionally restricted to a unit."""
+
+    # --- write ----------------------------------------------------------------------------
+    @abstractmethod
+    def upsert(self, table: pa.Table) -> None:
+        """Insert or replace by id; replaying the same batch changes nothing."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[Any]) -> None: ...
+
+    def stored_form(self, table: pa.Table) -> pa.Table:
+        """The batch as this engine will store it (Qdrant normalizes cosine vectors)."""
+        return table
+
+    def finalize(self, options: Any) -> dict[str, Any]:
+        """After the bulk copy: compact, build indexes. Returns what it did."""
+        return {}
+
+    def close(self) -> None:
+        return None

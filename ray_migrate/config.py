@@ -1,0 +1,265 @@
+"""The migration config: YAML in, validated pydantic models out.
+
+Every model forbids unknown keys, so a typo is an error that names the key rather than a
+setting that silently does nothing. ``load_config`` turns pydantic's errors into one
+``ConfigError`` whose lines each name a field and say how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ray_migrate.errors import ConfigError
+
+PayloadType = Literal["bool", "int", "float", "string", "json"]
+Distance = Literal["cosine", "l2", "dot", "manhattan"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QdrantEndpoint(_Model):
+    """A Qdrant collection: local mode (``path``) or a server (``url`` and ``api_key``)."""
+
+    kind: Literal["qdrant"]
+    collection: str = Field(min_length=1)
+    path: str | None = None
+    url: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    prefer_grpc: bool = True
+    timeout_s: float = 60.0
+
+    @model_validator(mode="after")
+    def _one_location(self) -> QdrantEndpoint:
+        if bool(self.path) == bool(self.url):
+            raise ValueError(
+                "give exactly one of path (Qdrant local mode folder) or url (Qdrant server)"
+            )
+        if self.path and self.api_key:
+            raise ValueError("api_key only applies to url; remove it for a local path")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.path or self.url or ""
+
+    @property
+    def name(self) -> str:
+        return self.collection
+
+
+class LanceEndpoint(_Model):
+    """A LanceDB table in a folder or an object-store URI."""
+
+    kind: Literal["lancedb"]
+    uri: str = Field(min_length=1)
+    table: str = Field(min_length=1)
+    storage_options: dict[str, str] = Field(default_factory=dict, repr=False)
+    distance: Distance | None = Field(
+        default=None,
+        description="Metric of a LanceDB source table that ray_migrate did not create "
+        "(LanceDB keeps no metric in the table). Default: what the table records, else l2.",
+    )
+
+    @property
+    def location(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return self.table
+
+
+Endpoint = Annotated[QdrantEndpoint | LanceEndpoint, Field(discriminator="kind")]
+
+
+class UnitsConfig(_Model):
+    by: Literal["tenant", "id_range"] = "id_range"
+    field: str | None = None
+    count: int = Field(default=16, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _field_for_tenant(self) -> UnitsConfig:
+        if self.by == "tenant" and not self.field:
+            raise ValueError(
+                "units.field is required when units.by is tenant: name the payload field "
+                "that holds the tenant (for example field: tenant)"
+            )
+        return self
+
+
+class WorkerResources(_Model):
+    num_cpus: float = Field(default=1.0, ge=0)
+    memory_mb: int | None = Field(default=None, ge=1)
+    resources: dict[str, float] = Field(default_factory=dict)
+
+
+class CopyConfig(_Model):
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    workers: int = Field(default=4, ge=1, le=1024)
+    worker_resources: WorkerResources = WorkerResources()
+    max_retries: int = Field(default=5, ge=0)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+
+
+class TransformConfig(_Model):
+    """Changes applied to every batch on its way to the target."""
+
+    rename_fields: dict[str, str] = Field(default_factory=dict)
+    drop_fields: list[str] = Field(default_factory=list)
+    rename_vectors: dict[str, str] = Field(default_factory=dict)
+    function: str | None = None
+    inverse_function: str | None = None
+
+    @field_validator("function", "inverse_function")
+    @classmethod
+    def _module_function(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w.]+:[\w]+", v):
+            raise ValueError(f"{v!r} is not module:function (for example my_pkg.embed:reembed)")
+        return v
+
+    @model_validator(mode="after")
+    def _no_clash(self) -> TransformConfig:
+        dropped = set(self.drop_fields) & set(self.rename_fields)
+        if dropped:
+            raise ValueError(f"fields {sorted(dropped)} are both renamed and dropped; keep one")
+        targets = list(self.rename_fields.values())
+        if len(set(targets)) != len(targets):
+            raise ValueError("two fields in rename_fields are renamed to the same name")
+        return self
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.rename_fields or self.drop_fields or self.rename_vectors or self.function)
+
+    @property
+    def invertible(self) -> bool:
+        """Renames invert themselves; a function needs its declared inverse; a drop never does."""
+        return not self.drop_fields and (self.function is None or self.inverse_function is not None)
+
+
+class LanceTargetOptions(_Model):
+    compact: bool = True
+    index_min_rows: int = Field(default=100_000, ge=1)
+    index_type: Literal["IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT"] = "IVF_PQ"
+
+
+class VerifyConfig(_Model):
+    enabled: bool = True
+
+
+class MigrationConfig(_Model):
+    migration_id: str
+    source: Endpoint
+    target: Endpoint
+    units: UnitsConfig = UnitsConfig()
+    copy_: CopyConfig = Field(default=CopyConfig(), alias="copy")
+    transform: TransformConfig = TransformConfig()
+    payload_schema: dict[str, PayloadType] = Field(
+        default_factory=dict,
+        description="Declared column types for payload keys in a LanceDB target "
+        "(otherwise inferred from a sample of the source).",
+    )
+    lance: LanceTargetOptions = LanceTargetOptions()
+    verify: VerifyConfig = VerifyConfig()
+    state_uri: str
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("migration_id")
+    @classmethod
+    def _id_chars(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError(
+                f"{v!r} is not a valid migration_id: use letters, digits, '-', '_' or '.' "
+                "(it names Ray actors and the state folder)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _not_same(self) -> MigrationConfig:
+        s, t = self.source, self.target
+        if s.kind == t.kind and s.location == t.location and s.name == t.name:
+            raise ValueError(
+                "source and target are the same collection; point target at another "
+                "collection or table"
+            )
+        return self
+
+    @property
+    def copy_cfg(self) -> CopyConfig:
+        return self.copy_
+
+    def fingerprint(self) -> str:
+        """A hash of what decides the plan; a resumed run must match the stored plan's."""
+        keys = {"source", "target", "units", "transform", "payload_schema"}
+        data = self.model_dump(mode="json", include=keys)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged")))
+        loc = loc.replace("copy_", "copy")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif e["type"] == "missing":
+            msg = "is required"
+        elif e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
+            msg = "kind must be one of: qdrant, lancedb"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid migration config:\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make local paths relative to the config file's folder, not to the current directory."""
+
+    def local(p: Any) -> Any:
+        if isinstance(p, str) and "://" not in p and not os.path.isabs(p) and p != ":memory:":
+            return str((base / p).resolve())
+        return p
+
+    out = dict(raw)
+    for side in ("source", "target"):
+        if isinstance(out.get(side), dict):
+            ep = dict(out[side])
+            for key in ("path", "uri"):
+                if key in ep:
+                    ep[key] = local(ep[key])
+            out[side] = ep
+    if "state_uri" in out:
+        out["state_uri"] = local(out["state_uri"])
+    return out
+
+
+def parse_config(raw: dict[str, Any], base_dir: str | Path = ".") -> MigrationConfig:
+    """Validate a config given as a dict (relative paths are taken from ``base_dir``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("invalid migration config: the top level must be a mapping of keys")
+    try:
+        return MigrationConfig.model_validate(_resolve_paths(raw, Path(base_dir)))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path) -> MigrationConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    return parse_config(raw or {}, p.parent)
