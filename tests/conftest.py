@@ -1,0 +1,22 @@
+"""Shared fixtures: one local Ray cluster for the whole session, temporary stores per test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, namespace="ray_migrate",
+                 log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
