@@ -1,0 +1,176 @@
+"""The routing-table actor: a named, detached Ray actor around ``routing.RoutingTable``.
+
+It persists the table under ``state_uri`` on every change of owner or phase (and the change
+logs at most every ``FLUSH_S``), and a restarted actor rebuilds itself from that state. Callers
+never see ``ray.get``: ``RouterHandle`` hides it and retries while the actor restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray_migrate.routing import RoutingTable
+from ray_migrate.state import StateStore
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "ray_migrate"
+ROUTING_KEY = "routing.json"
+FLUSH_S = 0.2
+
+
+def router_name(migration_id: str) -> str:
+    return f"rm:{migration_id}:router"
+
+
+class Router:
+    """The actor's body. Async, so waits (leases, freezes) never block other callers."""
+
+    def __init__(self, migration_id: str, state_uri: str, unit_ids: list[str],
+                 info: dict[str, Any], lease_s: float = 30.0):
+        self.store = StateStore(state_uri, migration_id)
+        self.info = info  # config and plan, for clients that connect by migration id
+        stored = self.store.read(ROUTING_KEY)
+        if stored is not None:
+            self.table = RoutingTable.from_dict(stored, restarted=True)
+            for u in unit_ids:
+                self.table.units.setdefault(u, RoutingTable([u]).units[u])
+            log.warning("router %s recovered at epoch %d", migration_id, self.table.epoch)
+        else:
+            self.table = RoutingTable(unit_ids, lease_s=lease_s)
+        self._flushed = 0.0
+        self._persist()
+
+    def _persist(self) -> None:
+        self.store.write(ROUTING_KEY, self.table.to_dict())
+        self._flushed = time.monotonic()
+
+    def _maybe_persist(self) -> None:
+        if time.monotonic() - self._flushed >= FLUSH_S:
+            self._persist()
+
+    async def describe(self) -> dict[str, Any]:
+        return {**self.info, "epoch": self.table.epoch}
+
+    async def routes(self) -> dict[str, Any]:
+        return {"epoch": self.table.epoch,
+                "units": {k: (u.owner, u.phase) for k, u in self.table.units.items()}}
+
+    async def status(self) -> dict[str, Any]:
+        return {"epoch": self.table.epoch, "units": self.table.status()}
+
+    async def begin_write(self, unit_id: str, ids: list[Any]) -> dict[str, Any]:
+        added = unit_id not in self.table.units
+        out = self.table.begin_write(unit_id, ids)
+        if added:
+            self._persist()
+        elif ids and self.table.units[unit_id].phase != "source":
+            self._maybe_persist()
+        return out
+
+    async def end_write(self, token: int) -> dict[str, Any]:
+        return self.table.end_write(token)
+
+    async def set_phase(self, unit_id: str, phase: str) -> int:
+        epoch = self.table.set_phase(unit_id, phase)  # type: ignore[arg-type]
+        self._persist()
+        return epoch
+
+    async def set_phases(self, unit_ids: list[str], phase: str) -> int:
+        for u in unit_ids:
+            self.table.set_phase(u, phase)  # type: ignore[arg-type]
+        self._persist()
+        return self.table.epoch
+
+    async def update_progress(self, unit_id: str, copied: int | None = None,
+                              total: int | None = None, error: str | None = None) -> None:
+        self.table.update_progress(unit_id, copied, total, error)
+        self._maybe_persist()
+
+    async def clear_repair(self, unit_id: str) -> None:
+        self.table.unit(unit_id).needs_repair = False
+        self._persist()
+
+    async def wait_leases(self, unit_id: str, before_epoch: int | None = None,
+                          timeout_s: float = 30.0) -> bool:
+        """Wait until the unit's open leases (older than ``before_epoch``) have ended."""
+        deadline = time.monotonic() + timeout_s
+        while self.table.open_leases(unit_id, before_epoch) > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    async def take_changes(self, unit_id: str, limit: int = 10_000) -> tuple[list[Any], int]:
+        return self.table.take_changes(unit_id, limit)
+
+    async def ack_changes(self, unit_id: str, seq: int) -> int:
+        lag = self.table.ack_changes(unit_id, seq)
+        self._maybe_persist()
+        return lag
+
+    async def unit(self, unit_id: str) -> dict[str, Any]:
+        u = self.table.unit(unit_id)
+        return {"owner": u.owner, "phase": u.phase, "lag": len(u.log), "flips": u.flips,
+                "capture_epoch": u.capture_epoch, "needs_repair": u.needs_repair,
+                "longest_freeze_ms": u.longest_freeze_ms}
+
+    async def flush(self) -> None:
+        self._persist()
+
+
+def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
+                 info: dict[str, Any], lease_s: float = 30.0) -> RouterHandle:
+    """Get or create the detached router; it outlives the driver and restarts when killed."""
+    import ray
+
+    actor = ray.remote(Router).options(
+        name=router_name(migration_id), namespace=NAMESPACE, lifetime="detached",
+        get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0,
+        max_concurrency=1000,
+    ).remote(migration_id, state_uri, unit_ids, info, lease_s)
+    handle = RouterHandle(actor)
+    handle.call("flush")
+    return handle
+
+
+def get_router(migration_id: str) -> RouterHandle:
+    import ray
+
+    try:
+        return RouterHandle(ray.get_actor(router_name(migration_id), namespace=NAMESPACE))
+    except ValueError:
+        from ray_migrate.errors import TerminalError
+
+        raise TerminalError(
+            f"no router for migration {migration_id!r} in this Ray cluster: start the "
+            "migration with `ray-migrate run CONFIG` (or connect to the cluster that runs it)"
+        ) from None
+
+
+class RouterHandle:
+    """Calls the router and waits for the answer; retries while a killed router restarts."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    def call(self, method: str, *args: Any, timeout_s: float = 60.0, **kwargs: Any) -> Any:
+        import ray
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get(getattr(self.actor, method).remote(*args, **kwargs))
+            except (RayActorError, ActorUnavailableError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        import ray
+
+        ray.kill(self.actor, no_restart=True)

@@ -1,0 +1,232 @@
+"""The routing table's logic: owners, phases, epochs, write leases and the change log.
+
+Plain Python with no Ray, so every rule is unit-tested on its own; ``router`` wraps it in the
+named actor. Why this scheme keeps "no acknowledged write is lost":
+
+- Every client write asks ``begin_write`` first. The table answers with the unit's owner and a
+  lease, or "wait" while the unit is frozen. When the unit's phase captures changes, the ids are
+  appended to the unit's change log *before* the client writes (an intent log), so the log can
+  only hold too much, never too little.
+- Capture starts when a unit leaves ``source``; the copy scan waits until every lease issued
+  before that has ended (``leases_before``), so no uncaptured write can land during the scan.
+- A freeze stops new leases, then waits for the open ones to end; only then is the last change
+  drained and the owner flipped. A lease that outlives the freeze (a client paused past its
+  lease time) is told at ``end_write`` that the owner changed, and the client writes again to
+  the new owner: it is fenced, not lost.
+- Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
+  order-free and delete-safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Phase = Literal["source", "capturing", "copying", "catching_up", "ready", "frozen", "target",
+                "rolled_back", "done", "failed"]
+Owner = Literal["source", "target"]
+
+CAPTURING: frozenset[str] = frozenset(
+    {"capturing", "copying", "catching_up", "ready", "frozen", "target"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "source": frozenset({"capturing", "failed"}),
+    "capturing": frozenset({"copying", "failed", "source"}),
+    "copying": frozenset({"catching_up", "failed", "source"}),
+    "catching_up": frozenset({"ready", "frozen", "failed", "source"}),
+    "ready": frozenset({"catching_up", "frozen", "failed", "source"}),
+    "frozen": frozenset({"catching_up", "ready", "target", "rolled_back", "failed"}),
+    "target": frozenset({"frozen", "done"}),
+    "rolled_back": frozenset({"capturing", "source"}),
+    "done": frozenset(),
+    "failed": frozenset({"source", "capturing"}),
+}
+
+
+class TransitionError(ValueError):
+    pass
+
+
+@dataclass
+class UnitRoute:
+    unit_id: str
+    owner: Owner = "source"
+    phase: Phase = "source"
+    copied: int = 0
+    total: int = 0
+    last_error: str | None = None
+    flips: int = 0  # how often the owner changed: a lease from an older flip is stale
+    capture_epoch: int = 0  # the table epoch at which capture began
+    needs_repair: bool = False  # the change log may have lost entries (router restarted)
+    frozen_at: float | None = None
+    cutover_at: float | None = None
+    longest_freeze_ms: float = 0.0
+    log: list[list[Any]] = field(default_factory=list)  # [seq, id] pairs not yet acknowledged
+    acked_seq: int = 0
+
+
+@dataclass
+class Lease:
+    token: int
+    unit_id: str
+    epoch: int
+    flips: int
+    issued_at: float
+
+
+class RoutingTable:
+    """For each unit: owner, phase, counters and its change log; one epoch for the table."""
+
+    def __init__(self, unit_ids: list[str], lease_s: float = 30.0):
+        self.epoch = 1
+        self.units: dict[str, UnitRoute] = {u: UnitRoute(u) for u in unit_ids}
+        self.lease_s = lease_s
+        self.seq = 0
+        self.leases: dict[int, Lease] = {}
+        self._tokens = itertools.count(1)
+        self.restarted_at: float | None = None
+
+    # --- table changes (each bumps the epoch) --------------------------------------------
+    def _bump(self) -> int:
+        self.epoch += 1
+        return self.epoch
+
+    def unit(self, unit_id: str) -> UnitRoute:
+        try:
+            return self.units[unit_id]
+        except KeyError:
+            raise KeyError(f"unknown unit {unit_id!r}") from None
+
+    def add_unit(self, unit_id: str) -> bool:
+        if unit_id in self.units:
+            return False
+        self.units[unit_id] = UnitRoute(unit_id)
+        self._bump()
+        return True
+
+    def set_phase(self, unit_id: str, phase: Phase, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        u = self.unit(unit_id)
+        if phase == u.phase:
+            return self.epoch
+        if phase not in TRANSITIONS[u.phase]:
+            raise TransitionError(f"unit {unit_id}: cannot go from {u.phase} to {phase}")
+        if u.phase == "frozen" and u.frozen_at is not None:
+            u.longest_freeze_ms = max(u.longest_freeze_ms, (now - u.frozen_at) * 1000)
+            u.frozen_at = None
+        if phase == "frozen":
+            u.frozen_at = now
+        if phase in CAPTURING and u.phase not in CAPTURING:
+            u.log.clear()
+            u.acked_seq = self.seq
+            u.capture_epoch = self.epoch + 1
+        if phase == "target" and u.owner != "target":
+            u.owner, u.flips, u.cutover_at = "target", u.flips + 1, now
+        elif phase in ("rolled_back", "source") and u.owner != "source":
+            u.owner, u.flips = "source", u.flips + 1
+        if phase == "source":
+            u.log.clear()
+        u.phase = phase
+        return self._bump()
+
+    def update_progress(self, unit_id: str, copied: int | None = None, total: int | None = None,
+                        error: str | None = None) -> None:
+        """Counters only: they do not change routing, so the epoch stays."""
+        u = self.unit(unit_id)
+        if copied is not None:
+            u.copied = copied
+        if total is not None:
+            u.total = total
+        if error is not None:
+            u.last_error = error
+
+    # --- client writes --------------------------------------------------------------------
+    def begin_write(self, unit_id: str, ids: list[Any], now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        if unit_id not in self.units:
+            self.add_unit(unit_id)
+        u = self.units[unit_id]
+        if u.phase == "frozen":
+            return {"status": "wait", "epoch": self.epoch}
+        if u.phase in CAPTURING:
+            for pid in ids:
+                self.seq += 1
+                u.log.append([self.seq, pid])
+        lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
+        self.leases[lease.token] = lease
+        return {"status": "ok", "token": lease.token, "owner": u.owner, "epoch": self.epoch,
+                "phase": u.phase}
+
+    def end_write(self, token: int) -> dict[str, Any]:
+        """Close a lease. ``valid`` is False when the owner changed meanwhile: write again."""
+        lease = self.leases.pop(token, None)
+        if lease is None:  # expired, or issued before a router restart
+            return {"valid": False, "epoch": self.epoch}
+        u = self.units[lease.unit_id]
+        return {"valid": u.flips == lease.flips, "epoch": self.epoch, "owner": u.owner}
+
+    def open_leases(self, unit_id: str, before_epoch: int | None = None,
+                    now: float | None = None) -> int:
+        """Leases of the unit still open (and not expired), optionally only older ones."""
+        now = time.time() if now is None else now
+        for tok in [t for t, le in self.leases.items() if now - le.issued_at > self.lease_s]:
+            del self.leases[tok]
+        n = sum(1 for le in self.leases.values() if le.unit_id == unit_id
+                and (before_epoch is None or le.epoch < before_epoch))
+        if self.restarted_at is not None and now - self.restarted_at < self.lease_s:
+            n += 1  # leases given out before the restart are unknown: wait them out
+        return n
+
+    # --- the change log -------------------------------------------------------------------
+    def take_changes(self, unit_id: str, limit: int = 10_000) -> tuple[list[Any], int]:
+        """Distinct ids changed since the last ack (oldest first) and the seq to ack them with."""
+        u = self.unit(unit_id)
+        entries = u.log[:limit]
+        if not entries:
+            return [], u.acked_seq
+        seen: dict[Any, None] = {}
+        for _, pid in entries:
+            seen.setdefault(pid, None)
+        return list(seen), entries[-1][0]
+
+    def ack_changes(self, unit_id: str, seq: int) -> int:
+        """Drop the log entries up to ``seq``: they are applied. Returns the remaining lag."""
+        u = self.unit(unit_id)
+        u.log = [e for e in u.log if e[0] > seq]
+        u.acked_seq = max(u.acked_seq, seq)
+        return len(u.log)
+
+    def lag(self, unit_id: str) -> int:
+        return len(self.unit(unit_id).log)
+
+    # --- persistence ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "seq": self.seq, "lease_s": self.lease_s,
+                "units": {k: asdict(v) for k, v in self.units.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], restarted: bool = True,
+                  now: float | None = None) -> RoutingTable:
+        """Rebuild from durable state. After a restart, logs may miss their newest entries and
+        old leases are unknown: capturing units are marked for diff-and-repair, and freezes
+        wait one lease time."""
+        t = cls([], lease_s=d.get("lease_s", 30.0))
+        t.seq = d["seq"]
+        for k, v in d["units"].items():
+            u = UnitRoute(**v)
+            if restarted and u.phase in CAPTURING:
+                u.needs_repair = True
+            t.units[k] = u
+        t.epoch = d["epoch"] + 1
+        if restarted:
+            t.restarted_at = time.time() if now is None else now
+        return t
+
+    def status(self) -> list[dict[str, Any]]:
+        rows = []
+        for u in self.units.values():
+            row = asdict(u)
+            row["lag"] = len(row.pop("log"))
+            rows.append(row)
+        return rows

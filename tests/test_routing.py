@@ -1,0 +1,119 @@
+"""The routing table's rules, without Ray; then the actor's recovery after a kill."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_migrate.routing import RoutingTable, TransitionError
+
+
+def table():
+    return RoutingTable(["a", "b"], lease_s=5.0)
+
+
+def test_every_change_bumps_the_epoch_and_progress_does_not():
+    t = table()
+    e0 = t.epoch
+    t.set_phase("a", "capturing")
+    assert t.epoch == e0 + 1
+    t.update_progress("a", copied=5, total=10)
+    assert t.epoch == e0 + 1
+    t.add_unit("c")
+    assert t.epoch == e0 + 2 and t.unit("c").owner == "source"
+
+
+def test_writes_are_logged_only_while_capturing():
+    t = table()
+    t.begin_write("a", [1, 2], now=0)
+    assert t.lag("a") == 0
+    t.set_phase("a", "capturing")
+    t.begin_write("a", [2, 3], now=0)
+    t.begin_write("a", [2], now=0)
+    ids, seq = t.take_changes("a")
+    assert ids == [2, 3] and t.lag("a") == 3
+    t.begin_write("a", [9], now=0)  # arrives while catching up: stays in the log
+    assert t.ack_changes("a", seq) == 1
+    assert t.take_changes("a")[0] == [9]
+
+
+def test_capture_barrier_counts_only_leases_from_before_capture():
+    t = table()
+    old = t.begin_write("a", [1], now=0)["token"]
+    t.set_phase("a", "capturing", now=0)
+    capture_epoch = t.unit("a").capture_epoch
+    new = t.begin_write("a", [2], now=0)["token"]
+    assert t.open_leases("a", before_epoch=capture_epoch, now=0) == 1
+    t.end_write(old)
+    assert t.open_leases("a", before_epoch=capture_epoch, now=0) == 0
+    assert t.open_leases("a", now=0) == 1
+    t.end_write(new)
+
+
+def test_frozen_unit_makes_writers_wait_and_flip_fences_stale_leases():
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p)
+    stale = t.begin_write("a", [1], now=0)
+    assert stale["owner"] == "source"
+    t.set_phase("a", "frozen", now=0)
+    assert t.begin_write("a", [2], now=0)["status"] == "wait"
+    assert t.begin_write("b", [3], now=0)["status"] == "ok", "other units are not frozen"
+    t.set_phase("a", "target", now=0.05)
+    assert t.unit("a").owner == "target" and t.unit("a").longest_freeze_ms == pytest.approx(50)
+    ended = t.end_write(stale["token"])
+    assert ended == {"valid": False, "epoch": t.epoch, "owner": "target"}
+    fresh = t.begin_write("a", [1], now=0)
+    assert fresh["owner"] == "target" and t.end_write(fresh["token"])["valid"]
+
+
+def test_expired_leases_stop_counting():
+    t = table()
+    t.begin_write("a", [1], now=0)
+    assert t.open_leases("a", now=4) == 1
+    assert t.open_leases("a", now=6) == 0
+
+
+def test_rollback_flips_back_and_bad_transitions_are_refused():
+    t = table()
+    with pytest.raises(TransitionError, match="cannot go from source to target"):
+        t.set_phase("a", "target")
+    for p in ("capturing", "copying", "catching_up", "ready", "frozen", "target", "frozen",
+              "rolled_back"):
+        t.set_phase("a", p)
+    assert t.unit("a").owner == "source" and t.unit("a").flips == 2
+
+
+def test_recovery_marks_capturing_units_for_repair_and_waits_out_old_leases():
+    t = table()
+    t.set_phase("a", "capturing")
+    t.begin_write("a", [1, 2], now=0)
+    back = RoutingTable.from_dict(t.to_dict(), restarted=True, now=100)
+    assert back.epoch > t.epoch
+    assert back.unit("a").needs_repair and not back.unit("b").needs_repair
+    assert back.take_changes("a")[0] == [1, 2]
+    assert back.open_leases("a", now=101) == 1, "leases from before the restart are unknown"
+    assert back.open_leases("a", now=106) == 0
+
+
+def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
+    import ray
+
+    from ray_migrate.router import get_router, start_router
+
+    h = start_router("rt-test", str(tmp_path), ["a", "b"], {"hello": 1}, lease_s=0.2)
+    try:
+        h.call("set_phase", "a", "capturing")
+        lease = h.call("begin_write", "a", [7])
+        h.call("flush")
+        epoch = h.call("routes")["epoch"]
+        ray.kill(h.actor, no_restart=False)
+        again = get_router("rt-test")
+        routes = again.call("routes")
+        assert routes["units"]["a"] == ("source", "capturing")
+        assert routes["epoch"] > epoch
+        assert again.call("take_changes", "a")[0] == [7]
+        assert again.call("end_write", lease["token"])["valid"] is False
+        assert again.call("describe")["hello"] == 1
+        assert again.call("wait_leases", "a", None, 5.0) is True
+    finally:
+        h.kill()
