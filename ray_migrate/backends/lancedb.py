@@ -1,0 +1,610 @@
+"""LanceDB backend: payload keys as typed columns, snapshot scans pinned to a table version.
+
+Table layout written by ray_migrate: ``id`` (uint64 or string), one fixed_size_list<float32>
+column per vector, one column per top-level payload key (bool, int64, float64, string, or a
+string holding canonical JSON for ``json`` keys) and ``_rm_null_keys`` (keys whose value is an
+explicit null; a SQL NULL otherwise means the key is absent). The schema metadata records the
+distance per vector, the payload type per column and the id type. Tables made by other tools
+are readable as sources: every column that is neither ``id`` nor a vector is a payload key.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import decimal
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
+from ray_migrate.config import LanceEndpoint, LanceTargetOptions
+from ray_migrate.errors import (
+    IncompatibleTargetError,
+    InvalidDataError,
+    RayMigrateError,
+    TerminalError,
+    TransientError,
+    UnsupportedError,
+)
+from ray_migrate.schema import (
+    ID,
+    INT64_MAX,
+    PAYLOAD,
+    CollectionInfo,
+    VectorSpec,
+    arrow_schema,
+    check_vectors,
+)
+from ray_migrate.units import UnitSpec
+
+log = logging.getLogger(__name__)
+
+NULL_KEYS = "_rm_null_keys"
+META = "ray_migrate."
+PAYLOAD_ARROW = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(),
+                 "string": pa.string(), "json": pa.string()}
+METRICS = {"l2": "l2", "cosine": "cosine", "dot": "dot"}
+CHUNK = 1000
+_TRANSIENT = ("conflict", "retryable", "timeout", "timed out", "contention", "temporar",
+              "too many concurrent", "connection reset", "connection refused", "throttl", "slow down", "503", "broken pipe")
+_JSON = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
+_dumps = json.JSONEncoder(**_JSON).encode  # one encoder: json.dumps(**kw) builds one per call
+
+
+def _json_default(v: Any) -> Any:
+    """Foreign tables' non-JSON Arrow values: dates as ISO text, decimals as text, bytes base64."""
+    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):
+        return base64.b64encode(v).decode()
+    if isinstance(v, (decimal.Decimal, _dt.timedelta)):
+        return str(v)
+    raise TypeError(f"{type(v).__name__} is not JSON serializable")
+
+
+_dumps_foreign = json.JSONEncoder(**_JSON, default=_json_default).encode
+
+
+def _convert(err: Exception, what: str) -> RayMigrateError:
+    msg = f"LanceDB {what} failed: {type(err).__name__}: {err}"
+    low = str(err).lower()
+    if "not found" not in low and any(s in low for s in _TRANSIENT):
+        return TransientError(msg)
+    return TerminalError(msg)
+
+
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    try:
+        yield
+    except RayMigrateError:
+        raise
+    except Exception as err:  # lance raises ValueError/OSError/RuntimeError for everything
+        raise _convert(err, what) from err
+
+
+def quote_ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sql_literal(v: Any) -> str:
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    raise UnsupportedError(f"cannot filter on a value of type {type(v).__name__}: {v!r}")
+
+
+@dataclass
+class _Layout:
+    """How a table's columns map to the canonical format."""
+
+    own: bool
+    id_type: str  # int | str
+    id_arrow: pa.DataType
+    vectors: list[VectorSpec]
+    var_vectors: set[str]  # variable-size list<float32> columns read as vectors
+    payload: dict[str, str]  # column -> payload type
+    json_text: set[str]  # columns holding canonical JSON text
+    schema: pa.Schema
+    has_null_keys: bool
+    unnamed: bool = False
+    columns: list[str] = field(default_factory=list)
+
+    def canonical_info(self, name: str, count: int = 0) -> CollectionInfo:
+        return CollectionInfo(name=name, vectors=tuple(self.vectors), id_type=self.id_type,
+                              payload_schema=dict(sorted(self.payload.items())), count=count,
+                              unnamed_vector=self.unnamed)
+
+
+def _arrow_payload_type(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t) or (pa.types.is_integer(t) and t != pa.uint64()):
+        return "bool" if pa.types.is_boolean(t) else "int"  # uint64 may exceed int64: json
+    if pa.types.is_floating(t):
+        return "float"
+    return "string" if pa.types.is_string(t) or pa.types.is_large_string(t) else "json"
+
+
+def _table_layout(schema: pa.Schema, distance: str | None, sample: Any) -> _Layout:
+    """``sample(column)`` returns a few rows of a column (used for variable-size lists)."""
+    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    own = META + "payload_types" in meta
+    if ID not in schema.names:
+        raise TerminalError(f"the table has no {ID!r} column; ray_migrate needs an {ID!r} column "
+                            f"(int or string) to identify points (columns: {schema.names})")
+    id_t = schema.field(ID).type
+    if pa.types.is_integer(id_t):
+        id_type = "int"
+    elif pa.types.is_string(id_t) or pa.types.is_large_string(id_t):
+        id_type = "str"
+    else:
+        raise UnsupportedError(f"column {ID!r} has type {id_t}; ids must be integers or strings")
+    vectors, var, payload = [], set(), {}
+    for f in schema:
+        if f.name in (ID, NULL_KEYS):
+            continue
+        key = META + "distance." + f.name
+        t = f.type
+        fixed = pa.types.is_fixed_size_list(t)
+        if fixed and pa.types.is_floating(t.value_type) or key in meta:
+            if not fixed or t.value_type != pa.float32():
+                raise UnsupportedError(f"vector column {f.name!r} has type {t}; only "
+                                       "fixed_size_list<float32> vectors are supported (cast it)")
+            vectors.append(VectorSpec(f.name, t.list_size, meta.get(key) or distance or "l2"))
+        elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and t.value_type in (
+                pa.float32(), pa.float16()):
+            lens = set(pc.list_value_length(sample(f.name)).drop_null().to_pylist())
+            if t.value_type != pa.float32() or len(lens) != 1:
+                raise UnsupportedError(
+                    f"column {f.name!r} is a variable-size list of {t.value_type} with lengths "
+                    f"{sorted(lens)[:5]}; vectors must be fixed_size_list<float32> of one dimension")
+            var.add(f.name)
+            vectors.append(VectorSpec(f.name, lens.pop(), distance or "l2"))
+        else:
+            payload[f.name] = _arrow_payload_type(t)
+    json_text: set[str] = set()
+    if own:
+        declared = json.loads(meta[META + "payload_types"])
+        json_text = {k for k, v in declared.items() if v == "json" and k in payload}
+        payload.update({k: v for k, v in declared.items() if k in payload})
+    unnamed = meta.get(META + "unnamed_vector", str([v.name for v in vectors] == ["vector"]))
+    lay = _Layout(own=own, id_type=meta.get(META + "id_type", id_type), id_arrow=id_t,
+                  vectors=vectors, var_vectors=var, payload=payload, json_text=json_text,
+                  schema=schema, has_null_keys=NULL_KEYS in schema.names, unnamed=unnamed == "True")
+    lay.columns = [ID, *(v.name for v in vectors), *payload, *([NULL_KEYS] * lay.has_null_keys)]
+    return lay
+
+
+def _bad_value(col: list, check: Any) -> int | None:
+    return next((i for i, v in enumerate(col) if v is not None and not check(v)), None)
+
+
+_CHECKS = {
+    "bool": lambda v: v.__class__ is bool,
+    "int": lambda v: v.__class__ is int and -(2**63) <= v <= INT64_MAX,
+    "float": lambda v: v.__class__ is float,
+    "string": lambda v: v.__class__ is str,
+}
+
+
+def to_layout(table: pa.Table, lay: _Layout) -> pa.Table:
+    """Explode a canonical batch into the table's columns (the write path)."""
+    n = table.num_rows
+    ids = table.column(ID)
+    if lay.id_type == "int" and pa.types.is_signed_integer(lay.id_arrow) and n:
+        big = pc.greater(ids, INT64_MAX)
+        if pc.any(big).as_py():
+            pid = ids.filter(big)[0].as_py()
+            raise InvalidDataError(f"point id {pid} does not fit the table's {lay.id_arrow} "
+                                   f"{ID!r} column; write to a table with uint64 ids")
+    arrays: dict[str, Any] = {ID: ids.cast(lay.id_arrow)}
+    for v in lay.vectors:
+        col = table.column(v.name)
+        arrays[v.name] = col.cast(lay.schema.field(v.name).type) if v.name in lay.var_vectors \
+            else col
+    cols: dict[str, list] = {k: [None] * n for k in lay.payload}
+    nulls: list[list[str] | None] = [None] * n
+    loads, get = json.loads, cols.get
+    for i, s in enumerate(table.column(PAYLOAD).to_pylist()):
+        if not s or s == "{}":
+            continue
+        for k, val in loads(s).items():
+            c = get(k)
+            if c is None:
+                raise InvalidDataError(
+                    f"point {ids[i].as_py()!r}: payload key {k!r} has no column in the LanceDB "
+                    f"table; declare it in payload_schema (for example payload_schema: "
+                    f"{{{k}: json}}) before the target is created, or add the column")
+            if val is not None:
+                c[i] = val
+            elif nulls[i] is None:
+                nulls[i] = [k]
+            else:
+                nulls[i].append(k)
+    for k, kind in lay.payload.items():
+        c = cols[k]
+        if kind == "json":
+            if k in lay.json_text or lay.schema.field(k).type in (pa.string(), pa.large_string()):
+                c = [None if v is None else _dumps(v) for v in c]
+        else:
+            bad = _bad_value(c, _CHECKS[kind])
+            if bad is not None:
+                raise InvalidDataError(
+                    f"point {ids[bad].as_py()!r}: payload key {k!r} holds {c[bad]!r}, which does "
+                    f"not fit its {kind} column; declare payload_schema: {{{k}: json}} to keep "
+                    "mixed or out-of-range values exactly")
+        arrays[k] = pa.array(c, lay.schema.field(k).type)
+    if lay.has_null_keys:
+        arrays[NULL_KEYS] = pa.array(nulls, lay.schema.field(NULL_KEYS).type)
+    elif any(nulls):
+        i = next(i for i, x in enumerate(nulls) if x)
+        raise InvalidDataError(f"point {ids[i].as_py()!r}: payload key {nulls[i][0]!r} is an "
+                               f"explicit null, which this table (no {NULL_KEYS!r} column) cannot "
+                               "keep; write to a table created by ray_migrate")
+    return pa.table([arrays[c] for c in lay.columns], schema=pa.schema(
+        [lay.schema.field(c) for c in lay.columns]))
+
+
+def to_canonical(batch: pa.Table | pa.RecordBatch, lay: _Layout) -> pa.Table:
+    """Rebuild canonical rows (id, vectors, payload JSON) from the table's columns."""
+    n = batch.num_rows
+    ids = batch.column(ID)
+    if lay.id_type == "int":
+        if pa.types.is_signed_integer(ids.type) and n:
+            neg = pc.less(ids, 0)
+            if pc.any(neg).as_py():
+                raise InvalidDataError(f"id {ids.filter(neg)[0].as_py()} is negative; ray_migrate "
+                                       "ids are unsigned 64-bit integers (or strings)")
+        ids = ids.cast(pa.uint64())
+    else:
+        ids = ids.cast(pa.string())
+    out: list[Any] = [ids]
+    for v in lay.vectors:
+        col = batch.column(v.name)
+        if col.null_count:
+            i = pc.index(pc.is_null(col), True).as_py()
+            raise InvalidDataError(f"point {ids[i].as_py()!r}: vector {v.name!r} is null")
+        if v.name in lay.var_vectors:
+            try:
+                col = col.cast(pa.list_(pa.float32(), v.dim))
+            except (pa.ArrowInvalid, ValueError) as err:
+                raise InvalidDataError(f"column {v.name!r} holds vectors whose length is not "
+                                       f"{v.dim}: {err}") from None
+        out.append(col)
+    keys = sorted(lay.payload)
+    vals = [(k, batch.column(k).to_pylist(), k in lay.json_text) for k in keys
+            if batch.column(k).null_count < n]
+    nulls = batch.column(NULL_KEYS).to_pylist() if lay.has_null_keys else [None] * n
+    dumps = _dumps if lay.own else _dumps_foreign
+    loads = json.loads
+    texts = []
+    for i in range(n):
+        d = {}
+        for k, col, js in vals:
+            x = col[i]
+            if x is not None:
+                d[k] = loads(x) if js else x
+        nk = nulls[i]
+        if nk:
+            for k in nk:
+                d[k] = None
+        try:
+            texts.append(dumps(d) if d else "{}")
+        except (ValueError, TypeError) as err:
+            raise InvalidDataError(f"point {ids[i].as_py()!r}: payload cannot be JSON ({err}); "
+                                   "NaN/infinity and binary-like values cannot move") from None
+    out.append(pa.array(texts, pa.string()))
+    info = lay.canonical_info("")
+    return pa.Table.from_arrays(out, schema=arrow_schema(info))
+
+
+class LanceBackend(Backend):
+    kind = "lancedb"
+    capabilities = Capabilities(parallel_writes=True, snapshot_scan=True,
+                                higher_score_is_better=False)
+
+    def __init__(self, endpoint: LanceEndpoint, payload_schema: dict[str, str] | None = None):
+        self.endpoint = endpoint
+        self.declared = dict(payload_schema or {})
+        self._db: Any = None
+        self._tbl: Any = None
+        self._pinned: dict[int, Any] = {}
+        self._lay: _Layout | None = None
+
+    # --- connection ------------------------------------------------------------------------
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            import lancedb
+
+            with _guard(f"connect to {self.endpoint.uri!r}"):
+                self._db = lancedb.connect(self.endpoint.uri,
+                                           storage_options=self.endpoint.storage_options or None,
+                                           read_consistency_interval=_dt.timedelta(0))
+        return self._db
+
+    def _where(self) -> str:
+        return f"table {self.endpoint.table!r} at {self.endpoint.uri!r}"
+
+    @property
+    def tbl(self) -> Any:
+        if self._tbl is None:
+            try:
+                self._tbl = self.db.open_table(self.endpoint.table)
+            except Exception as err:
+                if "not found" in str(err).lower() or "does not exist" in str(err).lower():
+                    raise TerminalError(f"LanceDB {self._where()} does not exist") from None
+                raise _convert(err, f"open {self._where()}") from err
+        return self._tbl
+
+    def _at(self, version: int) -> Any:
+        if version not in self._pinned:
+            with _guard(f"check out version {version} of {self._where()}"):
+                h = self.db.open_table(self.endpoint.table)
+                h.checkout(version)
+            self._pinned = {version: h}
+        return self._pinned[version]
+
+    def _layout(self, h: Any = None) -> _Layout:
+        h = self.tbl if h is None else h
+        with _guard(f"read the schema of {self._where()}"):
+            schema = h.schema
+            if self._lay is not None and self._lay.schema.equals(schema, check_metadata=True):
+                return self._lay
+
+            def sample(col: str) -> pa.ChunkedArray:
+                return h.search().select([col]).limit(200).to_arrow().column(col)
+
+            lay = _table_layout(schema, self.endpoint.distance, sample)
+        self._lay = lay
+        return lay
+
+    def exists(self) -> bool:
+        try:
+            self.db.open_table(self.endpoint.table)
+            return True
+        except Exception:
+            return False
+
+    # --- describe and prepare ----------------------------------------------------------------
+    def describe(self, sample_size: int = 1000) -> CollectionInfo:
+        lay = self._layout()
+        with _guard(f"count {self._where()}"):
+            count = self.tbl.count_rows()
+        return lay.canonical_info(self.endpoint.table, count)
+
+    def create(self, info: CollectionInfo) -> None:
+        ptypes = {**info.payload_schema, **self.declared}
+        reserved = {ID, NULL_KEYS, *info.vector_names}
+        clash = sorted(reserved & set(ptypes))
+        if clash:
+            raise IncompatibleTargetError(f"payload keys {clash} collide with the id/vector columns "
+                                          "of the LanceDB table; rename them with "
+                                          "transform.rename_fields")
+        meta = {META + "payload_types": json.dumps(ptypes, sort_keys=True),
+                META + "id_type": info.id_type, META + "unnamed_vector": str(info.unnamed_vector)}
+        fields = [pa.field(ID, pa.uint64() if info.id_type == "int" else pa.string(), False)]
+        for v in info.vectors:
+            if v.distance not in METRICS:
+                raise IncompatibleTargetError(f"vector {v.name!r} uses distance {v.distance!r}, "
+                                              "which LanceDB does not support (l2, cosine, dot)")
+            meta[META + "distance." + v.name] = v.distance
+            fields.append(pa.field(v.name, pa.list_(pa.float32(), v.dim)))
+        fields += [pa.field(k, PAYLOAD_ARROW[t]) for k, t in sorted(ptypes.items())]
+        fields.append(pa.field(NULL_KEYS, pa.list_(pa.string())))
+        with _guard(f"create {self._where()}"):
+            self._tbl = self.db.create_table(self.endpoint.table,
+                                             schema=pa.schema(fields, metadata=meta))
+        log.info("created LanceDB %s with %d payload columns", self._where(), len(ptypes))
+
+    def check_compatible(self, info: CollectionInfo) -> None:
+        lay = self._layout()
+        where = self._where()
+        if lay.id_type != info.id_type:
+            raise IncompatibleTargetError(f"{where} has {lay.id_type} ids ({lay.id_arrow}) but "
+                                          f"the source has {info.id_type} ids")
+        mine = {v.name: v for v in lay.vectors}
+        for v in info.vectors:
+            t = mine.get(v.name)
+            if t is None:
+                raise IncompatibleTargetError(f"vector {v.name!r} has no column in {where} "
+                                              f"(vector columns: {sorted(mine)})")
+            if t.dim != v.dim:
+                raise IncompatibleTargetError(f"vector {v.name!r}: {where} has dimension {t.dim}, "
+                                              f"the source has {v.dim}")
+            if lay.own and t.distance != v.distance:
+                raise IncompatibleTargetError(f"vector {v.name!r}: {where} uses distance "
+                                              f"{t.distance}, the source uses {v.distance}")
+        for k, kind in {**info.payload_schema, **self.declared}.items():
+            have = lay.payload.get(k)
+            if have is None:
+                raise IncompatibleTargetError(f"payload key {k!r} has no column in {where}")
+            if have not in (kind, "json"):
+                raise IncompatibleTargetError(f"payload key {k!r}: column in {where} holds "
+                                              f"{have}, the source has {kind}")
+
+    # --- units -------------------------------------------------------------------------------
+    def _filter(self, unit: UnitSpec | None, lay: _Layout) -> str | None:
+        if unit is None or unit.kind == "all":
+            return None
+        if unit.kind == "tenant":
+            kind = lay.payload.get(unit.field or "")
+            if kind is None:
+                raise TerminalError(f"tenant field {unit.field!r} is not a column of "
+                                    f"{self._where()} (payload columns: {sorted(lay.payload)})")
+            if kind == "json":
+                raise UnsupportedError(f"tenant field {unit.field!r} is a json column in "
+                                       f"{self._where()}; tenants must be bool, int, float or "
+                                       "string columns (use units.by: id_range)")
+            col = quote_ident(unit.field)
+            return f"{col} IS NULL" if unit.value is None else f"{col} = {sql_literal(unit.value)}"
+        parts = []
+        if unit.lo is not None:
+            parts.append(f"{ID} >= {sql_literal(unit.lo)}")
+        if unit.hi is not None:
+            parts.append(f"{ID} < {sql_literal(unit.hi)}")
+        return " AND ".join(parts) or None
+
+    def tenant_counts(self, field: str) -> dict[Any, int]:
+        lay = self._layout()
+        self._filter(UnitSpec("probe", "tenant", field=field), lay)
+        with _guard(f"count tenants of {self._where()}"):
+            col = self.tbl.search().select([field]).to_arrow().column(field)
+        counts = pc.value_counts(col.combine_chunks())
+        return {d["values"]: d["counts"] for d in counts.to_pylist()}
+
+    def id_boundaries(self, count: int) -> list[Any]:
+        lay = self._layout()
+        with _guard(f"read the ids of {self._where()}"):
+            ids = self.tbl.search().select([ID]).to_arrow().column(ID)
+        if lay.id_type == "int":
+            s = np.sort(ids.to_numpy())
+        else:
+            s = sorted(ids.to_pylist())
+        n, out = len(s), []
+        for j in range(1, count):
+            b = s[j * n // count]
+            b = b.item() if isinstance(b, np.generic) else b
+            if b != s[0] and (not out or b > out[-1]):
+                out.append(b)
+        return out
+
+    def count(self, unit: UnitSpec) -> int:
+        f = self._filter(unit, self._layout())
+        with _guard(f"count {self._where()}"):
+            return self.tbl.count_rows(f)
+
+    # --- read --------------------------------------------------------------------------------
+    def scan(self, unit: UnitSpec, batch_size: int,
+             cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
+        if cursor is None:
+            with _guard(f"read the version of {self._where()}"):
+                version = self.tbl.version
+            rows = 0
+        else:
+            version, rows = int(cursor["version"]), int(cursor["rows"])
+        h = self._at(version)
+        lay = self._layout(h)
+        q = h.search().select(lay.columns)
+        f = self._filter(unit, lay)
+        if f:
+            q = q.where(f)
+        if rows:
+            q = q.offset(rows)
+        buf: list[pa.RecordBatch] = []
+        have = 0
+        with _guard(f"scan version {version} of {self._where()}"):
+            for rb in q.to_batches(batch_size):
+                buf.append(rb)
+                have += rb.num_rows
+                while have >= batch_size:
+                    t = pa.Table.from_batches(buf)
+                    rows += batch_size
+                    yield to_canonical(t.slice(0, batch_size), lay), {"version": version,
+                                                                       "rows": rows}
+                    rest = t.slice(batch_size)
+                    buf, have = rest.to_batches(), rest.num_rows
+            if have:
+                rows += have
+                yield to_canonical(pa.Table.from_batches(buf), lay), {"version": version,
+                                                                       "rows": rows}
+
+    def _id_list(self, ids: Sequence[Any], lay: _Layout) -> list[Any]:
+        if lay.id_type == "int":
+            hi = INT64_MAX if pa.types.is_signed_integer(lay.id_arrow) else 2**64 - 1
+            return [int(i) for i in ids if 0 <= int(i) <= hi]
+        return [str(i) for i in ids]
+
+    def fetch(self, ids: Sequence[Any]) -> pa.Table:
+        lay = self._layout()
+        keys = self._id_list(ids, lay)
+        parts = [arrow_schema(lay.canonical_info("")).empty_table()]
+        with _guard(f"fetch from {self._where()}"):
+            for i in range(0, len(keys), CHUNK):
+                lits = ", ".join(sql_literal(k) for k in keys[i:i + CHUNK])
+                t = self.tbl.search().where(f"{ID} IN ({lits})").select(lay.columns).to_arrow()
+                parts.append(to_canonical(t, lay))
+        return pa.concat_tables(parts)
+
+    def search(self, vector: Sequence[float], k: int, vector_name: str,
+               unit: UnitSpec | None = None) -> list[SearchHit]:
+        lay = self._layout()
+        spec = next((v for v in lay.vectors if v.name == vector_name), None)
+        if spec is None:
+            raise TerminalError(f"{self._where()} has no vector column {vector_name!r}")
+        if spec.distance not in METRICS:
+            raise UnsupportedError(f"LanceDB cannot search with distance {spec.distance!r}")
+        q = (self.tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_name)
+             .distance_type(METRICS[spec.distance]).bypass_vector_index().limit(k)
+             .select(lay.columns))
+        f = self._filter(unit, lay)
+        if f:
+            q = q.where(f, prefilter=True)
+        with _guard(f"search {self._where()}"):
+            res = q.to_arrow()
+        canon = to_canonical(res, lay)
+        return [SearchHit(id=i, score=float(s), payload=json.loads(p)) for i, s, p in zip(
+            canon.column(ID).to_pylist(), res.column("_distance").to_pylist(),
+            canon.column(PAYLOAD).to_pylist(), strict=True)]
+
+    # --- write -------------------------------------------------------------------------------
+    def upsert(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        lay = self._layout()
+        check_vectors(table, lay.canonical_info(self.endpoint.table))
+        data = to_layout(table, lay)
+        with _guard(f"merge_insert into {self._where()}"):
+            (self.tbl.merge_insert(ID).when_matched_update_all()
+             .when_not_matched_insert_all().execute(data))
+
+    def delete(self, ids: Sequence[Any]) -> None:
+        keys = self._id_list(ids, self._layout())
+        with _guard(f"delete from {self._where()}"):
+            for i in range(0, len(keys), CHUNK):
+                lits = ", ".join(sql_literal(k) for k in keys[i:i + CHUNK])
+                self.tbl.delete(f"{ID} IN ({lits})")
+
+    def finalize(self, options: LanceTargetOptions) -> dict[str, Any]:
+        from lancedb.index import HnswSq, IvfFlat, IvfPq
+
+        lay = self._layout()
+        done: dict[str, Any] = {"compacted": False, "indexed": []}
+        with _guard(f"finalize {self._where()}"):
+            tbl = self.tbl
+            done["versions_before"] = len(tbl.list_versions())
+            done["fragments_before"] = tbl.stats()["fragment_stats"]["num_fragments"]
+            if options.compact:
+                # After the bulk copy no reader holds an old version: drop them all.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    tbl.optimize(cleanup_older_than=_dt.timedelta(0))
+                done["compacted"] = True
+            n = tbl.count_rows()
+            if n >= options.index_min_rows:
+                cls = {"IVF_PQ": IvfPq, "IVF_HNSW_SQ": HnswSq, "IVF_FLAT": IvfFlat}
+                for v in lay.vectors:  # partitions: lance's default (by target partition size)
+                    cfg = cls[options.index_type](distance_type=METRICS.get(v.distance, "l2"))
+                    tbl.create_index(v.name, config=cfg, replace=True)
+                    done["indexed"].append(v.name)
+            done["versions_after"] = len(tbl.list_versions())
+            done["fragments_after"] = tbl.stats()["fragment_stats"]["num_fragments"]
+            done["rows"] = n
+        log.info("finalized LanceDB %s: %s", self._where(), done)
+        return done
+
+    def close(self) -> None:
+        self._tbl = None
+        self._pinned = {}
+        self._db = None

@@ -1,0 +1,501 @@
+"""Qdrant (local mode folder or server) behind the ``Backend`` contract.
+
+Ids: an int id is the Qdrant id as is (0 .. 2**64-1). A string id that is a canonical UUID
+(lowercase, hyphenated) is the Qdrant id as is; any other string becomes ``uuid5(NAMESPACE, s)``
+and the original is kept in the payload key ``_rm_id`` (removed again on read).
+
+Units: tenant units filter on a payload field; id-range bounds are *physical* Qdrant ids, in the
+order Qdrant scrolls (ints numerically before UUIDs, UUIDs as text). Scan cursors are
+``{"offset": <physical id>}`` (resume there), ``{"done": True}`` (nothing left) or None (start).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
+from ray_migrate.config import QdrantEndpoint
+from ray_migrate.errors import (
+    IncompatibleTargetError,
+    InvalidDataError,
+    RayMigrateError,
+    TerminalError,
+    TransientError,
+    UnsupportedError,
+)
+from ray_migrate.schema import (
+    DEFAULT_VECTOR,
+    ID,
+    PAYLOAD,
+    UINT64_MAX,
+    CollectionInfo,
+    VectorSpec,
+    check_vectors,
+    empty_table,
+    infer_payload_schema,
+    make_batch,
+    vectors_to_numpy,
+)
+from ray_migrate.units import UnitSpec
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = uuid.UUID("5b0c6f7e-2d1a-4e0b-9a43-7f3c1d2e8a90")  # fixed forever: ids depend on it
+ORIGINAL_ID_KEY = "_rm_id"
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+EPSILON = 1.1920929e-7  # what qdrant-client local mode compares a cosine norm against
+_SCROLL_IDS_PAGE = 10_000
+_DISTANCES = {"Cosine": "cosine", "Euclid": "l2", "Dot": "dot", "Manhattan": "manhattan"}
+_TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
+
+
+def is_canonical_uuid(s: str) -> bool:
+    try:
+        return str(uuid.UUID(s)) == s
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def physical_id(logical: Any) -> int | str:
+    """The Qdrant point id that holds logical id ``logical``."""
+    if isinstance(logical, bool) or not isinstance(logical, (int, str)):
+        raise InvalidDataError(f"point id {logical!r} is neither an integer nor a string")
+    if isinstance(logical, int):
+        if not 0 <= logical <= UINT64_MAX:
+            raise InvalidDataError(
+                f"point id {logical} is out of range: Qdrant integer ids are 0 .. 2**64-1")
+        return logical
+    return logical if is_canonical_uuid(logical) else str(uuid.uuid5(NAMESPACE, logical))
+
+
+def _logical(pid: int | str, payload: dict[str, Any]) -> Any:
+    """The logical id of a point; pops ``_rm_id`` from ``payload`` when it maps to ``pid``."""
+    orig = payload.get(ORIGINAL_ID_KEY)
+    if isinstance(orig, str) and isinstance(pid, str) and physical_id(orig) == pid:
+        del payload[ORIGINAL_ID_KEY]
+        return orig
+    return pid
+
+
+def _order(pid: int | str) -> tuple[int, Any]:
+    """Qdrant's scroll order: integer ids numerically, then UUIDs as text."""
+    return (0, pid) if isinstance(pid, int) else (1, pid)
+
+
+def _sdk_error(where: str, err: Exception) -> RayMigrateError:
+    """Map an SDK or transport error to TransientError (retry) or TerminalError."""
+    import grpc
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    transient = (
+        isinstance(err, (httpx.TimeoutException, httpx.TransportError, ResponseHandlingException,
+                         TimeoutError, ConnectionError))
+        or (isinstance(err, UnexpectedResponse) and err.status_code in _TRANSIENT_HTTP)
+        or (isinstance(err, grpc.RpcError) and hasattr(err, "code")
+            and err.code().name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"))
+    )
+    cls = TransientError if transient else TerminalError
+    return cls(f"{where}: {type(err).__name__}: {err}")
+
+
+def _guard(fn: Callable) -> Callable:
+    """Convert every non-ray_migrate exception raised by ``fn`` at the SDK boundary."""
+
+    @functools.wraps(fn)
+    def wrapper(self: QdrantBackend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except RayMigrateError:
+            raise
+        except Exception as err:
+            raise _sdk_error(f"qdrant {self.where}: {fn.__name__}", err) from err
+
+    return wrapper
+
+
+class QdrantBackend(Backend):
+    kind = "qdrant"
+
+    def __init__(self, endpoint: QdrantEndpoint, client: Any = None) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.collection
+        self.local = bool(endpoint.path)
+        self.where = f"collection {self.name!r} at {endpoint.location}"
+        self.capabilities = Capabilities(parallel_writes=not self.local, snapshot_scan=False,
+                                         higher_score_is_better=True)
+        self._owns_client = client is None
+        self._params: dict[str, Any] | None = None  # column name -> VectorParams
+        self._unnamed = False
+        if client is None:
+            from qdrant_client import QdrantClient
+
+            try:
+                if self.local:
+                    client = QdrantClient(path=endpoint.path)
+                else:
+                    client = QdrantClient(url=endpoint.url, api_key=endpoint.api_key,
+                                          prefer_grpc=endpoint.prefer_grpc,
+                                          timeout=max(1, int(endpoint.timeout_s)))
+            except RuntimeError as err:  # local mode: the folder is locked by another process
+                raise TerminalError(
+                    f"cannot open Qdrant local folder {endpoint.path!r}: {err}. Local mode admits "
+                    "one process per folder: under Ray open it through hosted_qdrant, and close "
+                    "other clients of that folder") from err
+        self.client = client
+
+    # --- config -----------------------------------------------------------------------------
+    def _vector_params(self, refresh: bool = False) -> dict[str, Any]:
+        if self._params is not None and not refresh:
+            return self._params
+        if not self.client.collection_exists(self.name):
+            raise TerminalError(f"Qdrant {self.where} does not exist")
+        params = self.client.get_collection(self.name).config.params
+        for sname in params.sparse_vectors or {}:
+            raise UnsupportedError(
+                f"collection {self.name} has sparse vector {sname!r}: ray_migrate moves dense "
+                "vectors only; drop the sparse vector or migrate it another way")
+        vecs = params.vectors
+        self._unnamed = not isinstance(vecs, dict)
+        named = {DEFAULT_VECTOR: vecs} if self._unnamed else dict(vecs or {})
+        for vname, p in named.items():
+            if p.multivector_config is not None:
+                raise UnsupportedError(
+                    f"collection {self.name} has multivector {vname!r}: ray_migrate moves dense "
+                    "vectors only; drop the multivector or migrate it another way")
+            if vname in (ID, PAYLOAD):
+                raise UnsupportedError(
+                    f"collection {self.name} has a vector named {vname!r}, which clashes with the "
+                    f"canonical {vname!r} column; rename the vector first")
+        self._params = named
+        return named
+
+    def _specs(self) -> tuple[VectorSpec, ...]:
+        return tuple(VectorSpec(n, int(p.size), _DISTANCES[_enum_value(p.distance)])
+                     for n, p in self._vector_params().items())
+
+    def _info(self, id_type: str = "int") -> CollectionInfo:
+        return CollectionInfo(self.name, self._specs(), id_type,  # type: ignore[arg-type]
+                              unnamed_vector=self._unnamed)
+
+    # --- describe and prepare ---------------------------------------------------------------
+    @_guard
+    def exists(self) -> bool:
+        return bool(self.client.collection_exists(self.name))
+
+    @_guard
+    def describe(self, sample_size: int = 1000) -> CollectionInfo:
+        self._vector_params(refresh=True)
+        specs = self._specs()
+        count = self.client.count(self.name, exact=True).count
+        recs, _ = self.client.scroll(self.name, limit=max(1, sample_size), with_payload=True,
+                                     with_vectors=False)
+        kinds = {type(r.id) for r in recs}
+        if int in kinds and str not in kinds:  # ints scroll first: look for a UUID after them
+            tail, _ = self.client.scroll(self.name, limit=1, offset=NIL_UUID,
+                                         with_payload=False, with_vectors=False)
+            kinds |= {type(r.id) for r in tail}
+        if len(kinds) > 1:
+            raise UnsupportedError(
+                f"collection {self.name} mixes integer and UUID point ids; ray_migrate needs "
+                "one id type per collection")
+        payloads = [dict(r.payload or {}) for r in recs]
+        for r, p in zip(recs, payloads, strict=True):
+            _logical(r.id, p)
+        return CollectionInfo(self.name, specs, "str" if str in kinds else "int",
+                              payload_schema=infer_payload_schema(payloads), count=count,
+                              unnamed_vector=self._unnamed)
+
+    @_guard
+    def create(self, info: CollectionInfo) -> None:
+        from qdrant_client import models
+
+        inverse = {v: k for k, v in _DISTANCES.items()}
+
+        def params(v: VectorSpec) -> Any:
+            return models.VectorParams(size=v.dim, distance=models.Distance(inverse[v.distance]))
+
+        if info.unnamed_vector and len(info.vectors) == 1:
+            config: Any = params(info.vectors[0])
+        else:
+            config = {v.name: params(v) for v in info.vectors}
+        self.client.create_collection(self.name, vectors_config=config)
+        self._params = None
+        log.info("created Qdrant %s with vectors %s", self.where, info.vector_names)
+
+    @_guard
+    def check_compatible(self, info: CollectionInfo) -> None:
+        try:
+            mine = {v.name: v for v in self._specs()}
+        except UnsupportedError as err:
+            raise IncompatibleTargetError(f"target {err}") from None
+        for v in info.vectors:
+            t = mine.get(v.name)
+            if t is None:
+                raise IncompatibleTargetError(
+                    f"target Qdrant {self.where} has no vector {v.name!r} (it has "
+                    f"{sorted(mine)}); create the target anew or rename the vector")
+            if t.dim != v.dim:
+                raise IncompatibleTargetError(
+                    f"vector {v.name!r}: target dimension {t.dim}, source dimension {v.dim}")
+            if t.distance != v.distance:
+                raise IncompatibleTargetError(
+                    f"vector {v.name!r}: target distance {t.distance}, source distance "
+                    f"{v.distance}")
+        extra = sorted(set(mine) - set(info.vector_names))
+        if extra:
+            raise IncompatibleTargetError(
+                f"target Qdrant {self.where} has vector(s) {extra} that the source lacks; "
+                "every point must carry every vector")
+
+    # --- units ------------------------------------------------------------------------------
+    def _scroll_ids(self, lo: Any = None, hi: Any = None) -> Iterator[int | str]:
+        offset = lo
+        while True:
+            recs, nxt = self.client.scroll(self.name, limit=_SCROLL_IDS_PAGE, offset=offset,
+                                           with_payload=False, with_vectors=False)
+            for r in recs:
+                if hi is not None and _order(r.id) >= _order(hi):
+                    return
+                yield r.id
+            if nxt is None:
+                return
+            offset = nxt
+
+    @_guard
+    def tenant_counts(self, field: str) -> dict[Any, int]:
+        counts: dict[Any, int] = {}
+        offset = None
+        while True:
+            recs, offset = self.client.scroll(self.name, limit=_SCROLL_IDS_PAGE, offset=offset,
+                                              with_payload=[field], with_vectors=False)
+            for r in recs:
+                value = _dig(r.payload or {}, field)
+                if value is not None and (isinstance(value, float) or
+                                          not isinstance(value, (str, int))):
+                    raise TerminalError(
+                        f"units.field {field!r} must hold one string, integer or boolean per "
+                        f"point; point {r.id!r} of {self.name} holds {value!r}")
+                counts[value] = counts.get(value, 0) + 1
+            if offset is None:
+                return counts
+
+    @_guard
+    def id_boundaries(self, count: int) -> list[Any]:
+        ids = list(self._scroll_ids())
+        n = len(ids)
+        picks = {ids[i * n // count] for i in range(1, count)} if n and count > 1 else set()
+        return sorted(picks - {ids[0]} if ids else picks, key=_order)
+
+    def _filter(self, unit: UnitSpec | None) -> Any:
+        from qdrant_client import models
+
+        if unit is None or unit.kind != "tenant":
+            return None
+        if unit.value is None:
+            return models.Filter(must=[models.IsEmptyCondition(
+                is_empty=models.PayloadField(key=unit.field))])
+        return models.Filter(must=[models.FieldCondition(
+            key=unit.field, match=models.MatchValue(value=unit.value))])
+
+    @_guard
+    def count(self, unit: UnitSpec) -> int:
+        if unit.kind == "id_range":
+            return sum(1 for _ in self._scroll_ids(unit.lo, unit.hi))
+        return int(self.client.count(self.name, count_filter=self._filter(unit), exact=True).count)
+
+    # --- read -------------------------------------------------------------------------------
+    def _table(self, recs: Sequence[Any]) -> pa.Table:
+        params = self._vector_params()
+        ids, payloads = [], []
+        cols: dict[str, list[Any]] = {n: [] for n in params}
+        for r in recs:
+            payload = dict(r.payload or {})
+            ids.append(_logical(r.id, payload))
+            payloads.append(payload)
+            vec = r.vector if isinstance(r.vector, dict) else {DEFAULT_VECTOR: r.vector}
+            if self._unnamed and "" in vec:
+                vec = {DEFAULT_VECTOR: vec[""]}
+            for n in params:
+                v = vec.get(n)
+                if v is None:
+                    raise UnsupportedError(
+                        f"point {ids[-1]!r} of {self.name} has no vector {n!r}; ray_migrate "
+                        "needs every point to carry every vector")
+                cols[n].append(v)
+        info = self._info("str" if ids and isinstance(ids[0], str) else "int")
+        vectors = {n: np.asarray(c, dtype=np.float32).reshape(len(ids), int(params[n].size))
+                   for n, c in cols.items()}
+        return make_batch(info, ids, vectors, payloads)
+
+    @_guard
+    def scan_page(self, unit: UnitSpec, batch_size: int,
+                  cursor: Cursor | None = None) -> tuple[pa.Table, Cursor | None]:
+        """One page of the unit and the cursor of the next page (None when this was the last)."""
+        if cursor and cursor.get("done"):
+            return self._empty(), None
+        offset = (cursor or {}).get("offset")
+        hi = unit.hi if unit.kind == "id_range" else None
+        if offset is None and unit.kind == "id_range":
+            offset = unit.lo  # bounds are physical ids, as id_boundaries gives them
+        recs, nxt = self.client.scroll(self.name, scroll_filter=self._filter(unit),
+                                       limit=batch_size, offset=offset, with_payload=True,
+                                       with_vectors=True)
+        if hi is not None:
+            kept = [r for r in recs if _order(r.id) < _order(hi)]
+            if len(kept) < len(recs) or (nxt is not None and _order(nxt) >= _order(hi)):
+                nxt = None
+            recs = kept
+        table = self._table(recs) if recs else self._empty()
+        return table, (None if nxt is None else {"offset": nxt})
+
+    def _empty(self) -> pa.Table:
+        return empty_table(self._info())
+
+    def scan(self, unit: UnitSpec, batch_size: int,
+             cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
+        while True:
+            table, nxt = self.scan_page(unit, batch_size, cursor)
+            cursor = nxt if nxt is not None else {"done": True}
+            if table.num_rows:
+                yield table, cursor
+            if nxt is None:
+                return
+
+    @_guard
+    def fetch(self, ids: Sequence[Any]) -> pa.Table:
+        if not ids:
+            return self._empty()
+        recs = self.client.retrieve(self.name, [physical_id(i) for i in ids],
+                                    with_payload=True, with_vectors=True)
+        return self._table(recs) if recs else self._empty()
+
+    @_guard
+    def search(self, vector: Sequence[float], k: int, vector_name: str,
+               unit: UnitSpec | None = None) -> list[SearchHit]:
+        from qdrant_client import models
+
+        params = self._vector_params()
+        if vector_name not in params:
+            raise TerminalError(f"Qdrant {self.where} has no vector {vector_name!r}")
+        flt = self._filter(unit)
+        if unit is not None and unit.kind == "id_range":
+            ids = list(self._scroll_ids(unit.lo, unit.hi))
+            if not ids:
+                return []
+            flt = models.Filter(must=[models.HasIdCondition(has_id=ids)])
+        res = self.client.query_points(
+            self.name, query=[float(x) for x in vector],
+            using=None if self._unnamed else vector_name, query_filter=flt, limit=k,
+            search_params=None if self.local else models.SearchParams(exact=True),  # local: exact
+            with_payload=True, with_vectors=False)
+        hits = []
+        for p in res.points:
+            payload = dict(p.payload or {})
+            hits.append(SearchHit(_logical(p.id, payload), float(p.score), payload))
+        return hits
+
+    # --- write ------------------------------------------------------------------------------
+    @_guard
+    def upsert(self, table: pa.Table) -> None:
+        from qdrant_client import models
+
+        if table.num_rows == 0:
+            return
+        params = self._vector_params()
+        info = self._info()
+        check_vectors(table, info)
+        logical = table.column(ID).to_pylist()
+        pids = [physical_id(i) for i in logical]
+        payloads = []
+        for lid, pid, text in zip(logical, pids, table.column(PAYLOAD).to_pylist(), strict=True):
+            p = json.loads(text) if text else {}
+            p = p if isinstance(p, dict) else {}
+            if pid != lid:
+                if p.get(ORIGINAL_ID_KEY, lid) != lid:
+                    raise InvalidDataError(
+                        f"point {lid!r}: payload key {ORIGINAL_ID_KEY!r} is reserved by "
+                        "ray_migrate for string ids that are not UUIDs")
+                p[ORIGINAL_ID_KEY] = lid
+            payloads.append(p)
+        vecs = {n: vectors_to_numpy(table.column(n)).tolist() for n in params}
+
+        def vector_of(i: int, names: Sequence[str]) -> Any:
+            if self._unnamed:
+                return vecs[DEFAULT_VECTOR][i]
+            return {n: vecs[n][i] for n in names}
+
+        points = [models.PointStruct(id=pid, vector=vector_of(i, list(params)),
+                                     payload=payloads[i]) for i, pid in enumerate(pids)]
+        self.client.upsert(self.name, points=points, wait=True)
+        cosine = [n for n, p in params.items() if _enum_value(p.distance) == "Cosine"]
+        if self.local and cosine:
+            # Local mode normalizes a new point in float32 but an existing one in float64, and
+            # persists the raw vector. Rewriting the vectors through update_vectors stores (in
+            # memory and on disk) the float32 form for every point, so replays change no bit.
+            self.client.update_vectors(self.name, points=[
+                models.PointVectors(id=pid, vector=vector_of(i, cosine))
+                for i, pid in enumerate(pids)], wait=True)
+
+    @_guard
+    def delete(self, ids: Sequence[Any]) -> None:
+        from qdrant_client import models
+
+        if not ids:
+            return
+        self.client.delete(self.name, points_selector=models.PointIdsList(
+            points=[physical_id(i) for i in ids]), wait=True)
+
+    @_guard
+    def stored_form(self, table: pa.Table) -> pa.Table:
+        """The batch with cosine vectors normalized the way this engine stores them.
+
+        Local mode (with ``upsert`` above): each vector in float32, ``v / np.linalg.norm(v)``
+        unless the norm is <= float32 epsilon, bit for bit. A server normalizes in Rust with
+        SIMD float32 arithmetic; this is the same formula but may differ in the last bit.
+        """
+        for n, p in self._vector_params().items():
+            if _enum_value(p.distance) != "Cosine" or n not in table.column_names:
+                continue
+            arr = vectors_to_numpy(table.column(n))
+            out = np.empty_like(arr)
+            for i, v in enumerate(arr):
+                norm = np.linalg.norm(v)
+                out[i] = v / norm if norm > EPSILON else v
+            field = table.schema.field(n)
+            col = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()),
+                                                    arr.shape[1])
+            table = table.set_column(table.column_names.index(n), field, col.cast(field.type))
+        return table
+
+    def close(self) -> None:
+        if self._owns_client and self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.debug("closing Qdrant client of %s failed", self.where, exc_info=True)
+            self.client = None
+
+
+def _enum_value(x: Any) -> str:
+    return getattr(x, "value", x)
+
+
+def _dig(payload: dict[str, Any], key: str) -> Any:
+    """The value at ``key`` (dots go into nested objects), None if absent."""
+    if key in payload:
+        return payload[key]
+    cur: Any = payload
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur

@@ -1,0 +1,222 @@
+"""One Ray actor per Qdrant local-mode folder, serving every worker and client of the cluster.
+
+Qdrant local mode admits one process per folder. ``hosted_qdrant`` gets or creates the detached
+actor ``rm:qdrant-local:<sha1(abs path)[:12]>`` (namespace ``ray_migrate``), pinned to the
+calling process's node (the folder is local to it), and returns a ``HostedBackend`` proxy whose
+methods forward to it. The actor holds one QdrantClient for the folder and one QdrantBackend per
+collection; it runs one call at a time. ``release_hosted_qdrant`` closes and kills it.
+
+Errors: a ray_migrate error raised in the actor is re-raised in the caller as that same error
+(the original instance, unwrapped from Ray's RayTaskError); a dead or unreachable actor is a
+TransientError; any other failure a TerminalError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from ray_migrate.backends.base import Backend, Cursor, SearchHit
+from ray_migrate.checksum import Digest
+from ray_migrate.config import QdrantEndpoint
+from ray_migrate.errors import RayMigrateError, TerminalError, TransientError
+from ray_migrate.schema import CollectionInfo
+from ray_migrate.units import UnitSpec
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "ray_migrate"
+_MAX_TASK_RETRIES = 3  # every forwarded method is idempotent (upsert, delete by id, reads)
+
+
+def actor_name(path: str) -> str:
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
+    return f"rm:qdrant-local:{digest}"
+
+
+class QdrantHost:
+    """The actor body: owns the folder's client and one backend per collection."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.client: Any = None
+        self.backends: dict[str, Any] = {}
+
+    def _backend(self, endpoint: QdrantEndpoint) -> Any:
+        from ray_migrate.backends.qdrant import QdrantBackend
+
+        backend = self.backends.get(endpoint.collection)
+        if backend is None:
+            if self.client is None:
+                from qdrant_client import QdrantClient
+
+                try:
+                    self.client = QdrantClient(path=self.path)
+                except RuntimeError as err:
+                    raise TerminalError(
+                        f"the hosting actor cannot open Qdrant local folder {self.path!r}: {err}; "
+                        "close every other client of that folder") from err
+            backend = QdrantBackend(endpoint, client=self.client)
+            self.backends[endpoint.collection] = backend
+        return backend
+
+    def call(self, endpoint: QdrantEndpoint, method: str, *args: Any, **kwargs: Any) -> Any:
+        backend = self._backend(endpoint)
+        if method == "meta":
+            return backend.kind, backend.capabilities
+        return getattr(backend, method)(*args, **kwargs)
+
+    def close(self) -> bool:
+        self.backends.clear()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        return True
+
+
+def _get_or_create(path: str) -> Any:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    cls = ray.remote(QdrantHost)
+    return cls.options(
+        name=actor_name(path), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        num_cpus=0, max_restarts=-1, max_task_retries=_MAX_TASK_RETRIES,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+    ).remote(path)
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    """The ray_migrate error to raise in the caller for an error from the actor."""
+    import ray.exceptions as rex
+
+    if isinstance(err, rex.RayTaskError):
+        cause = err.cause
+        if isinstance(cause, RayMigrateError):
+            return cause
+        return TerminalError(f"hosted Qdrant: {type(cause).__name__}: {cause}")
+    if isinstance(err, RayMigrateError):
+        return err
+    if isinstance(err, (rex.RayActorError, rex.GetTimeoutError)):
+        return TransientError(f"hosted Qdrant actor unavailable: {err}")
+    return TerminalError(f"hosted Qdrant: {type(err).__name__}: {err}")
+
+
+class HostedBackend(Backend):
+    """A Backend whose every call runs in the actor that owns the local folder."""
+
+    def __init__(self, endpoint: QdrantEndpoint, actor: Any) -> None:
+        self.endpoint = endpoint
+        self.actor = actor
+        self.kind, self.capabilities = self._call("meta")
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(self.actor.call.remote(self.endpoint, method, *args, **kwargs))
+        except Exception as err:  # RayTaskError(TerminalError) is both: unwrap it
+            raise _unwrap(err) from None
+
+    def exists(self) -> bool:
+        return self._call("exists")
+
+    def describe(self, sample_size: int = 1000) -> CollectionInfo:
+        return self._call("describe", sample_size)
+
+    def create(self, info: CollectionInfo) -> None:
+        self._call("create", info)
+
+    def check_compatible(self, info: CollectionInfo) -> None:
+        self._call("check_compatible", info)
+
+    def tenant_counts(self, field: str) -> dict[Any, int]:
+        return self._call("tenant_counts", field)
+
+    def id_boundaries(self, count: int) -> list[Any]:
+        return self._call("id_boundaries", count)
+
+    def count(self, unit: UnitSpec) -> int:
+        return self._call("count", unit)
+
+    def scan_page(self, unit: UnitSpec, batch_size: int,
+                  cursor: Cursor | None = None) -> tuple[pa.Table, Cursor | None]:
+        return self._call("scan_page", unit, batch_size, cursor)
+
+    def scan(self, unit: UnitSpec, batch_size: int,
+             cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
+        while True:
+            table, nxt = self.scan_page(unit, batch_size, cursor)
+            cursor = nxt if nxt is not None else {"done": True}
+            if table.num_rows:
+                yield table, cursor
+            if nxt is None:
+                return
+
+    def fetch(self, ids: Sequence[Any]) -> pa.Table:
+        return self._call("fetch", list(ids))
+
+    def checksum(self, unit: UnitSpec, batch_size: int = 2000) -> Digest:
+        return self._call("checksum", unit, batch_size)  # computed next to the data
+
+    def search(self, vector: Sequence[float], k: int, vector_name: str,
+               unit: UnitSpec | None = None) -> list[SearchHit]:
+        return self._call("search", [float(x) for x in vector], k, vector_name, unit)
+
+    def upsert(self, table: pa.Table) -> None:
+        self._call("upsert", table)
+
+    def delete(self, ids: Sequence[Any]) -> None:
+        self._call("delete", list(ids))
+
+    def stored_form(self, table: pa.Table) -> pa.Table:
+        return self._call("stored_form", table)
+
+    def finalize(self, options: Any) -> dict[str, Any]:
+        return self._call("finalize", options)
+
+    def close(self) -> None:
+        """The actor stays up for other users; ``release_hosted_qdrant`` stops it."""
+
+
+def hosted_qdrant(endpoint: QdrantEndpoint) -> Backend:
+    """The proxy of ``endpoint``'s collection, served by its folder's actor (created if needed)."""
+    if not endpoint.path:
+        raise TerminalError("hosted_qdrant serves Qdrant local folders (path), not servers (url)")
+    path = os.path.abspath(endpoint.path)
+    endpoint = endpoint.model_copy(update={"path": path})
+    return HostedBackend(endpoint, _get_or_create(path))
+
+
+def release_hosted_qdrant(path: str) -> bool:
+    """Close and kill the actor hosting ``path``, if there is one; True if there was."""
+    import ray
+
+    try:
+        actor = ray.get_actor(actor_name(path), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    try:
+        ray.get(actor.close.remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - the kill below frees the folder anyway
+        log.warning("hosted Qdrant for %s did not close cleanly", path, exc_info=True)
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until the name is free, so no one gets the corpse
+        try:
+            ray.get_actor(actor_name(path), namespace=NAMESPACE)
+        except ValueError:
+            break
+        time.sleep(0.05)
+    log.info("released hosted Qdrant for %s", path)
+    return True
+
+
+__all__ = ["HostedBackend", "hosted_qdrant", "release_hosted_qdrant"]

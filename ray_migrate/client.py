@@ -1,0 +1,318 @@
+"""``RoutedCollection``: what applications use while their collection moves.
+
+Points are given and returned in the *source's* terms (its payload field and vector names);
+writes to the target go through the forward transform and reads from it through the inverse.
+Every write asks the router for a lease first (see ``routing`` for why that keeps every
+acknowledged write), so a client never needs a fresh routing table to be correct: the lease
+carries the owner, and a write whose owner changed meanwhile is written again to the new one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_migrate.backends import Backend, open_backend
+from ray_migrate.config import MigrationConfig
+from ray_migrate.errors import InvalidDataError, TransientError
+from ray_migrate.plan import Plan, label
+from ray_migrate.router import RouterHandle, get_router
+from ray_migrate.schema import (
+    ID,
+    PAYLOAD,
+    UINT64_MAX,
+    canonical_json,
+    check_vectors,
+    make_batch,
+    payload_dicts,
+    vectors_to_numpy,
+)
+from ray_migrate.transform import Transform
+from ray_migrate.units import UnitSpec
+
+log = logging.getLogger(__name__)
+
+FREEZE_WAIT_S = 30.0
+
+
+def similarity(score: float, distance: str, higher_is_better: bool) -> float:
+    """One scale for both engines: higher is better. Qdrant reports similarity for cosine and
+    dot and a distance for l2/manhattan; LanceDB reports 1 - cos, 1 - dot and squared l2."""
+    if distance in ("cosine", "dot"):
+        return score if higher_is_better else 1.0 - score
+    if distance == "l2":
+        return -score if higher_is_better else -math.sqrt(max(score, 0.0))
+    return -score
+
+
+class RoutedCollection:
+    """Upsert, delete, retrieve, search and count, routed per unit to its current owner."""
+
+    def __init__(self, cfg: MigrationConfig, plan: Plan, router: RouterHandle):
+        self.cfg, self.plan, self.router = cfg, plan, router
+        self.info = plan.source_info
+        self.forward = Transform(cfg.transform)
+        self.inverse = Transform(cfg.transform, inverse=True) if cfg.transform.invertible else None
+        self.backends: dict[str, Backend] = {
+            "source": open_backend(cfg.source),
+            "target": open_backend(cfg.target, payload_schema=plan.target_info.payload_schema),
+        }
+        self.units = {u.unit_id: u for u in plan.units}
+        ranges = [u for u in plan.units if u.kind == "id_range"]
+        self._range_units = sorted(ranges, key=lambda u: (u.lo is not None, u.lo))
+        self._range_los = [u.lo for u in self._range_units[1:]]
+
+    @classmethod
+    def connect(cls, migration_id: str, address: str | None = None) -> RoutedCollection:
+        """Attach to a running migration from any process that can reach the Ray cluster."""
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address or "auto", namespace="ray_migrate",
+                     log_to_driver=False, configure_logging=False)
+        router = get_router(migration_id)
+        info = router.call("describe")
+        cfg = MigrationConfig.model_validate(info["config"])
+        return cls(cfg, Plan.from_dict(info["plan"]), router)
+
+    # --- units ----------------------------------------------------------------------------
+    def unit_of(self, pid: Any, payload: dict[str, Any] | None) -> str:
+        if self.cfg.units.by == "tenant":
+            fld = self.cfg.units.field or ""
+            value = (payload or {}).get(fld)
+            if isinstance(value, (list, dict)):
+                raise InvalidDataError(f"point {pid!r}: payload field {fld!r} (units.field) "
+                                       "must hold one scalar value, not a list or object")
+            return f"{fld}={label(value)}"
+        i = bisect.bisect_right(self._range_los, pid) if self._range_los else 0
+        return self._range_units[i].unit_id
+
+    def _side(self, owner: str, table: pa.Table) -> pa.Table:
+        if owner == "source":
+            return table
+        return self.backends["target"].stored_form(self.forward.apply(table))
+
+    def _from_target(self, table: pa.Table) -> pa.Table:
+        return self.inverse.apply(table) if self.inverse is not None else table
+
+    # --- input ----------------------------------------------------------------------------
+    def _check_id(self, pid: Any) -> Any:
+        if self.info.id_type == "int":
+            if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
+                raise InvalidDataError(f"id {pid!r}: this collection has unsigned integer ids")
+            if not 0 <= int(pid) <= UINT64_MAX:
+                raise InvalidDataError(f"id {pid!r}: ids must be in 0..2**64-1")
+            return int(pid)
+        if not isinstance(pid, (str, uuid.UUID)):
+            raise InvalidDataError(f"id {pid!r}: this collection has string (UUID) ids")
+        return str(pid)
+
+    def to_table(self, points: Iterable[dict[str, Any]] | pa.Table) -> pa.Table:
+        """Validate points (ids, dimensions, NaN) and make a canonical table in source terms."""
+        if isinstance(points, pa.Table):
+            table = points
+        else:
+            pts = list(points)
+            ids, payloads = [], []
+            vecs: dict[str, list[Any]] = {v.name: [] for v in self.info.vectors}
+            for p in pts:
+                if not isinstance(p, dict) or "id" not in p:
+                    raise InvalidDataError(f"each point must be a dict with 'id': got {p!r}"[:200])
+                ids.append(self._check_id(p["id"]))
+                v = p.get("vector")
+                named = v if isinstance(v, dict) else {self.info.vectors[0].name: v}
+                for spec in self.info.vectors:
+                    if named.get(spec.name) is None:
+                        raise InvalidDataError(f"point {p['id']!r}: vector {spec.name!r} is "
+                                               "missing")
+                    arr = np.asarray(named[spec.name], dtype=np.float32)
+                    if arr.shape != (spec.dim,):
+                        raise InvalidDataError(f"point {p['id']!r}: vector {spec.name!r} has "
+                                               f"shape {arr.shape}; expected ({spec.dim},)")
+                    vecs[spec.name].append(arr)
+                payload = p.get("payload") or {}
+                try:
+                    canonical_json(payload)
+                except (TypeError, ValueError) as err:
+                    raise InvalidDataError(f"point {p['id']!r}: payload is not JSON: {err}") from None
+                payloads.append(payload)
+            table = make_batch(self.info, ids,
+                               {k: np.stack(v) if v else np.zeros((0, 1), np.float32)
+                                for k, v in vecs.items()}, payloads)
+        check_vectors(table, self.info)
+        return table
+
+    # --- writes ---------------------------------------------------------------------------
+    def _leased(self, unit_id: str, ids: list[Any], write: Any) -> None:
+        """Take a lease, write to the owner it names, and write again if the owner changed."""
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        while True:
+            lease = self.router.call("begin_write", unit_id, ids)
+            if lease["status"] == "wait":
+                if time.monotonic() > deadline:
+                    raise TransientError(f"unit {unit_id} stayed frozen for {FREEZE_WAIT_S}s")
+                time.sleep(0.003)
+                continue
+            write(lease["owner"])
+            if self.router.call("end_write", lease["token"])["valid"]:
+                return
+            log.info("unit %s changed owner during a write; writing again", unit_id)
+
+    def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
+        table = self.to_table(points)
+        groups: dict[str, list[int]] = defaultdict(list)
+        ids = table.column(ID).to_pylist()
+        for i, (pid, p) in enumerate(zip(ids, payload_dicts(table), strict=True)):
+            groups[self.unit_of(pid, p)].append(i)
+        for unit_id, rows in groups.items():
+            part = table.take(rows)
+            self._leased(unit_id, [ids[i] for i in rows],
+                         lambda owner, part=part: self.backends[owner].upsert(
+                             self._side(owner, part)))
+        return table.num_rows
+
+    def delete(self, ids: Sequence[Any]) -> int:
+        ids = [self._check_id(i) for i in ids]
+        for unit_id, unit_ids in self._locate(ids).items():
+            self._leased(unit_id, unit_ids,
+                         lambda owner, u=unit_ids: self.backends[owner].delete(u))
+        return len(ids)
+
+    def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:
+        """The unit of each id: by range, or by the tenant of the copy its owner holds."""
+        out: dict[str, list[Any]] = defaultdict(list)
+        if self.cfg.units.by != "tenant":
+            for pid in ids:
+                out[self.unit_of(pid, None)].append(pid)
+            return out
+        routes = self.router.call("routes")["units"]
+        seen: dict[Any, set[str]] = defaultdict(set)  # units of every copy found
+        owned: dict[Any, str] = {}  # the unit of the copy held by that unit's owner
+        for side in ("source", "target"):
+            t = self.backends[side].fetch(ids)
+            if side == "target":
+                t = self._from_target(t)
+            for pid, p in zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True):
+                unit = self.unit_of(pid, p)
+                seen[pid].add(unit)
+                if routes.get(unit, ("source",))[0] == side:
+                    owned[pid] = unit
+        for pid in ids:
+            for unit in ({owned[pid]} if pid in owned else seen.get(pid, set())):
+                out[unit].append(pid)
+        return out
+
+    # --- reads ----------------------------------------------------------------------------
+    def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
+        ids = [self._check_id(i) for i in ids]
+        routes = self.router.call("routes")["units"]
+        result: dict[Any, dict[str, Any]] = {}
+        for side in ("source", "target"):
+            t = self.backends[side].fetch(ids)
+            if side == "target":
+                t = self._from_target(t)
+            for row in self._rows(t):
+                if routes.get(self.unit_of(row["id"], row["payload"]), ("source",))[0] == side:
+                    result[row["id"]] = row
+        return [result[i] for i in ids if i in result]
+
+    def _rows(self, t: pa.Table) -> list[dict[str, Any]]:
+        names = [v.name for v in self.info.vectors]
+        vecs = {n: vectors_to_numpy(t.column(n)) for n in names if n in t.column_names}
+        out = []
+        for i, (pid, p) in enumerate(zip(t.column(ID).to_pylist(), payload_dicts(t),
+                                         strict=True)):
+            vector: Any = {n: vecs[n][i].tolist() for n in vecs}
+            if self.info.unnamed_vector or names == ["vector"]:
+                vector = vector.get(names[0])
+            out.append({"id": pid, "vector": vector, "payload": p})
+        return out
+
+    def search(self, vector: Sequence[float], k: int = 10,
+               filter: dict[str, Any] | None = None, vector_name: str | None = None
+               ) -> list[dict[str, Any]]:
+        """Exact top-k over the current data of every unit, whichever backend owns it.
+
+        ``filter`` is an equality filter on payload keys (source names). Scores are on one
+        scale where higher is better (see ``similarity``).
+        """
+        name = vector_name or self.info.vectors[0].name
+        spec = self.info.vector(name)
+        if spec is None:
+            raise InvalidDataError(f"vector_name {name!r}: the collection has "
+                                   f"{self.info.vector_names}")
+        q = np.asarray(vector, dtype=np.float32)
+        if q.shape != (spec.dim,) or not np.isfinite(q).all():
+            raise InvalidDataError(f"query vector must be {spec.dim} finite floats")
+        if k < 1:
+            raise InvalidDataError("k must be at least 1")
+        routes = self.router.call("routes")["units"]
+        hits: list[tuple[float, Any, dict[str, Any]]] = []
+        for side in ("source", "target"):
+            hits += self._search_side(side, q, k, name, spec.distance, filter or {}, routes)
+        top = heapq.nlargest(k, hits, key=lambda h: (h[0], str(h[1])))
+        return [{"id": pid, "score": s, "payload": p} for s, pid, p in top]
+
+    def _search_side(self, side: str, q: np.ndarray, k: int, name: str, distance: str,
+                     flt: dict[str, Any], routes: dict[str, Any]) -> list[tuple]:
+        backend = self.backends[side]
+        tname = self.forward.rename_vectors.get(name, name) if side == "target" else name
+        unit = None
+        if self.cfg.units.by == "tenant" and self.cfg.units.field in flt:
+            uid = self.unit_of(None, flt)
+            if routes.get(uid, ("source",))[0] != side:
+                return []
+            unit = UnitSpec(uid, "tenant", field=self.cfg.units.field,
+                            value=flt[self.cfg.units.field])
+            if side == "target":
+                unit = self.forward.target_unit(unit)
+        owned = {u for u, (owner, _) in routes.items() if owner == side}
+        if not owned and not (side == "source" and not routes):
+            return []
+        fetch_k = k
+        while True:
+            raw = backend.search(q.tolist(), fetch_k, tname, unit)
+            out = []
+            for h in raw:
+                payload = h.payload
+                if side == "target" and self.inverse is not None:
+                    payload = self._inverse_payload(payload)
+                if any(payload.get(key) != val for key, val in flt.items()):
+                    continue
+                if self.unit_of(h.id, payload) not in owned:
+                    continue
+                out.append((similarity(h.score, distance, backend.capabilities
+                                       .higher_score_is_better), h.id, payload))
+            if len(out) >= k or len(raw) < fetch_k:
+                return out
+            fetch_k *= 4
+
+    def _inverse_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {self.inverse.rename_fields.get(key, key): v for key, v in payload.items()}
+
+    def count(self) -> int:
+        routes = self.router.call("routes")["units"]
+        total = 0
+        for unit_id, (owner, _) in routes.items():
+            unit = self.units.get(unit_id) or self._new_unit(unit_id)
+            if owner == "target":
+                unit = self.forward.target_unit(unit)
+            total += self.backends[owner].count(unit)
+        return total
+
+    def _new_unit(self, unit_id: str) -> UnitSpec:
+        fld, _, value = unit_id.partition("=")
+        return UnitSpec(unit_id, "tenant", field=fld, value=None if value == "<none>" else value)
+
+
+__all__ = ["PAYLOAD", "RoutedCollection", "similarity"]

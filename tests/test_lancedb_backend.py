@@ -1,0 +1,282 @@
+"""LanceBackend against a real LanceDB in a temporary folder (no Ray)."""
+
+from __future__ import annotations
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ray_migrate.backends.lancedb import LanceBackend
+from ray_migrate.config import LanceEndpoint, LanceTargetOptions
+from ray_migrate.errors import IncompatibleTargetError, InvalidDataError, UnsupportedError
+from ray_migrate.schema import (
+    CollectionInfo,
+    VectorSpec,
+    canonical_json,
+    make_batch,
+    payload_dicts,
+    vectors_to_numpy,
+)
+from ray_migrate.units import UnitSpec
+
+ALL = UnitSpec("all", "all")
+
+EDGE_PAYLOADS = [
+    {},
+    {"tenant": "a", "n": 2**62, "big": 2**64 - 1, "f": 1.5, "flag": True},
+    {"tenant": None, "n": None, "nested": {"x": [1, {"y": None}], "é": "ü"}},
+    {"tenant": "o'brien", "big": -5, "tags": ["a", "b"], "flag": False, "f": -0.0},
+    {"text": "日本語 🚀 \"quoted\" \\ back", "nested": [], "tags": None},
+    {"tenant": "a", "f": 1e300, "n": -(2**63)},
+]
+SCHEMA = {"tenant": "string", "n": "int", "big": "json", "f": "float", "flag": "bool",
+          "nested": "json", "tags": "json", "text": "string"}
+
+
+def ep(tmp_path, table="t", **kw) -> LanceEndpoint:
+    return LanceEndpoint(kind="lancedb", uri=str(tmp_path / "db"), table=table, **kw)
+
+
+def info_of(id_type="int", vectors=(("vector", 4, "l2"),), schema=None) -> CollectionInfo:
+    return CollectionInfo("c", tuple(VectorSpec(*v) for v in vectors), id_type,
+                          dict(schema if schema is not None else SCHEMA))
+
+
+def batch(info, ids, payloads=None, seed=0):
+    rng = np.random.default_rng(seed)
+    vecs = {v.name: rng.standard_normal((len(ids), v.dim)).astype(np.float32) for v in info.vectors}
+    return make_batch(info, ids, vecs, payloads if payloads is not None else [{}] * len(ids))
+
+
+def new_backend(tmp_path, info, **kw) -> LanceBackend:
+    b = LanceBackend(ep(tmp_path, **kw))
+    b.create(info)
+    return b
+
+
+def rows(table: pa.Table) -> dict:
+    """id -> (vector bytes per vector column, payload text): bit-exact comparison."""
+    names = [c for c in table.column_names if c not in ("id", "payload")]
+    vecs = {n: vectors_to_numpy(table.column(n)) for n in names}
+    return {pid: (tuple(vecs[n][i].tobytes() for n in names), table.column("payload")[i].as_py())
+            for i, pid in enumerate(table.column("id").to_pylist())}
+
+
+def scan_all(b, unit=ALL, batch_size=1000) -> pa.Table:
+    return pa.concat_tables([t for t, _ in b.scan(unit, batch_size)])
+
+
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_roundtrip_edge_payloads_two_vectors(tmp_path, id_type):
+    info = info_of(id_type, (("dense", 8, "cosine"), ("small", 3, "l2")))
+    b = new_backend(tmp_path, info)
+    ids = list(range(1, 7)) if id_type == "int" else [f"id-{i}" for i in range(6)]
+    if id_type == "int":
+        ids[-1] = 2**64 - 1
+    src = batch(info, ids, EDGE_PAYLOADS)
+    b.upsert(src)
+    got = scan_all(b, batch_size=4)
+    assert rows(got) == rows(src)
+    assert sorted(payload_dicts(got), key=canonical_json) == sorted(EDGE_PAYLOADS, key=canonical_json)
+    d = b.describe()
+    assert d.id_type == id_type and d.count == 6 and d.payload_schema == dict(sorted(SCHEMA.items()))
+    assert d.vectors == info.vectors
+    assert rows(b.fetch([ids[1], ids[3], "nope" if id_type == "str" else 999])) == {
+        k: v for k, v in rows(src).items() if k in (ids[1], ids[3])}
+
+
+def test_scan_resume_pinned_version(tmp_path):
+    info = info_of(schema={"tenant": "string"})
+    b = new_backend(tmp_path, info)
+    b.upsert(batch(info, list(range(500)), [{"tenant": "x"}] * 500))
+    b.upsert(batch(info, list(range(500, 1000)), [{"tenant": "x"}] * 500, seed=1))
+    expected = rows(scan_all(b))
+    it = b.scan(ALL, 150)
+    first = [next(it) for _ in range(3)]
+    cursor = first[-1][1]
+    assert cursor["rows"] == 450 and all(t.num_rows == 150 for t, _ in first)
+    # Writes after the pin: new rows, changed rows, deleted rows. The resumed scan ignores them.
+    b.upsert(batch(info, list(range(900, 1100)), [{"tenant": "y"}] * 200, seed=2))
+    b.delete(list(range(0, 1000, 3)))
+    resumed = list(LanceBackend(ep(tmp_path)).scan(ALL, 150, cursor))
+    assert [t.num_rows for t, _ in resumed] == [150, 150, 150, 100]
+    assert resumed[-1][1] == {"version": cursor["version"], "rows": 1000}
+    got = [t for t, _ in first] + [t for t, _ in resumed]
+    ids = [i for t in got for i in t.column("id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 1000
+    assert rows(pa.concat_tables(got)) == expected
+    # A filtered unit resumes the same way (the order at a pinned version is deterministic).
+    unit = UnitSpec("u", "tenant", field="tenant", value="x")
+    full = [t for t, _ in b.scan(unit, 70)]
+    cur = next(c for i, (_, c) in enumerate(b.scan(unit, 70)) if i == 4)
+    rest = [t for t, _ in b.scan(unit, 70, cur)]
+    assert pa.concat_tables(full[5:]).equals(pa.concat_tables(rest))
+
+
+def test_tenant_and_id_range_units(tmp_path):
+    info = info_of(schema={"tenant": "string", "n": "int"})
+    b = new_backend(tmp_path, info)
+    tenants = ["a", "o'brien", None, "b"]
+    payloads = [{"tenant": tenants[i % 4], "n": i} if i % 8 != 6 else {"n": i} for i in range(400)]
+    b.upsert(batch(info, list(range(400)), payloads))
+    counts = b.tenant_counts("tenant")
+    assert counts == {"a": 100, "o'brien": 100, "b": 100, None: 100}
+    for value, c in counts.items():
+        unit = UnitSpec("u", "tenant", field="tenant", value=value)
+        assert b.count(unit) == c
+        got = payload_dicts(scan_all(b, unit, 64))
+        assert len(got) == c and all(p.get("tenant") == value for p in got)
+    bounds = b.id_boundaries(7)
+    assert bounds == sorted(set(bounds)) and 0 < len(bounds) <= 6
+    edges = [None, *bounds, None]
+    seen = []
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        unit = UnitSpec("r", "id_range", lo=lo, hi=hi)
+        part = scan_all(b, unit, 50).column("id").to_pylist()
+        assert all(unit.contains_id(i) for i in part) and b.count(unit) == len(part)
+        seen += part
+    assert sorted(seen) == list(range(400))
+
+
+def test_tenant_on_json_column_refused(tmp_path):
+    b = new_backend(tmp_path, info_of(schema={"tags": "json"}))
+    with pytest.raises(UnsupportedError, match="'tags' is a json column"):
+        b.tenant_counts("tags")
+
+
+def test_upsert_idempotent_and_delete(tmp_path):
+    info = info_of(schema={"n": "int"})
+    b = new_backend(tmp_path, info)
+    src = batch(info, list(range(50)), [{"n": i} for i in range(50)])
+    b.upsert(src)
+    b.upsert(src)
+    assert b.tbl.count_rows() == 50 and b.count(ALL) == 50
+    b.delete([0, 1, 2, 999])
+    assert b.count(ALL) == 47 and b.fetch([0, 1, 3]).column("id").to_pylist() == [3]
+
+
+def test_nan_vector_and_bad_values_refused(tmp_path):
+    info = info_of(schema={"n": "int"})
+    b = new_backend(tmp_path, info)
+    b.upsert(batch(info, [1, 2]))
+    bad = batch(info, [3, 4])
+    vec = vectors_to_numpy(bad.column("vector")).copy()
+    vec[1, 2] = np.nan
+    bad = make_batch(info, [3, 4], {"vector": vec}, [{}, {}])
+    with pytest.raises(InvalidDataError, match="point 4"):
+        b.upsert(bad)
+    with pytest.raises(InvalidDataError, match=r"'n'.*payload_schema: \{n: json\}"):
+        b.upsert(batch(info, [5], [{"n": "text"}]))
+    with pytest.raises(InvalidDataError, match="'n'"):
+        b.upsert(batch(info, [6], [{"n": 2**63}]))
+    with pytest.raises(InvalidDataError, match="'surprise'.*payload_schema"):
+        b.upsert(batch(info, [7], [{"surprise": 1}]))
+    assert b.count(ALL) == 2
+
+
+def test_declared_schema_overrides_inferred(tmp_path):
+    info = info_of(schema={"n": "int"})
+    b = LanceBackend(ep(tmp_path), payload_schema={"n": "json", "extra": "string"})
+    b.create(info)
+    src = batch(info, [1, 2], [{"n": 2**64 - 1, "extra": "x"}, {"n": "mixed"}])
+    b.upsert(src)
+    assert rows(scan_all(b)) == rows(src)
+    assert b.describe().payload_schema == {"extra": "string", "n": "json"}
+
+
+def test_foreign_table_readable(tmp_path):
+    db = lancedb.connect(str(tmp_path / "db"))
+    data = pa.table({
+        "id": pa.array([10, 20, 30], pa.int64()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(6, dtype=np.float32)), 2),
+        "tags": pa.array([["a"], [], None], pa.list_(pa.string())),
+        "price": pa.array([1.5, None, 3.0]),
+        "info": pa.array([{"k": 1}, {"k": None}, None], pa.struct([("k", pa.int64())])),
+    })
+    db.create_table("foreign", data)
+    b = LanceBackend(ep(tmp_path, table="foreign"))
+    d = b.describe()
+    assert d.id_type == "int" and d.vectors == (VectorSpec("vector", 2, "l2"),) and d.count == 3
+    assert d.payload_schema == {"info": "json", "price": "float", "tags": "json"}
+    got = scan_all(b, batch_size=2)
+    assert got.column("id").to_pylist() == [10, 20, 30]
+    assert payload_dicts(got) == [{"tags": ["a"], "price": 1.5, "info": {"k": 1}},
+                                  {"tags": [], "info": {"k": None}}, {"price": 3.0}]
+    assert vectors_to_numpy(got.column("vector")).tobytes() == np.arange(6, dtype=np.float32).tobytes()
+    assert LanceBackend(ep(tmp_path, table="foreign", distance="cosine")).describe(
+    ).vectors[0].distance == "cosine"
+    db.create_table("noid", pa.table({"key": [1]}))
+    with pytest.raises(Exception, match="'id' column"):
+        LanceBackend(ep(tmp_path, table="noid")).describe()
+    db.create_table("neg", pa.table({"id": pa.array([-1], pa.int64())}))
+    with pytest.raises(InvalidDataError, match="-1"):
+        scan_all(LanceBackend(ep(tmp_path, table="neg")))
+    db.create_table("f64", pa.table({"id": [1], "emb": pa.array([[1.0, 2.0]],
+                                                                 pa.list_(pa.float64(), 2))}))
+    with pytest.raises(UnsupportedError, match="'emb'"):
+        LanceBackend(ep(tmp_path, table="f64")).describe()
+    db.create_table("varvec", pa.table({"id": ["a", "b"], "emb": pa.array(
+        [[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32())), "note": ["x", None]}))
+    var = LanceBackend(ep(tmp_path, table="varvec"))
+    assert var.describe().vectors == (VectorSpec("emb", 2, "l2"),)
+    assert payload_dicts(scan_all(var)) == [{"note": "x"}, {}]
+    with pytest.raises(Exception, match="does not exist"):
+        LanceBackend(ep(tmp_path, table="missing")).describe()
+
+
+def test_check_compatible(tmp_path):
+    b = new_backend(tmp_path, info_of(vectors=(("vector", 4, "l2"), ("img", 2, "cosine"))))
+    b.check_compatible(info_of(vectors=(("vector", 4, "l2"),)))
+    cases = {
+        "dimension": info_of(vectors=(("img", 3, "cosine"),)),
+        "distance": info_of(vectors=(("img", 2, "dot"),)),
+        "no column": info_of(vectors=(("audio", 2, "l2"),)),
+    }
+    for what, other in cases.items():
+        with pytest.raises(IncompatibleTargetError, match=f"'{other.vectors[0].name}'.*"):
+            b.check_compatible(other)
+        with pytest.raises(IncompatibleTargetError, match=what):
+            b.check_compatible(other)
+    with pytest.raises(IncompatibleTargetError, match="str ids"):
+        b.check_compatible(info_of("str"))
+    with pytest.raises(IncompatibleTargetError, match="'n'"):
+        b.check_compatible(info_of(schema={"n": "float"}))
+
+
+def test_finalize_compacts_and_indexes(tmp_path):
+    info = info_of(vectors=(("vector", 8, "cosine"),), schema={})
+    b = new_backend(tmp_path, info)
+    for i in range(6):
+        b.upsert(batch(info, list(range(i * 60, (i + 1) * 60)), seed=i))
+    before = rows(scan_all(b))
+    done = b.finalize(LanceTargetOptions(compact=True, index_min_rows=300, index_type="IVF_FLAT"))
+    assert done["compacted"] and done["indexed"] == ["vector"]
+    assert done["fragments_after"] < done["fragments_before"]
+    assert done["versions_after"] < done["versions_before"]
+    assert len(b.tbl.list_indices()) == 1 and rows(scan_all(b)) == before
+    assert LanceBackend(ep(tmp_path)).describe().vectors == info.vectors  # metadata kept
+    done = b.finalize(LanceTargetOptions(compact=False, index_min_rows=10_000))
+    assert not done["compacted"] and done["indexed"] == []
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine"])
+def test_exact_search_matches_numpy(tmp_path, distance):
+    info = info_of(vectors=(("vector", 16, distance),), schema={"tenant": "string"})
+    b = new_backend(tmp_path, info)
+    src = batch(info, list(range(300)), [{"tenant": "ab"[i % 2]} for i in range(300)])
+    b.upsert(src)
+    vecs = vectors_to_numpy(src.column("vector")).astype(np.float64)
+    q = np.random.default_rng(9).standard_normal(16).astype(np.float32)
+    if distance == "l2":
+        dist = ((vecs - q) ** 2).sum(axis=1)
+    else:
+        dist = 1 - vecs @ q / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(q))
+    hits = b.search(q, 10, "vector")
+    assert [h.id for h in hits] == list(np.argsort(dist)[:10])
+    assert np.allclose([h.score for h in hits], np.sort(dist)[:10], rtol=1e-4, atol=1e-5)
+    unit = UnitSpec("u", "tenant", field="tenant", value="b")
+    hits = b.search(q, 5, "vector", unit)
+    odd = np.arange(1, 300, 2)
+    assert [h.id for h in hits] == list(odd[np.argsort(dist[odd])[:5]])
+    assert all(h.payload == {"tenant": "b"} for h in hits)
