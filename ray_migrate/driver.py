@@ -14,7 +14,7 @@ from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
-from ray_migrate.plan import Plan, load_or_make_plan
+from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.state import StateStore
 from ray_migrate.units import UnitSpec
@@ -137,7 +137,7 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
     source = open_backend(cfg.source)
     try:
         # Step 1: plan (or reuse the stored plan, so unit ids and checkpoints stay valid).
-        plan = load_or_make_plan(cfg, source, store)
+        plan = load_or_make_plan(cfg, source, store, save=False)
         report.warnings = list(plan.warnings)
         rows = {u.unit_id: UnitReport(unit_id=u.unit_id) for u in plan.units}
         report.units = list(rows.values())
@@ -145,6 +145,7 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
                  plan.source_info.count)
         # Step 2: prepare the target before anything is written.
         target = prepare_target(cfg, plan)
+        save_plan(plan, store)
         # Step 3: the worker pool.
         workers = start_workers(cfg, plan, min(cfg.copy_cfg.workers, max(len(plan.units), 1)))
         try:

@@ -119,8 +119,12 @@ def make_plan(cfg: MigrationConfig, source: Backend) -> Plan:
     return Plan(cfg.migration_id, cfg.fingerprint(), info, target_info, units, warnings)
 
 
-def load_or_make_plan(cfg: MigrationConfig, source: Backend, store: StateStore) -> Plan:
-    """Reuse the stored plan when the config still matches it; refuse a changed config."""
+def load_or_make_plan(cfg: MigrationConfig, source: Backend, store: StateStore,
+                      save: bool = True) -> Plan:
+    """Reuse the stored plan when the config still matches it; refuse a changed config.
+
+    ``save=False`` leaves a new plan unsaved: the driver saves it once the target is ready,
+    so a refused target leaves nothing behind."""
     stored = store.read(PLAN_KEY)
     if stored is not None:
         plan = Plan.from_dict(stored)
@@ -132,5 +136,10 @@ def load_or_make_plan(cfg: MigrationConfig, source: Backend, store: StateStore) 
                 "start over.")
         return plan
     plan = make_plan(cfg, source)
-    store.write(PLAN_KEY, plan.to_dict())
+    if save:
+        save_plan(plan, store)
     return plan
+
+
+def save_plan(plan: Plan, store: StateStore) -> None:
+    store.write(PLAN_KEY, plan.to_dict())
