@@ -176,8 +176,9 @@ def _table_layout(schema: pa.Schema, distance: str | None, sample: Any) -> _Layo
     json_text: set[str] = set()
     if own:
         declared = json.loads(meta[META + "payload_types"])
-        json_text = {k for k, v in declared.items() if v == "json" and k in payload}
-        payload.update({k: v for k, v in declared.items() if k in payload})
+        # The metadata may only narrow a string column to json; the Arrow type is the truth.
+        json_text = {k for k, v in declared.items() if v == "json" and payload.get(k) == "string"}
+        payload.update({k: "json" for k in json_text})
     unnamed = meta.get(META + "unnamed_vector", str([v.name for v in vectors] == ["vector"]))
     lay = _Layout(own=own, id_type=meta.get(META + "id_type", id_type), id_arrow=id_t,
                   vectors=vectors, var_vectors=var, payload=payload, json_text=json_text,

@@ -1,0 +1,27 @@
+"""Transform functions used by tests; importable in Ray workers through PYTHONPATH (conftest)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ray_migrate.schema import vectors_to_arrow, vectors_to_numpy
+
+
+def poison_13(table: pa.Table) -> pa.Table:
+    """A buggy re-embedding: point 13 gets a NaN."""
+    vecs = vectors_to_numpy(table.column("vector")).copy()
+    ids = table.column("id").to_pylist()
+    if 13 in ids:
+        vecs[ids.index(13), 0] = np.nan
+    return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))
+
+
+def scale_up(table: pa.Table) -> pa.Table:
+    vecs = vectors_to_numpy(table.column("vector")) * np.float32(2)
+    return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))
+
+
+def scale_down(table: pa.Table) -> pa.Table:
+    vecs = vectors_to_numpy(table.column("vector")) / np.float32(2)
+    return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))
