@@ -11,7 +11,12 @@ from truth import assert_same, make_points, read_qdrant, seed_lance_native, seed
 
 from ray_migrate.config import parse_config
 from ray_migrate.driver import run_migration
-from ray_migrate.errors import ConfigError, IncompatibleTargetError, UnsupportedError
+from ray_migrate.errors import (
+    ConfigError,
+    IncompatibleTargetError,
+    InvalidDataError,
+    UnsupportedError,
+)
 from ray_migrate.state import StateStore
 
 
@@ -116,15 +121,22 @@ def test_incompatible_payload_column_type_is_refused(ray_cluster, tmp_path):
     assert db.open_table("docs").count_rows() == 0
 
 
-def test_ids_the_target_cannot_hold_fail_the_unit_naming_the_id(ray_cluster, tmp_path):
-    seed_lance_native(str(tmp_path / "src"), "docs", [5, -3, 7])
+def test_ids_the_target_cannot_hold_are_refused_naming_the_id(ray_cluster, tmp_path):
     src = {"kind": "lancedb", "uri": str(tmp_path / "src"), "table": "docs"}
     dst = {"kind": "qdrant", "path": str(tmp_path / "dst"), "collection": "docs"}
-    report = run_migration(config(tmp_path, "negid", src, dst))
-    assert not report.ok
+    # Seen in the plan's sample: refused before the target exists.
+    seed_lance_native(src["uri"], "docs", [5, -3, 7])
+    with pytest.raises(InvalidDataError, match="id -3 is negative"):
+        run_migration(config(tmp_path, "negid", src, dst))
+    assert not (tmp_path / "dst").exists()
+    # Past the sample: the unit fails, naming the id, and its batch is not written.
+    src["table"] = "late"
+    seed_lance_native(src["uri"], "late", [*range(200), -3])
+    report = run_migration(config(tmp_path, "negid2", src, dst, copy={"batch_size": 100,
+                                                                     "workers": 1}))
     (row,) = report.units
-    assert row.status == "failed" and "-3" in row.error, row.error
-    assert read_qdrant(dst["path"], "docs") == {}
+    assert not report.ok and row.status == "failed" and "id -3" in row.error, row.error
+    assert set(read_qdrant(dst["path"], "docs")) == set(range(200))
 
 
 def test_nan_vector_fails_its_unit_and_its_batch_is_not_written(ray_cluster, tmp_path):
