@@ -155,6 +155,40 @@ class LanceTargetOptions(_Model):
 
 class VerifyConfig(_Model):
     enabled: bool = True
+    max_repair_rounds: int = Field(default=3, ge=0)
+
+
+class CutoverConfig(_Model):
+    """Rolling cutover: waves of units, each behind a short write freeze."""
+
+    mode: Literal["auto", "manual"] = "auto"
+    waves: list[int | str] = Field(default_factory=lambda: [1, "25%", "100%"])
+    pause_s: float = Field(default=10.0, ge=0)
+    max_freeze_ms: int = Field(default=500, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    ready_lag: int = Field(default=100, ge=0, description="a unit is ready for cutover when "
+                           "at most this many changed ids wait for catch-up")
+    write_lease_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("waves")
+    @classmethod
+    def _waves(cls, v: list[int | str]) -> list[int | str]:
+        if not v:
+            raise ValueError("give at least one wave, for example [1, \"25%\", \"100%\"]")
+        for w in v:
+            if isinstance(w, int) and w >= 1:
+                continue
+            if isinstance(w, str) and re.fullmatch(r"(100|[1-9]?[0-9](\.[0-9]+)?)%", w) \
+                    and float(w[:-1]) > 0:
+                continue
+            raise ValueError(f"wave {w!r} must be a unit count (1, 2, ...) or a share of "
+                             "the units (\"25%\")")
+        return v
+
+
+class RollbackConfig(_Model):
+    window_s: float = Field(default=0.0, ge=0, description="how long after the last cutover "
+                            "writes to the target are synced back to the source")
 
 
 class MigrationConfig(_Model):
@@ -171,6 +205,8 @@ class MigrationConfig(_Model):
     )
     lance: LanceTargetOptions = LanceTargetOptions()
     verify: VerifyConfig = VerifyConfig()
+    cutover: CutoverConfig = CutoverConfig()
+    rollback: RollbackConfig = RollbackConfig()
     state_uri: str
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -193,6 +229,15 @@ class MigrationConfig(_Model):
                 "source and target are the same collection; point target at another "
                 "collection or table"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rollback_needs_inverse(self) -> MigrationConfig:
+        if self.rollback.window_s > 0 and not self.transform.invertible:
+            raise ValueError(
+                "rollback.window_s: the transform cannot be inverted (it drops fields or has "
+                "a function without transform.inverse_function), so target writes cannot be "
+                "synced back; set rollback.window_s: 0 or declare the inverse")
         return self
 
     @property

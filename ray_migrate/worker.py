@@ -24,6 +24,7 @@ from ray_migrate.verify import verify_unit
 log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
+READY_TIMEOUT_S = 120.0
 
 
 def worker_name(migration_id: str, index: int) -> str:
@@ -86,6 +87,13 @@ def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
         options["memory"] = res.memory_mb * 1024 * 1024
     if res.resources:
         options["resources"] = dict(res.resources)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if res.num_cpus > 0 and count * res.num_cpus > cpus:
+        fit = max(1, int(cpus // res.num_cpus))
+        log.warning("copy.workers=%d with %.1f CPU each does not fit the cluster's %.0f CPUs; "
+                    "starting %d (lower copy.worker_resources.num_cpus to run more)",
+                    count, res.num_cpus, cpus, fit)
+        count = fit
     actor_cls = ray.remote(UnitWorker)
     plan_dict = plan.to_dict()
     workers = []
@@ -97,7 +105,17 @@ def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
             ray.kill(stale, no_restart=True)
             _wait_gone(name)
         workers.append(actor_cls.options(name=name, **options).remote(cfg, plan_dict, i))
-    ray.get([w.ready.remote() for w in workers])
+    ready, pending = ray.wait([w.ready.remote() for w in workers], num_returns=len(workers),
+                              timeout=READY_TIMEOUT_S)
+    if pending:
+        from ray_migrate.errors import TerminalError
+
+        for w in workers:
+            ray.kill(w, no_restart=True)
+        raise TerminalError(
+            f"{len(pending)} of {len(workers)} unit workers did not start within "
+            f"{READY_TIMEOUT_S:.0f}s: the cluster lacks the resources in "
+            "copy.worker_resources (see `ray status`)")
     return workers
 
 

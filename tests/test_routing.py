@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ray_migrate.routing import RoutingTable, TransitionError
@@ -108,7 +110,10 @@ def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
         epoch = h.call("routes")["epoch"]
         ray.kill(h.actor, no_restart=False)
         again = get_router("rt-test")
-        routes = again.call("routes")
+        deadline = time.monotonic() + 60
+        while (routes := again.call("routes"))["epoch"] <= epoch:  # until it has restarted
+            assert time.monotonic() < deadline, "the router did not restart"
+            time.sleep(0.05)
         assert routes["units"]["a"] == ("source", "capturing")
         assert routes["epoch"] > epoch
         assert again.call("take_changes", "a")[0] == [7]
