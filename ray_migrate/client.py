@@ -98,9 +98,7 @@ class RoutedCollection:
         return self._range_units[i].unit_id
 
     def _side(self, owner: str, table: pa.Table) -> pa.Table:
-        if owner == "source":
-            return table
-        return self.backends["target"].stored_form(self.forward.apply(table))
+        return table if owner == "source" else self.forward.apply(table)
 
     def _from_target(self, table: pa.Table) -> pa.Table:
         return self.inverse.apply(table) if self.inverse is not None else table
@@ -153,11 +151,11 @@ class RoutedCollection:
         return table
 
     # --- writes ---------------------------------------------------------------------------
-    def _leased(self, unit_id: str, ids: list[Any], write: Any) -> None:
+    def _leased(self, unit_id: str, ids: list[Any], write: Any, value: Any = None) -> None:
         """Take a lease, write to the owner it names, and write again if the owner changed."""
         deadline = time.monotonic() + FREEZE_WAIT_S
         while True:
-            lease = self.router.call("begin_write", unit_id, ids)
+            lease = self.router.call("begin_write", unit_id, ids, value)
             if lease["status"] == "wait":
                 if time.monotonic() > deadline:
                     raise TransientError(f"unit {unit_id} stayed frozen for {FREEZE_WAIT_S}s")
@@ -171,14 +169,18 @@ class RoutedCollection:
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         table = self.to_table(points)
         groups: dict[str, list[int]] = defaultdict(list)
+        values: dict[str, Any] = {}
         ids = table.column(ID).to_pylist()
+        fld = self.cfg.units.field or ""
         for i, (pid, p) in enumerate(zip(ids, payload_dicts(table), strict=True)):
-            groups[self.unit_of(pid, p)].append(i)
+            unit_id = self.unit_of(pid, p)
+            groups[unit_id].append(i)
+            values[unit_id] = p.get(fld)
         for unit_id, rows in groups.items():
             part = table.take(rows)
             self._leased(unit_id, [ids[i] for i in rows],
                          lambda owner, part=part: self.backends[owner].upsert(
-                             self._side(owner, part)))
+                             self._side(owner, part)), values[unit_id])
         return table.num_rows
 
     def delete(self, ids: Sequence[Any]) -> int:
@@ -311,8 +313,10 @@ class RoutedCollection:
         return total
 
     def _new_unit(self, unit_id: str) -> UnitSpec:
-        fld, _, value = unit_id.partition("=")
-        return UnitSpec(unit_id, "tenant", field=fld, value=None if value == "<none>" else value)
+        fld, _, label_ = unit_id.partition("=")
+        value = self.router.call("status")["units"]
+        value = next((r["value"] for r in value if r["unit_id"] == unit_id), label_)
+        return UnitSpec(unit_id, "tenant", field=fld, value=value)
 
 
 __all__ = ["PAYLOAD", "RoutedCollection", "similarity"]

@@ -80,7 +80,9 @@ def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
               store: StateStore, cfg: CopyConfig,
               on_batch: Callable[[int], None] | None = None) -> CopyResult:
-    """Copy one unit from its checkpoint on; return when the whole unit is on the target."""
+    """Copy one unit from its checkpoint on; return when the whole unit is on the target.
+
+    ``on_batch`` is told the unit's copied count after every committed batch."""
     start = time.perf_counter()
     ckpt = store.load_checkpoint(unit.unit_id) or {}
     if ckpt.get("status") == "copied":
@@ -102,7 +104,7 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
                 "unit_id": unit.unit_id, "status": "copying", "cursor": cursor,
                 "copied": state["copied"], "updated_at": time.time()})
             if on_batch is not None:
-                on_batch(batch.num_rows)
+                on_batch(state["copied"])
 
     # A transient error in the scan breaks its generator; start again from the checkpoint.
     with_retries(run_from_checkpoint, attempts=cfg.max_retries, backoff_s=cfg.retry_backoff_s,

@@ -1,7 +1,7 @@
-"""The driver: plan, prepare the target, run units over a pool of worker actors, verify, report.
+"""The driver: plan, prepare the target, start the router and workers, run the units, report.
 
-The driver holds no state that matters: the plan, checkpoints and reports are under
-``state_uri``, so a driver that dies is replaced by running the same command again.
+The driver holds no state that matters: the plan, checkpoints, routing table and reports are
+under ``state_uri``, so a driver that dies is replaced by running the same command again.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
+from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.report import RunReport, UnitReport
+from ray_migrate.router import RouterHandle, start_router
 from ray_migrate.state import StateStore
 from ray_migrate.units import UnitSpec
 from ray_migrate.worker import NAMESPACE, start_workers
@@ -88,114 +90,180 @@ def run_on_pool(workers: list[Any], method: str, units: list[UnitSpec],
     return errors
 
 
-def _copy_all(workers: list[Any], units: list[UnitSpec], rows: dict[str, UnitReport]) -> None:
-    done = [0]
+class Migration:
+    """One migration's driver-side steps; ``run_migration`` runs them in order."""
 
-    def on_result(unit: UnitSpec, res: dict[str, Any]) -> None:
-        done[0] += 1
-        row = rows[unit.unit_id]
-        row.status, row.copied, row.copied_now = res["status"], res["copied"], res["copied_now"]
-        row.seconds, row.points_per_s = res["seconds"], res["points_per_s"]
-        log.info("copy %d/%d: unit %s %s, %d points (%.0f points/s)", done[0], len(units),
-                 unit.unit_id, res["status"], res["copied_now"], res["points_per_s"])
+    def __init__(self, cfg: MigrationConfig, address: str | None = None,
+                 command: str = "run"):
+        self.cfg = cfg
+        self.address = address
+        self.store = StateStore(cfg.state_uri, cfg.migration_id)
+        self.report = RunReport(migration_id=cfg.migration_id, command=command,
+                                expect_cutover=command == "run" and cfg.cutover.mode == "auto")
+        self.rows: dict[str, UnitReport] = {}
+        self.workers: list[Any] = []
+        self.plan: Plan | None = None
+        self.target: Backend | None = None
+        self.router: RouterHandle | None = None
 
-    for unit_id, error in run_on_pool(workers, "copy", units, on_result).items():
-        rows[unit_id].status, rows[unit_id].error = "failed", error
+    # --- Steps 1 to 3: plan, target, router and workers -----------------------------------
+    def start(self, workers: bool = True) -> None:
+        connect(self.address)
+        cfg = self.cfg
+        # Step 1: plan (or reuse the stored plan, so unit ids and checkpoints stay valid).
+        plan = load_or_make_plan(cfg, open_backend(cfg.source), self.store, save=False)
+        self.plan = plan
+        self.report.warnings = list(plan.warnings)
+        # Step 2: prepare the target before anything is written.
+        self.target = prepare_target(cfg, plan)
+        save_plan(plan, self.store)
+        # Step 3: the routing table (detached, durable) and the worker pool.
+        info = {"config": cfg.model_dump(mode="json", by_alias=True), "plan": plan.to_dict()}
+        self.router = start_router(
+            cfg.migration_id, cfg.state_uri, [u.unit_id for u in plan.units], info,
+            lease_s=cfg.cutover.write_lease_s,
+            freeze_timeout_s=max(10.0, 20 * cfg.cutover.max_freeze_ms / 1000))
+        running_on = self.router.call("describe")["state_uri"]
+        if running_on != self.store.uri:
+            raise TerminalError(
+                f"a router for migration {cfg.migration_id!r} already runs in this cluster with "
+                f"state_uri {running_on!r}; use another migration_id or the same state_uri")
+        for u in self.units():
+            self.rows.setdefault(u.unit_id, UnitReport(unit_id=u.unit_id))
+        self.report.units = list(self.rows.values())
+        log.info("migration %s: %d units, %d points", cfg.migration_id, len(self.rows),
+                 plan.source_info.count)
+        if workers:
+            n = min(cfg.copy_cfg.workers, max(len(self.rows), 1))
+            self.workers = start_workers(cfg, plan, n)
 
+    def units(self) -> list[UnitSpec]:
+        """The plan's units, and units the router added for tenants first seen while running."""
+        assert self.plan is not None and self.router is not None
+        known = {u.unit_id: u for u in self.plan.units}
+        for row in self.router.call("status")["units"]:
+            if row["unit_id"] not in known:
+                fld = row["unit_id"].partition("=")[0]
+                known[row["unit_id"]] = UnitSpec(row["unit_id"], "tenant", field=fld,
+                                                 value=row["value"])
+        return list(known.values())
 
-def _verify_all(workers: list[Any], units: list[UnitSpec], rows: dict[str, UnitReport]) -> None:
-    def on_result(unit: UnitSpec, v: dict[str, Any]) -> None:
-        row = rows[unit.unit_id]
+    def _row(self, unit_id: str) -> UnitReport:
+        if unit_id not in self.rows:
+            self.rows[unit_id] = UnitReport(unit_id=unit_id)
+            self.report.units = list(self.rows.values())
+        return self.rows[unit_id]
+
+    # --- Step 4: capture, copy, catch up and verify every unit ----------------------------
+    def prepare_units(self) -> None:
+        def on_result(unit: UnitSpec, res: dict[str, Any]) -> None:
+            row = self._row(unit.unit_id)
+            row.status = res.get("status", row.status)
+            for key in ("copied", "copied_now", "seconds", "points_per_s"):
+                if key in res:
+                    setattr(row, key, res[key])
+            v = res.get("verdict")
+            if v is not None:
+                self._set_verdict(row, v)
+            elif res.get("phase") in ("target", "done", "ready") and row.equal is None:
+                row.equal = True  # verified by an earlier run
+            log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
+                     res.get("copied_now", 0))
+
+        for unit_id, error in run_on_pool(self.workers, "prepare", self.units(),
+                                          on_result).items():
+            self._row(unit_id).status, self._row(unit_id).error = "failed", error
+
+    def _set_verdict(self, row: UnitReport, v: dict[str, Any]) -> None:
         for key in ("source_count", "target_count", "source_checksum", "target_checksum",
-                    "equal", "differing_buckets", "missing_ids", "extra_ids", "changed_ids"):
+                    "equal", "differing_buckets", "missing_ids", "extra_ids", "changed_ids",
+                    "pending"):
             setattr(row, key, v[key])
         if not v["equal"]:
-            log.error("unit %s differs: source %d points, target %d", unit.unit_id,
+            row.status = "failed"
+            row.error = row.error or "source and target differ after repair"
+            log.error("unit %s differs: source %d points, target %d", row.unit_id,
                       v["source_count"], v["target_count"])
 
-    for unit_id, error in run_on_pool(workers, "verify", units, on_result).items():
-        rows[unit_id].error = f"verify failed: {error}"
-        rows[unit_id].equal = False
+    def verify_units(self) -> None:
+        def on_result(unit: UnitSpec, v: dict[str, Any]) -> None:
+            row = self._row(unit.unit_id)
+            for key in ("source_count", "target_count", "source_checksum", "target_checksum",
+                        "equal", "differing_buckets", "missing_ids", "extra_ids",
+                        "changed_ids"):
+                setattr(row, key, v[key])
 
+        for unit_id, error in run_on_pool(self.workers, "verify", self.units(),
+                                          on_result).items():
+            self._row(unit_id).error = f"verify failed: {error}"
+            self._row(unit_id).equal = False
 
-def _finalize(cfg: MigrationConfig, target: Backend, store: StateStore,
-              copied_now: int) -> dict[str, Any]:
-    """Compact and index a LanceDB target once after the bulk load (again only if new data)."""
-    if copied_now == 0 and store.read(FINALIZED_KEY) is not None:
-        return {"skipped": "nothing new was copied"}
-    result = target.finalize(cfg.lance)
-    store.write(FINALIZED_KEY, {"at": time.time(), **result})
-    return result
+    # --- Step 5: compact and index the target after the bulk load -------------------------
+    def finalize_target(self) -> None:
+        copied_now = self.report.total_copied_now
+        if copied_now == 0 and self.store.read(FINALIZED_KEY) is not None:
+            self.report.finalize = {"skipped": "nothing new was copied"}
+            return
+        assert self.target is not None
+        result = self.target.finalize(self.cfg.lance)
+        self.store.write(FINALIZED_KEY, {"at": time.time(), **result})
+        self.report.finalize = result
+
+    # --- the end --------------------------------------------------------------------------
+    def close(self, release_stores: bool = True) -> RunReport:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
+        if self.router is not None:
+            for row in self.router.call("status")["units"]:
+                r = self._row(row["unit_id"])
+                r.phase, r.owner = row["phase"], row["owner"]
+                if row["longest_freeze_ms"]:
+                    r.freeze_ms = row["longest_freeze_ms"]
+                if row["last_error"] and not r.error:
+                    r.error = row["last_error"]
+        if release_stores:
+            release_local_stores(self.cfg)
+        self.report.finished_at = time.time()
+        key = REPORT_KEY if self.report.command == "run" else f"{self.report.command}.json"
+        self.store.write(key, self.report.model_dump(mode="json"))
+        return self.report
 
 
 def run_migration(cfg: MigrationConfig, address: str | None = None,
-                  release_stores: bool = True) -> RunReport:
-    """Copy and verify every unit. Safe to run again: it resumes, and a finished run is a no-op."""
-    connect(address)
-    store = StateStore(cfg.state_uri, cfg.migration_id)
-    report = RunReport(migration_id=cfg.migration_id)
-    source = open_backend(cfg.source)
+                  release_stores: bool = True,
+                  on_started: Callable[[Migration], None] | None = None) -> RunReport:
+    """Migrate every unit; in auto mode cut them over in waves. Safe to run again: it resumes,
+    and a finished migration is a no-op. ``on_started`` runs once the router is up."""
+    from ray_migrate.waves import cutover_in_waves, hold_rollback_window
+
+    m = Migration(cfg, address)
     try:
-        # Step 1: plan (or reuse the stored plan, so unit ids and checkpoints stay valid).
-        plan = load_or_make_plan(cfg, source, store, save=False)
-        report.warnings = list(plan.warnings)
-        rows = {u.unit_id: UnitReport(unit_id=u.unit_id) for u in plan.units}
-        report.units = list(rows.values())
-        log.info("migration %s: %d units, %d points", cfg.migration_id, len(plan.units),
-                 plan.source_info.count)
-        # Step 2: prepare the target before anything is written.
-        target = prepare_target(cfg, plan)
-        save_plan(plan, store)
-        # Step 3: the worker pool.
-        workers = start_workers(cfg, plan, min(cfg.copy_cfg.workers, max(len(plan.units), 1)))
-        try:
-            # Step 4: copy every unit (resuming from checkpoints).
-            _copy_all(workers, plan.units, rows)
-            # Step 5: compact and index the target after the bulk load.
-            report.finalize = _finalize(cfg, target, store, report.total_copied_now)
-            # Step 6: verify each copied unit.
-            if cfg.verify.enabled:
-                ok_units = [u for u in plan.units if rows[u.unit_id].status != "failed"]
-                _verify_all(workers, ok_units, rows)
-        finally:
-            _stop(workers)
+        m.start()
+        if on_started is not None:
+            on_started(m)
+        m.prepare_units()
+        m.finalize_target()
+        if cfg.cutover.mode == "auto" and all(r.ok for r in m.rows.values()):
+            cutover_in_waves(m)
+            hold_rollback_window(m)
     finally:
-        if release_stores:
-            release_local_stores(cfg)
-    # Step 7: report.
-    report.finished_at = time.time()
-    store.write(REPORT_KEY, report.model_dump(mode="json"))
+        report = m.close(release_stores)
     return report
 
 
 def verify_migration(cfg: MigrationConfig, address: str | None = None,
                      release_stores: bool = True) -> RunReport:
     """Verify every unit of a planned migration without copying anything."""
-    connect(address)
-    store = StateStore(cfg.state_uri, cfg.migration_id)
-    report = RunReport(migration_id=cfg.migration_id, command="verify")
+    m = Migration(cfg, address, command="verify")
     try:
-        plan = load_or_make_plan(cfg, open_backend(cfg.source), store)
-        rows = {u.unit_id: UnitReport(unit_id=u.unit_id, status="skipped") for u in plan.units}
-        report.units = list(rows.values())
-        workers = start_workers(cfg, plan, min(cfg.copy_cfg.workers, max(len(plan.units), 1)))
-        try:
-            _verify_all(workers, plan.units, rows)
-        finally:
-            _stop(workers)
+        m.start()
+        m.verify_units()
     finally:
-        if release_stores:
-            release_local_stores(cfg)
-    report.finished_at = time.time()
-    store.write("verify.json", report.model_dump(mode="json"))
+        report = m.close(release_stores)
     return report
-
-
-def _stop(workers: list[Any]) -> None:
-    import ray
-
-    for w in workers:
-        ray.kill(w, no_restart=True)
 
 
 def release_local_stores(cfg: MigrationConfig) -> None:

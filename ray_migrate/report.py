@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 UnitStatus = Literal["copied", "skipped", "failed", "pending"]
+DONE_PHASES = ("target", "done")
 
 
 class UnitReport(BaseModel):
@@ -26,6 +27,11 @@ class UnitReport(BaseModel):
     missing_ids: list[Any] = Field(default_factory=list)
     extra_ids: list[Any] = Field(default_factory=list)
     changed_ids: list[Any] = Field(default_factory=list)
+    pending: int = 0
+    phase: str | None = None
+    owner: str | None = None
+    freeze_ms: float | None = None
+    cutover_attempts: int = 0
     error: str | None = None
 
     @property
@@ -41,17 +47,21 @@ class RunReport(BaseModel):
     units: list[UnitReport] = Field(default_factory=list)
     finalize: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+    expect_cutover: bool = False  # auto mode: every unit must end on the target
 
     @property
     def ok(self) -> bool:
-        return all(u.ok for u in self.units) and all(u.equal is not None for u in self.units)
+        if not all(u.ok and u.equal is not None for u in self.units):
+            return False
+        return not self.expect_cutover or all(u.phase in DONE_PHASES for u in self.units)
 
     @property
     def total_copied_now(self) -> int:
         return sum(u.copied_now for u in self.units)
 
     def to_table(self) -> str:
-        head = ("unit", "status", "copied", "points/s", "source", "target", "checksum", "note")
+        head = ("unit", "status", "copied", "points/s", "source", "target", "checksum",
+                "phase", "freeze ms", "note")
         rows = [head]
         for u in self.units:
             check = {True: "equal", False: "DIFFERENT", None: "-"}[u.equal]
@@ -61,7 +71,8 @@ class RunReport(BaseModel):
                         f"changed {len(u.changed_ids)}; e.g. "
                         f"{(u.missing_ids + u.extra_ids + u.changed_ids)[:3]}")
             rows.append((u.unit_id, u.status, str(u.copied), f"{u.points_per_s:,.0f}",
-                         _n(u.source_count), _n(u.target_count), check, note[:80]))
+                         _n(u.source_count), _n(u.target_count), check, u.phase or "-",
+                         "-" if u.freeze_ms is None else f"{u.freeze_ms:.0f}", note[:80]))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                  for r in rows]

@@ -30,7 +30,7 @@ class Router:
     """The actor's body. Async, so waits (leases, freezes) never block other callers."""
 
     def __init__(self, migration_id: str, state_uri: str, unit_ids: list[str],
-                 info: dict[str, Any], lease_s: float = 30.0):
+                 info: dict[str, Any], lease_s: float = 30.0, freeze_timeout_s: float = 10.0):
         self.store = StateStore(state_uri, migration_id)
         self.info = info  # config and plan, for clients that connect by migration id
         stored = self.store.read(ROUTING_KEY)
@@ -40,7 +40,8 @@ class Router:
                 self.table.units.setdefault(u, RoutingTable([u]).units[u])
             log.warning("router %s recovered at epoch %d", migration_id, self.table.epoch)
         else:
-            self.table = RoutingTable(unit_ids, lease_s=lease_s)
+            self.table = RoutingTable(unit_ids, lease_s=lease_s,
+                                      freeze_timeout_s=freeze_timeout_s)
         self._flushed = 0.0
         self._persist()
 
@@ -53,7 +54,7 @@ class Router:
             self._persist()
 
     async def describe(self) -> dict[str, Any]:
-        return {**self.info, "epoch": self.table.epoch}
+        return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri}
 
     async def routes(self) -> dict[str, Any]:
         return {"epoch": self.table.epoch,
@@ -62,9 +63,10 @@ class Router:
     async def status(self) -> dict[str, Any]:
         return {"epoch": self.table.epoch, "units": self.table.status()}
 
-    async def begin_write(self, unit_id: str, ids: list[Any]) -> dict[str, Any]:
+    async def begin_write(self, unit_id: str, ids: list[Any], value: Any = None
+                          ) -> dict[str, Any]:
         added = unit_id not in self.table.units
-        out = self.table.begin_write(unit_id, ids)
+        out = self.table.begin_write(unit_id, ids, value=value)
         if added:
             self._persist()
         elif ids and self.table.units[unit_id].phase != "source":
@@ -123,7 +125,8 @@ class Router:
 
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
-                 info: dict[str, Any], lease_s: float = 30.0) -> RouterHandle:
+                 info: dict[str, Any], lease_s: float = 30.0,
+                 freeze_timeout_s: float = 10.0) -> RouterHandle:
     """Get or create the detached router; it outlives the driver and restarts when killed."""
     import ray
 
@@ -131,7 +134,7 @@ def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
         name=router_name(migration_id), namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0,
         max_concurrency=1000,
-    ).remote(migration_id, state_uri, unit_ids, info, lease_s)
+    ).remote(migration_id, state_uri, unit_ids, info, lease_s, freeze_timeout_s)
     handle = RouterHandle(actor)
     handle.call("flush")
     return handle

@@ -62,6 +62,7 @@ class UnitRoute:
     frozen_at: float | None = None
     cutover_at: float | None = None
     longest_freeze_ms: float = 0.0
+    value: Any = None  # the tenant value of a unit first seen at run time
     log: list[list[Any]] = field(default_factory=list)  # [seq, id] pairs not yet acknowledged
     acked_seq: int = 0
 
@@ -78,10 +79,12 @@ class Lease:
 class RoutingTable:
     """For each unit: owner, phase, counters and its change log; one epoch for the table."""
 
-    def __init__(self, unit_ids: list[str], lease_s: float = 30.0):
+    def __init__(self, unit_ids: list[str], lease_s: float = 30.0,
+                 freeze_timeout_s: float = 10.0):
         self.epoch = 1
         self.units: dict[str, UnitRoute] = {u: UnitRoute(u) for u in unit_ids}
         self.lease_s = lease_s
+        self.freeze_timeout_s = freeze_timeout_s
         self.seq = 0
         self.leases: dict[int, Lease] = {}
         self._tokens = itertools.count(1)
@@ -98,10 +101,10 @@ class RoutingTable:
         except KeyError:
             raise KeyError(f"unknown unit {unit_id!r}") from None
 
-    def add_unit(self, unit_id: str) -> bool:
+    def add_unit(self, unit_id: str, value: Any = None) -> bool:
         if unit_id in self.units:
             return False
-        self.units[unit_id] = UnitRoute(unit_id)
+        self.units[unit_id] = UnitRoute(unit_id, value=value)
         self._bump()
         return True
 
@@ -125,7 +128,7 @@ class RoutingTable:
             u.owner, u.flips, u.cutover_at = "target", u.flips + 1, now
         elif phase in ("rolled_back", "source") and u.owner != "source":
             u.owner, u.flips = "source", u.flips + 1
-        if phase == "source":
+        if phase in ("source", "done"):
             u.log.clear()
         u.phase = phase
         return self._bump()
@@ -142,11 +145,16 @@ class RoutingTable:
             u.last_error = error
 
     # --- client writes --------------------------------------------------------------------
-    def begin_write(self, unit_id: str, ids: list[Any], now: float | None = None) -> dict[str, Any]:
+    def begin_write(self, unit_id: str, ids: list[Any], now: float | None = None,
+                    value: Any = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         if unit_id not in self.units:
-            self.add_unit(unit_id)
+            self.add_unit(unit_id, value)
         u = self.units[unit_id]
+        if u.phase == "frozen" and u.frozen_at is not None \
+                and now - u.frozen_at > self.freeze_timeout_s:
+            # Whoever froze it is gone (a driver or worker died mid-cutover): lift the freeze.
+            self.set_phase(unit_id, "catching_up" if u.owner == "source" else "target", now)
         if u.phase == "frozen":
             return {"status": "wait", "epoch": self.epoch}
         if u.phase in CAPTURING:
@@ -203,6 +211,7 @@ class RoutingTable:
     # --- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "seq": self.seq, "lease_s": self.lease_s,
+                "freeze_timeout_s": self.freeze_timeout_s,
                 "units": {k: asdict(v) for k, v in self.units.items()}}
 
     @classmethod
@@ -211,7 +220,8 @@ class RoutingTable:
         """Rebuild from durable state. After a restart, logs may miss their newest entries and
         old leases are unknown: capturing units are marked for diff-and-repair, and freezes
         wait one lease time."""
-        t = cls([], lease_s=d.get("lease_s", 30.0))
+        t = cls([], lease_s=d.get("lease_s", 30.0),
+                freeze_timeout_s=d.get("freeze_timeout_s", 10.0))
         t.seq = d["seq"]
         for k, v in d["units"].items():
             u = UnitRoute(**v)

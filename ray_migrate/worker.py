@@ -13,9 +13,13 @@ import time
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
+from ray_migrate.catchup import UnitSync, apply_ids
 from ray_migrate.config import MigrationConfig
 from ray_migrate.copy import copy_unit
+from ray_migrate.cutover import switch_unit
+from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
+from ray_migrate.router import RouterHandle, get_router
 from ray_migrate.state import StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -32,16 +36,23 @@ def worker_name(migration_id: str, index: int) -> str:
 
 
 class UnitWorker:
-    """Takes units through the phases. Usable without Ray (tests, single-process runs)."""
+    """Takes units through the phases. Usable without Ray (tests, single-process runs).
+
+    Every method works out where the unit stands from the router and the checkpoints, not from
+    memory, so any worker can take any unit, and a restarted one carries on.
+    """
 
     def __init__(self, cfg: MigrationConfig, plan: dict[str, Any], index: int = 0):
         self.cfg = cfg
         self.plan = Plan.from_dict(plan)
         self.index = index
         self.store = StateStore(cfg.state_uri, cfg.migration_id)
-        self.transform = Transform(cfg.transform)
+        self.forward = Transform(cfg.transform)
+        self.inverse = Transform(cfg.transform, inverse=True) if cfg.transform.invertible \
+            else None
         self._source: Backend | None = None
         self._target: Backend | None = None
+        self._router: RouterHandle | None = None
 
     @property
     def source(self) -> Backend:
@@ -56,20 +67,143 @@ class UnitWorker:
                                         payload_schema=self.plan.target_info.payload_schema)
         return self._target
 
+    @property
+    def router(self) -> RouterHandle:
+        if self._router is None:
+            self._router = get_router(self.cfg.migration_id)
+        return self._router
+
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "pid": os.getpid()}
 
-    def copy(self, unit: dict[str, Any]) -> dict[str, Any]:
+    def _forward(self, spec: UnitSpec) -> UnitSync:
+        return UnitSync(spec, self.router, self.source, self.target, self.forward)
+
+    def _phase(self, unit_id: str) -> str:
+        return self.router.call("unit", unit_id)["phase"]
+
+    # --- copy, catch up, verify -----------------------------------------------------------
+    def prepare(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Capture, copy, catch up and verify a unit, so it is ready for cutover."""
         spec = UnitSpec.from_dict(unit)
-        result = copy_unit(spec, self.source, self.target, self.transform, self.store,
-                           self.cfg.copy_cfg)
-        return {**result.to_dict(), "points_per_s": result.points_per_s, "worker": self.index}
+        uid, router, cut = spec.unit_id, self.router, self.cfg.cutover
+        out: dict[str, Any] = {"unit_id": uid, "worker": self.index}
+        st = router.call("unit", uid)
+        if st["phase"] in ("target", "done"):
+            return {**out, "phase": st["phase"], "status": "skipped"}
+        if st["phase"] == "frozen":  # a cutover that died half-way: its freeze is lifted
+            router.call("set_phase", uid, "ready" if st["owner"] == "source" else "target")
+            return self.prepare(unit)
+        if st["phase"] in ("source", "rolled_back", "failed"):
+            router.call("set_phase", uid, "capturing")
+            st = router.call("unit", uid)
+        if st["phase"] == "capturing":
+            # Writes that began before capture must land before the scan starts.
+            if not router.call("wait_leases", uid, st["capture_epoch"], cut.write_lease_s + 5):
+                raise TerminalError(f"unit {uid}: writes from before capture never ended")
+            router.call("set_phase", uid, "copying")
+        if self._phase(uid) == "copying":
+            result = copy_unit(spec, self.source, self.target, self.forward, self.store,
+                               self.cfg.copy_cfg, on_batch=self._progress(uid))
+            out.update(result.to_dict(), points_per_s=result.points_per_s)
+            router.call("update_progress", uid, copied=result.copied)
+            router.call("set_phase", uid, "catching_up")
+        else:
+            out["status"] = "skipped"
+        self._forward(spec).until(cut.ready_lag, timeout_s=60)
+        if self.cfg.verify.enabled or st.get("needs_repair"):
+            verdict = self._verify_live(spec)
+            out["verdict"] = verdict.to_dict()
+            if not verdict.equal:
+                return {**out, "phase": self._phase(uid)}
+            router.call("clear_repair", uid)
+        router.call("set_phase", uid, "ready")
+        return {**out, "phase": "ready"}
+
+    def _progress(self, unit_id: str) -> Any:
+        def on_batch(copied: int) -> None:  # fire and forget: progress is only shown
+            self.router.actor.update_progress.remote(unit_id, copied)
+
+        return on_batch
+
+    def _verify_live(self, spec: UnitSpec) -> Any:
+        """Verify while writes go on: a difference is fine only if the change log holds its id
+        (the drain at cutover applies it); any other is repaired and verified again."""
+        batch = max(self.cfg.copy_cfg.batch_size, 1000)
+        for _ in range(self.cfg.verify.max_repair_rounds + 1):
+            verdict = verify_unit(spec, self.source, self.target, self.forward, batch,
+                                  max_ids=1_000_000)
+            if verdict.equal:
+                return verdict
+            pending = set(self.router.call("take_changes", spec.unit_id, 10_000_000)[0])
+            unexplained = [i for i in verdict.missing_ids + verdict.extra_ids
+                           + verdict.changed_ids if i not in pending]
+            if not unexplained:
+                verdict.equal, verdict.pending = True, len(pending)
+                return verdict
+            log.warning("unit %s: repairing %d ids that differ", spec.unit_id, len(unexplained))
+            apply_ids(unexplained, self.source, self.target, self.forward)
+        return verdict
+
+    def catch_up(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """One catch-up pass: forward before cutover, back to the source after it."""
+        spec = UnitSpec.from_dict(unit)
+        phase = self._phase(spec.unit_id)
+        if phase in ("catching_up", "ready"):
+            lag, _ = self._forward(spec).until(0, timeout_s=5)
+        elif phase == "target" and self.inverse is not None:
+            lag, _ = self._back(spec).until(0, timeout_s=5)
+        else:
+            lag = self.router.call("unit", spec.unit_id)["lag"]
+        return {"unit_id": spec.unit_id, "phase": phase, "lag": lag}
 
     def verify(self, unit: dict[str, Any]) -> dict[str, Any]:
         spec = UnitSpec.from_dict(unit)
-        verdict = verify_unit(spec, self.source, self.target, self.transform,
+        verdict = verify_unit(spec, self.source, self.target, self.forward,
                               batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
         return verdict.to_dict()
+
+    # --- cutover and rollback -------------------------------------------------------------
+    def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
+        spec = UnitSpec.from_dict(unit)
+        phase = self._phase(spec.unit_id)
+        if phase in ("target", "done"):
+            return {"unit_id": spec.unit_id, "ok": True, "freeze_ms": 0.0, "drained": 0,
+                    "reason": "already on the target"}
+        if phase not in ("catching_up", "ready"):
+            raise TerminalError(f"unit {spec.unit_id} is {phase}; only a prepared unit "
+                                "(catching_up or ready) can be cut over")
+        if self.router.call("unit", spec.unit_id)["needs_repair"]:
+            # The router restarted while capturing: its log may have lost entries.
+            verdict = self._verify_live(spec)
+            if not verdict.equal:
+                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
+                        "reason": "differs from the source after diff-and-repair"}
+            self.router.call("clear_repair", spec.unit_id)
+        self._forward(spec).until(0, timeout_s=10)  # unfrozen, so the drain is short
+        return switch_unit(self.router, (self.source, spec),
+                           (self.target, self.forward.target_unit(spec)), self.forward,
+                           "target", "ready", self.cfg.cutover.max_freeze_ms).to_dict()
+
+    def _back(self, spec: UnitSpec) -> UnitSync:
+        return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
+                        self.inverse)
+
+    def rollback(self, unit: dict[str, Any]) -> dict[str, Any]:
+        spec = UnitSpec.from_dict(unit)
+        phase = self._phase(spec.unit_id)
+        if phase in ("rolled_back", "source", "capturing", "copying", "catching_up", "ready"):
+            return {"unit_id": spec.unit_id, "ok": True, "freeze_ms": 0.0, "drained": 0,
+                    "reason": f"already on the source ({phase})"}
+        if self.inverse is None:
+            raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so the "
+                                "source was not kept in sync; rollback is refused")
+        if phase != "target":
+            raise TerminalError(f"unit {spec.unit_id} is {phase}: its rollback window is over")
+        self._back(spec).until(0, timeout_s=10)
+        return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
+                           (self.source, spec), self.inverse, "rolled_back", "target",
+                           self.cfg.cutover.max_freeze_ms).to_dict()
 
 
 def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
@@ -108,8 +242,6 @@ def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
     ready, pending = ray.wait([w.ready.remote() for w in workers], num_returns=len(workers),
                               timeout=READY_TIMEOUT_S)
     if pending:
-        from ray_migrate.errors import TerminalError
-
         for w in workers:
             ray.kill(w, no_restart=True)
         raise TerminalError(

@@ -20,7 +20,7 @@ def endpoint(kind: str, root, name: str) -> dict:
 
 def migrate(root, mid: str, source: dict, target: dict, **extra):
     cfg = parse_config({
-        "migration_id": mid, "source": source, "target": target,
+        "migration_id": f"{mid}-{root.name}", "source": source, "target": target,
         "units": extra.pop("units", {"by": "tenant", "field": "tenant"}),
         "copy": {"batch_size": 64, "workers": 2}, "state_uri": str(root / "state"), **extra})
     report = run_migration(cfg)
@@ -83,7 +83,8 @@ def test_rerun_of_a_finished_migration_changes_nothing(chain):
     tbl = lancedb.connect(chain["lance"]["uri"]).open_table("docs")
     version = tbl.version
     cfg = parse_config({
-        "migration_id": "q2l", "source": chain["src"], "target": chain["lance"],
+        "migration_id": f"q2l-{chain['root'].name}", "source": chain["src"],
+        "target": chain["lance"],
         "units": {"by": "tenant", "field": "tenant"},
         "copy": {"batch_size": 64, "workers": 3},  # another worker count is fine
         "state_uri": str(chain["root"] / "state")})

@@ -122,3 +122,13 @@ def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
         assert again.call("wait_leases", "a", None, 5.0) is True
     finally:
         h.kill()
+
+
+def test_a_freeze_whose_owner_vanished_is_lifted_after_its_timeout():
+    t = RoutingTable(["a"], lease_s=5.0, freeze_timeout_s=2.0)
+    for p in ("capturing", "copying", "catching_up", "frozen"):
+        t.set_phase("a", p, now=0)
+    assert t.begin_write("a", [1], now=1)["status"] == "wait"
+    lease = t.begin_write("a", [1], now=3)
+    assert lease["status"] == "ok" and lease["owner"] == "source"
+    assert t.unit("a").phase == "catching_up"

@@ -1,0 +1,161 @@
+"""Rolling cutover in waves, the rollback window, and manual cutover and rollback.
+
+A wave is a cumulative size: ``[1, "25%", "100%"]`` cuts one unit over (the canary, the
+smallest unit), then units until a quarter are on the target, then the rest, pausing
+``pause_s`` between waves while every waiting unit keeps catching up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from ray_migrate.report import DONE_PHASES
+from ray_migrate.units import UnitSpec
+
+if TYPE_CHECKING:
+    from ray_migrate.driver import Migration
+
+log = logging.getLogger(__name__)
+
+SYNC_EVERY_S = 0.5
+
+
+def wave_sizes(waves: list[int | str], n_units: int) -> list[int]:
+    """Cumulative unit counts per wave; the last wave always takes every unit."""
+    sizes: list[int] = []
+    for w in waves:
+        size = w if isinstance(w, int) else math.ceil(float(w[:-1]) / 100 * n_units)
+        size = min(max(size, sizes[-1] if sizes else 1), n_units)
+        if not sizes or size > sizes[-1]:
+            sizes.append(size)
+    if not sizes or sizes[-1] < n_units:
+        sizes.append(n_units)
+    return sizes
+
+
+def _phases(m: Migration) -> dict[str, str]:
+    assert m.router is not None
+    return {row["unit_id"]: row["phase"] for row in m.router.call("status")["units"]}
+
+
+def _sync(m: Migration, units: list[UnitSpec]) -> None:
+    """One catch-up pass over these units (forward, or back to the source after cutover)."""
+    from ray_migrate.driver import run_on_pool
+
+    if units:
+        run_on_pool(m.workers, "catch_up", units, lambda u, r: None)
+
+
+def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
+    """Cut these units over, retrying aborted freezes; returns the units that did not move."""
+    from ray_migrate.driver import run_on_pool
+
+    todo = list(units)
+    for attempt in range(1, m.cfg.cutover.max_attempts + 1):
+        failed: list[UnitSpec] = []
+
+        def on_result(unit: UnitSpec, res: dict[str, Any], failed: list = failed,
+                      attempt: int = attempt) -> None:
+            row = m._row(unit.unit_id)
+            row.cutover_attempts += 1
+            if res["ok"]:
+                row.freeze_ms = max(row.freeze_ms or 0.0, res["freeze_ms"])
+            else:
+                row.error = f"cutover attempt {attempt}: {res['reason']}"
+                failed.append(unit)
+
+        errors = run_on_pool(m.workers, "cutover", todo, on_result)
+        for unit_id, error in errors.items():
+            m._row(unit_id).status, m._row(unit_id).error = "failed", error
+        if not failed:
+            return []
+        log.warning("%d units did not cut over (attempt %d); catching up before the next try",
+                    len(failed), attempt)
+        _sync(m, failed)
+        time.sleep(min(0.2 * attempt, 2.0))
+        todo = failed
+    return todo
+
+
+def cutover_in_waves(m: Migration) -> None:
+    """Auto mode: cut every ready unit over, wave by wave."""
+    cfg = m.cfg.cutover
+    units = sorted(m.units(), key=lambda u: (u.estimated_count, u.unit_id))
+    sizes = wave_sizes(list(cfg.waves), len(units))
+    for i, size in enumerate(sizes, start=1):
+        phases = _phases(m)
+        done = [u for u in units if phases.get(u.unit_id) in DONE_PHASES]
+        ready = [u for u in units if phases.get(u.unit_id) in ("ready", "catching_up")]
+        wave = ready[: max(size - len(done), 0)]
+        if not wave:
+            continue
+        log.info("wave %d/%d: cutting over %s", i, len(sizes), [u.unit_id for u in wave])
+        left = _cut(m, wave)
+        for u in left:
+            m._row(u.unit_id).status = "failed"
+        if i < len(sizes):
+            _pause(m, cfg.pause_s)
+
+
+def _pause(m: Migration, seconds: float) -> None:
+    """Wait between waves; keep every unit that still moves or stands by in sync."""
+    deadline = time.monotonic() + seconds
+    while True:
+        phases = _phases(m)
+        _sync(m, [u for u in m.units()
+                  if phases.get(u.unit_id) in ("ready", "catching_up", "target")])
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(SYNC_EVERY_S, left))
+
+
+def hold_rollback_window(m: Migration) -> None:
+    """Keep syncing target writes back to the source for ``rollback.window_s``; then the
+    cut-over units are done and capture stops."""
+    window = m.cfg.rollback.window_s
+    if window > 0:
+        log.info("rollback window: syncing target writes back to the source for %.0fs", window)
+        _pause(m, window)
+    assert m.router is not None
+    phases = _phases(m)
+    finished = [uid for uid, phase in phases.items() if phase == "target"]
+    if finished:
+        m.router.call("set_phases", finished, "done")
+
+
+def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[str, Any]:
+    """Manual ``cutover`` or ``rollback`` of some units (all eligible ones when None), run in
+    this process with a plain worker (the run's worker actors may still be busy)."""
+    from ray_migrate.worker import UnitWorker
+
+    assert m.plan is not None
+    worker = UnitWorker(m.cfg, m.plan.to_dict())
+    units = {u.unit_id: u for u in m.units()}
+    phases = _phases(m)
+    if unit_ids:
+        unknown = [u for u in unit_ids if u not in units]
+        if unknown:
+            raise KeyError(f"unknown units {unknown}; units are: {sorted(units)[:20]}")
+        chosen = [units[u] for u in unit_ids]
+    else:
+        wanted = ("ready", "catching_up") if method == "cutover" else ("target",)
+        chosen = [u for uid, u in units.items() if phases.get(uid) in wanted]
+    results = {}
+    for unit in chosen:
+        res: dict[str, Any] = {}
+        for _ in range(m.cfg.cutover.max_attempts):
+            res = getattr(worker, method)(unit.to_dict())
+            if res["ok"]:
+                break
+            worker.catch_up(unit.to_dict())
+        results[unit.unit_id] = res
+        row = m._row(unit.unit_id)
+        if res["ok"]:
+            row.freeze_ms = res["freeze_ms"]
+        else:
+            row.status, row.error = "failed", res["reason"]
+    return results
