@@ -11,6 +11,7 @@ from ray_migrate.errors import (
 )
 
 __all__ = [
+    "RoutedCollection",
     "ConfigError",
     "IncompatibleTargetError",
     "InvalidDataError",
@@ -22,3 +23,11 @@ __all__ = [
     "parse_config",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # RoutedCollection pulls in Ray: import it only when asked
+    if name == "RoutedCollection":
+        from ray_migrate.client import RoutedCollection
+
+        return RoutedCollection
+    raise AttributeError(name)

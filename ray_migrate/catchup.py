@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray_migrate.backends.base import Backend
@@ -53,14 +54,19 @@ class UnitSync:
     owner: Backend
     other: Backend
     transform: Transform
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def step(self, limit: int = 10_000) -> tuple[list[Any], int]:
         """Apply one slice of the log; returns the ids applied and the lag left."""
-        ids, seq = self.router.call("take_changes", self.unit.unit_id, limit)
+        uid = self.unit.unit_id
+        ids, seq = self.router.call("take_changes", uid, limit, self.holder)
+        if seq < 0:  # another applier holds this unit's log: wait for it
+            time.sleep(0.005)
+            return [], self.router.call("unit", uid)["lag"] or 1
         if not ids:
             return [], 0
         apply_ids(ids, self.owner, self.other, self.transform)
-        return ids, self.router.call("ack_changes", self.unit.unit_id, seq)
+        return ids, self.router.call("ack_changes", uid, seq, self.holder)
 
     def until(self, lag: int, timeout_s: float) -> tuple[int, set[Any]]:
         """Step until at most ``lag`` changes wait (or time is up); returns (lag, ids applied)."""

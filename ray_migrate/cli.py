@@ -1,4 +1,5 @@
-"""``ray-migrate``: plan, run, verify and demo. The one place that prints.
+"""``ray-migrate``: plan, run, verify, status, cutover, rollback and demo. The one place that
+prints.
 
 Exit codes: 0 success (and, for verify, equal); 1 a unit failed or differs; 2 bad input.
 """
@@ -71,6 +72,71 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from ray_migrate.config import load_config
+    from ray_migrate.router import ROUTING_KEY
+    from ray_migrate.state import StateStore
+
+    cfg = load_config(args.config)
+    store = StateStore(cfg.state_uri, cfg.migration_id)
+    table = store.read(ROUTING_KEY)
+    if table is None:
+        print(f"migration {cfg.migration_id} has not started (no routing table in "
+              f"{cfg.state_uri})", file=sys.stderr)
+        return 1
+    rows = []
+    for unit_id, u in sorted(table["units"].items()):
+        ckpt = store.load_checkpoint(unit_id) or {}
+        copied = max(u.get("copied") or 0, ckpt.get("copied", 0))
+        plan_n = next((p["estimated_count"] for p in (store.read("plan.json") or {}).get(
+            "units", []) if p["unit_id"] == unit_id), None)
+        rows.append({"unit": unit_id, "phase": u["phase"], "owner": u["owner"],
+                     "copied": copied, "total": u.get("total") or plan_n, "lag": len(u["log"]),
+                     "longest_freeze_ms": round(u["longest_freeze_ms"], 1),
+                     "needs_repair": u["needs_repair"], "last_error": u["last_error"]})
+    if args.json:
+        print(json.dumps({"migration_id": cfg.migration_id, "epoch": table["epoch"],
+                          "units": rows}, indent=1))
+        return 0
+    print(f"migration {cfg.migration_id}, routing epoch {table['epoch']}")
+    print(f"{'unit':<28} {'phase':<12} {'owner':<7} {'copied/total':>16} {'lag':>6} "
+          f"{'freeze ms':>9}  last error")
+    for r in rows:
+        total = "?" if r["total"] is None else r["total"]
+        print(f"{r['unit']:<28} {r['phase']:<12} {r['owner']:<7} "
+              f"{str(r['copied']) + '/' + str(total):>16} {r['lag']:>6} "
+              f"{r['longest_freeze_ms']:>9}  {r['last_error'] or ''}")
+    return 0
+
+
+def _switch(args: argparse.Namespace, method: str) -> int:
+    from ray_migrate.config import load_config
+    from ray_migrate.driver import Migration
+    from ray_migrate.waves import switch_units
+
+    m = Migration(load_config(args.config), args.address, command=method)
+    try:
+        m.start(workers=False)
+        results = switch_units(m, args.units, method)
+    finally:
+        m.close()
+    for unit_id, res in results.items():
+        verdict = "ok" if res["ok"] else f"NOT done: {res['reason']}"
+        print(f"{unit_id}: {method} {verdict} (freeze {res['freeze_ms']:.0f} ms, "
+              f"{res['drained']} ids drained)")
+    if not results:
+        print(f"no unit to {method}")
+    return 0 if all(r["ok"] for r in results.values()) else 1
+
+
+def cmd_cutover(args: argparse.Namespace) -> int:
+    return _switch(args, "cutover")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    return _switch(args, "rollback")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ray_migrate.demo import prepare_demo
     from ray_migrate.driver import run_migration
@@ -88,7 +154,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ray-migrate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="ray-migrate", description="Zero-downtime migration of vector collections "
+        "between Qdrant and LanceDB, unit by unit, on Ray.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -108,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", default=None)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_verify)
+
+    sp = sub.add_parser("status", help="units, phases, owners, progress and lag")
+    sp.add_argument("config")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
+
+    for name, fn, what in (("cutover", cmd_cutover, "cut prepared units over to the target"),
+                           ("rollback", cmd_rollback, "flip cut-over units back to the source")):
+        sp = sub.add_parser(name, help=what)
+        sp.add_argument("config")
+        sp.add_argument("--units", nargs="+", default=None,
+                        help="unit ids (default: every eligible unit)")
+        sp.add_argument("--address", default=None)
+        sp.set_defaults(fn=fn)
 
     sp = sub.add_parser("demo", help="seed a local Qdrant source and migrate it to LanceDB")
     sp.add_argument("--workdir", default="ray-migrate-demo")

@@ -106,11 +106,15 @@ class Router:
             await asyncio.sleep(0.002)
         return True
 
-    async def take_changes(self, unit_id: str, limit: int = 10_000) -> tuple[list[Any], int]:
-        return self.table.take_changes(unit_id, limit)
+    async def take_changes(self, unit_id: str, limit: int = 10_000,
+                           holder: str | None = None) -> tuple[list[Any], int]:
+        return self.table.take_changes(unit_id, limit, holder)
 
-    async def ack_changes(self, unit_id: str, seq: int) -> int:
-        lag = self.table.ack_changes(unit_id, seq)
+    async def peek_changes(self, unit_id: str) -> list[Any]:
+        return self.table.peek_changes(unit_id)
+
+    async def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
+        lag = self.table.ack_changes(unit_id, seq, holder)
         self._maybe_persist()
         return lag
 

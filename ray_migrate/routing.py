@@ -63,6 +63,8 @@ class UnitRoute:
     cutover_at: float | None = None
     longest_freeze_ms: float = 0.0
     value: Any = None  # the tenant value of a unit first seen at run time
+    sync_holder: str | None = None  # who applies this unit's log now (one at a time)
+    sync_since: float = 0.0
     log: list[list[Any]] = field(default_factory=list)  # [seq, id] pairs not yet acknowledged
     acked_seq: int = 0
 
@@ -187,22 +189,41 @@ class RoutingTable:
         return n
 
     # --- the change log -------------------------------------------------------------------
-    def take_changes(self, unit_id: str, limit: int = 10_000) -> tuple[list[Any], int]:
-        """Distinct ids changed since the last ack (oldest first) and the seq to ack them with."""
+    def take_changes(self, unit_id: str, limit: int = 10_000, holder: str | None = None,
+                     now: float | None = None) -> tuple[list[Any], int]:
+        """Distinct ids changed since the last ack (oldest first) and the seq to ack them with.
+
+        One holder at a time applies a unit's log: two appliers could re-read an id at
+        different times and write the older value last. Another holder gets ``([], -1)``
+        until the first acks (or its hold expires after a lease time)."""
+        now = time.time() if now is None else now
         u = self.unit(unit_id)
+        if (holder is not None and u.sync_holder not in (None, holder)
+                and now - u.sync_since < self.lease_s):
+            return [], -1
         entries = u.log[:limit]
         if not entries:
+            u.sync_holder = None
             return [], u.acked_seq
-        seen: dict[Any, None] = {}
-        for _, pid in entries:
-            seen.setdefault(pid, None)
-        return list(seen), entries[-1][0]
+        if holder is not None:
+            u.sync_holder, u.sync_since = holder, now
+        return self.peek_changes(unit_id, limit), entries[-1][0]
 
-    def ack_changes(self, unit_id: str, seq: int) -> int:
+    def peek_changes(self, unit_id: str, limit: int = 10_000_000) -> list[Any]:
+        """The distinct ids waiting in the log, without taking them."""
+        seen: dict[Any, None] = {}
+        for _, pid in self.unit(unit_id).log[:limit]:
+            seen.setdefault(pid, None)
+        return list(seen)
+
+    def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
         """Drop the log entries up to ``seq``: they are applied. Returns the remaining lag."""
         u = self.unit(unit_id)
+        if holder is not None and u.sync_holder not in (None, holder):
+            return len(u.log)  # a hold that expired and passed on: this apply did not count
         u.log = [e for e in u.log if e[0] > seq]
         u.acked_seq = max(u.acked_seq, seq)
+        u.sync_holder = None
         return len(u.log)
 
     def lag(self, unit_id: str) -> int:

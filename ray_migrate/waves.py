@@ -12,6 +12,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from ray_migrate.errors import ConfigError
 from ray_migrate.report import DONE_PHASES
 from ray_migrate.units import UnitSpec
 
@@ -139,7 +140,8 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
     if unit_ids:
         unknown = [u for u in unit_ids if u not in units]
         if unknown:
-            raise KeyError(f"unknown units {unknown}; units are: {sorted(units)[:20]}")
+            raise ConfigError(f"--units: unknown units {unknown}; units are: "
+                              f"{sorted(units)[:20]}")
         chosen = [units[u] for u in unit_ids]
     else:
         wanted = ("ready", "catching_up") if method == "cutover" else ("target",)

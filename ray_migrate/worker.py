@@ -126,23 +126,27 @@ class UnitWorker:
 
         return on_batch
 
-    def _verify_live(self, spec: UnitSpec) -> Any:
+    def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> Any:
         """Verify while writes go on: a difference is fine only if the change log holds its id
-        (the drain at cutover applies it); any other is repaired and verified again."""
+        (the drain at cutover applies it); any other is repaired and verified again.
+        ``reverse``: the target owns the unit and the source is the copy."""
         batch = max(self.cfg.copy_cfg.batch_size, 1000)
+        owner, other, transform = self.source, self.target, self.forward
+        if reverse:
+            spec = self.forward.target_unit(spec)
+            owner, other, transform = self.target, self.source, self.inverse
         for _ in range(self.cfg.verify.max_repair_rounds + 1):
-            verdict = verify_unit(spec, self.source, self.target, self.forward, batch,
-                                  max_ids=1_000_000)
+            verdict = verify_unit(spec, owner, other, transform, batch, max_ids=1_000_000)
             if verdict.equal:
                 return verdict
-            pending = set(self.router.call("take_changes", spec.unit_id, 10_000_000)[0])
+            pending = set(self.router.call("peek_changes", spec.unit_id))
             unexplained = [i for i in verdict.missing_ids + verdict.extra_ids
                            + verdict.changed_ids if i not in pending]
             if not unexplained:
                 verdict.equal, verdict.pending = True, len(pending)
                 return verdict
             log.warning("unit %s: repairing %d ids that differ", spec.unit_id, len(unexplained))
-            apply_ids(unexplained, self.source, self.target, self.forward)
+            apply_ids(unexplained, owner, other, transform)
         return verdict
 
     def catch_up(self, unit: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +204,11 @@ class UnitWorker:
                                 "source was not kept in sync; rollback is refused")
         if phase != "target":
             raise TerminalError(f"unit {spec.unit_id} is {phase}: its rollback window is over")
+        if self.router.call("unit", spec.unit_id)["needs_repair"]:
+            if not self._verify_live(spec, reverse=True).equal:
+                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
+                        "reason": "the source differs from the target after diff-and-repair"}
+            self.router.call("clear_repair", spec.unit_id)
         self._back(spec).until(0, timeout_s=10)
         return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
                            (self.source, spec), self.inverse, "rolled_back", "target",

@@ -132,3 +132,19 @@ def test_a_freeze_whose_owner_vanished_is_lifted_after_its_timeout():
     lease = t.begin_write("a", [1], now=3)
     assert lease["status"] == "ok" and lease["owner"] == "source"
     assert t.unit("a").phase == "catching_up"
+
+
+def test_one_applier_at_a_time_per_unit_log():
+    t = table()
+    t.set_phase("a", "capturing")
+    t.begin_write("a", [1, 2], now=0)
+    ids, seq = t.take_changes("a", holder="w1", now=0)
+    assert ids == [1, 2]
+    assert t.take_changes("a", holder="w2", now=1) == ([], -1)
+    assert t.peek_changes("a") == [1, 2], "peeking takes nothing"
+    assert t.ack_changes("a", seq, holder="w1") == 0
+    t.begin_write("a", [3], now=2)
+    assert t.take_changes("a", holder="w2", now=2)[0] == [3]
+    # A holder that vanished loses its hold after a lease time; its late ack is ignored.
+    assert t.take_changes("a", holder="w3", now=2 + t.lease_s + 1)[0] == [3]
+    assert t.ack_changes("a", 99, holder="w2") == 1
