@@ -35,7 +35,11 @@ class Router:
         self.info = info  # config and plan, for clients that connect by migration id
         stored = self.store.read(ROUTING_KEY)
         if stored is not None:
-            self.table = RoutingTable.from_dict(stored, restarted=True)
+            import ray
+
+            # A fresh actor in a new cluster has no old clients; a reconstructed one may.
+            again = ray.get_runtime_context().was_current_actor_reconstructed
+            self.table = RoutingTable.from_dict(stored, restarted=True, clients_may_remain=again)
             for u in unit_ids:
                 self.table.units.setdefault(u, RoutingTable([u]).units[u])
             log.warning("router %s recovered at epoch %d", migration_id, self.table.epoch)
@@ -123,6 +127,9 @@ class Router:
         return {"owner": u.owner, "phase": u.phase, "lag": len(u.log), "flips": u.flips,
                 "capture_epoch": u.capture_epoch, "needs_repair": u.needs_repair,
                 "longest_freeze_ms": u.longest_freeze_ms}
+
+    async def settling_s(self) -> float:
+        return self.table.settling_s()
 
     async def flush(self) -> None:
         self._persist()

@@ -237,10 +237,10 @@ class RoutingTable:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], restarted: bool = True,
-                  now: float | None = None) -> RoutingTable:
-        """Rebuild from durable state. After a restart, logs may miss their newest entries and
-        old leases are unknown: capturing units are marked for diff-and-repair, and freezes
-        wait one lease time."""
+                  now: float | None = None, clients_may_remain: bool = True) -> RoutingTable:
+        """Rebuild from durable state. After a restart, logs may miss their newest entries:
+        capturing units are marked for diff-and-repair. When clients of the old table may still
+        hold leases (the actor restarted in the same cluster), freezes wait one lease time."""
         t = cls([], lease_s=d.get("lease_s", 30.0),
                 freeze_timeout_s=d.get("freeze_timeout_s", 10.0))
         t.seq = d["seq"]
@@ -250,9 +250,16 @@ class RoutingTable:
                 u.needs_repair = True
             t.units[k] = u
         t.epoch = d["epoch"] + 1
-        if restarted:
+        if restarted and clients_may_remain:
             t.restarted_at = time.time() if now is None else now
         return t
+
+    def settling_s(self, now: float | None = None) -> float:
+        """How long leases from before a restart may still be out."""
+        if self.restarted_at is None:
+            return 0.0
+        now = time.time() if now is None else now
+        return max(0.0, self.restarted_at + self.lease_s - now)
 
     def status(self) -> list[dict[str, Any]]:
         rows = []

@@ -177,6 +177,7 @@ class UnitWorker:
         if phase not in ("catching_up", "ready"):
             raise TerminalError(f"unit {spec.unit_id} is {phase}; only a prepared unit "
                                 "(catching_up or ready) can be cut over")
+        time.sleep(self.router.call("settling_s"))  # leases from before a router restart
         if self.router.call("unit", spec.unit_id)["needs_repair"]:
             # The router restarted while capturing: its log may have lost entries.
             verdict = self._verify_live(spec)
@@ -204,6 +205,7 @@ class UnitWorker:
                                 "source was not kept in sync; rollback is refused")
         if phase != "target":
             raise TerminalError(f"unit {spec.unit_id} is {phase}: its rollback window is over")
+        time.sleep(self.router.call("settling_s"))
         if self.router.call("unit", spec.unit_id)["needs_repair"]:
             if not self._verify_live(spec, reverse=True).equal:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
