@@ -102,6 +102,30 @@ class Writer(threading.Thread):
             time.sleep(0.001)
 
 
+def brute_force(truth: dict[int, Any], q: np.ndarray, k: int, tenant: str | None) -> list:
+    live = [(pid, p) for pid, p in truth.items()
+            if p is not None and (tenant is None or p[1]["tenant"] == tenant)]
+    scores = [(float(np.frombuffer(vec, np.float32) @ q), pid) for pid, (vec, _) in live]
+    return sorted(scores, key=lambda s: -s[0])[:k]
+
+
+def search_mismatch(coll: RoutedCollection, truth: dict[int, Any], rng: Any) -> str | None:
+    """Exact search through the client against brute force over the recorded truth."""
+    q = rng.standard_normal(DIM).astype(np.float32)
+    for tenant in (None, "t1"):
+        flt = {"tenant": tenant} if tenant else None
+        got = coll.search(q.tolist(), k=10, filter=flt)
+        want = brute_force(truth, q, 10, tenant)
+        if [h["id"] for h in got] != [pid for _, pid in want]:
+            return f"filter {flt}: got {[h['id'] for h in got]}, want {[p for _, p in want]}"
+        if not np.allclose([h["score"] for h in got], [s for s, _ in want], rtol=1e-4,
+                           atol=1e-4):
+            return f"filter {flt}: scores differ"
+        if any(h["payload"] != truth[h["id"]][1] for h in got):
+            return f"filter {flt}: a payload differs"
+    return None
+
+
 def read_side(ep: dict) -> dict[int, Any]:
     from truth import read_lance, read_qdrant
 
@@ -154,6 +178,21 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     coll = RoutedCollection.connect(mid)
     writer = Writer(coll, truth)
     writer.start()
+    mismatches: list[str] = []
+    seen_phases: set[str] = set()
+
+    def check_search() -> None:  # in still moments between two writes, in whatever phase
+        rng = np.random.default_rng(3)
+        while not writer.stop.is_set():
+            with writer.lock:
+                seen_phases.update(phases().values())
+                bad = search_mismatch(coll, truth, rng)
+            if bad:
+                mismatches.append(bad)
+            time.sleep(0.2)
+
+    searcher = threading.Thread(target=check_search, daemon=True)
+    searcher.start()
 
     def phases() -> dict[str, str]:
         return {u["unit_id"]: u["phase"] for u in coll.router.call("status")["units"]}
@@ -177,7 +216,10 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     time.sleep(0.5)
     writer.stop.set()
     writer.join(30)
+    searcher.join(30)
     report = result["report"]
+    assert mismatches == [], mismatches[:3]
+    assert {"copying", "ready", "target"} <= seen_phases, seen_phases
     rows = {u.unit_id: u for u in report.units}
     assert writer.errors == [], writer.errors[:3]
     assert writer.ops > 100, f"the writer made only {writer.ops} operations"
@@ -187,3 +229,39 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     release_local_stores(cfg)
     check(read_side(target), truth, {"t0", "t2", "t3"}, "target")
     check(read_side(source), truth, {"t1"}, "source after rollback")
+
+
+def test_search_equals_brute_force_in_every_phase(ray_cluster, tmp_path):
+    source, truth = seed("qdrant", tmp_path, n=200)
+    target = other_side("lancedb", tmp_path)
+    mid = f"search-{tmp_path.name}"
+    cfg = live_config(tmp_path, mid, source, target, cutover={"mode": "manual"})
+    m = Migration(cfg)
+    m.start()
+    try:
+        coll = RoutedCollection.connect(mid)
+        writer = Writer(coll, truth)
+        rng = np.random.default_rng(8)
+
+        def step(what: str) -> None:
+            for _ in range(15):
+                writer.one()
+            for _ in range(3):
+                assert search_mismatch(coll, truth, rng) is None, what
+
+        step("all units on the source")
+        m.prepare_units()
+        step("every unit copied, the source still owns them")
+        switch_units(m, ["tenant=t0"], "cutover")
+        step("one unit on the target")
+        switch_units(m, None, "cutover")
+        step("every unit on the target")
+        switch_units(m, ["tenant=t2"], "rollback")
+        step("one unit rolled back")
+        assert coll.count() == sum(p is not None for p in truth.values())
+        got = coll.retrieve([0, 1, 2, 10_000])
+        assert [r["id"] for r in got] == [i for i in (0, 1, 2) if truth[i] is not None]
+        for r in got:
+            assert np.asarray(r["vector"], np.float32).tobytes() == truth[r["id"]][0]
+    finally:
+        m.close()
