@@ -11,6 +11,7 @@ local-mode sqlite storage in one transaction with qdrant-client's own key encodi
 Exits 0 whatever the numbers are: it is a measurement.
 """
 
+# ruff: noqa: E402 - the sys.path fix below must run before the other imports
 from __future__ import annotations
 
 import os
@@ -38,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import ray  # noqa: F401 - before psutil: ray puts its bundled psutil on sys.path
-import psutil
+import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -54,6 +54,8 @@ def _installed(dist: str) -> bool:
 
 
 def machine() -> str:
+    import psutil
+
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor() or "?")
     ram = psutil.virtual_memory().total / 2**30
@@ -140,7 +142,7 @@ def cfg_for(mid: str, src: dict, work: Path, by: str):
 
 def run_ray(cfg, sample_rss: bool = False) -> dict:
     """run_migration; copy-phase window from the report and checkpoints; worker peak RSS."""
-    import ray
+    import psutil
 
     from ray_migrate.driver import run_migration
     from ray_migrate.state import StateStore

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from ray_migrate.errors import RayMigrateError
@@ -138,19 +137,24 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ray_migrate.demo import prepare_demo
-    from ray_migrate.driver import run_migration
+    from ray_migrate.demo import run_demo
 
     workdir = Path(args.workdir).resolve()
-    t0 = time.perf_counter()
-    cfg = prepare_demo(workdir, args.points, args.tenants, args.dim)
-    print(f"seeded {args.points} points over {args.tenants} tenants in "
-          f"{time.perf_counter() - t0:.1f}s: Qdrant local source at {cfg.source.location}")
-    report = run_migration(cfg)
+    print(f"seeding a Qdrant local source of {args.points} points over {args.tenants} tenants "
+          f"in {workdir} ...")
+    report, traffic = run_demo(workdir, args.points, args.tenants, args.dim,
+                               traffic_s=args.traffic_s)
     print(report.to_table())
-    print(f"LanceDB target: {cfg.target.location} (table {cfg.target.name}); "
-          f"state and report: {cfg.state_uri}")
-    return 0 if report.ok else 1
+    print()
+    print(traffic.table())
+    for err in traffic.errors[:5]:
+        print(f"  {err}")
+    freezes = {u.unit_id: u.freeze_ms for u in report.units}
+    longest = max((f for f in freezes.values() if f is not None), default=0.0)
+    print(f"longest freeze: {longest:.0f} ms (per unit in the table's 'freeze ms' column)")
+    print(f"LanceDB target: {workdir / 'lance'} (table docs); state and reports: "
+          f"{workdir / 'state'}")
+    return 0 if report.ok and not traffic.errors else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--points", type=int, default=20_000)
     sp.add_argument("--tenants", type=int, default=8)
     sp.add_argument("--dim", type=int, default=64)
+    sp.add_argument("--traffic-s", type=float, default=5.0,
+                    help="seconds of client traffic before and after the migration")
     sp.set_defaults(fn=cmd_demo)
     return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,7 @@ def demo_config(workdir: Path, workers: int = 2) -> MigrationConfig:
         "target": {"kind": "lancedb", "uri": "lance", "table": "docs"},
         "units": {"by": "tenant", "field": "tenant"},
         "copy": {"batch_size": 1000, "workers": workers},
+        "cutover": {"waves": [1, "25%", "100%"], "pause_s": 2.0},
         "state_uri": "state",
     }, base_dir=workdir)
 
@@ -77,3 +79,33 @@ def prepare_demo(workdir: Path, points: int, tenants: int, dim: int) -> Migratio
     log.info("seeding %d points over %d tenants into %s", points, tenants, cfg.source.location)
     seed_qdrant(cfg.source.location, cfg.source.name, points, tenants, dim)
     return cfg
+
+
+def run_demo(workdir: Path, points: int, tenants: int, dim: int, traffic_s: float = 5.0,
+             write_rate: float = 50.0, read_rate: float = 20.0) -> tuple[Any, Any]:
+    """Seed, then migrate with a writer and a reader going through ``RoutedCollection``
+    before, during and after the migration. Returns (run report, traffic)."""
+    from ray_migrate.client import RoutedCollection
+    from ray_migrate.driver import run_migration
+    from ray_migrate.traffic import Traffic
+
+    cfg = prepare_demo(workdir, points, tenants, dim)
+    box: dict[str, Any] = {}
+
+    def on_started(_: Any) -> None:
+        coll = RoutedCollection.connect(cfg.migration_id)
+        box["traffic"] = Traffic(coll, [f"t{i}" for i in range(tenants)], write_rate,
+                                 read_rate, first_new_id=points).start()
+        log.info("client traffic for %.0fs before the migration starts", traffic_s)
+        time.sleep(traffic_s)
+        box["traffic"].mark("during")
+
+    report = run_migration(cfg, release_stores=False, on_started=on_started)
+    traffic = box["traffic"]
+    traffic.mark("after")
+    time.sleep(traffic_s)
+    traffic.stop()
+    from ray_migrate.driver import release_local_stores
+
+    release_local_stores(cfg)
+    return report, traffic

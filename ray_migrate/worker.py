@@ -43,6 +43,9 @@ class UnitWorker:
     """
 
     def __init__(self, cfg: MigrationConfig, plan: dict[str, Any], index: int = 0):
+        if not logging.getLogger().handlers:  # an actor process: progress goes to the job log
+            logging.basicConfig(level=logging.INFO,
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.cfg = cfg
         self.plan = Plan.from_dict(plan)
         self.index = index
@@ -185,10 +188,11 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "differs from the source after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        self._forward(spec).until(0, timeout_s=10)  # unfrozen, so the drain is short
+        _, changed = self._forward(spec).until(0, timeout_s=10)  # unfrozen: a short drain
         return switch_unit(self.router, (self.source, spec),
                            (self.target, self.forward.target_unit(spec)), self.forward,
-                           "target", "ready", self.cfg.cutover.max_freeze_ms).to_dict()
+                           "target", "ready", self.cfg.cutover.max_freeze_ms,
+                           changed).to_dict()
 
     def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
@@ -211,10 +215,10 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "the source differs from the target after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        self._back(spec).until(0, timeout_s=10)
+        _, changed = self._back(spec).until(0, timeout_s=10)
         return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
                            (self.source, spec), self.inverse, "rolled_back", "target",
-                           self.cfg.cutover.max_freeze_ms).to_dict()
+                           self.cfg.cutover.max_freeze_ms, changed).to_dict()
 
 
 def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:

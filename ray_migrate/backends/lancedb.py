@@ -548,7 +548,7 @@ class LanceBackend(Backend):
             raise UnsupportedError(f"LanceDB cannot search with distance {spec.distance!r}")
         q = (self.tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_name)
              .distance_type(METRICS[spec.distance]).bypass_vector_index().limit(k)
-             .select(lay.columns))
+             .select([*lay.columns, "_distance"]))
         f = self._filter(unit, lay)
         if f:
             q = q.where(f, prefilter=True)
