@@ -60,16 +60,15 @@ class UnitSync:
         """Apply one slice of the log; returns the ids applied and the lag left."""
         uid = self.unit.unit_id
         ids, seq = self.router.call("take_changes", uid, limit, self.holder)
-        if seq < 0:  # another applier holds this unit's log: wait for it
-            time.sleep(0.005)
-            return [], self.router.call("unit", uid)["lag"] or 1
-        if not ids:
-            return [], 0
+        if not ids:  # nothing settled to apply, or another applier holds the log
+            return [], self.router.call("unit", uid)["lag"]
         apply_ids(ids, self.owner, self.other, self.transform)
         return ids, self.router.call("ack_changes", uid, seq, self.holder)
 
     def until(self, lag: int, timeout_s: float) -> tuple[int, set[Any]]:
-        """Step until at most ``lag`` changes wait (or time is up); returns (lag, ids applied)."""
+        """Step until at most ``lag`` changes wait, or none is ready to apply (its write is
+        still under way, or another applier holds the log), or time is up.
+        Returns (lag, ids applied)."""
         deadline = time.monotonic() + timeout_s
         applied: set[Any] = set()
         while True:
@@ -77,3 +76,7 @@ class UnitSync:
             applied.update(ids)
             if left <= lag or time.monotonic() >= deadline:
                 return left, applied
+            if not ids:
+                time.sleep(0.005)
+                if time.monotonic() >= deadline:
+                    return left, applied

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ray_migrate.backends.base import Backend
+import pyarrow as pa
+
+from ray_migrate.backends.base import Backend, Cursor
 from ray_migrate.config import CopyConfig
 from ray_migrate.retry import with_retries
 from ray_migrate.state import StateStore
@@ -79,39 +81,71 @@ def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
 
 def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
               store: StateStore, cfg: CopyConfig,
-              on_batch: Callable[[int], None] | None = None) -> CopyResult:
+              on_batch: Callable[[int], None] | None = None,
+              fresh_target: bool = False) -> CopyResult:
     """Copy one unit from its checkpoint on; return when the whole unit is on the target.
 
-    ``on_batch`` is told the unit's copied count after every committed batch."""
+    Scan batches are gathered up to the target's preferred write size, then written and
+    checkpointed. ``fresh_target``: the run created the target, so this unit's points can
+    only be there if an earlier attempt wrote them; then every write but the first after a
+    resume appends instead of merging by id (LanceDB appends in constant time, while its
+    merge joins against the whole table). ``on_batch`` gets the copied count per write."""
     start = time.perf_counter()
-    ckpt = store.load_checkpoint(unit.unit_id) or {}
-    if ckpt.get("status") == "copied":
+    ckpt = store.load_checkpoint(unit.unit_id)
+    if ckpt and ckpt.get("status") == "copied":
         return CopyResult(unit.unit_id, "skipped", ckpt.get("copied", 0), 0, 0.0)
-    state = {"copied": ckpt.get("copied", 0), "cursor": ckpt.get("cursor"), "now": 0}
-    if state["cursor"] is not None:
+    state: dict[str, Any] = {"copied": (ckpt or {}).get("copied", 0),
+                             "cursor": (ckpt or {}).get("cursor"), "now": 0,
+                             "may_exist": ckpt is not None or not fresh_target}
+    if ckpt is None:  # marks that writes may begin: a later attempt merges its first write
+        _save(store, unit, "copying", None, 0)
+    elif state["cursor"] is not None:
         log.info("unit %s: resuming after %d points", unit.unit_id, state["copied"])
+    write_rows = max(cfg.batch_size, target.capabilities.preferred_write_rows)
+
+    def write(parts: list[pa.Table], cursor: Cursor) -> None:
+        table = transform.apply(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
+        put = target.upsert if state["may_exist"] else target.append
+        with_retries(lambda: put(table), attempts=cfg.max_retries,
+                     backoff_s=cfg.retry_backoff_s,
+                     what=f"unit {unit.unit_id}: write of {table.num_rows} points")
+        state["may_exist"] = not fresh_target
+        state["copied"] += table.num_rows
+        state["now"] += table.num_rows
+        state["cursor"] = cursor
+        _save(store, unit, "copying", cursor, state["copied"])
+        if on_batch is not None:
+            on_batch(state["copied"])
 
     def run_from_checkpoint() -> None:
+        parts: list[pa.Table] = []
+        cursor: Cursor | None = None
         for batch, cursor in prefetch(source.scan(unit, cfg.batch_size, state["cursor"])):
             if batch.num_rows:
-                with_retries(lambda b=batch: target.upsert(transform.apply(b)),
-                             attempts=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
-                             what=f"unit {unit.unit_id}: write of {batch.num_rows} points")
-            state["copied"] += batch.num_rows
-            state["now"] += batch.num_rows
-            state["cursor"] = cursor
-            store.save_checkpoint(unit.unit_id, {
-                "unit_id": unit.unit_id, "status": "copying", "cursor": cursor,
-                "copied": state["copied"], "updated_at": time.time()})
-            if on_batch is not None:
-                on_batch(state["copied"])
+                parts.append(batch)
+            if sum(p.num_rows for p in parts) >= write_rows:
+                write(parts, cursor)
+                parts = []
+        if parts and cursor is not None:
+            write(parts, cursor)
 
     # A transient error in the scan breaks its generator; start again from the checkpoint.
-    with_retries(run_from_checkpoint, attempts=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
+    def attempt() -> None:
+        if state.setdefault("attempts", 0):  # a failed write may have committed anyway
+            state["may_exist"] = True
+        state["attempts"] += 1
+        run_from_checkpoint()
+
+    with_retries(attempt, attempts=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
                  what=f"unit {unit.unit_id}: copy")
-    store.save_checkpoint(unit.unit_id, {
-        "unit_id": unit.unit_id, "status": "copied", "cursor": state["cursor"],
-        "copied": state["copied"], "updated_at": time.time()})
+    _save(store, unit, "copied", state["cursor"], state["copied"])
     seconds = time.perf_counter() - start
     log.info("unit %s: copied %d points in %.1fs", unit.unit_id, state["now"], seconds)
     return CopyResult(unit.unit_id, "copied", state["copied"], state["now"], seconds)
+
+
+def _save(store: StateStore, unit: UnitSpec, status: str, cursor: Cursor | None,
+          copied: int) -> None:
+    store.save_checkpoint(unit.unit_id, {"unit_id": unit.unit_id, "status": status,
+                                         "cursor": cursor, "copied": copied,
+                                         "updated_at": time.time()})

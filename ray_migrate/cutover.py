@@ -18,7 +18,7 @@ from typing import Any
 
 from ray_migrate.backends.base import Backend
 from ray_migrate.catchup import UnitSync
-from ray_migrate.checksum import Digest
+from ray_migrate.checksum import Digest, point_hashes
 from ray_migrate.router import RouterHandle
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -50,13 +50,15 @@ def _confirm(sync: UnitSync, ids: set[Any]) -> None:
     log, and every one of those has now been drained: so this settles the whole unit."""
     if not ids:
         return
-    want = Digest().add(sync.other.stored_form(sync.transform.apply(sync.owner.fetch(list(ids)))))
-    have = Digest().add(sync.other.fetch(list(ids)))
-    if want.count != have.count:
-        raise Abort(f"of {len(ids)} changed ids, {want.count} exist on the owner and "
-                    f"{have.count} on the other side after the drain")
-    if want.total != have.total:
-        raise Abort(f"the {len(ids)} changed ids differ between the two sides after the drain")
+    want = sync.other.stored_form(sync.transform.apply(sync.owner.fetch(list(ids))))
+    have = sync.other.fetch(list(ids))
+    a, b = Digest().add(want), Digest().add(have)
+    if a.count != b.count or a.total != b.total:
+        wh = dict(zip(*point_hashes(want), strict=True))
+        hh = dict(zip(*point_hashes(have), strict=True))
+        bad = sorted((i for i in ids if wh.get(i) != hh.get(i)), key=str)
+        raise Abort(f"{len(bad)} of {len(ids)} changed ids differ between the two sides "
+                    f"after the drain (for example {bad[:5]})")
 
 
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],

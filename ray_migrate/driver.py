@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REPORT_KEY = "report.json"
 FINALIZED_KEY = "finalized.json"
+TARGET_KEY = "target.json"  # present when this migration created the target
 MAX_UNIT_ATTEMPTS = 3
 
 
@@ -47,6 +48,7 @@ def prepare_target(cfg: MigrationConfig, plan: Plan) -> Backend:
         log.info("target %s exists and can hold the source", cfg.target.name)
     else:
         target.create(plan.target_info)
+        StateStore(cfg.state_uri, cfg.migration_id).write(TARGET_KEY, {"created": time.time()})
         log.info("created target %s", cfg.target.name)
     return target
 

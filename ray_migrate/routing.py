@@ -65,7 +65,8 @@ class UnitRoute:
     value: Any = None  # the tenant value of a unit first seen at run time
     sync_holder: str | None = None  # who applies this unit's log now (one at a time)
     sync_since: float = 0.0
-    log: list[list[Any]] = field(default_factory=list)  # [seq, id] pairs not yet acknowledged
+    log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
+    taken: list[int] = field(default_factory=list)  # seqs handed to the current applier
     acked_seq: int = 0
 
 
@@ -159,12 +160,12 @@ class RoutingTable:
             self.set_phase(unit_id, "catching_up" if u.owner == "source" else "target", now)
         if u.phase == "frozen":
             return {"status": "wait", "epoch": self.epoch}
+        lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
+        self.leases[lease.token] = lease
         if u.phase in CAPTURING:
             for pid in ids:
                 self.seq += 1
-                u.log.append([self.seq, pid])
-        lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
-        self.leases[lease.token] = lease
+                u.log.append([self.seq, pid, lease.token])
         return {"status": "ok", "token": lease.token, "owner": u.owner, "epoch": self.epoch,
                 "phase": u.phase}
 
@@ -180,50 +181,62 @@ class RoutingTable:
                     now: float | None = None) -> int:
         """Leases of the unit still open (and not expired), optionally only older ones."""
         now = time.time() if now is None else now
-        for tok in [t for t, le in self.leases.items() if now - le.issued_at > self.lease_s]:
-            del self.leases[tok]
+        self._expire(now)
         n = sum(1 for le in self.leases.values() if le.unit_id == unit_id
                 and (before_epoch is None or le.epoch < before_epoch))
         if self.restarted_at is not None and now - self.restarted_at < self.lease_s:
             n += 1  # leases given out before the restart are unknown: wait them out
         return n
 
+    def _expire(self, now: float) -> None:
+        for tok in [t for t, le in self.leases.items() if now - le.issued_at > self.lease_s]:
+            del self.leases[tok]
+
     # --- the change log -------------------------------------------------------------------
     def take_changes(self, unit_id: str, limit: int = 10_000, holder: str | None = None,
                      now: float | None = None) -> tuple[list[Any], int]:
-        """Distinct ids changed since the last ack (oldest first) and the seq to ack them with.
+        """Distinct changed ids whose writes have ended, and a number to ack them with.
 
-        One holder at a time applies a unit's log: two appliers could re-read an id at
-        different times and write the older value last. Another holder gets ``([], -1)``
-        until the first acks (or its hold expires after a lease time)."""
+        An entry whose write is still under way is not handed out: read now, the owner might
+        not hold that write yet, and acking the entry would lose it. One holder at a time
+        applies a unit's log: two appliers could re-read an id at different times and write
+        the older value last. Another holder gets ``([], -1)`` until the first acks (or its
+        hold expires after a lease time)."""
         now = time.time() if now is None else now
         u = self.unit(unit_id)
         if (holder is not None and u.sync_holder not in (None, holder)
                 and now - u.sync_since < self.lease_s):
             return [], -1
-        entries = u.log[:limit]
+        self._expire(now)
+        entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
         if not entries:
-            u.sync_holder = None
+            u.sync_holder, u.taken = None, []
             return [], u.acked_seq
         if holder is not None:
             u.sync_holder, u.sync_since = holder, now
-        return self.peek_changes(unit_id, limit), entries[-1][0]
+        u.taken = [e[0] for e in entries]
+        seen: dict[Any, None] = {}
+        for e in entries:
+            seen.setdefault(e[1], None)
+        return list(seen), entries[-1][0]
 
     def peek_changes(self, unit_id: str, limit: int = 10_000_000) -> list[Any]:
-        """The distinct ids waiting in the log, without taking them."""
+        """The distinct ids waiting in the log (settled or not), without taking them."""
         seen: dict[Any, None] = {}
-        for _, pid in self.unit(unit_id).log[:limit]:
-            seen.setdefault(pid, None)
+        for e in self.unit(unit_id).log[:limit]:
+            seen.setdefault(e[1], None)
         return list(seen)
 
     def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
-        """Drop the log entries up to ``seq``: they are applied. Returns the remaining lag."""
+        """Drop the entries handed out by the last ``take_changes`` (up to ``seq``): they are
+        applied. Returns the remaining lag."""
         u = self.unit(unit_id)
         if holder is not None and u.sync_holder not in (None, holder):
             return len(u.log)  # a hold that expired and passed on: this apply did not count
-        u.log = [e for e in u.log if e[0] > seq]
+        done = {s for s in u.taken if s <= seq}
+        u.log = [e for e in u.log if e[0] not in done]
         u.acked_seq = max(u.acked_seq, seq)
-        u.sync_holder = None
+        u.sync_holder, u.taken = None, []
         return len(u.log)
 
     def lag(self, unit_id: str) -> int:

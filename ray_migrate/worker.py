@@ -106,8 +106,10 @@ class UnitWorker:
                 raise TerminalError(f"unit {uid}: writes from before capture never ended")
             router.call("set_phase", uid, "copying")
         if self._phase(uid) == "copying":
+            fresh = self.store.read("target.json") is not None
             result = copy_unit(spec, self.source, self.target, self.forward, self.store,
-                               self.cfg.copy_cfg, on_batch=self._progress(uid))
+                               self.cfg.copy_cfg, on_batch=self._progress(uid),
+                               fresh_target=fresh)
             out.update(result.to_dict(), points_per_s=result.points_per_s)
             router.call("update_progress", uid, copied=result.copied)
             router.call("set_phase", uid, "catching_up")
@@ -157,9 +159,9 @@ class UnitWorker:
         spec = UnitSpec.from_dict(unit)
         phase = self._phase(spec.unit_id)
         if phase in ("catching_up", "ready"):
-            lag, _ = self._forward(spec).until(0, timeout_s=5)
+            lag, _ = self._forward(spec).until(0, timeout_s=1)
         elif phase == "target" and self.inverse is not None:
-            lag, _ = self._back(spec).until(0, timeout_s=5)
+            lag, _ = self._back(spec).until(0, timeout_s=1)
         else:
             lag = self.router.call("unit", spec.unit_id)["lag"]
         return {"unit_id": spec.unit_id, "phase": phase, "lag": lag}
@@ -188,7 +190,7 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "differs from the source after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        _, changed = self._forward(spec).until(0, timeout_s=10)  # unfrozen: a short drain
+        _, changed = self._forward(spec).until(0, timeout_s=1)  # unfrozen: a short drain
         return switch_unit(self.router, (self.source, spec),
                            (self.target, self.forward.target_unit(spec)), self.forward,
                            "target", "ready", self.cfg.cutover.max_freeze_ms,
@@ -215,7 +217,7 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "the source differs from the target after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        _, changed = self._back(spec).until(0, timeout_s=10)
+        _, changed = self._back(spec).until(0, timeout_s=1)
         return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
                            (self.source, spec), self.inverse, "rolled_back", "target",
                            self.cfg.cutover.max_freeze_ms, changed).to_dict()

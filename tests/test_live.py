@@ -66,6 +66,7 @@ class Writer(threading.Thread):
         self.ops = 0
         self.next_id = max(truth) + 1
         self.lock = threading.Lock()  # held during one op, so a reader can take a still moment
+        self.history: dict[int, list[tuple[float, str]]] = {}  # what happened to each id
 
     def point(self, pid: int) -> dict[str, Any]:
         vec = self.rng.standard_normal(DIM).astype(np.float32)
@@ -80,6 +81,7 @@ class Writer(threading.Thread):
             pid = int(self.rng.choice(live))
             self.coll.delete([pid])
             self.truth[pid] = None
+            self.history.setdefault(pid, []).append((time.time(), "delete"))
             return
         if kind == "reinsert" and dead:
             pid = int(self.rng.choice(dead))
@@ -90,6 +92,7 @@ class Writer(threading.Thread):
         p = self.point(pid)
         self.coll.upsert([p])
         self.truth[pid] = (np.asarray(p["vector"], np.float32).tobytes(), p["payload"])
+        self.history.setdefault(pid, []).append((time.time(), f"{kind} v={self.ops}"))
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -117,7 +120,11 @@ def search_mismatch(coll: RoutedCollection, truth: dict[int, Any], rng: Any) -> 
         got = coll.search(q.tolist(), k=10, filter=flt)
         want = brute_force(truth, q, 10, tenant)
         if [h["id"] for h in got] != [pid for _, pid in want]:
-            return f"filter {flt}: got {[h['id'] for h in got]}, want {[p for _, p in want]}"
+            lost = sorted({p for _, p in want} - {h["id"] for h in got})
+            units = {u["unit_id"]: (u["phase"], u["owner"])
+                     for u in coll.router.call("status")["units"]}
+            return (f"filter {flt}: got {[h['id'] for h in got]}, want {[p for _, p in want]}; "
+                    f"retrieve({lost}) -> {[r['id'] for r in coll.retrieve(lost)]}; {units}")
         if not np.allclose([h["score"] for h in got], [s for s, _ in want], rtol=1e-4,
                            atol=1e-4):
             return f"filter {flt}: scores differ"
@@ -218,7 +225,8 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     writer.join(30)
     searcher.join(30)
     report = result["report"]
-    assert mismatches == [], mismatches[:3]
+    if mismatches:
+        pytest.fail("search differs from brute force:\n" + "\n".join(mismatches[:3]))
     assert {"copying", "ready", "target"} <= seen_phases, seen_phases
     rows = {u.unit_id: u for u in report.units}
     assert writer.errors == [], writer.errors[:3]
@@ -227,8 +235,17 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     assert rows["tenant=t1"].phase == "rolled_back"
     assert all(r.equal for r in rows.values()), report.to_table()
     release_local_stores(cfg)
-    check(read_side(target), truth, {"t0", "t2", "t3"}, "target")
-    check(read_side(source), truth, {"t1"}, "source after rollback")
+    import json as _json
+    (tmp_path / "history.json").write_text(_json.dumps(writer.history))
+    print("HISTORY", tmp_path / "history.json")
+    try:
+        check(read_side(target), truth, {"t0", "t2", "t3"}, "target")
+        check(read_side(source), truth, {"t1"}, "source after rollback")
+    except AssertionError:
+        import json
+        (tmp_path / "history.json").write_text(json.dumps(writer.history))
+        print("HISTORY", tmp_path / "history.json")
+        raise
 
 
 def test_search_equals_brute_force_in_every_phase(ray_cluster, tmp_path):

@@ -22,7 +22,8 @@ def migrate(root, mid: str, source: dict, target: dict, **extra):
     cfg = parse_config({
         "migration_id": f"{mid}-{root.name}", "source": source, "target": target,
         "units": extra.pop("units", {"by": "tenant", "field": "tenant"}),
-        "copy": {"batch_size": 64, "workers": 2}, "state_uri": str(root / "state"), **extra})
+        "copy": {"batch_size": 64, "workers": 2}, "cutover": {"pause_s": 0},
+        "state_uri": str(root / "state"), **extra})
     report = run_migration(cfg)
     assert report.ok, report.to_table()
     return cfg, report
@@ -87,6 +88,7 @@ def test_rerun_of_a_finished_migration_changes_nothing(chain):
         "target": chain["lance"],
         "units": {"by": "tenant", "field": "tenant"},
         "copy": {"batch_size": 64, "workers": 3},  # another worker count is fine
+        "cutover": {"pause_s": 0},
         "state_uri": str(chain["root"] / "state")})
     report = run_migration(cfg)
     assert report.ok, report.to_table()

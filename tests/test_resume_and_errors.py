@@ -24,7 +24,7 @@ def config(root, mid, source, target, **extra):
     return parse_config({
         "migration_id": mid, "source": source, "target": target,
         "units": extra.pop("units", {"by": "id_range", "count": 1}),
-        "copy": extra.pop("copy", {"batch_size": 50, "workers": 1}),
+        "copy": extra.pop("copy", {"batch_size": 50, "workers": 1}), "cutover": {"pause_s": 0},
         "state_uri": str(root / "state"), **extra})
 
 

@@ -24,18 +24,36 @@ def test_every_change_bumps_the_epoch_and_progress_does_not():
     assert t.epoch == e0 + 2 and t.unit("c").owner == "source"
 
 
+def write(t: RoutingTable, unit: str, ids: list, now: float = 0) -> dict:
+    lease = t.begin_write(unit, ids, now=now)
+    t.end_write(lease["token"])
+    return lease
+
+
 def test_writes_are_logged_only_while_capturing():
     t = table()
-    t.begin_write("a", [1, 2], now=0)
+    write(t, "a", [1, 2])
     assert t.lag("a") == 0
     t.set_phase("a", "capturing")
-    t.begin_write("a", [2, 3], now=0)
-    t.begin_write("a", [2], now=0)
-    ids, seq = t.take_changes("a")
+    write(t, "a", [2, 3])
+    write(t, "a", [2])
+    ids, seq = t.take_changes("a", now=0)
     assert ids == [2, 3] and t.lag("a") == 3
-    t.begin_write("a", [9], now=0)  # arrives while catching up: stays in the log
+    write(t, "a", [9])  # arrives while catching up: stays in the log
     assert t.ack_changes("a", seq) == 1
-    assert t.take_changes("a")[0] == [9]
+    assert t.take_changes("a", now=0)[0] == [9]
+
+
+def test_a_change_is_handed_out_only_once_its_write_has_ended():
+    t = table()
+    t.set_phase("a", "capturing")
+    slow = t.begin_write("a", [1], now=0)
+    write(t, "a", [2])
+    ids, seq = t.take_changes("a", now=0)
+    assert ids == [2], "id 1 may not be on the owner yet"
+    assert t.ack_changes("a", seq) == 1
+    t.end_write(slow["token"])
+    assert t.take_changes("a", now=0)[0] == [1]
 
 
 def test_capture_barrier_counts_only_leases_from_before_capture():
@@ -92,7 +110,7 @@ def test_recovery_marks_capturing_units_for_repair_and_waits_out_old_leases():
     back = RoutingTable.from_dict(t.to_dict(), restarted=True, now=100)
     assert back.epoch > t.epoch
     assert back.unit("a").needs_repair and not back.unit("b").needs_repair
-    assert back.take_changes("a")[0] == [1, 2]
+    assert back.take_changes("a", now=100)[0] == [1, 2], "leases from before are unknown"
     assert back.open_leases("a", now=101) == 1, "leases from before the restart are unknown"
     assert back.open_leases("a", now=106) == 0
 
@@ -137,13 +155,13 @@ def test_a_freeze_whose_owner_vanished_is_lifted_after_its_timeout():
 def test_one_applier_at_a_time_per_unit_log():
     t = table()
     t.set_phase("a", "capturing")
-    t.begin_write("a", [1, 2], now=0)
+    write(t, "a", [1, 2])
     ids, seq = t.take_changes("a", holder="w1", now=0)
     assert ids == [1, 2]
     assert t.take_changes("a", holder="w2", now=1) == ([], -1)
     assert t.peek_changes("a") == [1, 2], "peeking takes nothing"
     assert t.ack_changes("a", seq, holder="w1") == 0
-    t.begin_write("a", [3], now=2)
+    write(t, "a", [3], now=2)
     assert t.take_changes("a", holder="w2", now=2)[0] == [3]
     # A holder that vanished loses its hold after a lease time; its late ack is ignored.
     assert t.take_changes("a", holder="w3", now=2 + t.lease_s + 1)[0] == [3]

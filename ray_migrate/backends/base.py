@@ -23,6 +23,7 @@ class Capabilities:
     parallel_writes: bool  # several processes may write at once
     snapshot_scan: bool  # a scan reads one consistent version (LanceDB) or live data (Qdrant)
     higher_score_is_better: bool  # Qdrant: similarity; LanceDB: distance
+    preferred_write_rows: int = 0  # gather this many rows per write (0: one scan batch)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ class Backend(ABC):
     @abstractmethod
     def upsert(self, table: pa.Table) -> None:
         """Insert or replace by id; replaying the same batch changes nothing."""
+
+    def append(self, table: pa.Table) -> None:
+        """Insert points known to be absent (a fresh unit of a fresh target). Engines where
+        that is cheaper than an upsert override it."""
+        self.upsert(table)
 
     @abstractmethod
     def delete(self, ids: Sequence[Any]) -> None: ...

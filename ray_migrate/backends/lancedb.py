@@ -313,6 +313,7 @@ def to_canonical(batch: pa.Table | pa.RecordBatch, lay: _Layout) -> pa.Table:
 class LanceBackend(Backend):
     kind = "lancedb"
     capabilities = Capabilities(parallel_writes=True, snapshot_scan=True,
+                                preferred_write_rows=10_000,
                                 higher_score_is_better=False)
 
     def __init__(self, endpoint: LanceEndpoint, payload_schema: dict[str, str] | None = None):
@@ -563,12 +564,22 @@ class LanceBackend(Backend):
     def upsert(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        lay = self._layout()
-        check_vectors(table, lay.canonical_info(self.endpoint.table))
-        data = to_layout(table, lay)
+        data = self._rows(table)
         with _guard(f"merge_insert into {self._where()}"):
             (self.tbl.merge_insert(ID).when_matched_update_all()
              .when_not_matched_insert_all().execute(data))
+
+    def append(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        data = self._rows(table)
+        with _guard(f"append to {self._where()}"):
+            self.tbl.add(data)
+
+    def _rows(self, table: pa.Table) -> pa.Table:
+        lay = self._layout()
+        check_vectors(table, lay.canonical_info(self.endpoint.table))
+        return to_layout(table, lay)
 
     def delete(self, ids: Sequence[Any]) -> None:
         keys = self._id_list(ids, self._layout())

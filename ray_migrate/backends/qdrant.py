@@ -11,10 +11,12 @@ order Qdrant scrolls (ints numerically before UUIDs, UUIDs as text). Scan cursor
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -53,6 +55,7 @@ ORIGINAL_ID_KEY = "_rm_id"
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 EPSILON = 1.1920929e-7  # what qdrant-client local mode compares a cosine norm against
 _SCROLL_IDS_PAGE = 10_000
+_CACHED_SCANS = 64  # unit id lists of local-mode scans under way
 _DISTANCES = {"Cosine": "cosine", "Euclid": "l2", "Dot": "dot", "Manhattan": "manhattan"}
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
@@ -133,6 +136,7 @@ class QdrantBackend(Backend):
         self.capabilities = Capabilities(parallel_writes=not self.local, snapshot_scan=False,
                                          higher_score_is_better=True)
         self._owns_client = client is None
+        self._unit_ids: OrderedDict[str, list[int | str]] = OrderedDict()  # scans under way
         self._params: dict[str, Any] | None = None  # column name -> VectorParams
         self._unnamed = False
         if client is None:
@@ -342,6 +346,8 @@ class QdrantBackend(Backend):
         """One page of the unit and the cursor of the next page (None when this was the last)."""
         if cursor and cursor.get("done"):
             return self._empty(), None
+        if self.local:
+            return self._scan_page_local(unit, batch_size, cursor)
         offset = (cursor or {}).get("offset")
         hi = unit.hi if unit.kind == "id_range" else None
         if offset is None and unit.kind == "id_range":
@@ -356,6 +362,37 @@ class QdrantBackend(Backend):
             recs = kept
         table = self._table(recs) if recs else self._empty()
         return table, (None if nxt is None else {"offset": nxt})
+
+    def _scan_page_local(self, unit: UnitSpec, batch_size: int,
+                         cursor: Cursor | None) -> tuple[pa.Table, Cursor | None]:
+        """Local mode sorts every id and filters every point on each scroll call, so a scan
+        by pages costs N**2 / batch. Instead list the unit's ids once per scan (one scroll,
+        ids only) and retrieve each page by id. A point added after the list was made is not
+        in this scan: capture (which starts before the scan) brings it over."""
+        ids = self._unit_ids.get(unit.unit_id) if cursor else None
+        if ids is None:
+            ids = self._list_unit_ids(unit)
+            self._unit_ids[unit.unit_id] = ids
+            while len(self._unit_ids) > _CACHED_SCANS:
+                self._unit_ids.popitem(last=False)
+        offset = (cursor or {}).get("offset")
+        start = 0 if offset is None else bisect.bisect_left(ids, _order(offset), key=_order)
+        page = ids[start:start + batch_size]
+        recs = self.client.retrieve(self.name, page, with_payload=True, with_vectors=True)
+        recs.sort(key=lambda r: _order(r.id))
+        nxt = ids[start + batch_size] if start + batch_size < len(ids) else None
+        if nxt is None:
+            self._unit_ids.pop(unit.unit_id, None)
+        table = self._table(recs) if recs else self._empty()
+        return table, (None if nxt is None else {"offset": nxt})
+
+    def _list_unit_ids(self, unit: UnitSpec) -> list[int | str]:
+        if unit.kind == "id_range":
+            return list(self._scroll_ids(unit.lo, unit.hi))
+        recs, _ = self.client.scroll(self.name, scroll_filter=self._filter(unit),
+                                     limit=max(self.client.count(self.name).count, 1),
+                                     with_payload=False, with_vectors=False)
+        return sorted((r.id for r in recs), key=_order)
 
     def _empty(self) -> pa.Table:
         return empty_table(self._info())
