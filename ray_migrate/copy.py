@@ -105,9 +105,14 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
 
     def write(parts: list[pa.Table], cursor: Cursor) -> None:
         table = transform.apply(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
-        put = target.upsert if state["may_exist"] else target.append
-        with_retries(lambda: put(table), attempts=cfg.max_retries,
-                     backoff_s=cfg.retry_backoff_s,
+        tries = [0]
+
+        def put() -> None:  # a failed append may have committed: retries merge by id
+            tries[0] += 1
+            append = not state["may_exist"] and tries[0] == 1
+            (target.append if append else target.upsert)(table)
+
+        with_retries(put, attempts=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
                      what=f"unit {unit.unit_id}: write of {table.num_rows} points")
         state["may_exist"] = not fresh_target
         state["copied"] += table.num_rows
