@@ -182,6 +182,7 @@ def test_migrate_job_on_a_ray_start_cluster(ray_head, tmp_path):
         "units:\n  by: tenant\n  field: tenant\n"
         "copy:\n  batch_size: 128\n  workers: 2\n  worker_resources:\n    num_cpus: 0.5\n"
         f"state_uri: {tmp_path / 'state'}\n"
+        "cutover: {pause_s: 0}\n"
     )
 
     from ray.job_submission import JobStatus
