@@ -19,15 +19,12 @@ import sys
 
 # This file is named copy.py: keep its folder off sys.path so `import copy` finds the stdlib.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]  # last
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import json
 import pickle
-import platform
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -40,30 +37,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
+from _common import lance_source, machine, md_table, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 TENANTS, BATCH, WORKERS, COLL = 8, 1000, 2, "docs"
-
-
-def _installed(dist: str) -> bool:
-    try:
-        return bool(md.version(dist))
-    except md.PackageNotFoundError:
-        return False
-
-
-def machine() -> str:
-    import psutil
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor() or "?")
-    ram = psutil.virtual_memory().total / 2**30
-    vers = ", ".join(f"{p} {md.version(p)}" for p in
-                     ("ray", "qdrant-client", "lancedb", "pyarrow", "numpy", "psutil")
-                     if _installed(p))
-    return (f"{os.cpu_count()} cores ({cpu}), {ram:.0f} GB RAM, {platform.system()}; "
-            f"Python {platform.python_version()}, {vers}")
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -100,30 +78,6 @@ def qdrant_source(n: int, dim: int) -> Path:
     (path / "complete").write_text(str(n))
     print(f"seeded Qdrant local source of {n} points in {time.perf_counter() - t0:.1f}s")
     return path
-
-
-def lance_source(uri: Path, n: int, dim: int) -> None:
-    """A LanceDB table (not made by ray_migrate) with the demo's payload shapes, columnar."""
-    import lancedb
-
-    db = lancedb.connect(str(uri))
-    rng = np.random.default_rng(7)
-    for lo in range(0, n, 50_000):
-        i = np.arange(lo, min(n, lo + 50_000))
-        vec = rng.standard_normal((len(i), dim), dtype=np.float32)
-        t = pa.table({
-            "id": pa.array(i, pa.uint64()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), dim),
-            "tenant": pa.array([f"t{x % TENANTS}" for x in i]),
-            "title": pa.array([f"doc {x} ✓" for x in i]),
-            "rank": pa.array(i * 7919 % 1000, pa.int64()),
-            "tags": pa.array([["a", "b"][: x % 2 + 1] if x % 3 == 0 else None for x in i],
-                             pa.list_(pa.string())),
-        })
-        if lo == 0:
-            tbl = db.create_table("src", data=t)
-        else:
-            tbl.add(t)
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -360,8 +314,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     head = ("Measurement", "Points", "Seconds", "Points/s", "Ratio", "Target", "Result")
-    table = "\n".join("| " + " | ".join(r) + " |" for r in
-                      [head, tuple("---" for _ in head), *rows])
+    table = md_table(head, rows)
     cmd = "python bench/copy.py " + " ".join(sys.argv[1:])
     date = dt.date.today().isoformat()
     text = (f"## Copy\n\n`{cmd.strip()}` on {date}.\n\nMachine: {machine()}.\n\n{table}\n\n"
@@ -373,13 +326,7 @@ def main() -> int:
             "same canonical batches (batch size 1000) through LanceBackend.upsert.\n")
     print("\n" + text)
     if a.write:
-        bm = ROOT / "BENCHMARKS.md"
-        old = bm.read_text() if bm.exists() else "# Benchmarks\n"
-        m = re.search(r"^## Copy\n.*?(?=^## |\Z)", old, flags=re.M | re.S)
-        new = old[:m.start()] + text + ("\n" if old[m.end():] else "") + old[m.end():] if m \
-            else old.rstrip("\n") + "\n\n" + text
-        bm.write_text(new)
-        print(f"wrote the Copy section of {bm.name}")
+        write_section("Copy", text)
     return 0
 
 

@@ -125,6 +125,18 @@ def _guard(fn: Callable) -> Callable:
     return wrapper
 
 
+def scan_by_pages(scan_page: Any, unit: UnitSpec, batch_size: int,
+                  cursor: Cursor | None) -> Iterator[tuple[pa.Table, Cursor]]:
+    """A scan made of ``scan_page`` calls; the last batch carries the cursor ``{"done": True}``."""
+    while True:
+        table, nxt = scan_page(unit, batch_size, cursor)
+        cursor = nxt if nxt is not None else {"done": True}
+        if table.num_rows:
+            yield table, cursor
+        if nxt is None:
+            return
+
+
 class QdrantBackend(Backend):
     kind = "qdrant"
 
@@ -399,13 +411,7 @@ class QdrantBackend(Backend):
 
     def scan(self, unit: UnitSpec, batch_size: int,
              cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
-        while True:
-            table, nxt = self.scan_page(unit, batch_size, cursor)
-            cursor = nxt if nxt is not None else {"done": True}
-            if table.num_rows:
-                yield table, cursor
-            if nxt is None:
-                return
+        return scan_by_pages(self.scan_page, unit, batch_size, cursor)
 
     @_guard
     def fetch(self, ids: Sequence[Any]) -> pa.Table:

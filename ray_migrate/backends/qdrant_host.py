@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from ray_migrate.backends.base import Backend, Cursor, SearchHit
+from ray_migrate.backends.qdrant import scan_by_pages
 from ray_migrate.checksum import Digest
 from ray_migrate.config import QdrantEndpoint
 from ray_migrate.errors import RayMigrateError, TerminalError, TransientError
@@ -152,13 +153,7 @@ class HostedBackend(Backend):
 
     def scan(self, unit: UnitSpec, batch_size: int,
              cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
-        while True:
-            table, nxt = self.scan_page(unit, batch_size, cursor)
-            cursor = nxt if nxt is not None else {"done": True}
-            if table.num_rows:
-                yield table, cursor
-            if nxt is None:
-                return
+        return scan_by_pages(self.scan_page, unit, batch_size, cursor)
 
     def fetch(self, ids: Sequence[Any]) -> pa.Table:
         return self._call("fetch", list(ids))
