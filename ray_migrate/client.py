@@ -29,7 +29,6 @@ from ray_migrate.plan import Plan, label
 from ray_migrate.router import RouterHandle, get_router
 from ray_migrate.schema import (
     ID,
-    PAYLOAD,
     UINT64_MAX,
     canonical_json,
     check_vectors,
@@ -279,7 +278,7 @@ class RoutedCollection:
             if side == "target":
                 unit = self.forward.target_unit(unit)
         owned = {u for u, (owner, _) in routes.items() if owner == side}
-        if not owned and not (side == "source" and not routes):
+        if not owned:
             return []
         fetch_k = k
         while True:
@@ -319,4 +318,4 @@ class RoutedCollection:
         return UnitSpec(unit_id, "tenant", field=fld, value=value)
 
 
-__all__ = ["PAYLOAD", "RoutedCollection", "similarity"]
+__all__ = ["RoutedCollection", "similarity"]

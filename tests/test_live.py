@@ -4,6 +4,7 @@ the writer itself recorded. Both directions; once more with the router killed mi
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -280,5 +281,34 @@ def test_search_equals_brute_force_in_every_phase(ray_cluster, tmp_path):
         assert [r["id"] for r in got] == [i for i in (0, 1, 2) if truth[i] is not None]
         for r in got:
             assert np.asarray(r["vector"], np.float32).tobytes() == truth[r["id"]][0]
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("point, message", [
+    ({"id": 1, "vector": [0.0] * (DIM - 1), "payload": {"tenant": "t1"}}, "shape (7,); expected (8,)"),
+    ({"id": 1, "vector": [float("nan")] * DIM, "payload": {"tenant": "t1"}}, "NaN or infinity"),
+    ({"id": 1, "vector": [float("inf")] * DIM, "payload": {"tenant": "t1"}}, "NaN or infinity"),
+    ({"id": "abc", "vector": [0.0] * DIM, "payload": {"tenant": "t1"}}, "unsigned integer ids"),
+    ({"id": -4, "vector": [0.0] * DIM, "payload": {"tenant": "t1"}}, "ids must be in 0..2**64-1"),
+    ({"id": 1, "payload": {"tenant": "t1"}}, "vector 'vector' is missing"),
+    ({"id": 1, "vector": [0.0] * DIM, "payload": {"tenant": ["t1"]}}, "must hold one scalar"),
+    ({"vector": [0.0] * DIM}, "must be a dict with 'id'"),
+])
+def test_client_refuses_bad_points_and_writes_nothing(ray_cluster, tmp_path, point, message):
+    from ray_migrate.errors import InvalidDataError
+
+    source, truth = seed("qdrant", tmp_path, n=20)
+    cfg = live_config(tmp_path, f"bad-{tmp_path.name}", source, other_side("lancedb", tmp_path),
+                      cutover={"mode": "manual"})
+    m = Migration(cfg)
+    m.start(workers=False)
+    try:
+        coll = RoutedCollection.connect(cfg.migration_id)
+        good = {"id": 999, "vector": [1.0] * DIM, "payload": {"tenant": "t1"}}
+        with pytest.raises(InvalidDataError, match=re.escape(message)):
+            coll.upsert([good, point])  # one bad point: the good one is not written either
+        assert coll.count() == 20
+        assert coll.retrieve([999]) == []
     finally:
         m.close()

@@ -1,0 +1,281 @@
+"""Live migration under client traffic: cutover freeze, catch-up lag, client write latency.
+
+    python bench/live.py [--points 20000] [--tenants 8] [--batch 10] [--quick] [--write]
+
+Each run seeds a source, starts ``run_migration`` (tenant units, 2 workers, waves
+[1, "25%", "100%"], pause_s 2, max_freeze_ms 500) and, once the router is up, client traffic
+through ``RoutedCollection``: one writer thread per tenant (``Traffic``, ``batch`` points per
+upsert, 10% single-id deletes) plus one reader at 20 searches/s; "before" for a few seconds,
+"during" the run, "after" for a few seconds once it returns. Runs: LanceDB -> LanceDB at 500
+writes/s (freeze, latency ratio, errors) and at 1,000 writes/s (catch-up lag), and
+Qdrant local -> LanceDB at 500 writes/s (informational). Exits 0 whatever the numbers are.
+
+Catch-up lag of a unit = the age of the oldest change waiting in its log. The router's ``lag``
+(entries in the unit's log, sampled every 100 ms while the unit is catching_up or ready) is
+mapped to a time with the client's own per-unit record of captured ids: the log is in write
+order, so its oldest entry is the ``lag``-th newest id written to that unit.
+"""
+
+# ruff: noqa: E402 - the sys.path fix below must run before the other imports
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))  # last on sys.path: bench/copy.py != copy
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
+
+import argparse
+import datetime as dt
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
+from _common import lance_source, machine, md_table, write_section
+
+DIM = 64
+LAG_PHASES = ("catching_up", "ready")
+
+
+def make_cfg(mid: str, source: dict, work: Path) -> Any:
+    from ray_migrate.config import parse_config
+
+    return parse_config({
+        "migration_id": mid, "source": source,
+        "target": {"kind": "lancedb", "uri": str(work / "target"), "table": "docs"},
+        "units": {"by": "tenant", "field": "tenant"},
+        "copy": {"batch_size": 1000, "workers": 2},
+        "cutover": {"waves": [1, "25%", "100%"], "pause_s": 2, "max_freeze_ms": 500},
+        "state_uri": str(work / "state")})
+
+
+def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]]) -> None:
+    """Wrap the client's leased write: note (time, ids) per unit just before its lease."""
+    leased = coll._leased
+
+    def wrapped(unit_id: str, ids: list, write: Any, value: Any = None) -> None:
+        log[unit_id].append((time.monotonic(), len(ids)))
+        return leased(unit_id, ids, write, value)
+
+    coll._leased = wrapped
+
+
+def oldest_age(writes: list[tuple[float, int]], lag: int, now: float) -> float:
+    """Age of the ``lag``-th newest id written to a unit (its oldest waiting change)."""
+    if lag <= 0:
+        return 0.0
+    seen = 0
+    for t, n in reversed(writes):
+        seen += n
+        if seen >= lag:
+            return now - t
+    return now - writes[0][0] if writes else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def live_run(mid: str, source: dict, work: Path, tenants: int, rate: float, batch: int,
+             settle_s: float) -> dict[str, Any]:
+    from ray_migrate.client import RoutedCollection
+    from ray_migrate.driver import release_local_stores, run_migration
+    from ray_migrate.router import get_router
+    from ray_migrate.traffic import Traffic
+
+    cfg = make_cfg(mid, source, work)
+    writes: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    samples: list[tuple[str, int, float]] = []  # (unit, lag entries, age s)
+    marks: dict[str, float] = {}
+    traffics: list[Traffic] = []
+    stop = threading.Event()
+    ids_per_call = 0.9 * batch + 0.1
+
+    def sampler(router: Any) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            for row in router.call("status")["units"]:
+                if row["phase"] in LAG_PHASES:
+                    samples.append((row["unit_id"], row["lag"],
+                                    oldest_age(writes[row["unit_id"]], row["lag"], t0)))
+            stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
+
+    def on_started(m: Any) -> None:
+        for k in range(tenants):
+            coll = RoutedCollection.connect(mid)
+            record_writes(coll, writes)
+            traffics.append(Traffic(coll, [f"t{k}"], rate / tenants / ids_per_call,
+                                    20.0 if k == 0 else 0.0, first_new_id=10**9 + k * 10**8,
+                                    seed=3 + k, batch=batch).start())
+        threading.Thread(target=sampler, args=(m.router,), daemon=True).start()
+        marks["before"] = time.monotonic()
+        time.sleep(settle_s)
+        marks["during"] = time.monotonic()
+        for t in traffics:
+            t.mark("during")
+
+    try:
+        report = run_migration(cfg, release_stores=False, on_started=on_started)
+        marks["after"] = time.monotonic()
+        for t in traffics:
+            t.mark("after")
+        router = get_router(mid)
+        status = {r["unit_id"]: r for r in router.call("status")["units"]}
+        time.sleep(settle_s)
+        marks["end"] = time.monotonic()
+    finally:
+        stop.set()
+        for t in traffics:
+            t.stop()
+        try:
+            get_router(mid).kill()
+        except Exception:  # noqa: BLE001 - the router may never have started
+            pass
+        release_local_stores(cfg)
+
+    def period(name: str, nxt: str) -> dict[str, Any]:
+        secs = marks[nxt] - marks[name]
+        ids = sum(n for w in writes.values() for t, n in w if marks[name] <= t < marks[nxt])
+        lat = [x * 1000 for t in traffics for x in t.latency[("write", name)]]
+        rd = [x * 1000 for t in traffics for x in t.latency[("read", name)]]
+        return {"s": secs, "ids_s": ids / secs, "calls_s": len(lat) / secs,
+                "p50": pct(lat, 50), "p99": pct(lat, 99), "read_p99": pct(rd, 99)}
+
+    rows = report.units
+    freeze = [max(r.freeze_ms or 0.0, status[r.unit_id]["longest_freeze_ms"]) for r in rows]
+    return {
+        "periods": {p: period(p, q) for p, q in
+                    (("before", "during"), ("during", "after"), ("after", "end"))},
+        "freeze": freeze, "attempts": sum(r.cutover_attempts for r in rows),
+        "moved": sum(status[r.unit_id]["phase"] in ("target", "done") for r in rows),
+        "units": len(rows), "failed": [r.unit_id for r in rows if not r.ok],
+        "errors": [e for t in traffics for e in t.errors],
+        "ages": [a for _, _, a in samples], "lags": [n for _, n, _ in samples],
+        "run_s": marks["after"] - marks["during"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--points", type=int, default=20_000)
+    ap.add_argument("--tenants", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=10, help="points per client upsert")
+    ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
+    ap.add_argument("--write", action="store_true", help="replace the Live section of "
+                    "BENCHMARKS.md with this run")
+    a = ap.parse_args()
+    settle = 5.0
+    if a.quick:
+        a.points, settle = 3_000, 2.0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from ray_migrate.demo import seed_qdrant
+    from ray_migrate.driver import connect
+
+    connect()
+    rows: list[tuple[str, ...]] = []
+
+    def row(case: str, rate: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        rows.append((case, rate, value, target, "" if ok is None else ("PASS" if ok else "FAIL")))
+        print("  " + " | ".join(rows[-1]), flush=True)
+
+    def achieved(r: dict, want: float) -> str:
+        d = r["periods"]["during"]
+        return (f"{want:,.0f} wanted; {d['ids_s']:,.0f} ids/s in {d['calls_s']:,.0f} calls/s "
+                f"({a.batch}/upsert, {a.tenants} writers)")
+
+    def common(tag: str, r: dict, rate: str, targets: bool) -> None:
+        fz = r["freeze"]
+        p99 = pct(fz, 99)
+        row(f"{tag}: freeze per unit p50 / p99 / max (ms; {r['moved']}/{r['units']} units "
+            f"moved, {r['attempts']} cutover attempts)", rate,
+            f"{pct(fz, 50):.0f} / {p99:.0f} / {max(fz, default=0):.0f}",
+            "p99 <= 100 ms" if targets else "(info)", p99 <= 100 if targets else None)
+        b, d, f = (r["periods"][p] for p in ("before", "during", "after"))
+        row(f"{tag}: client write p50 / p99 (ms) before · during · after", rate,
+            f"{b['p50']:.0f}/{b['p99']:.0f} · {d['p50']:.0f}/{d['p99']:.0f} · "
+            f"{f['p50']:.0f}/{f['p99']:.0f}")
+        ratio = d["p99"] / b["p99"]
+        row(f"{tag}: client write p99 during / before", rate, f"{ratio:.2f}",
+            "<= 1.5" if targets else "(info)", ratio <= 1.5 if targets else None)
+        row(f"{tag}: client search p99 (ms) before · during · after (20/s)", rate,
+            f"{b['read_p99']:.0f} · {d['read_p99']:.0f} · {f['read_p99']:.0f}")
+        row(f"{tag}: client errors (units failed: {len(r['failed'])})", rate,
+            str(len(r["errors"])), "0" if targets else "(info)",
+            not r["errors"] and not r["failed"] if targets else None)
+        for e in r["errors"][:3]:
+            print("    client error:", e[:300])
+
+    work = Path(tempfile.mkdtemp(prefix="rm-live-"))
+    stamp = dt.datetime.now().strftime("%H%M%S")
+    try:
+        lance_source(work / "src", a.points, DIM, a.tenants)
+        lsrc = {"kind": "lancedb", "uri": str(work / "src"), "table": "src"}
+        for want in (500, 1000):
+            print(f"LanceDB -> LanceDB, {want} writes/s", flush=True)
+            shutil.rmtree(work / "target", ignore_errors=True)
+            shutil.rmtree(work / "state", ignore_errors=True)
+            r = live_run(f"live-l{want}-{stamp}", lsrc, work, a.tenants, want, a.batch, settle)
+            tag, rate = f"L→L @{want}/s", achieved(r, want)
+            if want == 500:
+                common(tag, r, rate, targets=True)
+            else:
+                ages = r["ages"]
+                row(f"{tag}: catch-up lag, age of oldest waiting change p50 / p99 / max (s; "
+                    f"{len(ages)} samples of catching_up/ready units)", rate,
+                    f"{pct(ages, 50):.2f} / {pct(ages, 99):.2f} / {max(ages, default=0):.2f}",
+                    "p99 <= 1 s", pct(ages, 99) <= 1.0)
+                row(f"{tag}: waiting changes per unit p50 / p99 / max (entries)", rate,
+                    f"{pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} / "
+                    f"{max(r['lags'], default=0)}")
+                common(tag, r, rate, targets=False)
+            row(f"{tag}: run_migration seconds (traffic 'during')", rate, f"{r['run_s']:.1f}")
+        print("Qdrant local -> LanceDB, 500 writes/s (info)", flush=True)
+        qpath = work / "qdrant"
+        seed_qdrant(str(qpath), "docs", a.points, a.tenants, DIM)
+        shutil.rmtree(work / "target", ignore_errors=True)
+        shutil.rmtree(work / "state", ignore_errors=True)
+        qsrc = {"kind": "qdrant", "path": str(qpath), "collection": "docs"}
+        r = live_run(f"live-q500-{stamp}", qsrc, work, a.tenants, 500, a.batch, settle)
+        common("Q→L @500/s (info)", r, achieved(r, 500), targets=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    table = md_table(("Measurement", "Client write rate (achieved)", "Value", "Target",
+                      "Result"), rows)
+    cmd = ("python bench/live.py " + " ".join(sys.argv[1:])).strip()
+    text = (f"## Live\n\n`{cmd}` on {dt.date.today().isoformat()}; {a.points:,} points, "
+            f"{a.tenants} tenant units, dim {DIM}.\n\nMachine: {machine()}.\n\n{table}\n\n"
+            "Each run: run_migration (2 workers, waves [1, \"25%\", \"100%\"], pause_s 2, "
+            "max_freeze_ms 500) with client traffic through RoutedCollection from one process: "
+            "one writer thread per tenant (upserts of new and existing ids, 10% single-id "
+            "deletes) and one reader (exact top-10 search, 20/s). 'before' is the first "
+            f"{settle:.0f} s after the router starts (the migration waits for it), 'during' "
+            f"lasts until run_migration returns, 'after' {settle:.0f} s more. Freeze per unit is "
+            "the longest freeze of the unit (router) or of its successful cutover (report); "
+            "with one value per unit, p99 is about the maximum. Catch-up lag is the age of the "
+            "oldest change waiting in a unit's log: the router's entry count, sampled every "
+            "100 ms while the unit is catching_up or ready, mapped to a time through the "
+            "client's record of the ids it wrote to that unit (the log is in write order). "
+            "L→L latencies compare the same engine before and during; Q→L is informational "
+            "(Qdrant local mode, single process behind its hosting actor).\n")
+    print("\n" + text)
+    if a.write:
+        write_section("Live", text)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as err:  # noqa: BLE001 - a measurement script: say what failed, exit 0
+        import traceback
+
+        traceback.print_exc()
+        print(f"benchmark did not finish: {type(err).__name__}: {err}")
+        sys.exit(0)
