@@ -58,6 +58,16 @@ def test_manual_cutover_and_rollback_through_the_cli(ray_cluster, tmp_path, caps
     assert main(["cutover", str(cfg), "--units", "tenant=nope"]) == 2
     assert "--units: unknown units ['tenant=nope']" in capsys.readouterr().err
 
+    # A point lost on the target: verify says which unit and which id, and exits 1.
+    import lancedb
+
+    lancedb.connect(str(tmp_path / "dst")).open_table("docs").delete("id = 4")
+    capsys.readouterr()
+    assert main(["verify", str(cfg), "--json"]) == 1
+    rows = {u["unit_id"]: u for u in json.loads(capsys.readouterr().out)["units"]}
+    bad = [u for u in rows.values() if not u["equal"]]
+    assert [u["unit_id"] for u in bad] == ["tenant=t1"] and bad[0]["missing_ids"] == [4]
+
 
 def test_status_before_any_run_says_so(tmp_path, capsys):
     cfg = tmp_path / "m.yaml"
