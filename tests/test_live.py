@@ -236,16 +236,14 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     assert rows["tenant=t1"].phase == "rolled_back"
     assert all(r.equal for r in rows.values()), report.to_table()
     release_local_stores(cfg)
-    import json as _json
-    (tmp_path / "history.json").write_text(_json.dumps(writer.history))
-    print("HISTORY", tmp_path / "history.json")
     try:
         check(read_side(target), truth, {"t0", "t2", "t3"}, "target")
         check(read_side(source), truth, {"t1"}, "source after rollback")
-    except AssertionError:
+    except AssertionError:  # what the writer did to each id, to trace a loss
         import json
+
         (tmp_path / "history.json").write_text(json.dumps(writer.history))
-        print("HISTORY", tmp_path / "history.json")
+        print("writer history:", tmp_path / "history.json")
         raise
 
 
