@@ -157,7 +157,8 @@ class Migration:
         return self.rows[unit_id]
 
     # --- Step 4: capture, copy, catch up and verify every unit ----------------------------
-    def prepare_units(self) -> None:
+    def prepare_units(self, units: list[UnitSpec] | None = None) -> None:
+        """Take these units (default: all) to ready; units on the target are skipped."""
         def on_result(unit: UnitSpec, res: dict[str, Any]) -> None:
             row = self._row(unit.unit_id)
             row.status = res.get("status", row.status)
@@ -172,9 +173,16 @@ class Migration:
             log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
                      res.get("copied_now", 0))
 
-        for unit_id, error in run_on_pool(self.workers, "prepare", self.units(),
+        for unit_id, error in run_on_pool(self.workers, "prepare", units or self.units(),
                                           on_result).items():
             self._row(unit_id).status, self._row(unit_id).error = "failed", error
+
+    def new_units(self) -> list[UnitSpec]:
+        """Units the router added for tenants first written while the migration ran."""
+        assert self.router is not None
+        fresh = {r["unit_id"] for r in self.router.call("status")["units"]
+                 if r["phase"] == "source"}
+        return [u for u in self.units() if u.unit_id in fresh]
 
     def _set_verdict(self, row: UnitReport, v: dict[str, Any]) -> None:
         for key in ("source_count", "target_count", "source_checksum", "target_checksum",
@@ -250,6 +258,12 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
         m.finalize_target()
         if cfg.cutover.mode == "auto" and all(r.ok for r in m.rows.values()):
             cutover_in_waves(m)
+            for _ in range(3):  # tenants first written during the waves are units too
+                new = m.new_units()
+                if not new:
+                    break
+                m.prepare_units(new)
+                cutover_in_waves(m)
             hold_rollback_window(m)
     finally:
         report = m.close(release_stores)

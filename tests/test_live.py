@@ -266,12 +266,18 @@ def test_search_equals_brute_force_in_every_phase(ray_cluster, tmp_path):
                 assert search_mismatch(coll, truth, rng) is None, what
 
         step("all units on the source")
+        fresh = {"id": 5000, "vector": [0.5] * DIM, "payload": {"tenant": "t9", "v": 1}}
+        coll.upsert([fresh])  # a tenant the plan did not know: the router adds its unit
+        truth[5000] = (np.asarray(fresh["vector"], np.float32).tobytes(), fresh["payload"])
+        assert "tenant=t9" in {u.unit_id for u in m.new_units()}
         m.prepare_units()
         step("every unit copied, the source still owns them")
         switch_units(m, ["tenant=t0"], "cutover")
         step("one unit on the target")
         switch_units(m, None, "cutover")
         step("every unit on the target")
+        owners = {u["unit_id"]: u["owner"] for u in coll.router.call("status")["units"]}
+        assert set(owners.values()) == {"target"} and "tenant=t9" in owners
         switch_units(m, ["tenant=t2"], "rollback")
         step("one unit rolled back")
         assert coll.count() == sum(p is not None for p in truth.values())
