@@ -147,6 +147,10 @@ class RoutedCollection:
                                {k: np.stack(v) if v else np.zeros((0, 1), np.float32)
                                 for k, v in vecs.items()}, payloads)
         check_vectors(table, self.info)
+        ids = table.column(ID).to_pylist()
+        if len(set(ids)) < len(ids):  # the last write of an id wins, as in one engine call
+            last = {pid: i for i, pid in enumerate(ids)}
+            table = table.take(sorted(last.values()))
         return table
 
     # --- writes ---------------------------------------------------------------------------

@@ -149,6 +149,9 @@ class TransformConfig(_Model):
 
 class LanceTargetOptions(_Model):
     compact: bool = True
+    cleanup_older_than_s: float = Field(
+        default=600.0, ge=0, description="after compaction, delete table versions older than "
+        "this; clients may be reading the newer ones, so never 0 during a live migration")
     index_min_rows: int = Field(default=100_000, ge=1)
     index_type: Literal["IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT"] = "IVF_PQ"
 

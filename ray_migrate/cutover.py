@@ -3,7 +3,7 @@
 Step 1: freeze the unit: new writes wait at the router.
 Step 2: wait until every write already under way has ended (its lease closed).
 Step 3: drain the last captured changes to the new owner's side.
-Step 4: confirm the changed ids: as many on both sides, with the same content.
+Step 4: confirm the drained ids: as many on both sides, with the same content.
 Step 5: flip the owner, which also lifts the freeze.
 If any step fails, or the freeze would last longer than ``max_freeze_ms``, the freeze is lifted
 and the unit stays with its owner; the caller catches up and tries again later.
@@ -67,7 +67,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                 changed: set[Any] | None = None) -> CutoverResult:
     """Move ownership of a unit from ``owner`` to ``other``, each given as (backend, the unit
     in that backend's terms); ``transform`` maps owner rows to the other side. ``changed``:
-    ids caught up just before the freeze, confirmed with the drained ones."""
+    ids caught up just before the freeze, confirmed before it."""
     unit = owner[1]
     budget = max_freeze_ms / 1000
     sync = UnitSync(unit, router, owner[0], other[0], transform)
@@ -78,6 +78,15 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     def lap(name: str) -> None:
         steps[name] = (time.perf_counter() - start) * 1000 - sum(steps.values())
 
+    # Step 0, unfrozen: the ids caught up just before must match (those written since are in
+    # the log again, and are drained and confirmed inside the freeze).
+    settled = (changed or set()) - set(router.call("peek_changes", unit.unit_id))
+    try:
+        _confirm(sync, settled)
+    except Abort as why:
+        log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
+        return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
+    start = time.perf_counter()
     # Step 1: freeze.
     router.call("set_phase", unit.unit_id, "frozen")
     lap("freeze")
@@ -92,7 +101,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
             raise Abort(f"{left} changes still waiting when the freeze budget ran out")
         lap("drain")
         # Step 4: confirm.
-        _confirm(sync, drained | (changed or set()))
+        _confirm(sync, drained)
         lap("confirm")
         freeze_ms = (time.perf_counter() - start) * 1000
         if freeze_ms > max_freeze_ms:
