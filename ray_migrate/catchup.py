@@ -65,14 +65,14 @@ class UnitSync:
         apply_ids(ids, self.owner, self.other, self.transform)
         return ids, self.router.call("ack_changes", uid, seq, self.holder)
 
-    def until(self, lag: int, timeout_s: float) -> tuple[int, set[Any]]:
+    def until(self, lag: int, timeout_s: float, limit: int = 10_000) -> tuple[int, set[Any]]:
         """Step until at most ``lag`` changes wait, or none is ready to apply (its write is
         still under way, or another applier holds the log), or time is up.
         Returns (lag, ids applied)."""
         deadline = time.monotonic() + timeout_s
         applied: set[Any] = set()
         while True:
-            ids, left = self.step()
+            ids, left = self.step(limit)
             applied.update(ids)
             if left <= lag or time.monotonic() >= deadline:
                 return left, applied

@@ -25,6 +25,8 @@ from ray_migrate.units import UnitSpec
 
 log = logging.getLogger(__name__)
 
+DRAIN_STEP = 500  # ids per drain step inside a freeze, so its budget is checked often
+
 
 @dataclass
 class CutoverResult:
@@ -96,7 +98,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
             raise Abort("writes were still under way when the freeze budget ran out")
         lap("leases")
         # Step 3: drain.
-        left, drained = sync.until(0, max(budget - (time.perf_counter() - start), 0.0))
+        left, drained = sync.until(0, max(budget - (time.perf_counter() - start), 0.0),
+                                   limit=DRAIN_STEP)
         if left:
             raise Abort(f"{left} changes still waiting when the freeze budget ran out")
         lap("drain")

@@ -190,7 +190,11 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "differs from the source after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        _, changed = self._forward(spec).until(0, timeout_s=1)  # unfrozen: a short drain
+        lag, changed = self._forward(spec).until(0, timeout_s=1)  # unfrozen: a short drain
+        if lag > self.cfg.cutover.ready_lag:
+            return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
+                    "reason": f"{lag} changes wait for catch-up (cutover.ready_lag is "
+                              f"{self.cfg.cutover.ready_lag}): not freezing yet"}
         return switch_unit(self.router, (self.source, spec),
                            (self.target, self.forward.target_unit(spec)), self.forward,
                            "target", "ready", self.cfg.cutover.max_freeze_ms,
@@ -217,7 +221,11 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "the source differs from the target after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        _, changed = self._back(spec).until(0, timeout_s=1)
+        lag, changed = self._back(spec).until(0, timeout_s=1)
+        if lag > self.cfg.cutover.ready_lag:
+            return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
+                    "reason": f"{lag} changes wait to be synced back (cutover.ready_lag is "
+                              f"{self.cfg.cutover.ready_lag}): not freezing yet"}
         return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
                            (self.source, spec), self.inverse, "rolled_back", "target",
                            self.cfg.cutover.max_freeze_ms, changed).to_dict()
