@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,6 +67,13 @@ class Plan:
         )
 
 
+def _is_uuid(value: Any) -> bool:
+    try:
+        return str(uuid.UUID(str(value))) == value
+    except ValueError:
+        return False
+
+
 def label(value: Any) -> str:
     return "<none>" if value is None else str(value)
 
@@ -107,6 +115,12 @@ def make_plan(cfg: MigrationConfig, source: Backend) -> Plan:
     if cfg.payload_schema:
         target_info = replace(target_info, payload_schema={
             **target_info.payload_schema, **cfg.payload_schema})
+    if (cfg.units.by == "id_range" and cfg.target.kind == "qdrant" and info.id_type == "str"
+            and sample is not None and not all(_is_uuid(i) for i in sample.column("id").to_pylist())):
+        raise ConfigError(
+            "units.by: id_range cannot split string ids that are not UUIDs for a Qdrant target "
+            "(Qdrant holds them as uuid5 of the original, in another order); use units.by: "
+            "tenant")
     units = plan_units(cfg, source, info)
     warnings = []
     if not cfg.transform.invertible:

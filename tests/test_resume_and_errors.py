@@ -200,3 +200,17 @@ def test_changed_config_on_resume_is_refused(ray_cluster, tmp_path):
     assert run_migration(config(tmp_path, "chg", src, dst)).ok
     with pytest.raises(ConfigError, match="the config changed since migration 'chg'"):
         run_migration(config(tmp_path, "chg", src, dst, units={"by": "id_range", "count": 2}))
+
+
+def test_id_ranges_of_plain_string_ids_into_qdrant_are_refused(ray_cluster, tmp_path):
+    import lancedb
+    import pyarrow as pa
+
+    lancedb.connect(str(tmp_path / "src")).create_table("docs", pa.table({
+        "id": ["a", "b", "c"],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array([0.5] * 12, pa.float32()), 4)}))
+    src = {"kind": "lancedb", "uri": str(tmp_path / "src"), "table": "docs"}
+    dst = {"kind": "qdrant", "path": str(tmp_path / "dst"), "collection": "docs"}
+    with pytest.raises(ConfigError, match="id_range cannot split string ids"):
+        run_migration(config(tmp_path, "strids", src, dst, units={"by": "id_range", "count": 2}))
+    assert not (tmp_path / "dst").exists()
