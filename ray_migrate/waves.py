@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -82,49 +81,8 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
     return todo
 
 
-class Follower(threading.Thread):
-    """The driver's own applier: while the workers cut units over, it keeps every other
-    waiting unit caught up (and cut-over ones synced back), in small steps so that it never
-    holds a unit's log for long. The router lets one applier at a time work on a unit."""
-
-    def __init__(self, m: Migration, step_ids: int = 500):
-        super().__init__(daemon=True, name="rm-follower")
-        from ray_migrate.worker import UnitWorker
-
-        assert m.plan is not None
-        self.m, self.step_ids = m, step_ids
-        self.worker = UnitWorker(m.cfg, m.plan.to_dict())
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                phases = _phases(self.m)
-                for unit in self.m.units():
-                    phase = phases.get(unit.unit_id)
-                    if phase in ("ready", "catching_up"):
-                        self.worker.forward_sync(unit).until(0, 0.2, limit=self.step_ids)
-                    elif phase == "target" and self.worker.inverse is not None:
-                        self.worker.back_sync(unit).until(0, 0.2, limit=self.step_ids)
-            except Exception as err:  # noqa: BLE001 - the waves' own passes still run
-                log.warning("follower: %s", err)
-                time.sleep(1.0)
-            self.stop.wait(0.1)
-
-
 def cutover_in_waves(m: Migration) -> None:
-    """Auto mode: cut every ready unit over, wave by wave, with a follower keeping the other
-    units caught up meanwhile."""
-    follower = Follower(m)
-    follower.start()
-    try:
-        _waves(m)
-    finally:
-        follower.stop.set()
-        follower.join(30)
-
-
-def _waves(m: Migration) -> None:
+    """Auto mode: cut every ready unit over, wave by wave."""
     cfg = m.cfg.cutover
     units = sorted(m.units(), key=lambda u: (u.estimated_count, u.unit_id))
     sizes = wave_sizes(list(cfg.waves), len(units))

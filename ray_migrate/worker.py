@@ -79,7 +79,7 @@ class UnitWorker:
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "pid": os.getpid()}
 
-    def forward_sync(self, spec: UnitSpec) -> UnitSync:
+    def _forward(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(spec, self.router, self.source, self.target, self.forward)
 
     def _phase(self, unit_id: str) -> str:
@@ -115,7 +115,7 @@ class UnitWorker:
             router.call("set_phase", uid, "catching_up")
         else:
             out["status"] = "skipped"
-        self.forward_sync(spec).until(cut.ready_lag, timeout_s=60)
+        self._forward(spec).until(cut.ready_lag, timeout_s=60)
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
             out["verdict"] = verdict.to_dict()
@@ -159,9 +159,9 @@ class UnitWorker:
         spec = UnitSpec.from_dict(unit)
         phase = self._phase(spec.unit_id)
         if phase in ("catching_up", "ready"):
-            lag, _ = self.forward_sync(spec).until(0, timeout_s=1)
+            lag, _ = self._forward(spec).until(0, timeout_s=1)
         elif phase == "target" and self.inverse is not None:
-            lag, _ = self.back_sync(spec).until(0, timeout_s=1)
+            lag, _ = self._back(spec).until(0, timeout_s=1)
         else:
             lag = self.router.call("unit", spec.unit_id)["lag"]
         return {"unit_id": spec.unit_id, "phase": phase, "lag": lag}
@@ -190,7 +190,7 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "differs from the source after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        lag, changed = self.forward_sync(spec).until(0, timeout_s=1)  # unfrozen: a short drain
+        lag, changed = self._forward(spec).until(0, timeout_s=1)  # unfrozen: a short drain
         if lag > self.cfg.cutover.ready_lag:
             return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                     "reason": f"{lag} changes wait for catch-up (cutover.ready_lag is "
@@ -200,7 +200,7 @@ class UnitWorker:
                            "target", "ready", self.cfg.cutover.max_freeze_ms,
                            changed).to_dict()
 
-    def back_sync(self, spec: UnitSpec) -> UnitSync:
+    def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
                         self.inverse)
 
@@ -221,7 +221,7 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "the source differs from the target after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        lag, changed = self.back_sync(spec).until(0, timeout_s=1)
+        lag, changed = self._back(spec).until(0, timeout_s=1)
         if lag > self.cfg.cutover.ready_lag:
             return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                     "reason": f"{lag} changes wait to be synced back (cutover.ready_lag is "
