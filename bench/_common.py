@@ -7,7 +7,9 @@ import importlib.metadata as md
 import os
 import platform
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,3 +75,15 @@ def write_section(name: str, text: str) -> None:
         else old.rstrip("\n") + "\n\n" + text
     bm.write_text(new)
     print(f"wrote the {name} section of {bm.name}")
+
+
+def run_script(main: Any) -> None:
+    """Run a benchmark's main; a measurement script says what failed and still exits 0."""
+    try:
+        sys.exit(main())
+    except Exception as err:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        print(f"benchmark did not finish: {type(err).__name__}: {err}")
+        sys.exit(0)

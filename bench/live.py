@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import lance_source, machine, md_table, write_section
+from _common import lance_source, machine, md_table, run_script, write_section
 
 DIM = 64
 LAG_PHASES = ("catching_up", "ready")
@@ -286,11 +286,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception as err:  # noqa: BLE001 - a measurement script: say what failed, exit 0
-        import traceback
-
-        traceback.print_exc()
-        print(f"benchmark did not finish: {type(err).__name__}: {err}")
-        sys.exit(0)
+    run_script(main)
