@@ -28,6 +28,8 @@ REPORT_KEY = "report.json"
 FINALIZED_KEY = "finalized.json"
 TARGET_KEY = "target.json"  # present when this migration created the target
 MAX_UNIT_ATTEMPTS = 3
+VERDICT_KEYS = ("source_count", "target_count", "source_checksum", "target_checksum", "equal",
+                "differing_buckets", "missing_ids", "extra_ids", "changed_ids", "pending")
 
 
 def connect(address: str | None = None) -> None:
@@ -185,9 +187,7 @@ class Migration:
         return [u for u in self.units() if u.unit_id in fresh]
 
     def _set_verdict(self, row: UnitReport, v: dict[str, Any]) -> None:
-        for key in ("source_count", "target_count", "source_checksum", "target_checksum",
-                    "equal", "differing_buckets", "missing_ids", "extra_ids", "changed_ids",
-                    "pending"):
+        for key in VERDICT_KEYS:
             setattr(row, key, v[key])
         if not v["equal"]:
             row.status = "failed"
@@ -198,9 +198,7 @@ class Migration:
     def verify_units(self) -> None:
         def on_result(unit: UnitSpec, v: dict[str, Any]) -> None:
             row = self._row(unit.unit_id)
-            for key in ("source_count", "target_count", "source_checksum", "target_checksum",
-                        "equal", "differing_buckets", "missing_ids", "extra_ids",
-                        "changed_ids"):
+            for key in VERDICT_KEYS:
                 setattr(row, key, v[key])
 
         for unit_id, error in run_on_pool(self.workers, "verify", self.units(),

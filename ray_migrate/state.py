@@ -64,20 +64,6 @@ class StateStore:
                 return default
             raise
 
-    def list(self, prefix: str) -> list[str]:
-        """Keys directly under ``prefix`` (a folder key)."""
-        selector = pafs.FileSelector(self._path(prefix), allow_not_found=True)
-        return sorted(
-            f"{prefix}/{info.base_name}" for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and not info.base_name.endswith(".tmp")
-        )
-
-    def delete(self, key: str) -> None:
-        try:
-            self.fs.delete_file(self._path(key))
-        except FileNotFoundError:
-            pass
-
     # --- the documents ------------------------------------------------------------------
     def checkpoint_key(self, unit_id: str) -> str:
         return f"checkpoints/{safe_name(unit_id)}.json"
