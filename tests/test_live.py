@@ -228,7 +228,10 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
     report = result["report"]
     if mismatches:
         pytest.fail("search differs from brute force:\n" + "\n".join(mismatches[:3]))
-    assert {"copying", "ready", "target"} <= seen_phases, seen_phases
+    # Search was checked while units moved (copying lasts a fraction of a second per unit,
+    # so any phase before ready counts), while they waited, and after cutover.
+    assert seen_phases & {"capturing", "copying", "catching_up"}, seen_phases
+    assert {"ready", "target"} <= seen_phases, seen_phases
     rows = {u.unit_id: u for u in report.units}
     assert writer.errors == [], writer.errors[:3]
     assert writer.ops > 100, f"the writer made only {writer.ops} operations"
