@@ -1,12 +1,13 @@
 """Live migration under client traffic: cutover freeze, catch-up lag, client write latency.
 
-    python bench/live.py [--points 20000] [--tenants 8] [--batch 50] [--quick] [--qdrant]
-                         [--write]
+    python bench/live.py [--points 20000] [--tenants 8] [--writers 2] [--batch 100]
+                         [--quick] [--qdrant] [--write]
 
 Each run seeds a source, starts ``run_migration`` (tenant units, 2 workers, waves
 [1, "25%", "100%"], pause_s 2, max_freeze_ms 500) and, once the router is up, client traffic
-through ``RoutedCollection``: one writer thread per tenant (``Traffic``, ``batch`` points per
-upsert, 10% single-id deletes) plus one reader at 20 searches/s; "before" for a few seconds,
+through ``RoutedCollection``: ``writers`` writer threads, each with its own client
+(``Traffic``, ``batch`` points per upsert spread over every tenant, 10% single-id deletes),
+plus one reader at 20 searches/s; "before" for a few seconds,
 "during" the run, "after" for a few seconds once it returns. Runs: LanceDB -> LanceDB at 500
 writes/s (freeze, latency ratio, errors) and at 1,000 writes/s (catch-up lag), and with
 --qdrant Qdrant local -> LanceDB at 500 writes/s (informational). Exits 0 whatever the numbers
@@ -68,9 +69,11 @@ def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]]) -> None:
     def dedup(points: list) -> int:
         return upsert(list({p["id"]: p for p in points}.values()))
 
-    def wrapped(unit_id: str, ids: list, write: Any, value: Any = None) -> None:
-        log[unit_id].append((time.monotonic(), len(ids)))
-        return leased(unit_id, ids, write, value)
+    def wrapped(parts: dict[str, tuple[list, Any]], write: Any) -> None:
+        now = time.monotonic()
+        for unit_id, (ids, _) in parts.items():
+            log[unit_id].append((now, len(ids)))
+        return leased(parts, write)
 
     coll._leased, coll.upsert = wrapped, dedup
 
@@ -91,8 +94,8 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def live_run(mid: str, source: dict, work: Path, tenants: int, rate: float, batch: int,
-             settle_s: float) -> dict[str, Any]:
+def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rate: float,
+             batch: int, settle_s: float) -> dict[str, Any]:
     from ray_migrate.client import RoutedCollection
     from ray_migrate.driver import release_local_stores, run_migration
     from ray_migrate.router import get_router
@@ -116,10 +119,11 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, rate: float, batc
             stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
 
     def on_started(m: Any) -> None:
-        for k in range(tenants):
+        for k in range(writers):
             coll = RoutedCollection.connect(mid)
             record_writes(coll, writes)
-            traffics.append(Traffic(coll, [f"t{k}"], rate / tenants / ids_per_call,
+            traffics.append(Traffic(coll, [f"t{j}" for j in range(tenants)],
+                                    rate / writers / ids_per_call,
                                     20.0 if k == 0 else 0.0, first_new_id=10**9 + k * 10**8,
                                     seed=3 + k, batch=batch).start())
         threading.Thread(target=sampler, args=(m.router,), daemon=True).start()
@@ -175,7 +179,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=20_000)
     ap.add_argument("--tenants", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=50, help="points per client upsert")
+    ap.add_argument("--writers", type=int, default=2, help="writer threads (one client each)")
+    ap.add_argument("--batch", type=int, default=100, help="points per client upsert")
+    ap.add_argument("--no-source-index", action="store_true",
+                    help="leave the LanceDB source without its BTree index on id")
     ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
     ap.add_argument("--qdrant", action="store_true", help="also Qdrant local -> LanceDB (info)")
     ap.add_argument("--write", action="store_true", help="replace the Live section of "
@@ -198,7 +205,7 @@ def main() -> int:
     def achieved(r: dict, want: float) -> str:
         d = r["periods"]["during"]
         return (f"{want:,.0f} wanted; {d['ids_s']:,.0f} ids/s in {d['calls_s']:,.0f} calls/s "
-                f"({a.batch}/upsert, {a.tenants} writers)")
+                f"({a.batch}/upsert, {a.writers} writers)")
 
     def common(tag: str, r: dict, rate: str, targets: bool) -> None:
         fz = r["freeze"]
@@ -228,12 +235,19 @@ def main() -> int:
     stamp = dt.datetime.now().strftime("%H%M%S")
     try:
         lance_source(work / "src", a.points, DIM, a.tenants)
+        if not a.no_source_index:  # what an application that upserts by id would have
+            import lancedb
+            from lancedb.index import BTree
+
+            lancedb.connect(str(work / "src")).open_table("src").create_index(
+                "id", config=BTree())
         lsrc = {"kind": "lancedb", "uri": str(work / "src"), "table": "src"}
         for want in (500, 1000):
             print(f"LanceDB -> LanceDB, {want} writes/s", flush=True)
             shutil.rmtree(work / "target", ignore_errors=True)
             shutil.rmtree(work / "state", ignore_errors=True)
-            r = live_run(f"live-l{want}-{stamp}", lsrc, work, a.tenants, want, a.batch, settle)
+            r = live_run(f"live-l{want}-{stamp}", lsrc, work, a.tenants, a.writers, want,
+                         a.batch, settle)
             tag, rate = f"L→L @{want}/s", achieved(r, want)
             if want == 500:
                 common(tag, r, rate, targets=True)
@@ -255,7 +269,8 @@ def main() -> int:
             shutil.rmtree(work / "target", ignore_errors=True)
             shutil.rmtree(work / "state", ignore_errors=True)
             qsrc = {"kind": "qdrant", "path": str(qpath), "collection": "docs"}
-            r = live_run(f"live-q500-{stamp}", qsrc, work, a.tenants, 500, a.batch, settle)
+            r = live_run(f"live-q500-{stamp}", qsrc, work, a.tenants, a.writers, 500, a.batch,
+                         settle)
             common("Q→L @500/s (info)", r, achieved(r, 500), targets=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -267,9 +282,13 @@ def main() -> int:
             f"{a.tenants} tenant units, dim {DIM}.\n\nMachine: {machine()}.\n\n{table}\n\n"
             "Each run: run_migration (2 workers, waves [1, \"25%\", \"100%\"], pause_s 2, "
             "max_freeze_ms 500, max_attempts 2 to bound the run) with client traffic "
-            "through RoutedCollection from one process: one writer thread per tenant (upserts "
-            "of new and existing ids, a repeated id kept once per upsert, 10% single-id "
-            "deletes) and one reader (exact top-10 search, 20/s). 'before' is the first "
+            f"through RoutedCollection from one process: {a.writers} writer threads, each with "
+            "its own client (upserts of new and existing ids spread over every tenant, a "
+            "repeated id kept once per upsert, 10% single-id deletes) and one reader (exact "
+            "top-10 search, 20/s). The LanceDB source "
+            + ("has no index" if a.no_source_index else "has a BTree index on `id`, as a "
+               "table that takes upserts by id would")
+            + ". 'before' is the first "
             f"{settle:.0f} s after the router starts (the migration waits for it), 'during' "
             f"lasts until run_migration returns, 'after' {settle:.0f} s more. Freeze per unit is "
             "the longest freeze of the unit (router) or of its successful cutover (report); "

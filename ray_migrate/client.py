@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -154,43 +154,66 @@ class RoutedCollection:
         return table
 
     # --- writes ---------------------------------------------------------------------------
-    def _leased(self, unit_id: str, ids: list[Any], write: Any, value: Any = None) -> None:
-        """Take a lease, write to the owner it names, and write again if the owner changed."""
+    def _leased(self, parts: dict[str, tuple[list[Any], Any]],
+                write: Callable[[str, list[str]], None]) -> None:
+        """Write the ids of several units: one lease call for all of them, one backend write
+        per owner (``write(owner, unit_ids)``), one call to end the leases; units whose owner
+        changed meanwhile are written again to the new one, frozen units after their freeze.
+        ``parts``: unit id -> (its ids, its tenant value)."""
+        pending = dict(parts)
         deadline = time.monotonic() + FREEZE_WAIT_S
-        while True:
-            lease = self.router.call("begin_write", unit_id, ids, value)
-            if lease["status"] == "wait":
+        while pending:
+            names = list(pending)
+            leases = self.router.call("begin_writes",
+                                      [(u, pending[u][0], pending[u][1]) for u in names])
+            granted = {u: le for u, le in zip(names, leases, strict=True)
+                       if le["status"] == "ok"}
+            by_owner: dict[str, list[str]] = defaultdict(list)
+            for u, le in granted.items():
+                by_owner[le["owner"]].append(u)
+            try:
+                for owner, units in by_owner.items():
+                    write(owner, units)
+            finally:  # a failed write ends its leases too: its ids are in the log anyway
+                ends = self.router.call("end_writes", [le["token"] for le in granted.values()])
+            for u, end in zip(granted, ends, strict=True):
+                if end["valid"]:
+                    del pending[u]
+                else:
+                    log.info("unit %s changed owner during a write; writing again", u)
+            frozen = sorted(u for u in pending if u not in granted)
+            if frozen:
                 if time.monotonic() > deadline:
-                    raise TransientError(f"unit {unit_id} stayed frozen for {FREEZE_WAIT_S}s")
+                    raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
                 time.sleep(0.003)
-                continue
-            write(lease["owner"])
-            if self.router.call("end_write", lease["token"])["valid"]:
-                return
-            log.info("unit %s changed owner during a write; writing again", unit_id)
 
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         table = self.to_table(points)
-        groups: dict[str, list[int]] = defaultdict(list)
+        rows: dict[str, list[int]] = defaultdict(list)
         values: dict[str, Any] = {}
         ids = table.column(ID).to_pylist()
         fld = self.cfg.units.field or ""
         for i, (pid, p) in enumerate(zip(ids, payload_dicts(table), strict=True)):
             unit_id = self.unit_of(pid, p)
-            groups[unit_id].append(i)
+            rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
-        for unit_id, rows in groups.items():
-            part = table.take(rows)
-            self._leased(unit_id, [ids[i] for i in rows],
-                         lambda owner, part=part: self.backends[owner].upsert(
-                             self._side(owner, part)), values[unit_id])
+
+        def write(owner: str, units: list[str]) -> None:
+            part = table.take(sorted(i for u in units for i in rows[u]))
+            self.backends[owner].upsert(self._side(owner, part))
+
+        self._leased({u: ([ids[i] for i in r], values[u]) for u, r in rows.items()}, write)
         return table.num_rows
 
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [self._check_id(i) for i in ids]
-        for unit_id, unit_ids in self._locate(ids).items():
-            self._leased(unit_id, unit_ids,
-                         lambda owner, u=unit_ids: self.backends[owner].delete(u))
+        located = self._locate(ids)
+
+        def write(owner: str, units: list[str]) -> None:
+            self.backends[owner].delete(list(dict.fromkeys(i for u in units
+                                                           for i in located[u])))
+
+        self._leased({u: (unit_ids, None) for u, unit_ids in located.items()}, write)
         return len(ids)
 
     def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:

@@ -7,6 +7,7 @@ under ``state_uri``, so a driver that dies is replaced by running the same comma
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.report import RunReport, UnitReport
+from ray_migrate.retry import with_retries
 from ray_migrate.router import RouterHandle, start_router
 from ray_migrate.state import StateStore
 from ray_migrate.units import UnitSpec
@@ -28,6 +30,7 @@ REPORT_KEY = "report.json"
 FINALIZED_KEY = "finalized.json"
 TARGET_KEY = "target.json"  # present when this migration created the target
 MAX_UNIT_ATTEMPTS = 3
+FOLLOWER_PAUSE_S = 30.0
 VERDICT_KEYS = ("source_count", "target_count", "source_checksum", "target_checksum", "equal",
                 "differing_buckets", "missing_ids", "extra_ids", "changed_ids", "pending")
 
@@ -212,8 +215,26 @@ class Migration:
         if copied_now == 0 and self.store.read(FINALIZED_KEY) is not None:
             self.report.finalize = {"skipped": "nothing new was copied"}
             return
-        assert self.target is not None
-        result = self.target.finalize(self.cfg.lance)
+        assert self.target is not None and self.router is not None
+        target, router = self.target, self.router
+        stop = threading.Event()
+
+        def keep_paused() -> None:  # a driver that dies here lets the pause lapse
+            while not stop.is_set():
+                router.call("pause_followers", FOLLOWER_PAUSE_S)
+                stop.wait(FOLLOWER_PAUSE_S / 3)
+
+        holder = threading.Thread(target=keep_paused, daemon=True, name="rm-finalize-pause")
+        holder.start()
+        try:
+            # A catch-up step that began before the pause, or a client writing to a unit
+            # already on the target (a resumed run), makes the compaction conflict: retry.
+            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=5,
+                                  backoff_s=1.0, what="finalize the target")
+        finally:
+            stop.set()
+            holder.join()
+            router.call("pause_followers", 0)
         self.store.write(FINALIZED_KEY, {"at": time.time(), **result})
         self.report.finalize = result
 

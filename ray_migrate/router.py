@@ -80,6 +80,14 @@ class Router:
     async def end_write(self, token: int) -> dict[str, Any]:
         return self.table.end_write(token)
 
+    async def begin_writes(self, requests: list[tuple[str, list[Any], Any]]
+                           ) -> list[dict[str, Any]]:
+        """``begin_write`` for several units in one call: [(unit_id, ids, value)]."""
+        return [await self.begin_write(u, ids, value) for u, ids, value in requests]
+
+    async def end_writes(self, tokens: list[int]) -> list[dict[str, Any]]:
+        return [self.table.end_write(t) for t in tokens]
+
     async def set_phase(self, unit_id: str, phase: str) -> int:
         epoch = self.table.set_phase(unit_id, phase)  # type: ignore[arg-type]
         self._persist()
@@ -111,8 +119,27 @@ class Router:
         return True
 
     async def take_changes(self, unit_id: str, limit: int = 10_000,
-                           holder: str | None = None) -> tuple[list[Any], int]:
-        return self.table.take_changes(unit_id, limit, holder)
+                           holder: str | None = None, background: bool = False
+                           ) -> tuple[list[Any], int]:
+        return self.table.take_changes(unit_id, limit, holder, background=background)
+
+    async def reserve(self, unit_id: str, holder: str, timeout_s: float = 10.0) -> bool:
+        """Reserve the unit for a cutover and wait until a follower's step on it has ended."""
+        deadline = time.monotonic() + timeout_s
+        while not self.table.reserve(unit_id, holder):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    async def release(self, unit_id: str, holder: str) -> None:
+        self.table.release(unit_id, holder)
+
+    async def pause_followers(self, seconds: float) -> None:
+        self.table.pause_followers(seconds)
+
+    async def lags(self) -> dict[str, tuple[str, int, bool, Any]]:
+        return self.table.lags()
 
     async def peek_changes(self, unit_id: str) -> list[Any]:
         return self.table.peek_changes(unit_id)

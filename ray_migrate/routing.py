@@ -65,6 +65,8 @@ class UnitRoute:
     value: Any = None  # the tenant value of a unit first seen at run time
     sync_holder: str | None = None  # who applies this unit's log now (one at a time)
     sync_since: float = 0.0
+    reserved_by: str | None = None  # a cutover or rollback about to run: followers yield
+    reserved_at: float = 0.0
     log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
     taken: list[int] = field(default_factory=list)  # seqs handed to the current applier
     acked_seq: int = 0
@@ -92,6 +94,7 @@ class RoutingTable:
         self.leases: dict[int, Lease] = {}
         self._tokens = itertools.count(1)
         self.restarted_at: float | None = None
+        self.followers_paused_until = 0.0  # background appliers wait (target compaction)
 
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
@@ -194,18 +197,24 @@ class RoutingTable:
 
     # --- the change log -------------------------------------------------------------------
     def take_changes(self, unit_id: str, limit: int = 10_000, holder: str | None = None,
-                     now: float | None = None) -> tuple[list[Any], int]:
+                     now: float | None = None, background: bool = False
+                     ) -> tuple[list[Any], int]:
         """Distinct changed ids whose writes have ended, and a number to ack them with.
 
         An entry whose write is still under way is not handed out: read now, the owner might
         not hold that write yet, and acking the entry would lose it. One holder at a time
         applies a unit's log: two appliers could re-read an id at different times and write
         the older value last. Another holder gets ``([], -1)`` until the first acks (or its
-        hold expires after a lease time)."""
+        hold expires after a lease time). A ``background`` applier (a worker's follower) also
+        gets ``([], -1)`` while the unit is frozen or reserved by someone else, so a cutover
+        never waits behind it."""
         now = time.time() if now is None else now
         u = self.unit(unit_id)
         if (holder is not None and u.sync_holder not in (None, holder)
                 and now - u.sync_since < self.lease_s):
+            return [], -1
+        if background and (u.phase == "frozen" or self._reserved(u, holder, now)
+                           or now < self.followers_paused_until):
             return [], -1
         self._expire(now)
         entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
@@ -241,6 +250,40 @@ class RoutingTable:
 
     def lag(self, unit_id: str) -> int:
         return len(self.unit(unit_id).log)
+
+    # --- reservations: a cutover asks background appliers to step aside ------------------
+    def _reserved(self, u: UnitRoute, holder: str | None, now: float) -> bool:
+        return (u.reserved_by is not None and u.reserved_by != holder
+                and now - u.reserved_at < self.lease_s)
+
+    def reserve(self, unit_id: str, holder: str, now: float | None = None) -> bool:
+        """Hold the unit for ``holder`` (a cutover or rollback about to start): background
+        appliers stop taking its log. Returns whether the applier that may still hold the log
+        is done (``sync_holder`` free or ours); the caller waits for that before it drains.
+        A reservation lapses after a lease time, so a dead cutover never blocks catch-up."""
+        now = time.time() if now is None else now
+        u = self.unit(unit_id)
+        if self._reserved(u, holder, now):
+            raise TransitionError(f"unit {unit_id} is reserved by another cutover")
+        u.reserved_by, u.reserved_at = holder, now
+        return u.sync_holder in (None, holder) or now - u.sync_since >= self.lease_s
+
+    def release(self, unit_id: str, holder: str) -> None:
+        u = self.unit(unit_id)
+        if u.reserved_by == holder:
+            u.reserved_by = None
+
+    def pause_followers(self, seconds: float, now: float | None = None) -> None:
+        """Background appliers take nothing for ``seconds`` (0 resumes them): a compaction of
+        the target fails on every concurrent update, so the driver pauses them meanwhile."""
+        now = time.time() if now is None else now
+        self.followers_paused_until = now + seconds if seconds > 0 else 0.0
+
+    def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool, Any]]:
+        """Per unit (phase, waiting entries, reserved, tenant value): what followers poll."""
+        now = time.time() if now is None else now
+        return {k: (u.phase, len(u.log), self._reserved(u, None, now), u.value)
+                for k, u in self.units.items()}
 
     # --- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

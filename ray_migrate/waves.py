@@ -2,7 +2,8 @@
 
 A wave is a cumulative size: ``[1, "25%", "100%"]`` cuts one unit over (the canary, the
 smallest unit), then units until a quarter are on the target, then the rest, pausing
-``pause_s`` between waves while every waiting unit keeps catching up.
+``pause_s`` between waves. Meanwhile the workers' followers keep every waiting unit caught up
+(and, in the rollback window, every cut-over unit's source), so the driver only waits.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SYNC_EVERY_S = 0.5
+POLL_S = 0.5
 
 
 def wave_sizes(waves: list[int | str], n_units: int) -> list[int]:
@@ -40,14 +41,6 @@ def wave_sizes(waves: list[int | str], n_units: int) -> list[int]:
 def _phases(m: Migration) -> dict[str, str]:
     assert m.router is not None
     return {row["unit_id"]: row["phase"] for row in m.router.call("status")["units"]}
-
-
-def _sync(m: Migration, units: list[UnitSpec]) -> None:
-    """One catch-up pass over these units (forward, or back to the source after cutover)."""
-    from ray_migrate.driver import run_on_pool
-
-    if units:
-        run_on_pool(m.workers, "catch_up", units, lambda u, r: None)
 
 
 def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
@@ -73,10 +66,9 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
             m._row(unit_id).status, m._row(unit_id).error = "failed", error
         if not failed:
             return []
-        log.warning("%d units did not cut over (attempt %d); catching up before the next try",
+        log.warning("%d units did not cut over (attempt %d); they catch up before the next try",
                     len(failed), attempt)
-        _sync(m, failed)
-        time.sleep(min(0.2 * attempt, 2.0))
+        time.sleep(min(0.5 * attempt, 3.0))
         todo = failed
     return todo
 
@@ -102,16 +94,17 @@ def cutover_in_waves(m: Migration) -> None:
 
 
 def _pause(m: Migration, seconds: float) -> None:
-    """Wait between waves; keep every unit that still moves or stands by in sync."""
+    """Wait between waves (the followers keep units in sync); log the largest lag."""
+    assert m.router is not None
     deadline = time.monotonic() + seconds
-    while True:
-        phases = _phases(m)
-        _sync(m, [u for u in m.units()
-                  if phases.get(u.unit_id) in ("ready", "catching_up", "target")])
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(SYNC_EVERY_S, left))
+    worst = 0
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(POLL_S, left))
+        lags = m.router.call("lags")
+        worst = max([worst, *(lag for phase, lag, _, _ in lags.values()
+                              if phase in ("ready", "target"))])
+    if seconds:
+        log.info("pause of %.0fs over; at most %d changes waited in a unit", seconds, worst)
 
 
 def hold_rollback_window(m: Migration) -> None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
 READY_TIMEOUT_S = 120.0
+FOLLOW_STEP = 2000  # ids per follower step: small enough that a cutover waits little for it
+FOLLOW_IDLE_S = 0.05  # the follower's poll interval when no unit has changes waiting
 
 
 def worker_name(migration_id: str, index: int) -> str:
@@ -42,7 +48,8 @@ class UnitWorker:
     memory, so any worker can take any unit, and a restarted one carries on.
     """
 
-    def __init__(self, cfg: MigrationConfig, plan: dict[str, Any], index: int = 0):
+    def __init__(self, cfg: MigrationConfig, plan: dict[str, Any], index: int = 0,
+                 follow: bool = False):
         if not logging.getLogger().handlers:  # an actor process: progress goes to the job log
             logging.basicConfig(level=logging.INFO,
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,6 +63,11 @@ class UnitWorker:
         self._source: Backend | None = None
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
+        self._specs = {u.unit_id: u for u in self.plan.units}
+        self._switching = threading.Event()  # a cutover runs here: the follower pauses
+        self._stop = threading.Event()
+        if follow:
+            threading.Thread(target=self._follow, daemon=True, name="rm-follower").start()
 
     @property
     def source(self) -> Backend:
@@ -172,9 +184,80 @@ class UnitWorker:
                               batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
         return verdict.to_dict()
 
+    # --- the follower: keeps waiting units caught up ---------------------------------------
+    def _spec(self, unit_id: str, value: Any) -> UnitSpec:
+        if unit_id not in self._specs:  # a tenant first written while the migration runs
+            fld = unit_id.partition("=")[0]
+            self._specs[unit_id] = UnitSpec(unit_id, "tenant", field=fld, value=value)
+        return self._specs[unit_id]
+
+    def _follow(self) -> None:
+        """Apply the change logs of units that wait for their wave (``ready``) and, during
+        the rollback window, of units on the target (back to the source), in small steps.
+
+        Every worker follows every unit, starting at a different one; the router hands a
+        unit's log to one applier at a time, and to none while a cutover has reserved or
+        frozen the unit, so a cutover never waits behind a follower. Errors are logged and the
+        step is retried: an unapplied change stays in the log."""
+        holder = f"follower:{self.index}:{uuid.uuid4().hex[:8]}"
+        syncs: dict[tuple[str, str], UnitSync] = {}
+        while not self._stop.is_set():
+            if self._switching.is_set():
+                self._stop.wait(FOLLOW_IDLE_S)
+                continue
+            worked = False
+            try:
+                rows = self.router.call("lags")
+                order = sorted(rows)
+                k = self.index % max(len(order), 1)
+                for uid in order[k:] + order[:k]:
+                    phase, lag, reserved, value = rows[uid]
+                    if lag == 0 or reserved or self._switching.is_set():
+                        continue
+                    if phase == "ready":
+                        key = (uid, "forward")
+                        if key not in syncs:
+                            syncs[key] = self._forward(self._spec(uid, value))
+                    elif phase == "target" and self.inverse is not None:
+                        key = (uid, "back")
+                        if key not in syncs:
+                            syncs[key] = self._back(self._spec(uid, value))
+                    else:
+                        continue
+                    sync = syncs[key]
+                    sync.holder, sync.background = holder, True
+                    ids, _ = sync.step(FOLLOW_STEP)
+                    worked = worked or bool(ids)
+            except Exception as err:  # noqa: BLE001 - the log keeps what was not applied
+                log.warning("worker %d follower: %s: %s", self.index, type(err).__name__, err)
+                self._stop.wait(1.0)
+            if not worked:
+                self._stop.wait(FOLLOW_IDLE_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @contextmanager
+    def _reserved(self, unit_id: str) -> Iterator[bool]:
+        """Hold the unit for a cutover or rollback: followers step aside meanwhile."""
+        holder = f"switch:{uuid.uuid4().hex}"
+        self._switching.set()
+        try:
+            yield bool(self.router.call("reserve", unit_id, holder))
+        finally:
+            self._switching.clear()
+            self.router.call("release", unit_id, holder)
+
     # --- cutover and rollback -------------------------------------------------------------
     def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
         spec = UnitSpec.from_dict(unit)
+        with self._reserved(spec.unit_id) as held:
+            if not held:
+                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
+                        "reason": "a catch-up step on the unit did not end in time"}
+            return self._cutover(spec)
+
+    def _cutover(self, spec: UnitSpec) -> dict[str, Any]:
         phase = self._phase(spec.unit_id)
         if phase in ("target", "done"):
             return {"unit_id": spec.unit_id, "ok": True, "freeze_ms": 0.0, "drained": 0,
@@ -206,6 +289,13 @@ class UnitWorker:
 
     def rollback(self, unit: dict[str, Any]) -> dict[str, Any]:
         spec = UnitSpec.from_dict(unit)
+        with self._reserved(spec.unit_id) as held:
+            if not held:
+                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
+                        "reason": "a catch-up step on the unit did not end in time"}
+            return self._rollback(spec)
+
+    def _rollback(self, spec: UnitSpec) -> dict[str, Any]:
         phase = self._phase(spec.unit_id)
         if phase in ("rolled_back", "source", "capturing", "copying", "catching_up", "ready"):
             return {"unit_id": spec.unit_id, "ok": True, "freeze_ms": 0.0, "drained": 0,
@@ -263,7 +353,8 @@ def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
             log.warning("killing leftover worker %s from an earlier driver", name)
             ray.kill(stale, no_restart=True)
             _wait_gone(name)
-        workers.append(actor_cls.options(name=name, **options).remote(cfg, plan_dict, i))
+        workers.append(actor_cls.options(name=name, **options).remote(cfg, plan_dict, i,
+                                                                      follow=True))
     ready, pending = ray.wait([w.ready.remote() for w in workers], num_returns=len(workers),
                               timeout=READY_TIMEOUT_S)
     if pending:

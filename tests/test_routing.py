@@ -166,3 +166,38 @@ def test_one_applier_at_a_time_per_unit_log():
     # A holder that vanished loses its hold after a lease time; its late ack is ignored.
     assert t.take_changes("a", holder="w3", now=2 + t.lease_s + 1)[0] == [3]
     assert t.ack_changes("a", 99, holder="w2") == 1
+
+
+def test_a_reserved_or_frozen_unit_is_not_handed_to_followers():
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p, now=0)
+    write(t, "a", [1, 2])
+    ids, seq = t.take_changes("a", holder="follower", now=1, background=True)
+    assert ids == [1, 2]
+    # A cutover reserves while the follower's step is still under way: told to wait for it.
+    assert t.reserve("a", "cut", now=1) is False
+    assert t.lags(now=1)["a"][:3] == ("ready", 2, True)
+    t.ack_changes("a", seq, holder="follower")
+    assert t.reserve("a", "cut", now=1) is True
+    write(t, "a", [3], now=1)
+    assert t.take_changes("a", holder="follower", now=1, background=True) == ([], -1)
+    assert t.take_changes("a", holder="cut", now=1)[0] == [3], "the cutover itself drains"
+    with pytest.raises(TransitionError, match="reserved by another cutover"):
+        t.reserve("a", "cut2", now=1)
+    t.release("a", "cut")
+    t.set_phase("a", "frozen", now=2)
+    write_ids = t.begin_write("b", [9], now=2)  # other units are not affected
+    assert write_ids["status"] == "ok"
+    t.set_phase("a", "ready", now=2)
+    t.ack_changes("a", 0, holder="cut")  # lets go without acking anything
+    assert t.take_changes("a", holder="follower", now=2, background=True)[0] == [3]
+
+
+def test_a_reservation_lapses_after_a_lease_time():
+    t = table()
+    t.set_phase("a", "capturing", now=0)
+    write(t, "a", [1])
+    assert t.reserve("a", "cut", now=0) is True
+    assert t.take_changes("a", holder="f", now=1, background=True) == ([], -1)
+    assert t.take_changes("a", holder="f", now=t.lease_s + 1, background=True)[0] == [1]
