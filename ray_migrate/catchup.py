@@ -55,13 +55,11 @@ class UnitSync:
     other: Backend
     transform: Transform
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
-    background: bool = False  # a follower: steps aside while the unit is frozen or reserved
 
     def step(self, limit: int = 10_000) -> tuple[list[Any], int]:
         """Apply one slice of the log; returns the ids applied and the lag left."""
         uid = self.unit.unit_id
-        ids, seq = self.router.call("take_changes", uid, limit, self.holder,
-                                    background=self.background)
+        ids, seq = self.router.call("take_changes", uid, limit, self.holder)
         if not ids:  # nothing settled to apply, or another applier holds the log
             return [], self.router.call("unit", uid)["lag"]
         try:

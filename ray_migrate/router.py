@@ -123,6 +123,15 @@ class Router:
                            ) -> tuple[list[Any], int]:
         return self.table.take_changes(unit_id, limit, holder, background=background)
 
+    async def take_many(self, unit_ids: list[str], limit: int, holder: str
+                        ) -> dict[str, tuple[list[Any], int]]:
+        return self.table.take_many(unit_ids, limit, holder)
+
+    async def ack_many(self, seqs: dict[str, int], holder: str) -> None:
+        for uid, seq in seqs.items():
+            self.table.ack_changes(uid, seq, holder)
+        self._maybe_persist()
+
     async def reserve(self, unit_id: str, holder: str, timeout_s: float = 10.0) -> bool:
         """Reserve the unit for a cutover and wait until a follower's step on it has ended."""
         deadline = time.monotonic() + timeout_s

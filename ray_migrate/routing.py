@@ -229,6 +229,21 @@ class RoutingTable:
             seen.setdefault(e[1], None)
         return list(seen), entries[-1][0]
 
+    def take_many(self, unit_ids: list[str], limit: int, holder: str,
+                  now: float | None = None) -> dict[str, tuple[list[Any], int]]:
+        """``take_changes`` for a background holder over several units, up to ``limit`` ids
+        in all: a follower applies them in one write, so the target gets few versions."""
+        out: dict[str, tuple[list[Any], int]] = {}
+        left = limit
+        for uid in unit_ids:
+            if left <= 0:
+                break
+            ids, seq = self.take_changes(uid, left, holder, now, background=True)
+            if ids:
+                out[uid] = (ids, seq)
+                left -= len(ids)
+        return out
+
     def peek_changes(self, unit_id: str, limit: int = 10_000_000) -> list[Any]:
         """The distinct ids waiting in the log (settled or not), without taking them."""
         seen: dict[Any, None] = {}

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
 READY_TIMEOUT_S = 120.0
-FOLLOW_STEP = 2000  # ids per follower step: small enough that a cutover waits little for it
-FOLLOW_IDLE_S = 0.05  # the follower's poll interval when no unit has changes waiting
+FOLLOW_EVERY_S = 0.5  # how often a worker's follower applies the waiting units' changes
+FOLLOW_STEP = 5000  # ids per follower write, over all units
 
 
 def worker_name(migration_id: str, index: int) -> str:
@@ -63,7 +63,6 @@ class UnitWorker:
         self._source: Backend | None = None
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
-        self._specs = {u.unit_id: u for u in self.plan.units}
         self._switching = threading.Event()  # a cutover runs here: the follower pauses
         self._stop = threading.Event()
         if follow:
@@ -185,54 +184,46 @@ class UnitWorker:
         return verdict.to_dict()
 
     # --- the follower: keeps waiting units caught up ---------------------------------------
-    def _spec(self, unit_id: str, value: Any) -> UnitSpec:
-        if unit_id not in self._specs:  # a tenant first written while the migration runs
-            fld = unit_id.partition("=")[0]
-            self._specs[unit_id] = UnitSpec(unit_id, "tenant", field=fld, value=value)
-        return self._specs[unit_id]
-
     def _follow(self) -> None:
-        """Apply the change logs of units that wait for their wave (``ready``) and, during
-        the rollback window, of units on the target (back to the source), in small steps.
+        """Every ``FOLLOW_EVERY_S``, apply the change logs of the units that wait for their wave
+        (``ready``) and, during the rollback window, of units on the target (back to the
+        source), all of them in one write per direction: LanceDB makes a version of every
+        write, and many small ones slow every later read.
 
-        Every worker follows every unit, starting at a different one; the router hands a
-        unit's log to one applier at a time, and to none while a cutover has reserved or
-        frozen the unit, so a cutover never waits behind a follower. Errors are logged and the
-        step is retried: an unapplied change stays in the log."""
+        Every worker follows; the router hands a unit's log to one applier at a time, and to
+        none while a cutover has reserved or frozen the unit, so a cutover never waits behind
+        a follower. Errors are logged and retried: an unapplied change stays in the log."""
         holder = f"follower:{self.index}:{uuid.uuid4().hex[:8]}"
-        syncs: dict[tuple[str, str], UnitSync] = {}
-        while not self._stop.is_set():
+        self._stop.wait(FOLLOW_EVERY_S * (self.index % 4) / 4)  # workers take turns
+        while not self._stop.wait(FOLLOW_EVERY_S):
             if self._switching.is_set():
-                self._stop.wait(FOLLOW_IDLE_S)
                 continue
-            worked = False
             try:
                 rows = self.router.call("lags")
-                order = sorted(rows)
-                k = self.index % max(len(order), 1)
-                for uid in order[k:] + order[:k]:
-                    phase, lag, reserved, value = rows[uid]
-                    if lag == 0 or reserved or self._switching.is_set():
-                        continue
-                    if phase == "ready":
-                        key = (uid, "forward")
-                        if key not in syncs:
-                            syncs[key] = self._forward(self._spec(uid, value))
-                    elif phase == "target" and self.inverse is not None:
-                        key = (uid, "back")
-                        if key not in syncs:
-                            syncs[key] = self._back(self._spec(uid, value))
-                    else:
-                        continue
-                    sync = syncs[key]
-                    sync.holder, sync.background = holder, True
-                    ids, _ = sync.step(FOLLOW_STEP)
-                    worked = worked or bool(ids)
+                forward = [u for u, (phase, lag, reserved, _) in rows.items()
+                           if phase == "ready" and lag and not reserved]
+                back = [u for u, (phase, lag, reserved, _) in rows.items()
+                        if phase == "target" and lag and not reserved]
+                if forward:
+                    self._follow_step(forward, self.source, self.target, self.forward, holder)
+                if back and self.inverse is not None:
+                    self._follow_step(back, self.target, self.source, self.inverse, holder)
             except Exception as err:  # noqa: BLE001 - the log keeps what was not applied
                 log.warning("worker %d follower: %s: %s", self.index, type(err).__name__, err)
                 self._stop.wait(1.0)
-            if not worked:
-                self._stop.wait(FOLLOW_IDLE_S)
+
+    def _follow_step(self, units: list[str], owner: Backend, other: Backend,
+                     transform: Transform, holder: str) -> None:
+        taken = self.router.call("take_many", units, FOLLOW_STEP, holder)
+        if not taken:
+            return
+        ids = list(dict.fromkeys(i for unit_ids, _ in taken.values() for i in unit_ids))
+        try:
+            apply_ids(ids, owner, other, transform)
+        except BaseException:
+            self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
+            raise
+        self.router.call("ack_many", {u: seq for u, (_, seq) in taken.items()}, holder)
 
     def stop(self) -> None:
         self._stop.set()

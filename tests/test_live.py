@@ -319,3 +319,34 @@ def test_client_refuses_bad_points_and_writes_nothing(ray_cluster, tmp_path, poi
         assert coll.retrieve([999]) == []
     finally:
         m.close()
+
+
+def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
+    """After prepare, nothing but the workers' followers applies the change logs: writes made
+    while units wait for their wave (one upsert spanning every unit among them) reach the
+    target on their own."""
+    source, truth = seed("lancedb", tmp_path, n=200)
+    target = other_side("lancedb", tmp_path)
+    mid = f"follow-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
+    m.start()
+    try:
+        m.prepare_units()
+        coll = RoutedCollection.connect(mid)
+        assert {u["phase"] for u in coll.router.call("status")["units"]} == {"ready"}
+        writer = Writer(coll, truth)
+        for _ in range(40):
+            writer.one()
+        rng = np.random.default_rng(4)
+        batch = [{"id": 900 + i, "vector": rng.standard_normal(DIM).tolist(),
+                  "payload": {"tenant": TENANTS[i % 4], "v": 7}} for i in range(8)]
+        coll.upsert(batch)
+        for p in batch:
+            truth[p["id"]] = (np.asarray(p["vector"], np.float32).tobytes(), p["payload"])
+        deadline = time.monotonic() + 60
+        while any(lag for _, lag, _, _ in coll.router.call("lags").values()):
+            assert time.monotonic() < deadline, coll.router.call("lags")
+            time.sleep(0.1)
+        check(read_side(target), truth, set(TENANTS), "target while units wait")
+    finally:
+        m.close()

@@ -201,3 +201,22 @@ def test_a_reservation_lapses_after_a_lease_time():
     assert t.reserve("a", "cut", now=0) is True
     assert t.take_changes("a", holder="f", now=1, background=True) == ([], -1)
     assert t.take_changes("a", holder="f", now=t.lease_s + 1, background=True)[0] == [1]
+
+
+def test_a_follower_takes_several_units_at_once_within_its_limit():
+    t = table()
+    for u in ("a", "b"):
+        for p in ("capturing", "copying", "catching_up", "ready"):
+            t.set_phase(u, p, now=0)
+    write(t, "a", [1, 2, 3])
+    write(t, "b", [4, 5])
+    t.reserve("b", "cut", now=0)
+    assert t.take_many(["a", "b"], 10, "f", now=0) == {"a": ([1, 2, 3], 3)}, "b is reserved"
+    assert t.take_many(["a", "b"], 10, "g", now=0) == {}, "f holds a"
+    t.release("b", "cut")
+    t.ack_changes("a", 0, holder="f")
+    taken = t.take_many(["a", "b"], 4, "f", now=0)
+    assert {u: ids for u, (ids, _) in taken.items()} == {"a": [1, 2, 3], "b": [4]}
+    for u, (_, seq) in taken.items():
+        t.ack_changes(u, seq, holder="f")
+    assert (t.lag("a"), t.lag("b")) == (0, 1)
