@@ -95,9 +95,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rate: float,
-             batch: int, settle_s: float) -> dict[str, Any]:
+             batch: int, settle_s: float, control_s: float | None = None) -> dict[str, Any]:
+    """One migration under traffic; with ``control_s``, the same traffic for that long with
+    the router up but no migration (units stay on the source): the control run."""
     from ray_migrate.client import RoutedCollection
-    from ray_migrate.driver import release_local_stores, run_migration
+    from ray_migrate.driver import Migration, release_local_stores, run_migration
     from ray_migrate.router import get_router
     from ray_migrate.traffic import Traffic
 
@@ -134,7 +136,14 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
             t.mark("during")
 
     try:
-        report = run_migration(cfg, release_stores=False, on_started=on_started)
+        if control_s is None:
+            report = run_migration(cfg, release_stores=False, on_started=on_started)
+        else:
+            m = Migration(cfg)
+            m.start(workers=False)
+            on_started(m)
+            time.sleep(control_s)
+            report = m.close(release_stores=False)
         marks["after"] = time.monotonic()
         for t in traffics:
             t.mark("after")
@@ -234,23 +243,36 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rm-live-"))
     stamp = dt.datetime.now().strftime("%H%M%S")
     try:
-        lance_source(work / "src", a.points, DIM, a.tenants)
+        lance_source(work / "pristine", a.points, DIM, a.tenants)
         if not a.no_source_index:  # what an application that upserts by id would have
             import lancedb
             from lancedb.index import BTree
 
-            lancedb.connect(str(work / "src")).open_table("src").create_index(
+            lancedb.connect(str(work / "pristine")).open_table("src").create_index(
                 "id", config=BTree())
         lsrc = {"kind": "lancedb", "uri": str(work / "src"), "table": "src"}
+
+        def run(mid: str, want: float, control_s: float | None = None) -> dict[str, Any]:
+            for d in ("src", "target", "state"):  # every run starts from the same source
+                shutil.rmtree(work / d, ignore_errors=True)
+            shutil.copytree(work / "pristine", work / "src")
+            return live_run(mid, lsrc, work, a.tenants, a.writers, want, a.batch, settle,
+                            control_s)
+
         for want in (500, 1000):
             print(f"LanceDB -> LanceDB, {want} writes/s", flush=True)
-            shutil.rmtree(work / "target", ignore_errors=True)
-            shutil.rmtree(work / "state", ignore_errors=True)
-            r = live_run(f"live-l{want}-{stamp}", lsrc, work, a.tenants, a.writers, want,
-                         a.batch, settle)
+            r = run(f"live-l{want}-{stamp}", want)
             tag, rate = f"L→L @{want}/s", achieved(r, want)
             if want == 500:
                 common(tag, r, rate, targets=True)
+                print("LanceDB, 500 writes/s, no migration (control)", flush=True)
+                c = run(f"live-c{want}-{stamp}", want, control_s=r["run_s"])
+                during, ctl = r["periods"]["during"], c["periods"]["during"]
+                row(f"{tag} control: same traffic and duration, no migration: client write "
+                    "p50 / p99 (ms) in the 'during' window", achieved(c, want),
+                    f"{ctl['p50']:.0f} / {ctl['p99']:.0f}")
+                row(f"{tag}: client write p99 during / control (the migration's own cost)",
+                    rate, f"{during['p99'] / ctl['p99']:.2f}", "(info)")
             else:
                 ages = r["ages"]
                 row(f"{tag}: catch-up lag, age of oldest waiting change p50 / p99 / max (s; "
@@ -266,8 +288,8 @@ def main() -> int:
             print("Qdrant local -> LanceDB, 500 writes/s (info)", flush=True)
             qpath = work / "qdrant"
             seed_qdrant(str(qpath), "docs", a.points, a.tenants, DIM)
-            shutil.rmtree(work / "target", ignore_errors=True)
-            shutil.rmtree(work / "state", ignore_errors=True)
+            for d in ("target", "state"):
+                shutil.rmtree(work / d, ignore_errors=True)
             qsrc = {"kind": "qdrant", "path": str(qpath), "collection": "docs"}
             r = live_run(f"live-q500-{stamp}", qsrc, work, a.tenants, a.writers, 500, a.batch,
                          settle)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from ray_migrate.backends.base import Backend
 from ray_migrate.router import RouterHandle
 from ray_migrate.schema import ID
@@ -27,13 +29,16 @@ log = logging.getLogger(__name__)
 BATCH_IDS = 2000
 
 
-def apply_ids(ids: Sequence[Any], owner: Backend, other: Backend, transform: Transform
-              ) -> tuple[int, int]:
-    """Make ``other`` hold what ``owner`` holds for these ids. Returns (upserted, deleted)."""
+def apply_ids(ids: Sequence[Any], owner: Backend, other: Backend, transform: Transform,
+              seen: list[pa.Table] | None = None) -> tuple[int, int]:
+    """Make ``other`` hold what ``owner`` holds for these ids. Returns (upserted, deleted).
+    ``seen`` collects the owner's rows as read (a cutover confirms against them)."""
     upserted = deleted = 0
     for i in range(0, len(ids), BATCH_IDS):
         chunk = list(ids[i:i + BATCH_IDS])
         rows = owner.fetch(chunk)
+        if seen is not None:
+            seen.append(rows)
         present = set(rows.column(ID).to_pylist())
         if rows.num_rows:
             other.upsert(transform.apply(rows))
@@ -55,6 +60,7 @@ class UnitSync:
     other: Backend
     transform: Transform
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+    seen: list[pa.Table] | None = None  # when a list, the owner rows each step read
 
     def step(self, limit: int = 10_000) -> tuple[list[Any], int]:
         """Apply one slice of the log; returns the ids applied and the lag left."""
@@ -63,7 +69,7 @@ class UnitSync:
         if not ids:  # nothing settled to apply, or another applier holds the log
             return [], self.router.call("unit", uid)["lag"]
         try:
-            apply_ids(ids, self.owner, self.other, self.transform)
+            apply_ids(ids, self.owner, self.other, self.transform, self.seen)
         except BaseException:
             self.router.call("ack_changes", uid, 0, self.holder)  # let go, acking nothing
             raise

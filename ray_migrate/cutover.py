@@ -16,10 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from ray_migrate.backends.base import Backend
 from ray_migrate.catchup import UnitSync
 from ray_migrate.checksum import Digest, point_hashes
 from ray_migrate.router import RouterHandle
+from ray_migrate.schema import ID
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
@@ -45,14 +48,18 @@ class Abort(Exception):
     pass
 
 
-def _confirm(sync: UnitSync, ids: set[Any]) -> None:
+def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None) -> None:
     """The changed ids hold the same points on both sides: as many present, same content.
 
     The rest of the unit was verified equal before the freeze, up to the ids in the change
-    log, and every one of those has now been drained: so this settles the whole unit."""
+    log, and every one of those has now been drained: so this settles the whole unit.
+    ``owner_rows``: the owner's rows for these ids as the drain read them inside the freeze
+    (no write can change them there), so only the other side is read again."""
     if not ids:
         return
-    want = sync.other.stored_form(sync.transform.apply(sync.owner.fetch(list(ids))))
+    if owner_rows is None:
+        owner_rows = sync.owner.fetch(list(ids))
+    want = sync.other.stored_form(sync.transform.apply(owner_rows))
     have = sync.other.fetch(list(ids))
     a, b = Digest().add(want), Digest().add(have)
     if a.count != b.count or a.total != b.total:
@@ -61,6 +68,18 @@ def _confirm(sync: UnitSync, ids: set[Any]) -> None:
         bad = sorted((i for i in ids if wh.get(i) != hh.get(i)), key=str)
         raise Abort(f"{len(bad)} of {len(ids)} changed ids differ between the two sides "
                     f"after the drain (for example {bad[:5]})")
+
+
+def _last_per_id(tables: list[pa.Table], ids: set[Any]) -> pa.Table | None:
+    """One row per id from the drain's reads; None when some id was not read by it."""
+    if not tables:
+        return None
+    t = pa.concat_tables(tables)
+    order = t.column(ID).to_pylist()
+    last = {pid: i for i, pid in enumerate(order)}
+    if not set(last) <= ids:
+        return None
+    return t.take(sorted(last.values()))
 
 
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
@@ -97,14 +116,15 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         if not router.call("wait_leases", unit.unit_id, None, budget):
             raise Abort("writes were still under way when the freeze budget ran out")
         lap("leases")
-        # Step 3: drain.
+        # Step 3: drain, keeping the owner's rows as read.
+        sync.seen = []
         left, drained = sync.until(0, max(budget - (time.perf_counter() - start), 0.0),
                                    limit=DRAIN_STEP)
         if left:
             raise Abort(f"{left} changes still waiting when the freeze budget ran out")
         lap("drain")
-        # Step 4: confirm.
-        _confirm(sync, drained)
+        # Step 4: confirm against those rows (each id once: the owner did not change).
+        _confirm(sync, drained, _last_per_id(sync.seen, drained))
         lap("confirm")
         freeze_ms = (time.perf_counter() - start) * 1000
         if freeze_ms > max_freeze_ms:
