@@ -73,7 +73,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ray_migrate.config import load_config
-    from ray_migrate.router import ROUTING_KEY
+    from ray_migrate.router import CHANGES_KEY, ROUTING_KEY
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
@@ -83,6 +83,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"migration {cfg.migration_id} has not started (no routing table in "
               f"{cfg.state_uri})", file=sys.stderr)
         return 1
+    logs = store.read(CHANGES_KEY) or {}  # written at most every 0.2 s while running
     rows = []
     for unit_id, u in sorted(table["units"].items()):
         ckpt = store.load_checkpoint(unit_id) or {}
@@ -90,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         plan_n = next((p["estimated_count"] for p in (store.read("plan.json") or {}).get(
             "units", []) if p["unit_id"] == unit_id), None)
         rows.append({"unit": unit_id, "phase": u["phase"], "owner": u["owner"],
-                     "copied": copied, "total": u.get("total") or plan_n, "lag": len(u["log"]),
+                     "copied": copied, "total": u.get("total") or plan_n, "lag": len(logs.get(unit_id, [])),
                      "longest_freeze_ms": round(u["longest_freeze_ms"], 1),
                      "needs_repair": u["needs_repair"], "last_error": u["last_error"]})
     if args.json:

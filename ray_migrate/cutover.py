@@ -79,7 +79,7 @@ def _last_per_id(tables: list[pa.Table], ids: set[Any]) -> pa.Table | None:
     last = {pid: i for i, pid in enumerate(order)}
     if not set(last) <= ids:
         return None
-    return t.take(sorted(last.values()))
+    return t.take(pa.array(sorted(last.values()), pa.int64()))
 
 
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
 ROUTING_KEY = "routing.json"
+CHANGES_KEY = "changes.json"  # the change logs, written apart and at most every FLUSH_S
 FLUSH_S = 0.2
 
 
@@ -35,6 +36,9 @@ class Router:
         self.info = info  # config and plan, for clients that connect by migration id
         stored = self.store.read(ROUTING_KEY)
         if stored is not None:
+            for uid, entries in (self.store.read(CHANGES_KEY) or {}).items():
+                if uid in stored["units"]:
+                    stored["units"][uid]["log"] = entries
             import ray
 
             # A fresh actor in a new cluster has no old clients; a reconstructed one may.
@@ -50,12 +54,18 @@ class Router:
         self._persist()
 
     def _persist(self) -> None:
-        self.store.write(ROUTING_KEY, self.table.to_dict())
-        self._flushed = time.monotonic()
+        """Owners, phases and counters: written on every change of the table."""
+        self.store.write(ROUTING_KEY, self.table.to_dict(logs=False))
 
     def _maybe_persist(self) -> None:
+        """The change logs, at most every FLUSH_S. They spare a restarted router some repair
+        work, nothing more: it marks capturing units for diff-and-repair in any case."""
         if time.monotonic() - self._flushed >= FLUSH_S:
-            self._persist()
+            self._persist_logs()
+
+    def _persist_logs(self) -> None:
+        self.store.write(CHANGES_KEY, self.table.logs_dict())
+        self._flushed = time.monotonic()
 
     async def describe(self) -> dict[str, Any]:
         return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri}
@@ -123,6 +133,11 @@ class Router:
                            ) -> tuple[list[Any], int]:
         return self.table.take_changes(unit_id, limit, holder, background=background)
 
+    async def log_ids(self, unit_id: str, ids: list[Any]) -> int:
+        lag = self.table.log_ids(unit_id, ids)
+        self._maybe_persist()
+        return lag
+
     async def take_many(self, unit_ids: list[str], limit: int, holder: str
                         ) -> dict[str, tuple[list[Any], int]]:
         return self.table.take_many(unit_ids, limit, holder)
@@ -169,6 +184,7 @@ class Router:
 
     async def flush(self) -> None:
         self._persist()
+        self._persist_logs()
 
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],

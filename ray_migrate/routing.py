@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Phase = Literal["source", "capturing", "copying", "catching_up", "ready", "frozen", "target",
@@ -229,6 +229,15 @@ class RoutingTable:
             seen.setdefault(e[1], None)
         return list(seen), entries[-1][0]
 
+    def log_ids(self, unit_id: str, ids: list[Any]) -> int:
+        """Add ids to the unit's log as if written (a verify found them differing): the one
+        applier of the log then repairs them, in order with the client writes."""
+        u = self.unit(unit_id)
+        for pid in ids:
+            self.seq += 1
+            u.log.append([self.seq, pid])
+        return len(u.log)
+
     def take_many(self, unit_ids: list[str], limit: int, holder: str,
                   now: float | None = None) -> dict[str, tuple[list[Any], int]]:
         """``take_changes`` for a background holder over several units, up to ``limit`` ids
@@ -301,10 +310,15 @@ class RoutingTable:
                 for k, u in self.units.items()}
 
     # --- persistence ----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, logs: bool = True) -> dict[str, Any]:
+        """The durable state; ``logs=False`` leaves out the change logs (``logs_dict``), which
+        the router writes apart and less often: a restarted router repairs by diff anyway."""
         return {"epoch": self.epoch, "seq": self.seq, "lease_s": self.lease_s,
                 "freeze_timeout_s": self.freeze_timeout_s,
-                "units": {k: asdict(v) for k, v in self.units.items()}}
+                "units": {k: _row(v, logs) for k, v in self.units.items()}}
+
+    def logs_dict(self) -> dict[str, list[list[Any]]]:
+        return {k: [list(e) for e in u.log] for k, u in self.units.items() if u.log}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], restarted: bool = True,
@@ -333,9 +347,12 @@ class RoutingTable:
         return max(0.0, self.restarted_at + self.lease_s - now)
 
     def status(self) -> list[dict[str, Any]]:
-        rows = []
-        for u in self.units.values():
-            row = asdict(u)
-            row["lag"] = len(row.pop("log"))
-            rows.append(row)
-        return rows
+        return [{**_row(u, logs=False), "lag": len(u.log)} for u in self.units.values()]
+
+
+def _row(u: UnitRoute, logs: bool) -> dict[str, Any]:
+    """A unit as a plain dict (copying the log only when asked: it can be long)."""
+    row = {f.name: getattr(u, f.name) for f in fields(u) if f.name not in ("log", "taken")}
+    if logs:
+        row["log"], row["taken"] = [list(e) for e in u.log], list(u.taken)
+    return row

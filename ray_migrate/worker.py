@@ -144,15 +144,16 @@ class UnitWorker:
 
     def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> Any:
         """Verify while writes go on: a difference is fine only if the change log holds its id
-        (the drain at cutover applies it); any other is repaired and verified again.
+        (the drain at cutover applies and confirms it). Any other differing id is added to the
+        log, so the log's one applier repairs it in order with client writes (a repair of its
+        own could write an older value over a newer one), and the unit is verified again.
         ``reverse``: the target owns the unit and the source is the copy."""
         batch = max(self.cfg.copy_cfg.batch_size, 1000)
-        owner, other, transform = self.source, self.target, self.forward
-        if reverse:
-            spec = self.forward.target_unit(spec)
-            owner, other, transform = self.target, self.source, self.inverse
+        sync = self._back(spec) if reverse else self._forward(spec)
+        unit = sync.unit
         for _ in range(self.cfg.verify.max_repair_rounds + 1):
-            verdict = verify_unit(spec, owner, other, transform, batch, max_ids=1_000_000)
+            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch,
+                                  max_ids=1_000_000)
             if verdict.equal:
                 return verdict
             pending = set(self.router.call("peek_changes", spec.unit_id))
@@ -162,7 +163,8 @@ class UnitWorker:
                 verdict.equal, verdict.pending = True, len(pending)
                 return verdict
             log.warning("unit %s: repairing %d ids that differ", spec.unit_id, len(unexplained))
-            apply_ids(unexplained, owner, other, transform)
+            self.router.call("log_ids", spec.unit_id, unexplained)
+            sync.until(self.cfg.cutover.ready_lag, timeout_s=30)
         return verdict
 
     def catch_up(self, unit: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +202,8 @@ class UnitWorker:
                 continue
             try:
                 rows = self.router.call("lags")
+                # Not catching_up: a verify may be running, and an apply between its scans of
+                # the two sides would show as a difference the log no longer explains.
                 forward = [u for u, (phase, lag, reserved, _) in rows.items()
                            if phase == "ready" and lag and not reserved]
                 back = [u for u, (phase, lag, reserved, _) in rows.items()

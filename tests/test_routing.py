@@ -220,3 +220,30 @@ def test_a_follower_takes_several_units_at_once_within_its_limit():
     for u, (_, seq) in taken.items():
         t.ack_changes(u, seq, holder="f")
     assert (t.lag("a"), t.lag("b")) == (0, 1)
+
+
+def test_logs_are_stored_apart_and_a_verify_can_log_ids_for_repair():
+    t = table()
+    t.set_phase("a", "capturing")
+    write(t, "a", [1])
+    assert t.log_ids("a", [5, 6]) == 3
+    assert "log" not in t.to_dict(logs=False)["units"]["a"]
+    assert t.logs_dict() == {"a": [[1, 1, 1], [2, 5], [3, 6]]}
+    ids, seq = t.take_changes("a")
+    assert ids == [1, 5, 6], "logged ids are settled at once: no write is under way"
+    assert t.status()[0]["lag"] == 3 and "log" not in t.status()[0]
+
+
+def test_the_drain_rows_keep_the_last_read_of_each_id():
+    import pyarrow as pa
+
+    from ray_migrate.cutover import _last_per_id
+
+    empty = pa.table({"id": pa.array([], pa.uint64()), "v": pa.array([], pa.int64())})
+    assert _last_per_id([empty], {1, 2}).num_rows == 0, "every drained id was a delete"
+    first = pa.table({"id": pa.array([1, 2], pa.uint64()), "v": [10, 20]})
+    again = pa.table({"id": pa.array([1], pa.uint64()), "v": [11]})
+    got = _last_per_id([first, again], {1, 2, 3})
+    assert sorted(zip(got["id"].to_pylist(), got["v"].to_pylist())) == [(1, 11), (2, 20)]
+    assert _last_per_id([first], {1}) is None, "a row the drain did not ask for"
+    assert _last_per_id([], {1}) is None
