@@ -172,6 +172,8 @@ class CutoverConfig(_Model):
     ready_lag: int = Field(default=100, ge=0, description="a unit is ready for cutover when "
                            "at most this many changed ids wait for catch-up")
     write_lease_s: float = Field(default=30.0, gt=0)
+    concurrency: int = Field(default=1, ge=1, description="units cut over at the same time; "
+                             "one at a time keeps each freeze short on a small cluster")
 
     @field_validator("waves")
     @classmethod

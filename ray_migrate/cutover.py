@@ -107,6 +107,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     except Abort as why:
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
+    # Followers (of other units) pause for the freeze: on a small machine they compete for it.
+    router.call("quiet_followers", budget + 1.0)
     start = time.perf_counter()
     # Step 1: freeze.
     router.call("set_phase", unit.unit_id, "frozen")
@@ -141,6 +143,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     except BaseException:
         router.call("set_phase", unit.unit_id, back_phase)
         raise
+    finally:
+        router.call("pause_followers", 0)
     lap("flip")
     log.info("unit %s: %s after a %.0f ms freeze (%d ids drained; ms per step %s)",
              unit.unit_id, to_phase, freeze_ms, len(drained),

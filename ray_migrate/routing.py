@@ -65,6 +65,7 @@ class UnitRoute:
     value: Any = None  # the tenant value of a unit first seen at run time
     sync_holder: str | None = None  # who applies this unit's log now (one at a time)
     sync_since: float = 0.0
+    sync_background: bool = False  # the holder is a follower
     reserved_by: str | None = None  # a cutover or rollback about to run: followers yield
     reserved_at: float = 0.0
     log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
@@ -222,7 +223,7 @@ class RoutingTable:
             u.sync_holder, u.taken = None, []
             return [], u.acked_seq
         if holder is not None:
-            u.sync_holder, u.sync_since = holder, now
+            u.sync_holder, u.sync_since, u.sync_background = holder, now, background
         u.taken = [e[0] for e in entries]
         seen: dict[Any, None] = {}
         for e in entries:
@@ -302,6 +303,12 @@ class RoutingTable:
         the target fails on every concurrent update, so the driver pauses them meanwhile."""
         now = time.time() if now is None else now
         self.followers_paused_until = now + seconds if seconds > 0 else 0.0
+
+    def followers_busy(self, now: float | None = None) -> bool:
+        """Whether a follower holds some unit's log (its step is under way)."""
+        now = time.time() if now is None else now
+        return any(u.sync_background and u.sync_holder is not None
+                   and now - u.sync_since < self.lease_s for u in self.units.values())
 
     def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool, Any]]:
         """Per unit (phase, waiting entries, reserved, tenant value): what followers poll."""

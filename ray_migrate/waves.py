@@ -61,7 +61,8 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
                 row.error = f"cutover attempt {attempt}: {res['reason']}"
                 failed.append(unit)
 
-        errors = run_on_pool(m.workers, "cutover", todo, on_result)
+        pool = m.workers[: m.cfg.cutover.concurrency]
+        errors = run_on_pool(pool, "cutover", todo, on_result)
         for unit_id, error in errors.items():
             m._row(unit_id).status, m._row(unit_id).error = "failed", error
         if not failed:

@@ -58,6 +58,7 @@ def test_fingerprint_ignores_worker_count_but_not_units():
     ({"units": {"by": "tenant"}}, "units.field is required when units.by is tenant"),
     ({"units": {"by": "hash"}}, "units.by"),
     ({"copy": {"batch_size": 0}}, "copy.batch_size"),
+    ({"cutover": {"concurrency": 0}}, "cutover.concurrency"),
     ({"copy": {"workers": 2, "wrokers": 3}}, "copy.wrokers: unknown key"),
     ({"colour": "blue"}, "colour: unknown key"),
     ({"migration_id": "has space"}, "not a valid migration_id"),
