@@ -154,6 +154,10 @@ class LanceTargetOptions(_Model):
         "this; clients may be reading the newer ones, so never 0 during a live migration")
     index_min_rows: int = Field(default=100_000, ge=1)
     index_type: Literal["IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT"] = "IVF_PQ"
+    compact_min_fragments: int = Field(
+        default=32, ge=0, description="while units wait and after cutover, compact the target "
+        "whenever it holds this many fragments (every catch-up or client write adds one, and "
+        "each slows later reads and the cutover's drain); 0 turns it off")
 
 
 class VerifyConfig(_Model):

@@ -266,6 +266,7 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
                   on_started: Callable[[Migration], None] | None = None) -> RunReport:
     """Migrate every unit; in auto mode cut them over in waves. Safe to run again: it resumes,
     and a finished migration is a no-op. ``on_started`` runs once the router is up."""
+    from ray_migrate.upkeep import TargetUpkeep
     from ray_migrate.waves import cutover_in_waves, hold_rollback_window
 
     m = Migration(cfg, address)
@@ -276,14 +277,15 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
         m.prepare_units()
         m.finalize_target()
         if cfg.cutover.mode == "auto" and all(r.ok for r in m.rows.values()):
-            cutover_in_waves(m)
-            for _ in range(3):  # tenants first written during the waves are units too
-                new = m.new_units()
-                if not new:
-                    break
-                m.prepare_units(new)
+            with TargetUpkeep(m):
                 cutover_in_waves(m)
-            hold_rollback_window(m)
+                for _ in range(3):  # tenants first written during the waves are units too
+                    new = m.new_units()
+                    if not new:
+                        break
+                    m.prepare_units(new)
+                    cutover_in_waves(m)
+                hold_rollback_window(m)
     finally:
         report = m.close(release_stores)
     return report

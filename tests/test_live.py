@@ -350,3 +350,44 @@ def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
         check(read_side(target), truth, set(TENANTS), "target while units wait")
     finally:
         m.close()
+
+
+def test_upkeep_compacts_the_target_while_live_but_never_during_a_cutover(ray_cluster, tmp_path):
+    import lancedb
+
+    from ray_migrate.upkeep import TargetUpkeep
+
+    source, truth = seed("lancedb", tmp_path, n=200)
+    target = other_side("lancedb", tmp_path)
+    mid = f"upkeep-{tmp_path.name}"
+    cfg = live_config(tmp_path, mid, source, target, cutover={"mode": "manual"},
+                      lance={"compact_min_fragments": 16})
+    m = Migration(cfg)
+    m.start()
+    try:
+        m.prepare_units()
+        tbl = lancedb.connect(target["uri"]).open_table("docs")
+        rows = tbl.to_arrow()
+        for i in range(0, 40 * 5, 5):  # 40 small rewrites of the same rows: 40 fragments more
+            tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all() \
+                .execute(rows.slice(i, 5))
+
+        def fragments() -> int:
+            return lancedb.connect(target["uri"]).open_table("docs").stats()[
+                "fragment_stats"]["num_fragments"]
+
+        piled = fragments()
+        assert piled >= 40
+        m.router.call("reserve", "tenant=t0", "a-cutover")  # a cutover is about to run
+        with TargetUpkeep(m, every_s=0.1) as upkeep:
+            time.sleep(1.0)
+            assert upkeep.compactions == [] and fragments() >= piled
+            m.router.call("release", "tenant=t0", "a-cutover")
+            deadline = time.monotonic() + 30
+            while fragments() >= 16:
+                assert time.monotonic() < deadline, "the target was not compacted"
+                time.sleep(0.1)
+        assert upkeep.compactions and upkeep.compactions[0]["fragments_before"] >= 16
+        check(read_side(target), truth, set(TENANTS), "target after compaction")
+    finally:
+        m.close()

@@ -398,6 +398,24 @@ class LanceBackend(Backend):
         log.info("finalized LanceDB %s: %s", self._where(), done)
         return done
 
+    def maintain(self, options: LanceTargetOptions) -> dict[str, Any] | None:
+        """Compact once ``compact_min_fragments`` fragments have piled up. A compaction
+        conflicts with a concurrent update of the same fragments: that raises TransientError
+        and the caller tries again later."""
+        if not options.compact_min_fragments:
+            return None
+        with _guard(f"compact {self._where()}"):
+            tbl = self.tbl
+            before = tbl.stats()["fragment_stats"]["num_fragments"]
+            if before < options.compact_min_fragments:
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                tbl.optimize(cleanup_older_than=_dt.timedelta(
+                    seconds=options.cleanup_older_than_s))
+            after = tbl.stats()["fragment_stats"]["num_fragments"]
+        return {"fragments_before": before, "fragments_after": after}
+
     def close(self) -> None:
         self._tbl = None
         self._pinned = {}
