@@ -70,46 +70,56 @@ def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None) 
                     f"after the drain (for example {bad[:5]})")
 
 
-def _last_per_id(tables: list[pa.Table], ids: set[Any]) -> pa.Table | None:
-    """One row per id from the drain's reads; None when some id was not read by it."""
+def rows_of(tables: list[pa.Table], ids: set[Any]) -> pa.Table | None:
+    """The last row read for each of ``ids`` (an id that was read as absent has none).
+    None when nothing was read at all."""
     if not tables:
         return None
     t = pa.concat_tables(tables)
-    order = t.column(ID).to_pylist()
-    last = {pid: i for i, pid in enumerate(order)}
-    if not set(last) <= ids:
-        return None
+    last = {pid: i for i, pid in enumerate(t.column(ID).to_pylist()) if pid in ids}
     return t.take(pa.array(sorted(last.values()), pa.int64()))
+
+
+def _unfreeze_reason(left: int, ready_lag: int) -> str:
+    return (f"{left} changes wait for catch-up (cutover.ready_lag is {ready_lag}): "
+            "not freezing yet")
 
 
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                 other: tuple[Backend, UnitSpec], transform: Transform, to_phase: str,
-                back_phase: str, max_freeze_ms: int,
-                changed: set[Any] | None = None) -> CutoverResult:
+                back_phase: str, max_freeze_ms: int, ready_lag: int) -> CutoverResult:
     """Move ownership of a unit from ``owner`` to ``other``, each given as (backend, the unit
-    in that backend's terms); ``transform`` maps owner rows to the other side. ``changed``:
-    ids caught up just before the freeze, confirmed before it."""
+    in that backend's terms); ``transform`` maps owner rows to the other side.
+
+    Before the freeze: catch up (refusing to freeze while more than ``ready_lag`` changes
+    wait), confirm what was applied, pause followers and catch up once more, so the freeze
+    drains only the writes of its last moments. Confirming uses the owner rows as the apply
+    read them: an id written again after its read is in the log again, so it is drained and
+    confirmed inside the freeze from a read made there."""
     unit = owner[1]
     budget = max_freeze_ms / 1000
-    sync = UnitSync(unit, router, owner[0], other[0], transform)
-    start = time.perf_counter()
-    drained: set[Any] = set()
+    sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[])
     steps: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        steps[name] = (time.perf_counter() - start) * 1000 - sum(steps.values())
-
-    # Step 0, unfrozen: the ids caught up just before must match (those written since are in
-    # the log again, and are drained and confirmed inside the freeze).
-    settled = (changed or set()) - set(router.call("peek_changes", unit.unit_id))
+    left, changed = sync.until(0, 1.0)
+    if left > ready_lag:
+        return CutoverResult(unit.unit_id, False, 0.0, 0, _unfreeze_reason(left, ready_lag))
+    settled = changed - set(router.call("peek_changes", unit.unit_id))
     try:
-        _confirm(sync, settled)
+        _confirm(sync, settled, rows_of(sync.seen, settled))
     except Abort as why:
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
     # Followers (of other units) pause for the freeze: on a small machine they compete for it.
-    router.call("quiet_followers", budget + 1.0)
+    router.call("quiet_followers", budget + 2.0)
+    sync.seen = []
+    _, last = sync.until(0, 0.5)
+    last_rows = sync.seen
     start = time.perf_counter()
+    drained: set[Any] = set()
+
+    def lap(name: str) -> None:
+        steps[name] = (time.perf_counter() - start) * 1000 - sum(steps.values())
+
     # Step 1: freeze.
     router.call("set_phase", unit.unit_id, "frozen")
     lap("freeze")
@@ -125,8 +135,11 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         if left:
             raise Abort(f"{left} changes still waiting when the freeze budget ran out")
         lap("drain")
-        # Step 4: confirm against those rows (each id once: the owner did not change).
-        _confirm(sync, drained, _last_per_id(sync.seen, drained))
+        # Step 4: confirm the drained ids and those of the last catch-up, against the rows
+        # read (the owner does not change during the freeze).
+        early = last - drained
+        parts = [t for t in (rows_of(last_rows, early), rows_of(sync.seen, drained)) if t]
+        _confirm(sync, drained | early, pa.concat_tables(parts) if parts else None)
         lap("confirm")
         freeze_ms = (time.perf_counter() - start) * 1000
         if freeze_ms > max_freeze_ms:
@@ -146,7 +159,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     finally:
         router.call("pause_followers", 0)
     lap("flip")
-    log.info("unit %s: %s after a %.0f ms freeze (%d ids drained; ms per step %s)",
-             unit.unit_id, to_phase, freeze_ms, len(drained),
+    log.info("unit %s: %s after a %.0f ms freeze (%d ids drained, %d caught up just before; "
+             "ms per step %s)", unit.unit_id, to_phase, freeze_ms, len(drained), len(early),
              {k: round(v, 1) for k, v in steps.items()})
     return CutoverResult(unit.unit_id, True, freeze_ms, len(drained), steps_ms=steps)

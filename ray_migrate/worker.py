@@ -268,15 +268,10 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "differs from the source after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        lag, changed = self._forward(spec).until(0, timeout_s=1)  # unfrozen: a short drain
-        if lag > self.cfg.cutover.ready_lag:
-            return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
-                    "reason": f"{lag} changes wait for catch-up (cutover.ready_lag is "
-                              f"{self.cfg.cutover.ready_lag}): not freezing yet"}
         return switch_unit(self.router, (self.source, spec),
                            (self.target, self.forward.target_unit(spec)), self.forward,
                            "target", "ready", self.cfg.cutover.max_freeze_ms,
-                           changed).to_dict()
+                           self.cfg.cutover.ready_lag).to_dict()
 
     def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
@@ -306,14 +301,9 @@ class UnitWorker:
                 return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
                         "reason": "the source differs from the target after diff-and-repair"}
             self.router.call("clear_repair", spec.unit_id)
-        lag, changed = self._back(spec).until(0, timeout_s=1)
-        if lag > self.cfg.cutover.ready_lag:
-            return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
-                    "reason": f"{lag} changes wait to be synced back (cutover.ready_lag is "
-                              f"{self.cfg.cutover.ready_lag}): not freezing yet"}
         return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
                            (self.source, spec), self.inverse, "rolled_back", "target",
-                           self.cfg.cutover.max_freeze_ms, changed).to_dict()
+                           self.cfg.cutover.max_freeze_ms, self.cfg.cutover.ready_lag).to_dict()
 
 
 def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:

@@ -234,16 +234,16 @@ def test_logs_are_stored_apart_and_a_verify_can_log_ids_for_repair():
     assert t.status()[0]["lag"] == 3 and "log" not in t.status()[0]
 
 
-def test_the_drain_rows_keep_the_last_read_of_each_id():
+def test_the_confirm_uses_the_last_read_of_each_asked_id():
     import pyarrow as pa
 
-    from ray_migrate.cutover import _last_per_id
+    from ray_migrate.cutover import rows_of
 
     empty = pa.table({"id": pa.array([], pa.uint64()), "v": pa.array([], pa.int64())})
-    assert _last_per_id([empty], {1, 2}).num_rows == 0, "every drained id was a delete"
+    assert rows_of([empty], {1, 2}).num_rows == 0, "every id was a delete"
     first = pa.table({"id": pa.array([1, 2], pa.uint64()), "v": [10, 20]})
     again = pa.table({"id": pa.array([1], pa.uint64()), "v": [11]})
-    got = _last_per_id([first, again], {1, 2, 3})
-    assert sorted(zip(got["id"].to_pylist(), got["v"].to_pylist())) == [(1, 11), (2, 20)]
-    assert _last_per_id([first], {1}) is None, "a row the drain did not ask for"
-    assert _last_per_id([], {1}) is None
+    got = rows_of([first, again], {1, 2, 3})
+    assert sorted(zip(got["id"].to_pylist(), got["v"].to_pylist(), strict=True)) == [(1, 11), (2, 20)]
+    assert rows_of([first], {1})["id"].to_pylist() == [1], "ids not asked for are left out"
+    assert rows_of([], {1}) is None
