@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -244,19 +244,21 @@ class UnitWorker:
             self.router.call("release", unit_id, holder)
 
     # --- cutover and rollback -------------------------------------------------------------
-    def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
+    def _held(self, unit: dict[str, Any], switch: Callable[[UnitSpec], dict[str, Any]]
+              ) -> dict[str, Any]:
         spec = UnitSpec.from_dict(unit)
         with self._reserved(spec.unit_id) as held:
             if not held:
-                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
-                        "reason": "a catch-up step on the unit did not end in time"}
-            return self._cutover(spec)
+                return _result(spec, False, "a catch-up step on the unit did not end in time")
+            return switch(spec)
+
+    def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
+        return self._held(unit, self._cutover)
 
     def _cutover(self, spec: UnitSpec) -> dict[str, Any]:
         phase = self._phase(spec.unit_id)
         if phase in ("target", "done"):
-            return {"unit_id": spec.unit_id, "ok": True, "freeze_ms": 0.0, "drained": 0,
-                    "reason": "already on the target"}
+            return _result(spec, True, "already on the target")
         if phase not in ("catching_up", "ready"):
             raise TerminalError(f"unit {spec.unit_id} is {phase}; only a prepared unit "
                                 "(catching_up or ready) can be cut over")
@@ -265,8 +267,7 @@ class UnitWorker:
             # The router restarted while capturing: its log may have lost entries.
             verdict = self._verify_live(spec)
             if not verdict.equal:
-                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
-                        "reason": "differs from the source after diff-and-repair"}
+                return _result(spec, False, "differs from the source after diff-and-repair")
             self.router.call("clear_repair", spec.unit_id)
         return switch_unit(self.router, (self.source, spec),
                            (self.target, self.forward.target_unit(spec)), self.forward,
@@ -278,18 +279,12 @@ class UnitWorker:
                         self.inverse)
 
     def rollback(self, unit: dict[str, Any]) -> dict[str, Any]:
-        spec = UnitSpec.from_dict(unit)
-        with self._reserved(spec.unit_id) as held:
-            if not held:
-                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
-                        "reason": "a catch-up step on the unit did not end in time"}
-            return self._rollback(spec)
+        return self._held(unit, self._rollback)
 
     def _rollback(self, spec: UnitSpec) -> dict[str, Any]:
         phase = self._phase(spec.unit_id)
         if phase in ("rolled_back", "source", "capturing", "copying", "catching_up", "ready"):
-            return {"unit_id": spec.unit_id, "ok": True, "freeze_ms": 0.0, "drained": 0,
-                    "reason": f"already on the source ({phase})"}
+            return _result(spec, True, f"already on the source ({phase})")
         if self.inverse is None:
             raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so the "
                                 "source was not kept in sync; rollback is refused")
@@ -298,12 +293,17 @@ class UnitWorker:
         time.sleep(self.router.call("settling_s"))
         if self.router.call("unit", spec.unit_id)["needs_repair"]:
             if not self._verify_live(spec, reverse=True).equal:
-                return {"unit_id": spec.unit_id, "ok": False, "freeze_ms": 0.0, "drained": 0,
-                        "reason": "the source differs from the target after diff-and-repair"}
+                return _result(spec, False,
+                               "the source differs from the target after diff-and-repair")
             self.router.call("clear_repair", spec.unit_id)
         return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
                            (self.source, spec), self.inverse, "rolled_back", "target",
                            self.cfg.cutover.max_freeze_ms, self.cfg.cutover.ready_lag).to_dict()
+
+
+def _result(spec: UnitSpec, ok: bool, reason: str) -> dict[str, Any]:
+    """A cutover or rollback that froze nothing: done already, or refused."""
+    return {"unit_id": spec.unit_id, "ok": ok, "freeze_ms": 0.0, "drained": 0, "reason": reason}
 
 
 def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
