@@ -94,8 +94,30 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def source_upkeep(source: dict, every_s: float, stop: threading.Event) -> list[str]:
+    """What the application does to its own LanceDB table: compact it every ``every_s``
+    (a compaction that conflicts with a write is tried again next time)."""
+    import lancedb
+
+    outcomes: list[str] = []
+
+    def loop() -> None:
+        tbl = lancedb.connect(source["uri"]).open_table(source["table"])
+        while not stop.wait(every_s):
+            try:
+                tbl.optimize()
+                outcomes.append("ok")
+            except Exception:  # noqa: BLE001 - a conflict with a write: next round
+                outcomes.append("conflict")
+
+    if every_s > 0 and source["kind"] == "lancedb":
+        threading.Thread(target=loop, daemon=True, name="app-upkeep").start()
+    return outcomes
+
+
 def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rate: float,
-             batch: int, settle_s: float, control_s: float | None = None) -> dict[str, Any]:
+             batch: int, settle_s: float, control_s: float | None = None,
+             source_compact_s: float = 0.0) -> dict[str, Any]:
     """One migration under traffic; with ``control_s``, the same traffic for that long with
     the router up but no migration (units stay on the source): the control run."""
     from ray_migrate.client import RoutedCollection
@@ -105,9 +127,10 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
 
     cfg = make_cfg(mid, source, work)
     writes: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    samples: list[tuple[str, int, float]] = []  # (unit, lag entries, age s)
+    samples: list[tuple[str, int, float, str]] = []  # (unit, lag entries, age s, phase)
     marks: dict[str, float] = {}
     traffics: list[Traffic] = []
+    upkeep_runs: list[list[str]] = []
     stop = threading.Event()
     ids_per_call = 0.9 * batch + 0.1
 
@@ -117,10 +140,12 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
             for row in router.call("status")["units"]:
                 if row["phase"] in LAG_PHASES:
                     samples.append((row["unit_id"], row["lag"],
-                                    oldest_age(writes[row["unit_id"]], row["lag"], t0)))
+                                    oldest_age(writes[row["unit_id"]], row["lag"], t0),
+                                    row["phase"]))
             stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
 
     def on_started(m: Any) -> None:
+        upkeep_runs.append(source_upkeep(source, source_compact_s, stop))
         for k in range(writers):
             coll = RoutedCollection.connect(mid)
             record_writes(coll, writes)
@@ -180,8 +205,10 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "failed": [f"{r.unit_id} {r.status} {r.phase} equal={r.equal}: {r.error}" for r in rows
                    if not r.ok],
         "errors": [e for t in traffics for e in t.errors],
-        "ages": [a for _, _, a in samples], "lags": [n for _, n, _ in samples],
-        "run_s": marks["after"] - marks["during"]}
+        "ages": [a for _, _, a, _ in samples], "lags": [n for _, n, _, _ in samples],
+        "ages_by_phase": {p: [a for _, _, a, q in samples if q == p] for p in LAG_PHASES},
+        "run_s": marks["after"] - marks["during"],
+        "source_compactions": [o for run in upkeep_runs for o in run]}
 
 
 def main() -> int:
@@ -190,8 +217,11 @@ def main() -> int:
     ap.add_argument("--tenants", type=int, default=8)
     ap.add_argument("--writers", type=int, default=2, help="writer threads (one client each)")
     ap.add_argument("--batch", type=int, default=100, help="points per client upsert")
+    ap.add_argument("--source-compact-s", type=float, default=10.0,
+                    help="the application compacts its LanceDB source this often (0: never)")
     ap.add_argument("--no-source-index", action="store_true",
                     help="leave the LanceDB source without its BTree index on id")
+    ap.add_argument("--rates", default="500,1000", help="client write rates to run")
     ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
     ap.add_argument("--qdrant", action="store_true", help="also Qdrant local -> LanceDB (info)")
     ap.add_argument("--write", action="store_true", help="replace the Live section of "
@@ -257,9 +287,9 @@ def main() -> int:
                 shutil.rmtree(work / d, ignore_errors=True)
             shutil.copytree(work / "pristine", work / "src")
             return live_run(mid, lsrc, work, a.tenants, a.writers, want, a.batch, settle,
-                            control_s)
+                            control_s, a.source_compact_s)
 
-        for want in (500, 1000):
+        for want in (int(x) for x in a.rates.split(",")):
             print(f"LanceDB -> LanceDB, {want} writes/s", flush=True)
             r = run(f"live-l{want}-{stamp}", want)
             tag, rate = f"L→L @{want}/s", achieved(r, want)
@@ -279,11 +309,17 @@ def main() -> int:
                     f"{len(ages)} samples of catching_up/ready units)", rate,
                     f"{pct(ages, 50):.2f} / {pct(ages, 99):.2f} / {max(ages, default=0):.2f}",
                     "p99 <= 1 s", pct(ages, 99) <= 1.0)
+                for phase, pa_ in r["ages_by_phase"].items():
+                    row(f"{tag}: catch-up lag while {phase} p50 / p99 (s; {len(pa_)} samples)",
+                        rate, f"{pct(pa_, 50):.2f} / {pct(pa_, 99):.2f}")
                 row(f"{tag}: waiting changes per unit p50 / p99 / max (entries)", rate,
                     f"{pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} / "
                     f"{max(r['lags'], default=0)}")
                 common(tag, r, rate, targets=False)
             row(f"{tag}: run_migration seconds (traffic 'during')", rate, f"{r['run_s']:.1f}")
+            comp = r["source_compactions"]
+            row(f"{tag}: the application's compactions of its source, done / conflicted", rate,
+                f"{comp.count('ok')} / {comp.count('conflict')}")
         if a.qdrant:
             print("Qdrant local -> LanceDB, 500 writes/s (info)", flush=True)
             qpath = work / "qdrant"
@@ -310,6 +346,9 @@ def main() -> int:
             "top-10 search, 20/s). The LanceDB source "
             + ("has no index" if a.no_source_index else "has a BTree index on `id`, as a "
                "table that takes upserts by id would")
+            + (f" and the application compacts it every {a.source_compact_s:.0f} s, as a "
+               "LanceDB table under steady writes needs (in the control run too)"
+               if a.source_compact_s > 0 else ", never compacted")
             + ". 'before' is the first "
             f"{settle:.0f} s after the router starts (the migration waits for it), 'during' "
             f"lasts until run_migration returns, 'after' {settle:.0f} s more. Freeze per unit is "

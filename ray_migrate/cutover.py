@@ -48,7 +48,8 @@ class Abort(Exception):
     pass
 
 
-def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None) -> None:
+def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None,
+             when: str = "after the drain") -> None:
     """The changed ids hold the same points on both sides: as many present, same content.
 
     The rest of the unit was verified equal before the freeze, up to the ids in the change
@@ -67,7 +68,7 @@ def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None) 
         hh = dict(zip(*point_hashes(have), strict=True))
         bad = sorted((i for i in ids if wh.get(i) != hh.get(i)), key=str)
         raise Abort(f"{len(bad)} of {len(ids)} changed ids differ between the two sides "
-                    f"after the drain (for example {bad[:5]})")
+                    f"{when} (for example {bad[:5]})")
 
 
 def rows_of(tables: list[pa.Table], ids: set[Any]) -> pa.Table | None:
@@ -92,7 +93,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
     Before the freeze: catch up (refusing to freeze while more than ``ready_lag`` changes
-    wait), confirm what was applied, pause followers and catch up once more, so the freeze
+    wait), confirm what was applied, catch up once more and pause followers, so the freeze
     drains only the writes of its last moments. Confirming uses the owner rows as the apply
     read them: an id written again after its read is in the log again, so it is drained and
     confirmed inside the freeze from a read made there."""
@@ -105,15 +106,16 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         return CutoverResult(unit.unit_id, False, 0.0, 0, _unfreeze_reason(left, ready_lag))
     settled = changed - set(router.call("peek_changes", unit.unit_id))
     try:
-        _confirm(sync, settled, rows_of(sync.seen, settled))
+        _confirm(sync, settled, rows_of(sync.seen, settled), "after the catch-up before the freeze")
     except Abort as why:
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
-    # Followers (of other units) pause for the freeze: on a small machine they compete for it.
-    router.call("quiet_followers", budget + 2.0)
     sync.seen = []
     _, last = sync.until(0, 0.5)
     last_rows = sync.seen
+    # Followers (of other units) pause for the freeze only: on a small machine they compete
+    # for it, and while they pause every other waiting unit falls behind.
+    router.call("quiet_followers", budget + 1.0, timeout_s=budget)
     start = time.perf_counter()
     drained: set[Any] = set()
 

@@ -222,12 +222,18 @@ class UnitWorker:
         if not taken:
             return
         ids = list(dict.fromkeys(i for unit_ids, _ in taken.values() for i in unit_ids))
+        started = time.monotonic()
         try:
             apply_ids(ids, owner, other, transform)
         except BaseException:
             self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
             raise
         self.router.call("ack_many", {u: seq for u, (_, seq) in taken.items()}, holder)
+        took = time.monotonic() - started
+        if took > 2 * FOLLOW_EVERY_S:
+            log.warning("worker %d follower: %d ids of %d units took %.2fs to apply; the owner's "
+                        "reads are slow (a LanceDB table with many fragments?)", self.index,
+                        len(ids), len(taken), took)
 
     def stop(self) -> None:
         self._stop.set()
