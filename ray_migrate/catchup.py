@@ -30,15 +30,16 @@ BATCH_IDS = 2000
 
 
 def apply_ids(ids: Sequence[Any], owner: Backend, other: Backend, transform: Transform,
-              seen: list[pa.Table] | None = None) -> tuple[int, int]:
+              seen: list[tuple[list[Any], pa.Table]] | None = None) -> tuple[int, int]:
     """Make ``other`` hold what ``owner`` holds for these ids. Returns (upserted, deleted).
-    ``seen`` collects the owner's rows as read (a cutover confirms against them)."""
+    ``seen`` collects each read of the owner, (ids asked, rows found): a cutover confirms
+    against them."""
     upserted = deleted = 0
     for i in range(0, len(ids), BATCH_IDS):
         chunk = list(ids[i:i + BATCH_IDS])
         rows = owner.fetch(chunk)
         if seen is not None:
-            seen.append(rows)
+            seen.append((chunk, rows))
         present = set(rows.column(ID).to_pylist())
         if rows.num_rows:
             other.upsert(transform.apply(rows))
@@ -60,7 +61,7 @@ class UnitSync:
     other: Backend
     transform: Transform
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
-    seen: list[pa.Table] | None = None  # when a list, the owner rows each step read
+    seen: list[tuple[list[Any], pa.Table]] | None = None  # when a list: the owner reads
 
     def step(self, limit: int = 10_000) -> tuple[list[Any], int]:
         """Apply one slice of the log; returns the ids applied and the lag left."""

@@ -71,14 +71,22 @@ def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None,
                     f"{when} (for example {bad[:5]})")
 
 
-def rows_of(tables: list[pa.Table], ids: set[Any]) -> pa.Table | None:
-    """The last row read for each of ``ids`` (an id that was read as absent has none).
-    None when nothing was read at all."""
-    if not tables:
+def rows_of(reads: list[tuple[list[Any], pa.Table]], ids: set[Any]) -> pa.Table | None:
+    """What the last read that asked for each of ``ids`` found: its row, or nothing when it
+    found the id absent (an id updated, then deleted, then read again has no row). ``reads``
+    are (ids asked, rows found) in read order. None when nothing was read at all."""
+    if not reads:
         return None
-    t = pa.concat_tables(tables)
-    last = {pid: i for i, pid in enumerate(t.column(ID).to_pylist()) if pid in ids}
-    return t.take(pa.array(sorted(last.values()), pa.int64()))
+    last: dict[Any, int | None] = {}
+    offset = 0
+    for asked, rows in reads:
+        found = {pid: offset + i for i, pid in enumerate(rows.column(ID).to_pylist())}
+        for pid in asked:
+            if pid in ids:
+                last[pid] = found.get(pid)
+        offset += rows.num_rows
+    table = pa.concat_tables([rows for _, rows in reads])
+    return table.take(pa.array(sorted(i for i in last.values() if i is not None), pa.int64()))
 
 
 def _unfreeze_reason(left: int, ready_lag: int) -> str:

@@ -240,10 +240,13 @@ def test_the_confirm_uses_the_last_read_of_each_asked_id():
     from ray_migrate.cutover import rows_of
 
     empty = pa.table({"id": pa.array([], pa.uint64()), "v": pa.array([], pa.int64())})
-    assert rows_of([empty], {1, 2}).num_rows == 0, "every id was a delete"
     first = pa.table({"id": pa.array([1, 2], pa.uint64()), "v": [10, 20]})
     again = pa.table({"id": pa.array([1], pa.uint64()), "v": [11]})
-    got = rows_of([first, again], {1, 2, 3})
-    assert sorted(zip(got["id"].to_pylist(), got["v"].to_pylist(), strict=True)) == [(1, 11), (2, 20)]
-    assert rows_of([first], {1})["id"].to_pylist() == [1], "ids not asked for are left out"
+    assert rows_of([([1, 2], empty)], {1, 2}).num_rows == 0, "every id was a delete"
+    got = rows_of([([1, 2, 3], first), ([1], again)], {1, 2, 3})
+    assert sorted(zip(got["id"].to_pylist(), got["v"].to_pylist(), strict=True)) == [
+        (1, 11), (2, 20)]
+    gone = rows_of([([1, 2], first), ([1], empty)], {1, 2})
+    assert gone["id"].to_pylist() == [2], "updated, then deleted: the last read found nothing"
+    assert rows_of([([1, 2], first)], {1})["id"].to_pylist() == [1], "only the ids asked for"
     assert rows_of([], {1}) is None
