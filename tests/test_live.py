@@ -391,3 +391,45 @@ def test_upkeep_compacts_the_target_while_live_but_never_during_a_cutover(ray_cl
         check(read_side(target), truth, set(TENANTS), "target after compaction")
     finally:
         m.close()
+
+
+def test_a_write_spanning_units_waits_only_for_the_frozen_one(ray_cluster, tmp_path):
+    """One upsert over two units: the unfrozen unit's point lands at once, the frozen unit's
+    point waits for the freeze to end, and the call returns once both have landed."""
+    from truth import read_lance
+
+    source, truth = seed("lancedb", tmp_path, n=40)
+    mid = f"span-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                              cutover={"mode": "manual"}))
+    m.start()
+    try:
+        m.prepare_units()
+        coll = RoutedCollection.connect(mid)
+        coll.router.call("set_phase", "tenant=t1", "frozen")
+        points = [{"id": 501, "vector": [0.25] * DIM, "payload": {"tenant": "t1", "v": 1}},
+                  {"id": 502, "vector": [0.5] * DIM, "payload": {"tenant": "t2", "v": 1}}]
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def upsert() -> None:
+            try:
+                coll.upsert(points)
+            except BaseException as err:  # noqa: BLE001 - checked below
+                errors.append(err)
+            done.set()
+
+        threading.Thread(target=upsert, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while 502 not in read_lance(source["uri"], "docs"):
+            assert time.monotonic() < deadline, "the unfrozen unit's point never landed"
+            time.sleep(0.05)
+        assert 501 not in read_lance(source["uri"], "docs"), "the frozen unit was written"
+        assert not done.is_set(), "the call returned before the frozen unit's write"
+        coll.router.call("set_phase", "tenant=t1", "ready")
+        assert done.wait(20) and not errors, errors
+        found = read_lance(source["uri"], "docs")
+        assert found[501][1] == points[0]["payload"] and found[502][1] == points[1]["payload"]
+        assert set(coll.router.call("peek_changes", "tenant=t1")) >= {501}, "captured"
+    finally:
+        m.close()
