@@ -283,13 +283,14 @@ class RoutingTable:
 
     def reserve(self, unit_id: str, holder: str, now: float | None = None) -> bool:
         """Hold the unit for ``holder`` (a cutover or rollback about to start): background
-        appliers stop taking its log. Returns whether the applier that may still hold the log
-        is done (``sync_holder`` free or ours); the caller waits for that before it drains.
-        A reservation lapses after a lease time, so a dead cutover never blocks catch-up."""
+        appliers stop taking its log. Returns whether the unit is now held for ``holder`` and
+        the applier that may still hold the log is done (``sync_holder`` free or ours); the
+        caller waits for that before it drains. False while another cutover holds it: a
+        reservation lapses after a lease time, so a cutover that died blocks nobody for long."""
         now = time.time() if now is None else now
         u = self.unit(unit_id)
         if self._reserved(u, holder, now):
-            raise TransitionError(f"unit {unit_id} is reserved by another cutover")
+            return False
         u.reserved_by, u.reserved_at = holder, now
         return u.sync_holder in (None, holder) or now - u.sync_since >= self.lease_s
 

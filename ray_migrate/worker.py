@@ -255,7 +255,8 @@ class UnitWorker:
         spec = UnitSpec.from_dict(unit)
         with self._reserved(spec.unit_id) as held:
             if not held:
-                return _result(spec, False, "a catch-up step on the unit did not end in time")
+                return _result(spec, False, "another cutover holds the unit, or a catch-up "
+                               "step on it did not end in time")
             return switch(spec)
 
     def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:

@@ -183,8 +183,7 @@ def test_a_reserved_or_frozen_unit_is_not_handed_to_followers():
     write(t, "a", [3], now=1)
     assert t.take_changes("a", holder="follower", now=1, background=True) == ([], -1)
     assert t.take_changes("a", holder="cut", now=1)[0] == [3], "the cutover itself drains"
-    with pytest.raises(TransitionError, match="reserved by another cutover"):
-        t.reserve("a", "cut2", now=1)
+    assert t.reserve("a", "cut2", now=1) is False, "another cutover holds it"
     t.release("a", "cut")
     t.set_phase("a", "frozen", now=2)
     write_ids = t.begin_write("b", [9], now=2)  # other units are not affected
@@ -201,6 +200,9 @@ def test_a_reservation_lapses_after_a_lease_time():
     assert t.reserve("a", "cut", now=0) is True
     assert t.take_changes("a", holder="f", now=1, background=True) == ([], -1)
     assert t.take_changes("a", holder="f", now=t.lease_s + 1, background=True)[0] == [1]
+    t.ack_changes("a", 0, holder="f")
+    assert t.reserve("a", "cut2", now=1) is False, "cut holds it"
+    assert t.reserve("a", "cut2", now=t.lease_s + 1) is True, "a dead cutover's hold lapses"
 
 
 def test_a_follower_takes_several_units_at_once_within_its_limit():
