@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+MANUAL_CATCH_UP_S = 120.0
 
 
 def wave_sizes(waves: list[int | str], n_units: int) -> list[int]:
@@ -142,6 +143,9 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
         chosen = [u for uid, u in units.items() if phases.get(uid) in wanted]
     results = {}
     for unit in chosen:
+        # In manual mode nothing followed the unit since `run` ended: work off the backlog
+        # first, so the attempts below only have the last changes to take.
+        worker.catch_up(unit.to_dict(), timeout_s=MANUAL_CATCH_UP_S)
         res: dict[str, Any] = {}
         for _ in range(m.cfg.cutover.max_attempts):
             res = getattr(worker, method)(unit.to_dict())

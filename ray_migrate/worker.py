@@ -167,14 +167,15 @@ class UnitWorker:
             sync.until(self.cfg.cutover.ready_lag, timeout_s=30)
         return verdict
 
-    def catch_up(self, unit: dict[str, Any]) -> dict[str, Any]:
-        """One catch-up pass: forward before cutover, back to the source after it."""
+    def catch_up(self, unit: dict[str, Any], timeout_s: float = 1.0) -> dict[str, Any]:
+        """Catch up for at most ``timeout_s``: forward before cutover, back to the source
+        after it."""
         spec = UnitSpec.from_dict(unit)
         phase = self._phase(spec.unit_id)
         if phase in ("catching_up", "ready"):
-            lag, _ = self._forward(spec).until(0, timeout_s=1)
+            lag, _ = self._forward(spec).until(0, timeout_s=timeout_s)
         elif phase == "target" and self.inverse is not None:
-            lag, _ = self._back(spec).until(0, timeout_s=1)
+            lag, _ = self._back(spec).until(0, timeout_s=timeout_s)
         else:
             lag = self.router.call("unit", spec.unit_id)["lag"]
         return {"unit_id": spec.unit_id, "phase": phase, "lag": lag}
