@@ -9,7 +9,8 @@ through ``RoutedCollection``: ``writers`` writer threads, each with its own clie
 (``Traffic``, ``batch`` points per upsert spread over every tenant, 10% single-id deletes),
 plus one reader at 20 searches/s; "before" for a few seconds,
 "during" the run, "after" for a few seconds once it returns. Runs: LanceDB -> LanceDB at 500
-writes/s (freeze, latency ratio, errors) and at 1,000 writes/s (catch-up lag), and with
+writes/s (freeze, latency ratio, errors), at 1,000 writes/s without the reader (catch-up lag)
+and with it (information), and with
 --qdrant Qdrant local -> LanceDB at 500 writes/s (informational). Exits 0 whatever the numbers
 are.
 
@@ -117,7 +118,7 @@ def source_upkeep(source: dict, every_s: float, stop: threading.Event) -> list[s
 
 def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rate: float,
              batch: int, settle_s: float, control_s: float | None = None,
-             source_compact_s: float = 0.0) -> dict[str, Any]:
+             source_compact_s: float = 0.0, read_rate: float = 20.0) -> dict[str, Any]:
     """One migration under traffic; with ``control_s``, the same traffic for that long with
     the router up but no migration (units stay on the source): the control run."""
     from ray_migrate.client import RoutedCollection
@@ -151,7 +152,8 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
             record_writes(coll, writes)
             traffics.append(Traffic(coll, [f"t{j}" for j in range(tenants)],
                                     rate / writers / ids_per_call,
-                                    20.0 if k == 0 else 0.0, first_new_id=10**9 + k * 10**8,
+                                    read_rate if k == 0 else 0.0,
+                                    first_new_id=10**9 + k * 10**8,
                                     seed=3 + k, batch=batch).start())
         threading.Thread(target=sampler, args=(m.router,), daemon=True).start()
         marks["before"] = time.monotonic()
@@ -221,6 +223,7 @@ def main() -> int:
                     help="the application compacts its LanceDB source this often (0: never)")
     ap.add_argument("--no-source-index", action="store_true",
                     help="leave the LanceDB source without its BTree index on id")
+    ap.add_argument("--reads", type=float, default=20.0, help="client searches per second")
     ap.add_argument("--rates", default="500,1000", help="client write rates to run")
     ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
     ap.add_argument("--qdrant", action="store_true", help="also Qdrant local -> LanceDB (info)")
@@ -282,16 +285,33 @@ def main() -> int:
                 "id", config=BTree())
         lsrc = {"kind": "lancedb", "uri": str(work / "src"), "table": "src"}
 
-        def run(mid: str, want: float, control_s: float | None = None) -> dict[str, Any]:
+        def run(mid: str, want: float, control_s: float | None = None,
+                reads: float | None = None) -> dict[str, Any]:
             for d in ("src", "target", "state"):  # every run starts from the same source
                 shutil.rmtree(work / d, ignore_errors=True)
             shutil.copytree(work / "pristine", work / "src")
             return live_run(mid, lsrc, work, a.tenants, a.writers, want, a.batch, settle,
-                            control_s, a.source_compact_s)
+                            control_s, a.source_compact_s,
+                            a.reads if reads is None else reads)
+
+        def lag_rows(tag: str, r: dict, rate: str, targets: bool) -> None:
+            ages = r["ages"]
+            row(f"{tag}: catch-up lag, age of oldest waiting change p50 / p99 / max (s; "
+                f"{len(ages)} samples of catching_up/ready units)", rate,
+                f"{pct(ages, 50):.2f} / {pct(ages, 99):.2f} / {max(ages, default=0):.2f}",
+                "p99 <= 1 s" if targets else "(info)", pct(ages, 99) <= 1.0 if targets else None)
+            for phase, pa_ in r["ages_by_phase"].items():
+                row(f"{tag}: catch-up lag while {phase} p50 / p99 (s; {len(pa_)} samples)",
+                    rate, f"{pct(pa_, 50):.2f} / {pct(pa_, 99):.2f}")
+            row(f"{tag}: waiting changes per unit p50 / p99 / max (entries)", rate,
+                f"{pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} / "
+                f"{max(r['lags'], default=0)}")
 
         for want in (int(x) for x in a.rates.split(",")):
             print(f"LanceDB -> LanceDB, {want} writes/s", flush=True)
-            r = run(f"live-l{want}-{stamp}", want)
+            # The lag run has writers only: 20 exact searches/s over both unindexed tables take
+            # most of a 2-core machine. The same run with them follows, for information.
+            r = run(f"live-l{want}-{stamp}", want, reads=None if want == 500 else 0.0)
             tag, rate = f"L→L @{want}/s", achieved(r, want)
             if want == 500:
                 common(tag, r, rate, targets=True)
@@ -304,18 +324,18 @@ def main() -> int:
                 row(f"{tag}: client write p99 during / control (the migration's own cost)",
                     rate, f"{during['p99'] / ctl['p99']:.2f}", "(info)")
             else:
-                ages = r["ages"]
-                row(f"{tag}: catch-up lag, age of oldest waiting change p50 / p99 / max (s; "
-                    f"{len(ages)} samples of catching_up/ready units)", rate,
-                    f"{pct(ages, 50):.2f} / {pct(ages, 99):.2f} / {max(ages, default=0):.2f}",
-                    "p99 <= 1 s", pct(ages, 99) <= 1.0)
-                for phase, pa_ in r["ages_by_phase"].items():
-                    row(f"{tag}: catch-up lag while {phase} p50 / p99 (s; {len(pa_)} samples)",
-                        rate, f"{pct(pa_, 50):.2f} / {pct(pa_, 99):.2f}")
-                row(f"{tag}: waiting changes per unit p50 / p99 / max (entries)", rate,
-                    f"{pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} / "
-                    f"{max(r['lags'], default=0)}")
+                tag = f"L→L @{want}/s, writes only"
+                lag_rows(tag, r, rate, targets=True)
                 common(tag, r, rate, targets=False)
+                if a.reads:
+                    print(f"LanceDB -> LanceDB, {want} writes/s and {a.reads:.0f} searches/s",
+                          flush=True)
+                    r2 = run(f"live-r{want}-{stamp}", want)
+                    tag2 = f"L→L @{want}/s with {a.reads:.0f} searches/s"
+                    lag_rows(tag2, r2, achieved(r2, want), targets=False)
+                    fz = r2["freeze"]
+                    row(f"{tag2}: units moved, freeze p99 (ms)", achieved(r2, want),
+                        f"{r2['moved']}/{r2['units']}, {pct(fz, 99):.0f}")
             row(f"{tag}: run_migration seconds (traffic 'during')", rate, f"{r['run_s']:.1f}")
             comp = r["source_compactions"]
             row(f"{tag}: the application's compactions of its source, done / conflicted", rate,
@@ -343,7 +363,8 @@ def main() -> int:
             f"through RoutedCollection from one process: {a.writers} writer threads, each with "
             "its own client (upserts of new and existing ids spread over every tenant, a "
             "repeated id kept once per upsert, 10% single-id deletes) and one reader (exact "
-            "top-10 search, 20/s). The LanceDB source "
+            f"top-10 search, {a.reads:.0f}/s; the 1,000 writes/s lag run has no reader, and "
+            "the same run with it follows for information). The LanceDB source "
             + ("has no index" if a.no_source_index else "has a BTree index on `id`, as a "
                "table that takes upserts by id would")
             + (f" and the application compacts it every {a.source_compact_s:.0f} s, as a "
