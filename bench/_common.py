@@ -77,6 +77,13 @@ def write_section(name: str, text: str) -> None:
     print(f"wrote the {name} section of {bm.name}")
 
 
+def publish(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's section; with ``write``, also put it into BENCHMARKS.md."""
+    print("\n" + text)
+    if write:
+        write_section(name, text)
+
+
 def run_script(main: Any) -> None:
     """Run a benchmark's main; a measurement script says what failed and still exits 0."""
     try:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import lance_source, machine, md_table, run_script, write_section
+from _common import lance_source, machine, md_table, publish, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -324,9 +324,7 @@ def main() -> int:
             "(finalize and verify are off). Ceilings: scan-only reads every point through the "
             "same hosted Qdrant proxy the workers use, without writing; write-only upserts the "
             "same canonical batches (batch size 1000) through LanceBackend.upsert.\n")
-    print("\n" + text)
-    if a.write:
-        write_section("Copy", text)
+    publish("Copy", text, a.write)
     return 0
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import lance_source, machine, md_table, run_script, write_section
+from _common import lance_source, machine, md_table, publish, run_script
 
 DIM = 64
 LAG_PHASES = ("catching_up", "ready")
@@ -380,9 +380,7 @@ def main() -> int:
             "client's record of the ids it wrote to that unit (the log is in write order). "
             "L→L latencies compare the same engine before and during; Q→L rows (--qdrant) "
             "are informational (Qdrant local mode, one process behind its hosting actor).\n")
-    print("\n" + text)
-    if a.write:
-        write_section("Live", text)
+    publish("Live", text, a.write)
     return 0
 
 

@@ -175,7 +175,8 @@ class RoutedCollection:
                 for owner, units in by_owner.items():
                     write(owner, units)
             finally:  # a failed write ends its leases too: its ids are in the log anyway
-                ends = self.router.call("end_writes", [le["token"] for le in granted.values()])
+                ends = self.router.call("end_writes", [le["token"] for le in granted.values()]
+                                        ) if granted else []
             for u, end in zip(granted, ends, strict=True):
                 if end["valid"]:
                     del pending[u]

@@ -54,8 +54,9 @@ def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None,
 
     The rest of the unit was verified equal before the freeze, up to the ids in the change
     log, and every one of those has now been drained: so this settles the whole unit.
-    ``owner_rows``: the owner's rows for these ids as the drain read them inside the freeze
-    (no write can change them there), so only the other side is read again."""
+    ``owner_rows``: the owner's rows for these ids as the catch-up or drain that applied them
+    read them (see ``switch_unit`` for why that is enough), so only the other side is read
+    again; None reads the owner too."""
     if not ids:
         return
     if owner_rows is None:
@@ -89,11 +90,6 @@ def rows_of(reads: list[tuple[list[Any], pa.Table]], ids: set[Any]) -> pa.Table 
     return table.take(pa.array(sorted(i for i in last.values() if i is not None), pa.int64()))
 
 
-def _unfreeze_reason(left: int, ready_lag: int) -> str:
-    return (f"{left} changes wait for catch-up (cutover.ready_lag is {ready_lag}): "
-            "not freezing yet")
-
-
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                 other: tuple[Backend, UnitSpec], transform: Transform, to_phase: str,
                 back_phase: str, max_freeze_ms: int, ready_lag: int) -> CutoverResult:
@@ -111,7 +107,9 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     steps: dict[str, float] = {}
     left, changed = sync.until(0, 1.0)
     if left > ready_lag:
-        return CutoverResult(unit.unit_id, False, 0.0, 0, _unfreeze_reason(left, ready_lag))
+        return CutoverResult(unit.unit_id, False, 0.0, 0,
+                             f"{left} changes wait for catch-up (cutover.ready_lag is "
+                             f"{ready_lag}): not freezing yet")
     settled = changed - set(router.call("peek_changes", unit.unit_id))
     try:
         _confirm(sync, settled, rows_of(sync.seen, settled), "after the catch-up before the freeze")

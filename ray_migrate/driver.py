@@ -20,7 +20,7 @@ from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.retry import with_retries
 from ray_migrate.router import RouterHandle, start_router
-from ray_migrate.state import StateStore
+from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.units import UnitSpec
 from ray_migrate.worker import NAMESPACE, start_workers
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 REPORT_KEY = "report.json"
 FINALIZED_KEY = "finalized.json"
-TARGET_KEY = "target.json"  # present when this migration created the target
 MAX_UNIT_ATTEMPTS = 3
 FOLLOWER_PAUSE_S = 30.0
 VERDICT_KEYS = ("source_count", "target_count", "source_checksum", "target_checksum", "equal",

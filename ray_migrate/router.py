@@ -173,7 +173,7 @@ class Router:
             await asyncio.sleep(0.005)
         return True
 
-    async def lags(self) -> dict[str, tuple[str, int, bool, Any]]:
+    async def lags(self) -> dict[str, tuple[str, int, bool]]:
         return self.table.lags()
 
     async def peek_changes(self, unit_id: str) -> list[Any]:

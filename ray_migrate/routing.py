@@ -311,10 +311,10 @@ class RoutingTable:
         return any(u.sync_background and u.sync_holder is not None
                    and now - u.sync_since < self.lease_s for u in self.units.values())
 
-    def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool, Any]]:
-        """Per unit (phase, waiting entries, reserved, tenant value): what followers poll."""
+    def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool]]:
+        """Per unit (phase, waiting entries, reserved): what followers poll."""
         now = time.time() if now is None else now
-        return {k: (u.phase, len(u.log), self._reserved(u, None, now), u.value)
+        return {k: (u.phase, len(u.log), self._reserved(u, None, now))
                 for k, u in self.units.items()}
 
     # --- persistence ----------------------------------------------------------------------

@@ -18,6 +18,8 @@ import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
 
+TARGET_KEY = "target.json"  # present when this migration created the target
+
 
 def safe_name(key: str) -> str:
     """A file name for any unit id (tenant values may hold '/', spaces, unicode)."""

@@ -56,7 +56,7 @@ class TargetUpkeep:
         while not self._stop.wait(self.every_s):
             try:
                 rows = m.router.call("lags").values()
-                if any(phase == "frozen" or reserved for phase, _, reserved, _ in rows):
+                if any(phase == "frozen" or reserved for phase, _, reserved in rows):
                     continue  # a cutover is about to run or runs: leave it the machine
                 done = target.maintain(m.cfg.lance)
                 if done:

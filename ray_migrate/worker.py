@@ -24,7 +24,7 @@ from ray_migrate.cutover import switch_unit
 from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.router import RouterHandle, get_router
-from ray_migrate.state import StateStore
+from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 from ray_migrate.verify import verify_unit
@@ -64,7 +64,6 @@ class UnitWorker:
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
         self._switching = threading.Event()  # a cutover runs here: the follower pauses
-        self._stop = threading.Event()
         if follow:
             threading.Thread(target=self._follow, daemon=True, name="rm-follower").start()
 
@@ -117,7 +116,7 @@ class UnitWorker:
                 raise TerminalError(f"unit {uid}: writes from before capture never ended")
             router.call("set_phase", uid, "copying")
         if self._phase(uid) == "copying":
-            fresh = self.store.read("target.json") is not None
+            fresh = self.store.read(TARGET_KEY) is not None
             result = copy_unit(spec, self.source, self.target, self.forward, self.store,
                                self.cfg.copy_cfg, on_batch=self._progress(uid),
                                fresh_target=fresh)
@@ -197,17 +196,18 @@ class UnitWorker:
         none while a cutover has reserved or frozen the unit, so a cutover never waits behind
         a follower. Errors are logged and retried: an unapplied change stays in the log."""
         holder = f"follower:{self.index}:{uuid.uuid4().hex[:8]}"
-        self._stop.wait(FOLLOW_EVERY_S * (self.index % 4) / 4)  # workers take turns
-        while not self._stop.wait(FOLLOW_EVERY_S):
+        time.sleep(FOLLOW_EVERY_S * (self.index % 4) / 4)  # workers take turns
+        while True:  # a daemon thread: it ends with the actor
+            time.sleep(FOLLOW_EVERY_S)
             if self._switching.is_set():
                 continue
             try:
                 rows = self.router.call("lags")
                 # Not catching_up: a verify may be running, and an apply between its scans of
                 # the two sides would show as a difference the log no longer explains.
-                forward = [u for u, (phase, lag, reserved, _) in rows.items()
+                forward = [u for u, (phase, lag, reserved) in rows.items()
                            if phase == "ready" and lag and not reserved]
-                back = [u for u, (phase, lag, reserved, _) in rows.items()
+                back = [u for u, (phase, lag, reserved) in rows.items()
                         if phase == "target" and lag and not reserved]
                 if forward:
                     self._follow_step(forward, self.source, self.target, self.forward, holder)
@@ -215,7 +215,7 @@ class UnitWorker:
                     self._follow_step(back, self.target, self.source, self.inverse, holder)
             except Exception as err:  # noqa: BLE001 - the log keeps what was not applied
                 log.warning("worker %d follower: %s: %s", self.index, type(err).__name__, err)
-                self._stop.wait(1.0)
+                time.sleep(1.0)
 
     def _follow_step(self, units: list[str], owner: Backend, other: Backend,
                      transform: Transform, holder: str) -> None:
@@ -235,9 +235,6 @@ class UnitWorker:
             log.warning("worker %d follower: %d ids of %d units took %.2fs to apply; the owner's "
                         "reads are slow (a LanceDB table with many fragments?)", self.index,
                         len(ids), len(taken), took)
-
-    def stop(self) -> None:
-        self._stop.set()
 
     @contextmanager
     def _reserved(self, unit_id: str) -> Iterator[bool]:

@@ -344,7 +344,7 @@ def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
         for p in batch:
             truth[p["id"]] = (np.asarray(p["vector"], np.float32).tobytes(), p["payload"])
         deadline = time.monotonic() + 60
-        while any(lag for _, lag, _, _ in coll.router.call("lags").values()):
+        while any(lag for _, lag, _ in coll.router.call("lags").values()):
             assert time.monotonic() < deadline, coll.router.call("lags")
             time.sleep(0.1)
         check(read_side(target), truth, set(TENANTS), "target while units wait")
