@@ -117,16 +117,20 @@ def source_upkeep(source: dict, every_s: float, stop: threading.Event) -> list[s
 
 
 def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rate: float,
-             batch: int, settle_s: float, control_s: float | None = None,
-             source_compact_s: float = 0.0, read_rate: float = 20.0) -> dict[str, Any]:
+             batch: int, periods: tuple[float, float, float],
+             control_s: float | None = None,
+             source_compact_s: float = 0.0, read_rate: float = 20.0,
+             id_space: int | None = None) -> dict[str, Any]:
     """One migration under traffic; with ``control_s``, the same traffic for that long with
-    the router up but no migration (units stay on the source): the control run."""
+    the router up but no migration (units stay on the source): the control run.
+    ``periods``: seconds of warm-up (traffic, not measured), of 'before' and of 'after'."""
     from ray_migrate.client import RoutedCollection
     from ray_migrate.driver import Migration, release_local_stores, run_migration
     from ray_migrate.router import get_router
     from ray_migrate.traffic import Traffic
 
     cfg = make_cfg(mid, source, work)
+    warmup_s, before_s, after_s = periods
     writes: dict[str, list[tuple[float, int]]] = defaultdict(list)
     samples: list[tuple[str, int, float, str]] = []  # (unit, lag entries, age s, phase)
     marks: dict[str, float] = {}
@@ -150,14 +154,18 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         for k in range(writers):
             coll = RoutedCollection.connect(mid)
             record_writes(coll, writes)
-            traffics.append(Traffic(coll, [f"t{j}" for j in range(tenants)],
-                                    rate / writers / ids_per_call,
-                                    read_rate if k == 0 else 0.0,
-                                    first_new_id=10**9 + k * 10**8,
-                                    seed=3 + k, batch=batch).start())
+            t = Traffic(coll, [f"t{j}" for j in range(tenants)],
+                        rate / writers / ids_per_call, read_rate if k == 0 else 0.0,
+                        first_new_id=10**9 + k * 10**8, seed=3 + k, batch=batch,
+                        id_space=id_space)
+            t.mark("warmup")
+            traffics.append(t.start())
         threading.Thread(target=sampler, args=(m.router,), daemon=True).start()
+        time.sleep(warmup_s)  # the source reaches its steady state: fragments, compactions
         marks["before"] = time.monotonic()
-        time.sleep(settle_s)
+        for t in traffics:
+            t.mark("before")
+        time.sleep(before_s)
         marks["during"] = time.monotonic()
         for t in traffics:
             t.mark("during")
@@ -176,7 +184,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
             t.mark("after")
         router = get_router(mid)
         status = {r["unit_id"]: r for r in router.call("status")["units"]}
-        time.sleep(settle_s)
+        time.sleep(after_s)
         marks["end"] = time.monotonic()
     finally:
         stop.set()
@@ -193,7 +201,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         ids = sum(n for w in writes.values() for t, n in w if marks[name] <= t < marks[nxt])
         lat = [x * 1000 for t in traffics for x in t.latency[("write", name)]]
         rd = [x * 1000 for t in traffics for x in t.latency[("read", name)]]
-        return {"s": secs, "ids_s": ids / secs, "calls_s": len(lat) / secs,
+        return {"s": secs, "ids_s": ids / secs, "calls_s": len(lat) / secs, "n": len(lat),
                 "p50": pct(lat, 50), "p99": pct(lat, 99), "read_p99": pct(rd, 99)}
 
     rows = report.units
@@ -223,16 +231,24 @@ def main() -> int:
                     help="the application compacts its LanceDB source this often (0: never)")
     ap.add_argument("--no-source-index", action="store_true",
                     help="leave the LanceDB source without its BTree index on id")
+    ap.add_argument("--grow", action="store_true", help="half of every upsert is new ids, so "
+                    "the collection grows; by default writes draw ids from the seeded ones "
+                    "(updates, deletes, re-inserts) and its size stays put")
     ap.add_argument("--reads", type=float, default=20.0, help="client searches per second")
     ap.add_argument("--rates", default="500,1000", help="client write rates to run")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds of traffic before "
+                    "'before' starts, not measured: the source reaches its steady state")
+    ap.add_argument("--before", type=float, default=20.0, help="seconds of 'before'")
+    ap.add_argument("--after", type=float, default=5.0, help="seconds of 'after'")
     ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
     ap.add_argument("--qdrant", action="store_true", help="also Qdrant local -> LanceDB (info)")
     ap.add_argument("--write", action="store_true", help="replace the Live section of "
                     "BENCHMARKS.md with this run")
     a = ap.parse_args()
-    settle = 5.0
     if a.quick:
-        a.points, settle = 3_000, 2.0
+        a.points, a.warmup, a.before, a.after = 3_000, 2.0, 2.0, 2.0
+    periods = (a.warmup, a.before, a.after)
+    id_space = None if a.grow else a.points
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_migrate.demo import seed_qdrant
     from ray_migrate.driver import connect
@@ -257,7 +273,8 @@ def main() -> int:
             f"{pct(fz, 50):.0f} / {p99:.0f} / {max(fz, default=0):.0f}",
             "p99 <= 100 ms" if targets else "(info)", p99 <= 100 if targets else None)
         b, d, f = (r["periods"][p] for p in ("before", "during", "after"))
-        row(f"{tag}: client write p50 / p99 (ms) before · during · after", rate,
+        row(f"{tag}: client write p50 / p99 (ms) before · during · after ({b['n']} · "
+            f"{d['n']} · {f['n']} writes)", rate,
             f"{b['p50']:.0f}/{b['p99']:.0f} · {d['p50']:.0f}/{d['p99']:.0f} · "
             f"{f['p50']:.0f}/{f['p99']:.0f}")
         ratio = d["p99"] / b["p99"]
@@ -290,9 +307,9 @@ def main() -> int:
             for d in ("src", "target", "state"):  # every run starts from the same source
                 shutil.rmtree(work / d, ignore_errors=True)
             shutil.copytree(work / "pristine", work / "src")
-            return live_run(mid, lsrc, work, a.tenants, a.writers, want, a.batch, settle,
+            return live_run(mid, lsrc, work, a.tenants, a.writers, want, a.batch, periods,
                             control_s, a.source_compact_s,
-                            a.reads if reads is None else reads)
+                            a.reads if reads is None else reads, id_space)
 
         def lag_rows(tag: str, r: dict, rate: str, targets: bool) -> None:
             ages = r["ages"]
@@ -348,7 +365,7 @@ def main() -> int:
                 shutil.rmtree(work / d, ignore_errors=True)
             qsrc = {"kind": "qdrant", "path": str(qpath), "collection": "docs"}
             r = live_run(f"live-q500-{stamp}", qsrc, work, a.tenants, a.writers, 500, a.batch,
-                         settle)
+                         periods, id_space=id_space)
             common("Q→L @500/s (info)", r, achieved(r, 500), targets=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -361,8 +378,12 @@ def main() -> int:
             "Each run: run_migration (2 workers, waves [1, \"25%\", \"100%\"], pause_s 2, "
             "max_freeze_ms 500, max_attempts 2 to bound the run) with client traffic "
             f"through RoutedCollection from one process: {a.writers} writer threads, each with "
-            "its own client (upserts of new and existing ids spread over every tenant, a "
-            "repeated id kept once per upsert, 10% single-id deletes) and one reader (exact "
+            "its own client ("
+            + ("upserts of new and existing ids spread over every tenant, so the collection "
+               "grows" if a.grow else "upserts of ids drawn at random from the seeded ids, "
+               "spread over every tenant: updates, and re-inserts of deleted ids, so the "
+               "collection keeps its size and 'before' and 'during' see the same table")
+            + "; a repeated id kept once per upsert, 10% single-id deletes) and one reader (exact "
             f"top-10 search, {a.reads:.0f}/s; the 1,000 writes/s lag run has no reader, and "
             "the same run with it follows for information). The LanceDB source "
             + ("has no index" if a.no_source_index else "has a BTree index on `id`, as a "
@@ -370,9 +391,11 @@ def main() -> int:
             + (f" and the application compacts it every {a.source_compact_s:.0f} s, as a "
                "LanceDB table under steady writes needs (in the control run too)"
                if a.source_compact_s > 0 else ", never compacted")
-            + ". 'before' is the first "
-            f"{settle:.0f} s after the router starts (the migration waits for it), 'during' "
-            f"lasts until run_migration returns, 'after' {settle:.0f} s more. Freeze per unit is "
+            + f". Client traffic starts once the router is up and the migration waits: "
+            f"{a.warmup:.0f} s of warm-up, not measured (the source reaches its steady state of "
+            f"fragments and compactions; a fresh table is faster than any later one), then "
+            f"'before' for {a.before:.0f} s; 'during' lasts until run_migration returns, "
+            f"'after' {a.after:.0f} s more. Freeze per unit is "
             "the longest freeze of the unit (router) or of its successful cutover (report); "
             "with one value per unit, p99 is about the maximum. Catch-up lag is the age of the "
             "oldest change waiting in a unit's log: the router's entry count, sampled every "

@@ -77,8 +77,8 @@ class UnitSync:
         return ids, self.router.call("ack_changes", uid, seq, self.holder)
 
     def until(self, lag: int, timeout_s: float, limit: int = 10_000) -> tuple[int, set[Any]]:
-        """Step until at most ``lag`` changes wait, or none is ready to apply (its write is
-        still under way, or another applier holds the log), or time is up.
+        """Step until at most ``lag`` changes wait or time is up. While none is ready to apply
+        (their writes are still under way, or another applier holds the log) it polls.
         Returns (lag, ids applied)."""
         deadline = time.monotonic() + timeout_s
         applied: set[Any] = set()

@@ -1,10 +1,11 @@
 """Cutover (and rollback) of one unit behind a short write freeze.
 
 Step 1: freeze the unit: new writes wait at the router.
-Step 2: wait until every write already under way has ended (its lease closed).
-Step 3: drain the last captured changes to the new owner's side.
-Step 4: confirm the drained ids: as many on both sides, with the same content.
-Step 5: flip the owner, which also lifts the freeze.
+Step 2: drain the captured changes of the writes that have ended to the new owner's side.
+Step 3: confirm the drained ids: as many on both sides, with the same content.
+Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
+to step 2 instead. Writes still under way are not waited for: the router fences them (see
+``routing``), and their clients write again to the new owner.
 If any step fails, or the freeze would last longer than ``max_freeze_ms``, the freeze is lifted
 and the unit stays with its owner; the caller catches up and tries again later.
 """
@@ -126,35 +127,49 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     drained: set[Any] = set()
 
     def lap(name: str) -> None:
-        steps[name] = (time.perf_counter() - start) * 1000 - sum(steps.values())
+        total = (time.perf_counter() - start) * 1000
+        steps[name] = steps.get(name, 0.0) + total - sum(steps.values())
+
+    def over(what: str) -> None:
+        ms = (time.perf_counter() - start) * 1000
+        if ms > max_freeze_ms:
+            raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
+                        f"{what}")
 
     # Step 1: freeze.
     router.call("set_phase", unit.unit_id, "frozen")
     lap("freeze")
     try:
-        # Step 2: writes under way end first (a stale writer is fenced at end_write anyway).
-        if not router.call("wait_leases", unit.unit_id, None, budget):
-            raise Abort("writes were still under way when the freeze budget ran out")
-        lap("leases")
-        # Step 3: drain, keeping the owner's rows as read.
-        sync.seen = []
-        left, drained = sync.until(0, max(budget - (time.perf_counter() - start), 0.0),
-                                   limit=DRAIN_STEP)
-        if left:
-            raise Abort(f"{left} changes still waiting when the freeze budget ran out")
-        lap("drain")
-        # Step 4: confirm the drained ids and those of the last catch-up, against the rows
-        # read (the owner does not change during the freeze).
-        early = last - drained
-        parts = [t for t in (rows_of(last_rows, early), rows_of(sync.seen, drained)) if t]
-        _confirm(sync, drained | early, pa.concat_tables(parts) if parts else None)
-        lap("confirm")
+        early = last
+        while True:
+            # Step 2: drain the changes of every write that has ended. Writes still under way
+            # are not waited for: at the flip they are fenced and write again to the new owner.
+            sync.seen = []
+            now: set[Any] = set()
+            while True:
+                ids, _ = sync.step(DRAIN_STEP)
+                if not ids:
+                    break
+                now.update(ids)
+                over(f"with {len(now)} ids drained")
+            drained |= now
+            lap("drain")
+            # Step 3: confirm them and those of the last catch-up, against the rows read
+            # (no write of theirs can land on the owner now: the drained writes have ended).
+            early -= now
+            parts = [t for t in (rows_of(last_rows, early), rows_of(sync.seen, now)) if t]
+            _confirm(sync, now | early, pa.concat_tables(parts) if parts else None)
+            early = set()
+            lap("confirm")
+            over("after the confirm")
+            # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
+            # freeze.
+            if router.call("flip", unit.unit_id, to_phase):
+                break
+            lap("flip")
+            if not now:
+                time.sleep(0.002)
         freeze_ms = (time.perf_counter() - start) * 1000
-        if freeze_ms > max_freeze_ms:
-            raise Abort(f"the freeze would last {freeze_ms:.0f} ms (max_freeze_ms "
-                        f"{max_freeze_ms})")
-        # Step 5: flip (this lifts the freeze).
-        router.call("set_phase", unit.unit_id, to_phase)
     except Abort as why:
         router.call("set_phase", unit.unit_id, back_phase)
         freeze_ms = (time.perf_counter() - start) * 1000
@@ -168,6 +183,6 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         router.call("pause_followers", 0)
     lap("flip")
     log.info("unit %s: %s after a %.0f ms freeze (%d ids drained, %d caught up just before; "
-             "ms per step %s)", unit.unit_id, to_phase, freeze_ms, len(drained), len(early),
+             "ms per step %s)", unit.unit_id, to_phase, freeze_ms, len(drained), len(last),
              {k: round(v, 1) for k, v in steps.items()})
     return CutoverResult(unit.unit_id, True, freeze_ms, len(drained), steps_ms=steps)

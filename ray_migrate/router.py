@@ -103,6 +103,13 @@ class Router:
         self._persist()
         return epoch
 
+    async def flip(self, unit_id: str, phase: str) -> bool:
+        """``RoutingTable.flip``: False when a write ended since the drain (drain again)."""
+        if not self.table.flip(unit_id, phase):  # type: ignore[arg-type]
+            return False
+        self._persist()
+        return True
+
     async def set_phases(self, unit_ids: list[str], phase: str) -> int:
         for u in unit_ids:
             self.table.set_phase(u, phase)  # type: ignore[arg-type]

@@ -9,10 +9,12 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   only hold too much, never too little.
 - Capture starts when a unit leaves ``source``; the copy scan waits until every lease issued
   before that has ended (``leases_before``), so no uncaptured write can land during the scan.
-- A freeze stops new leases, then waits for the open ones to end; only then is the last change
-  drained and the owner flipped. A lease that outlives the freeze (a client paused past its
-  lease time) is told at ``end_write`` that the owner changed, and the client writes again to
-  the new owner: it is fenced, not lost.
+- A freeze stops new leases; the changes of the writes that have ended are drained and the
+  owner flips (``flip``) only when no ended write is left undrained, checked in the same step.
+  Writes still under way are not waited for: they are fenced. ``end_write`` tells them the
+  owner changed, and the client writes again to the new owner before it acknowledges, so an
+  in-flight write is never acknowledged from the old owner alone. Their log entries stay, so
+  the old owner is synced to the new one's value afterwards (the rollback window).
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
   order-free and delete-safe.
 """
@@ -139,6 +141,26 @@ class RoutingTable:
             u.log.clear()
         u.phase = phase
         return self._bump()
+
+    def settled(self, unit_id: str, now: float | None = None) -> int:
+        """Entries of the unit's log whose write has ended (or repair entries): what a drain
+        must still apply before the owner may flip."""
+        now = time.time() if now is None else now
+        self._expire(now)
+        return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
+
+    def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
+        """End a freeze by flipping the owner (``phase`` target or rolled_back), unless a write
+        ended since the drain: its entry is settled and not applied, and after a flip it would
+        be synced the wrong way. Then False: drain again. Entries of writes still under way
+        are fine: their clients are fenced at ``end_write`` and write again to the new owner."""
+        u = self.unit(unit_id)
+        if u.phase != "frozen":
+            raise TransitionError(f"unit {unit_id}: flip needs a frozen unit, not {u.phase}")
+        if self.settled(unit_id, now):
+            return False
+        self.set_phase(unit_id, phase, now)
+        return True
 
     def update_progress(self, unit_id: str, copied: int | None = None, total: int | None = None,
                         error: str | None = None) -> None:

@@ -21,12 +21,16 @@ log = logging.getLogger(__name__)
 class Traffic:
     def __init__(self, coll: Any, tenants: list[str], write_rate: float = 50.0,
                  read_rate: float = 20.0, first_new_id: int = 10**9, seed: int = 3,
-                 batch: int = 1):
+                 batch: int = 1, id_space: int | None = None):
         self.coll = coll
         self.dim = coll.info.vectors[0].dim
         self.tenants = tenants
         self.rates = {"write": write_rate, "read": read_rate}
         self.batch = batch
+        # With an id space, writes draw their ids from 0..id_space-1: updates, deletes and
+        # re-inserts of deleted ids in a collection whose size stays put. Without one, half of
+        # every upsert is new ids and the collection grows.
+        self.id_space = id_space
         self.period = "before"
         self.latency: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.errors: list[str] = []
@@ -52,6 +56,13 @@ class Traffic:
 
     def _write(self) -> None:
         rng = self._rng
+        if self.id_space:
+            if rng.random() < 0.1:
+                self.coll.delete([int(rng.integers(self.id_space))])
+            else:
+                self.coll.upsert([self._point(int(pid))
+                                  for pid in rng.integers(self.id_space, size=self.batch)])
+            return
         if self._ids and rng.random() < 0.1:
             self.coll.delete([self._ids.pop(int(rng.integers(len(self._ids))))])
             return
@@ -62,10 +73,13 @@ class Traffic:
             else:
                 pid, self._next_id = self._next_id, self._next_id + 1
                 self._ids.append(pid)
-            points.append({"id": pid, "vector": rng.standard_normal(self.dim).tolist(),
-                           "payload": {"tenant": self.tenants[pid % len(self.tenants)],
-                                       "title": f"live {pid}", "rank": int(rng.integers(1000))}})
+            points.append(self._point(pid))
         self.coll.upsert(points)
+
+    def _point(self, pid: int) -> dict[str, Any]:
+        return {"id": pid, "vector": self._rng.standard_normal(self.dim).tolist(),
+                "payload": {"tenant": self.tenants[pid % len(self.tenants)],
+                            "title": f"live {pid}", "rank": int(self._rng.integers(1000))}}
 
     def _read(self) -> None:
         self.coll.search(self._rng.standard_normal(self.dim).tolist(), k=10)

@@ -433,3 +433,65 @@ def test_a_write_spanning_units_waits_only_for_the_frozen_one(ray_cluster, tmp_p
         assert set(coll.router.call("peek_changes", "tenant=t1")) >= {501}, "captured"
     finally:
         m.close()
+
+
+class Gated:
+    """The real backend, whose upserts wait at a gate: a client write kept under way."""
+
+    def __init__(self, real: Any):
+        self.real, self.entered, self.gate = real, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def upsert(self, table: pa.Table) -> Any:
+        self.entered.set()
+        assert self.gate.wait(60), "the gate was never opened"
+        return self.real.upsert(table)
+
+
+def test_cutover_fences_a_write_under_way_instead_of_waiting_for_it(ray_cluster, tmp_path):
+    """A write that has its lease but has not landed yet does not hold the freeze: the unit
+    flips while the write is stuck. Once it lands on the old owner, the client is told the
+    owner changed and writes the point again to the new one before it returns."""
+    from truth import read_lance
+
+    from ray_migrate.worker import UnitWorker
+
+    source, truth = seed("lancedb", tmp_path, n=40)
+    target = other_side("lancedb", tmp_path)
+    mid = f"fence-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, target,
+                              cutover={"mode": "manual", "write_lease_s": 60.0}))
+    m.start()
+    try:
+        m.prepare_units()
+        coll = RoutedCollection.connect(mid)
+        gated = coll.backends["source"] = Gated(coll.backends["source"])
+        point = {"id": 601, "vector": [0.125] * DIM, "payload": {"tenant": "t1", "v": 3}}
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def upsert() -> None:
+            try:
+                coll.upsert([point])
+            except BaseException as err:  # noqa: BLE001 - checked below
+                errors.append(err)
+            done.set()
+
+        threading.Thread(target=upsert, daemon=True).start()
+        assert gated.entered.wait(20), "the write never reached the source"
+        unit = next(u for u in m.units() if u.unit_id == "tenant=t1")
+        res = UnitWorker(m.cfg, m.plan.to_dict()).cutover(unit.to_dict())
+        assert res["ok"], res
+        assert not done.is_set(), "the cutover waited for the write under way"
+        assert coll.router.call("unit", "tenant=t1")["owner"] == "target"
+        gated.gate.set()
+        assert done.wait(30) and not errors, errors
+        for where, ep in (("target", target), ("source", source)):
+            found = read_lance(ep["uri"], "docs")
+            assert found[601][0]["vector"] == np.asarray(point["vector"], np.float32).tobytes()
+            assert found[601][1] == point["payload"], where
+        assert 601 in coll.router.call("peek_changes", "tenant=t1"), "synced back later"
+    finally:
+        m.close()

@@ -86,6 +86,31 @@ def test_frozen_unit_makes_writers_wait_and_flip_fences_stale_leases():
     assert fresh["owner"] == "target" and t.end_write(fresh["token"])["valid"]
 
 
+def test_flip_waits_for_no_write_but_refuses_an_undrained_ended_one():
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p)
+    under_way = t.begin_write("a", [1], now=0)
+    ended = t.begin_write("a", [2], now=0)
+    t.set_phase("a", "frozen", now=0)
+    t.end_write(ended["token"])  # ended after the freeze, before the drain
+    with pytest.raises(TransitionError, match="needs a frozen unit"):
+        t.flip("b", "target", now=0)
+    assert t.settled("a", now=0) == 1
+    assert t.flip("a", "target", now=0) is False, "id 2 is on the source only: drain it first"
+    ids, seq = t.take_changes("a", now=0)
+    assert ids == [2]
+    t.ack_changes("a", seq)
+    late = t.begin_write("a", [3], now=0)
+    assert late["status"] == "wait"
+    assert t.flip("a", "target", now=0) is True, "a write under way does not hold the flip"
+    assert t.unit("a").owner == "target"
+    # The write under way is fenced: told to write again to the new owner. Its entry stays,
+    # so the source is synced back to the target's value of id 1 once it has ended.
+    assert t.end_write(under_way["token"])["valid"] is False
+    assert t.take_changes("a", now=0)[0] == [1]
+
+
 def test_expired_leases_stop_counting():
     t = table()
     t.begin_write("a", [1], now=0)
