@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
@@ -43,6 +44,8 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 FREEZE_WAIT_S = 30.0
+# write(owner, unit ids) -> per unit, (what was written, its size in bytes)
+Write = Callable[[str, list[str]], dict[str, tuple[Any, int]]]
 
 
 def similarity(score: float, distance: str, higher_is_better: bool) -> float:
@@ -157,12 +160,12 @@ class RoutedCollection:
         return table
 
     # --- writes ---------------------------------------------------------------------------
-    def _leased(self, parts: dict[str, tuple[list[Any], Any]],
-                write: Callable[[str, list[str]], None]) -> None:
+    def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
         """Write the ids of several units: one lease call for all of them, one backend write
-        per owner (``write(owner, unit_ids)``), one call to end the leases; units whose owner
-        changed meanwhile are written again to the new one, frozen units after their freeze.
-        ``parts``: unit id -> (its ids, its tenant value)."""
+        per owner (``write(owner, unit_ids)``, which returns what it wrote per unit), one call
+        to end the leases, handing the router what was written (see ``routing.Carried``);
+        units whose owner changed meanwhile are written again to the new one, frozen units
+        after their freeze. ``parts``: unit id -> (its ids, its tenant value)."""
         pending = dict(parts)
         deadline = time.monotonic() + FREEZE_WAIT_S
         while pending:
@@ -174,11 +177,13 @@ class RoutedCollection:
             by_owner: dict[str, list[str]] = defaultdict(list)
             for u, le in granted.items():
                 by_owner[le["owner"]].append(u)
+            written: dict[str, tuple[Any, int]] = {}
             try:
-                self._write_owners(by_owner, write)
+                self._write_owners(by_owner, write, written)
             finally:  # a failed write ends its leases too: its ids are in the log anyway
-                ends = self.router.call("end_writes", [le["token"] for le in granted.values()]
-                                        ) if granted else []
+                ends = self.router.call(
+                    "end_writes", [le["token"] for le in granted.values()],
+                    {granted[u]["token"]: w for u, w in written.items()}) if granted else []
             for u, end in zip(granted, ends, strict=True):
                 if end["valid"]:
                     del pending[u]
@@ -190,16 +195,23 @@ class RoutedCollection:
                     raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
                 time.sleep(0.003)
 
-    def _write_owners(self, by_owner: dict[str, list[str]],
-                      write: Callable[[str, list[str]], None]) -> None:
+    def _write_owners(self, by_owner: dict[str, list[str]], write: Write,
+                      written: dict[str, tuple[Any, int]]) -> None:
         """One write per owner; while units of one write have different owners (the middle of
         a migration) both engine writes run at once, so a write costs the slower of the two
-        rather than their sum. Every part ends before the first error is raised."""
+        rather than their sum. Every part ends before the first error is raised. ``written``
+        gets, per unit of a write that succeeded on an owner whose reads return exactly what
+        was written, (what was written, its size): appliers of the log may use it."""
+        def one(owner: str, units: list[str]) -> None:
+            out = write(owner, units)
+            if self.backends[owner].capabilities.reads_back_writes:
+                written.update(out)
+
         if len(by_owner) < 2:
             for owner, units in by_owner.items():
-                write(owner, units)
+                one(owner, units)
             return
-        futures = [self._pool.submit(write, owner, units) for owner, units in by_owner.items()]
+        futures = [self._pool.submit(one, owner, units) for owner, units in by_owner.items()]
         errors = [e for e in (f.exception() for f in futures) if e is not None]
         if errors:
             raise errors[0]
@@ -215,9 +227,15 @@ class RoutedCollection:
             rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
 
-        def write(owner: str, units: list[str]) -> None:
-            part = table.take(sorted(i for u in units for i in rows[u]))
-            self.backends[owner].upsert(self._side(owner, part))
+        def write(owner: str, units: list[str]) -> dict[str, tuple[Any, int]]:
+            side = self._side(owner, table.take([i for u in units for i in rows[u]]))
+            self.backends[owner].upsert(side)
+            out = {}
+            for u in units:  # each unit's rows as written (by id: a transform may reorder)
+                unit_ids = pa.array([ids[i] for i in rows[u]], side.column(ID).type)
+                part = side.filter(pc.is_in(side.column(ID), value_set=unit_ids))
+                out[u] = (("upsert", part), part.nbytes)
+            return out
 
         self._leased({u: ([ids[i] for i in r], values[u]) for u, r in rows.items()}, write)
         return table.num_rows
@@ -226,9 +244,10 @@ class RoutedCollection:
         ids = [self._check_id(i) for i in ids]
         located = self._locate(ids)
 
-        def write(owner: str, units: list[str]) -> None:
+        def write(owner: str, units: list[str]) -> dict[str, tuple[Any, int]]:
             self.backends[owner].delete(list(dict.fromkeys(i for u in units
                                                            for i in located[u])))
+            return {u: (("delete", located[u]), 16 * len(located[u])) for u in units}
 
         self._leased({u: (unit_ids, None) for u, unit_ids in located.items()}, write)
         return len(ids)

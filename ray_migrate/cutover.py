@@ -137,6 +137,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                         f"{what}")
 
     # Step 1: freeze.
+    sync.times = {}
     router.call("set_phase", unit.unit_id, "frozen")
     lap("freeze")
     try:
@@ -183,6 +184,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         router.call("pause_followers", 0)
     lap("flip")
     log.info("unit %s: %s after a %.0f ms freeze (%d ids drained, %d caught up just before; "
-             "ms per step %s)", unit.unit_id, to_phase, freeze_ms, len(drained), len(last),
-             {k: round(v, 1) for k, v in steps.items()})
+             "ms per step %s; of the drain, reading the owner %.0f ms and writing the other "
+             "side %.0f ms)", unit.unit_id, to_phase, freeze_ms, len(drained), len(last),
+             {k: round(v, 1) for k, v in steps.items()}, sync.times.get("read", 0.0),
+             sync.times.get("write", 0.0))
     return CutoverResult(unit.unit_id, True, freeze_ms, len(drained), steps_ms=steps)

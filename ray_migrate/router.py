@@ -95,8 +95,13 @@ class Router:
         """``begin_write`` for several units in one call: [(unit_id, ids, value)]."""
         return [await self.begin_write(u, ids, value) for u, ids, value in requests]
 
-    async def end_writes(self, tokens: list[int]) -> list[dict[str, Any]]:
-        return [self.table.end_write(t) for t in tokens]
+    async def end_writes(self, tokens: list[int],
+                         carried: dict[int, tuple[Any, int]] | None = None
+                         ) -> list[dict[str, Any]]:
+        """``end_write`` for several leases; ``carried``: token -> (rows, nbytes) of the
+        writes that succeeded, for the appliers (see ``routing.Carried``)."""
+        carried = carried or {}
+        return [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
 
     async def set_phase(self, unit_id: str, phase: str) -> int:
         epoch = self.table.set_phase(unit_id, phase)  # type: ignore[arg-type]
@@ -137,8 +142,10 @@ class Router:
 
     async def take_changes(self, unit_id: str, limit: int = 10_000,
                            holder: str | None = None, background: bool = False
-                           ) -> tuple[list[Any], int]:
-        return self.table.take_changes(unit_id, limit, holder, background=background)
+                           ) -> tuple[list[Any], int, list[tuple[list[Any], Any]]]:
+        """(ids, seq to ack them with, the clients' rows that stand for some of them)."""
+        ids, seq = self.table.take_changes(unit_id, limit, holder, background=background)
+        return ids, seq, self.table.carried_for(unit_id) if ids else []
 
     async def log_ids(self, unit_id: str, ids: list[Any]) -> int:
         lag = self.table.log_ids(unit_id, ids)
@@ -146,8 +153,9 @@ class Router:
         return lag
 
     async def take_many(self, unit_ids: list[str], limit: int, holder: str
-                        ) -> dict[str, tuple[list[Any], int]]:
-        return self.table.take_many(unit_ids, limit, holder)
+                        ) -> dict[str, tuple[list[Any], int, list[tuple[list[Any], Any]]]]:
+        return {u: (ids, seq, self.table.carried_for(u)) for u, (ids, seq)
+                in self.table.take_many(unit_ids, limit, holder).items()}
 
     async def ack_many(self, seqs: dict[str, int], holder: str) -> None:
         for uid, seq in seqs.items():

@@ -16,7 +16,11 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   in-flight write is never acknowledged from the old owner alone. Their log entries stay, so
   the old owner is synced to the new one's value afterwards (the rollback window).
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
-  order-free and delete-safe.
+  order-free and delete-safe. A client may hand in what it wrote with ``end_write``
+  (``Carried``); an applier uses those rows instead of reading the owner only where they must
+  equal what the owner holds: the write went to the current owner, ended normally, its id's
+  newest entry is its own, and no other write of the same id was under way at any moment of
+  its lease (two such writes may land in either order). Anything else is read again.
 """
 
 from __future__ import annotations
@@ -82,6 +86,20 @@ class Lease:
     epoch: int
     flips: int
     issued_at: float
+    ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
+
+
+@dataclass
+class Carried:
+    """What a client wrote under a lease, kept for the applier of the unit's log."""
+
+    unit_id: str
+    flips: int  # the owner it was written to (see ``UnitRoute.flips``)
+    rows: Any  # opaque here: ("upsert", table) or ("delete", ids) in the owner's terms
+    nbytes: int
+
+
+CARRY_MAX_BYTES = 128 << 20  # beyond this, clients' rows are dropped and appliers read again
 
 
 class RoutingTable:
@@ -98,6 +116,10 @@ class RoutingTable:
         self._tokens = itertools.count(1)
         self.restarted_at: float | None = None
         self.followers_paused_until = 0.0  # background appliers wait (target compaction)
+        self.carried: dict[int, Carried] = {}  # lease token -> the rows its client wrote
+        self.carried_bytes = 0
+        self._writing: dict[Any, set[int]] = {}  # id -> open leases writing it (capturing)
+        self._overlapped: set[int] = set()  # open leases that met another write of an id
 
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
@@ -139,6 +161,8 @@ class RoutingTable:
             u.owner, u.flips = "source", u.flips + 1
         if phase in ("source", "done"):
             u.log.clear()
+        if not u.log:
+            self._drop_carried(unit_id)
         u.phase = phase
         return self._bump()
 
@@ -187,21 +211,54 @@ class RoutingTable:
         if u.phase == "frozen":
             return {"status": "wait", "epoch": self.epoch}
         lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
-        self.leases[lease.token] = lease
         if u.phase in CAPTURING:
+            if any(le.unit_id == unit_id and not le.ids for le in self.leases.values()):
+                self._overlapped.add(lease.token)  # a write from before capture is under way
+            lease.ids = list(ids)
             for pid in ids:
                 self.seq += 1
                 u.log.append([self.seq, pid, lease.token])
+                writing = self._writing.setdefault(pid, set())
+                if writing:  # two writes of one id under way: their order is unknown
+                    self._overlapped.update(writing)
+                    self._overlapped.add(lease.token)
+                writing.add(lease.token)
+        self.leases[lease.token] = lease
         return {"status": "ok", "token": lease.token, "owner": u.owner, "epoch": self.epoch,
                 "phase": u.phase}
 
-    def end_write(self, token: int) -> dict[str, Any]:
-        """Close a lease. ``valid`` is False when the owner changed meanwhile: write again."""
+    def end_write(self, token: int, rows: Any = None, nbytes: int = 0) -> dict[str, Any]:
+        """Close a lease. ``valid`` is False when the owner changed meanwhile: write again.
+        ``rows``: what the client wrote, when its write succeeded (see ``Carried``)."""
         lease = self.leases.pop(token, None)
         if lease is None:  # expired, or issued before a router restart
             return {"valid": False, "epoch": self.epoch}
+        overlapped = self._close(lease)
         u = self.units[lease.unit_id]
-        return {"valid": u.flips == lease.flips, "epoch": self.epoch, "owner": u.owner}
+        valid = u.flips == lease.flips
+        if (valid and rows is not None and lease.ids and not overlapped
+                and self.carried_bytes + nbytes <= CARRY_MAX_BYTES
+                and not self._near_restart(lease.issued_at)):
+            self.carried[token] = Carried(lease.unit_id, lease.flips, rows, nbytes)
+            self.carried_bytes += nbytes
+        return {"valid": valid, "epoch": self.epoch, "owner": u.owner}
+
+    def _close(self, lease: Lease) -> bool:
+        """Forget an open lease's ids; returns whether another write of one of them was under
+        way at some moment of the lease."""
+        for pid in lease.ids:
+            writing = self._writing.get(pid)
+            if writing is not None:
+                writing.discard(lease.token)
+                if not writing:
+                    del self._writing[pid]
+        overlapped = lease.token in self._overlapped
+        self._overlapped.discard(lease.token)
+        return overlapped
+
+    def _near_restart(self, issued_at: float) -> bool:
+        """Leases from before a restart are unknown, so overlaps with them are too."""
+        return self.restarted_at is not None and issued_at < self.restarted_at + self.lease_s
 
     def open_leases(self, unit_id: str, before_epoch: int | None = None,
                     now: float | None = None) -> int:
@@ -216,7 +273,7 @@ class RoutingTable:
 
     def _expire(self, now: float) -> None:
         for tok in [t for t, le in self.leases.items() if now - le.issued_at > self.lease_s]:
-            del self.leases[tok]
+            self._close(self.leases.pop(tok))
 
     # --- the change log -------------------------------------------------------------------
     def take_changes(self, unit_id: str, limit: int = 10_000, holder: str | None = None,
@@ -251,6 +308,30 @@ class RoutingTable:
         for e in entries:
             seen.setdefault(e[1], None)
         return list(seen), entries[-1][0]
+
+    def carried_for(self, unit_id: str) -> list[tuple[list[Any], Any]]:
+        """For the entries just handed out by ``take_changes``: (ids, rows) per client write
+        whose rows stand for the owner's current value of those ids (see the module's notes):
+        the write is the id's newest entry and went to the owner the log is applied from."""
+        u = self.unit(unit_id)
+        taken = set(u.taken)
+        newest: dict[Any, int | None] = {}
+        for e in u.log:
+            if e[0] in taken:
+                newest[e[1]] = e[2] if len(e) > 2 else None
+        by_token: dict[int, list[Any]] = {}
+        for pid, tok in newest.items():
+            c = self.carried.get(tok) if tok is not None else None
+            if c is not None and c.flips == u.flips:
+                by_token.setdefault(tok, []).append(pid)  # type: ignore[arg-type]
+        return [(ids, self.carried[tok].rows) for tok, ids in by_token.items()]
+
+    def _drop_carried(self, unit_id: str) -> None:
+        """Forget the rows of writes no entry of the unit's log names any more."""
+        live = {e[2] for e in self.unit(unit_id).log if len(e) > 2}
+        for tok in [t for t, c in self.carried.items() if c.unit_id == unit_id
+                    and t not in live]:
+            self.carried_bytes -= self.carried.pop(tok).nbytes
 
     def log_ids(self, unit_id: str, ids: list[Any]) -> int:
         """Add ids to the unit's log as if written (a verify found them differing): the one
@@ -293,6 +374,8 @@ class RoutingTable:
         u.log = [e for e in u.log if e[0] not in done]
         u.acked_seq = max(u.acked_seq, seq)
         u.sync_holder, u.taken = None, []
+        if done:
+            self._drop_carried(unit_id)
         return len(u.log)
 
     def lag(self, unit_id: str) -> int:

@@ -222,14 +222,15 @@ class UnitWorker:
         taken = self.router.call("take_many", units, FOLLOW_STEP, holder)
         if not taken:
             return
-        ids = list(dict.fromkeys(i for unit_ids, _ in taken.values() for i in unit_ids))
+        ids = list(dict.fromkeys(i for unit_ids, _, _ in taken.values() for i in unit_ids))
         started = time.monotonic()
         try:
-            apply_ids(ids, owner, other, transform)
+            apply_ids(ids, owner, other, transform,
+                      carried=[c for _, _, carried in taken.values() for c in carried])
         except BaseException:
             self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
             raise
-        self.router.call("ack_many", {u: seq for u, (_, seq) in taken.items()}, holder)
+        self.router.call("ack_many", {u: seq for u, (_, seq, _) in taken.items()}, holder)
         took = time.monotonic() - started
         if took > 2 * FOLLOW_EVERY_S:
             log.warning("worker %d follower: %d ids of %d units took %.2fs to apply; the owner's "

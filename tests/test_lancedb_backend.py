@@ -282,3 +282,18 @@ def test_exact_search_matches_numpy(tmp_path, distance):
     odd = np.arange(1, 300, 2)
     assert [h.id for h in hits] == list(odd[np.argsort(dist[odd])[:5]])
     assert all(h.payload == {"tenant": "b"} for h in hits)
+
+
+def test_stored_form_is_what_fetch_returns(tmp_path):
+    """What a change-log applier uses in place of a read (a client's own rows) must be what
+    the table gives back: same schema, same vectors, same payloads (the typed columns refuse
+    what they cannot hold exactly, so nothing is coerced on the way)."""
+    info = info_of()
+    b = new_backend(tmp_path, info)
+    b.upsert(batch(info, [1, 2, 3, 4, 5, 6], EDGE_PAYLOADS))
+    written = batch(info, [2, 5], [{"tenant": "b", "f": -0.0, "n": 3, "big": 2**64 - 1},
+                                   {"text": "x", "flag": True, "nested": {"é": [None]}}], seed=4)
+    b.upsert(written)
+    stored, fetched = b.stored_form(written), b.fetch([2, 5])
+    assert stored.schema == fetched.schema
+    assert rows(stored) == rows(fetched)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ray_migrate.routing import RoutingTable, TransitionError
+from ray_migrate.routing import CARRY_MAX_BYTES, RoutingTable, TransitionError
 
 
 def table():
@@ -277,3 +277,61 @@ def test_the_confirm_uses_the_last_read_of_each_asked_id():
     assert gone["id"].to_pylist() == [2], "updated, then deleted: the last read found nothing"
     assert rows_of([([1, 2], first)], {1})["id"].to_pylist() == [1], "only the ids asked for"
     assert rows_of([], {1}) is None
+
+
+def capturing() -> RoutingTable:
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p)
+    return t
+
+
+def test_a_clients_rows_stand_in_for_a_read_only_when_they_must_equal_the_owner():
+    t = capturing()
+    alone = t.begin_write("a", [1, 2], now=0)
+    t.end_write(alone["token"], ("upsert", "rows of 1 and 2"), 10)
+    first = t.begin_write("a", [3], now=0)
+    second = t.begin_write("a", [3], now=0)  # under way with first: either may land last
+    t.end_write(first["token"], ("upsert", "3 from first"), 10)
+    t.end_write(second["token"], ("upsert", "3 from second"), 10)
+    failed = t.begin_write("a", [4], now=0)
+    t.end_write(failed["token"])  # a write that failed hands in nothing
+    ids, seq = t.take_changes("a", now=0)
+    assert ids == [1, 2, 3, 4]
+    assert t.carried_for("a") == [([1, 2], ("upsert", "rows of 1 and 2"))]
+    t.ack_changes("a", seq)
+    assert t.carried == {} and t.carried_bytes == 0, "applied: the rows are let go"
+
+
+def test_rows_are_not_used_after_a_repair_entry_a_flip_or_with_a_write_from_before_capture():
+    t = table()
+    old = t.begin_write("a", [9], now=0)  # before capture, still under way after it began
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p)
+    late = t.begin_write("a", [8], now=0)
+    t.end_write(old["token"])
+    t.end_write(late["token"], ("upsert", "8"), 1)
+    w = t.begin_write("a", [5, 6], now=0)
+    t.end_write(w["token"], ("upsert", "5 and 6"), 1)
+    t.log_ids("a", [6])  # a verify found 6 differing: read it again
+    t.take_changes("a", now=0)
+    assert t.carried_for("a") == [([5], ("upsert", "5 and 6"))], "8 may have met 9's write"
+    t.ack_changes("a", t.unit("a").taken[-1])
+    fenced = t.begin_write("a", [7], now=0)
+    t.set_phase("a", "frozen", now=0)
+    assert t.flip("a", "target", now=0)
+    t.end_write(fenced["token"], ("upsert", "7 on the old owner"), 1)
+    assert t.take_changes("a", now=0)[0] == [7]
+    assert t.carried_for("a") == [], "written to the old owner: the new one is read"
+
+
+def test_rows_near_a_restart_and_beyond_the_memory_cap_are_not_kept():
+    t = capturing()
+    back = RoutingTable.from_dict(t.to_dict(), now=100)
+    lease = back.begin_write("a", [1], now=101)
+    back.end_write(lease["token"], ("upsert", "1"), 1)
+    assert back.carried == {}, "leases from before the restart are unknown"
+    t.carried_bytes = CARRY_MAX_BYTES
+    lease = t.begin_write("a", [2], now=0)
+    t.end_write(lease["token"], ("upsert", "2"), 1)
+    assert t.carried == {}

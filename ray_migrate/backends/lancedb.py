@@ -90,7 +90,7 @@ class LanceBackend(Backend):
     kind = "lancedb"
     capabilities = Capabilities(parallel_writes=True, snapshot_scan=True,
                                 preferred_write_rows=10_000,
-                                higher_score_is_better=False)
+                                higher_score_is_better=False, reads_back_writes=True)
 
     def __init__(self, endpoint: LanceEndpoint, payload_schema: dict[str, str] | None = None):
         self.endpoint = endpoint
@@ -356,6 +356,12 @@ class LanceBackend(Backend):
         data = self._rows(table)
         with _guard(f"append to {self._where()}"):
             self.tbl.add(data)
+
+    def stored_form(self, table: pa.Table) -> pa.Table:
+        """The batch as ``fetch`` would return it once written: through this table's layout
+        (payload columns and their types) and back."""
+        lay = self._layout()
+        return to_canonical(to_layout(table, lay), lay)
 
     def _rows(self, table: pa.Table) -> pa.Table:
         lay = self._layout()
