@@ -30,6 +30,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))  # last on sys.path: bench/co
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
 import argparse
+import bisect
 import datetime as dt
 import logging
 import shutil
@@ -91,6 +92,44 @@ def oldest_age(writes: list[tuple[float, int]], lag: int, now: float) -> float:
     return now - writes[0][0] if writes else 0.0
 
 
+def summary(secs: float, ids: int, lat: list[float], rd: list[float]) -> dict[str, Any]:
+    """One period of client traffic: rates, and write and read latencies (ms)."""
+    return {"s": secs, "ids": ids, "ids_s": ids / secs, "calls_s": len(lat) / secs,
+            "n": len(lat), "lat": lat, "rd": rd, "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "read_p99": pct(rd, 99)}
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of the same case as one: samples pooled, so a p99 rests on more writes."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, Any] = {"periods": {}}
+    for p in runs[0]["periods"]:
+        ps = [r["periods"][p] for r in runs]
+        out["periods"][p] = summary(sum(x["s"] for x in ps), sum(x["ids"] for x in ps),
+                                    [v for x in ps for v in x["lat"]],
+                                    [v for x in ps for v in x["rd"]])
+    for k in ("freeze", "failed", "errors", "ages", "lags", "source_compactions"):
+        out[k] = [v for r in runs for v in r[k]]
+    for k in ("attempts", "moved", "units"):
+        out[k] = sum(r[k] for r in runs)
+    out["run_s"] = sum(r["run_s"] for r in runs) / len(runs)
+    for k in ("ages_by_phase", "by_stage"):
+        out[k] = {key: [v for r in runs for v in r[k].get(key, [])]
+                  for key in {key for r in runs for key in r[k]}}
+    return out
+
+
+def stage(phases: set[str]) -> str:
+    """The migration's stage, from its units' phases: copy while any unit is being copied,
+    then catch-up, then the cutover waves."""
+    if phases & {"capturing", "copying"}:
+        return "copy"
+    if phases & {"frozen", "target", "done", "rolled_back"}:
+        return "waves"
+    return "catch-up" if phases & {"catching_up", "ready"} else "source"
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -133,6 +172,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
     warmup_s, before_s, after_s = periods
     writes: dict[str, list[tuple[float, int]]] = defaultdict(list)
     samples: list[tuple[str, int, float, str]] = []  # (unit, lag entries, age s, phase)
+    stages: list[tuple[float, str]] = []  # (when, the migration's stage then)
     marks: dict[str, float] = {}
     traffics: list[Traffic] = []
     upkeep_runs: list[list[str]] = []
@@ -142,7 +182,9 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
     def sampler(router: Any) -> None:
         while not stop.is_set():
             t0 = time.monotonic()
-            for row in router.call("status")["units"]:
+            units = router.call("status")["units"]
+            stages.append((t0, stage({row["phase"] for row in units})))
+            for row in units:
                 if row["phase"] in LAG_PHASES:
                     samples.append((row["unit_id"], row["lag"],
                                     oldest_age(writes[row["unit_id"]], row["lag"], t0),
@@ -197,13 +239,19 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         release_local_stores(cfg)
 
     def period(name: str, nxt: str) -> dict[str, Any]:
-        secs = marks[nxt] - marks[name]
-        ids = sum(n for w in writes.values() for t, n in w if marks[name] <= t < marks[nxt])
-        lat = [x * 1000 for t in traffics for x in t.latency[("write", name)]]
-        rd = [x * 1000 for t in traffics for x in t.latency[("read", name)]]
-        return {"s": secs, "ids_s": ids / secs, "calls_s": len(lat) / secs, "n": len(lat),
-                "p50": pct(lat, 50), "p99": pct(lat, 99), "read_p99": pct(rd, 99)}
+        return summary(
+            marks[nxt] - marks[name],
+            sum(n for w in writes.values() for t, n in w if marks[name] <= t < marks[nxt]),
+            [x * 1000 for t in traffics for x in t.latency[("write", name)]],
+            [x * 1000 for t in traffics for x in t.latency[("read", name)]])
 
+    by_stage: dict[str, list[float]] = defaultdict(list)  # write latencies (ms) 'during'
+    times = [t for t, _ in stages]
+    for t in traffics:
+        for started, kind, took in t.calls:
+            i = bisect.bisect_right(times, started) - 1
+            if kind == "write" and marks["during"] <= started < marks["after"] and i >= 0:
+                by_stage[stages[i][1]].append(took * 1000)
     rows = report.units
     freeze = [max(r.freeze_ms or 0.0, status[r.unit_id]["longest_freeze_ms"]) for r in rows]
     return {
@@ -217,7 +265,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "errors": [e for t in traffics for e in t.errors],
         "ages": [a for _, _, a, _ in samples], "lags": [n for _, n, _, _ in samples],
         "ages_by_phase": {p: [a for _, _, a, q in samples if q == p] for p in LAG_PHASES},
-        "run_s": marks["after"] - marks["during"],
+        "run_s": marks["after"] - marks["during"], "by_stage": dict(by_stage),
         "source_compactions": [o for run in upkeep_runs for o in run]}
 
 
@@ -231,24 +279,26 @@ def main() -> int:
                     help="the application compacts its LanceDB source this often (0: never)")
     ap.add_argument("--no-source-index", action="store_true",
                     help="leave the LanceDB source without its BTree index on id")
-    ap.add_argument("--grow", action="store_true", help="half of every upsert is new ids, so "
-                    "the collection grows; by default writes draw ids from the seeded ones "
-                    "(updates, deletes, re-inserts) and its size stays put")
+    ap.add_argument("--steady", action="store_true", help="writes draw their ids from the "
+                    "seeded ones (updates, deletes, re-inserts), so the collection keeps its "
+                    "size; by default half of every upsert is new ids and it grows")
     ap.add_argument("--reads", type=float, default=20.0, help="client searches per second")
     ap.add_argument("--rates", default="500,1000", help="client write rates to run")
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds of traffic before "
                     "'before' starts, not measured: the source reaches its steady state")
     ap.add_argument("--before", type=float, default=20.0, help="seconds of 'before'")
     ap.add_argument("--after", type=float, default=5.0, help="seconds of 'after'")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the 500 writes/s case "
+                    "(and of its control), their samples pooled")
     ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
     ap.add_argument("--qdrant", action="store_true", help="also Qdrant local -> LanceDB (info)")
     ap.add_argument("--write", action="store_true", help="replace the Live section of "
                     "BENCHMARKS.md with this run")
     a = ap.parse_args()
     if a.quick:
-        a.points, a.warmup, a.before, a.after = 3_000, 2.0, 2.0, 2.0
+        a.points, a.warmup, a.before, a.after, a.repeat = 3_000, 2.0, 2.0, 2.0, 1
     periods = (a.warmup, a.before, a.after)
-    id_space = None if a.grow else a.points
+    id_space = a.points if a.steady else None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_migrate.demo import seed_qdrant
     from ray_migrate.driver import connect
@@ -280,6 +330,10 @@ def main() -> int:
         ratio = d["p99"] / b["p99"]
         row(f"{tag}: client write p99 during / before", rate, f"{ratio:.2f}",
             "<= 1.5" if targets else "(info)", ratio <= 1.5 if targets else None)
+        st = r["by_stage"]
+        row(f"{tag}: client write p50 / p99 (ms) during, by the migration's stage then", rate,
+            " · ".join(f"{k} {pct(st[k], 50):.0f}/{pct(st[k], 99):.0f} ({len(st[k])})"
+                       for k in ("copy", "catch-up", "waves") if st.get(k)))
         row(f"{tag}: client search p99 (ms) before · during · after (20/s)", rate,
             f"{b['read_p99']:.0f} · {d['read_p99']:.0f} · {f['read_p99']:.0f}")
         row(f"{tag}: client errors (units failed: {len(r['failed'])})", rate,
@@ -303,13 +357,16 @@ def main() -> int:
         lsrc = {"kind": "lancedb", "uri": str(work / "src"), "table": "src"}
 
         def run(mid: str, want: float, control_s: float | None = None,
-                reads: float | None = None) -> dict[str, Any]:
-            for d in ("src", "target", "state"):  # every run starts from the same source
-                shutil.rmtree(work / d, ignore_errors=True)
-            shutil.copytree(work / "pristine", work / "src")
-            return live_run(mid, lsrc, work, a.tenants, a.writers, want, a.batch, periods,
-                            control_s, a.source_compact_s,
-                            a.reads if reads is None else reads, id_space)
+                reads: float | None = None, repeat: int = 1) -> dict[str, Any]:
+            runs = []
+            for k in range(repeat):
+                for d in ("src", "target", "state"):  # every run starts from the same source
+                    shutil.rmtree(work / d, ignore_errors=True)
+                shutil.copytree(work / "pristine", work / "src")
+                runs.append(live_run(f"{mid}-{k}", lsrc, work, a.tenants, a.writers, want,
+                                     a.batch, periods, control_s, a.source_compact_s,
+                                     a.reads if reads is None else reads, id_space))
+            return pooled(runs)
 
         def lag_rows(tag: str, r: dict, rate: str, targets: bool) -> None:
             ages = r["ages"]
@@ -328,12 +385,13 @@ def main() -> int:
             print(f"LanceDB -> LanceDB, {want} writes/s", flush=True)
             # The lag run has writers only: 20 exact searches/s over both unindexed tables take
             # most of a 2-core machine. The same run with them follows, for information.
-            r = run(f"live-l{want}-{stamp}", want, reads=None if want == 500 else 0.0)
+            r = run(f"live-l{want}-{stamp}", want, reads=None if want == 500 else 0.0,
+                    repeat=a.repeat if want == 500 else 1)
             tag, rate = f"L→L @{want}/s", achieved(r, want)
             if want == 500:
                 common(tag, r, rate, targets=True)
                 print("LanceDB, 500 writes/s, no migration (control)", flush=True)
-                c = run(f"live-c{want}-{stamp}", want, control_s=r["run_s"])
+                c = run(f"live-c{want}-{stamp}", want, control_s=r["run_s"], repeat=a.repeat)
                 during, ctl = r["periods"]["during"], c["periods"]["during"]
                 row(f"{tag} control: same traffic and duration, no migration: client write "
                     "p50 / p99 (ms) in the 'during' window", achieved(c, want),
@@ -375,12 +433,14 @@ def main() -> int:
     cmd = ("python bench/live.py " + " ".join(sys.argv[1:])).strip()
     text = (f"## Live\n\n`{cmd}` on {dt.date.today().isoformat()}; {a.points:,} points, "
             f"{a.tenants} tenant units, dim {DIM}.\n\nMachine: {machine()}.\n\n{table}\n\n"
-            "Each run: run_migration (2 workers, waves [1, \"25%\", \"100%\"], pause_s 2, "
+            f"The 500 writes/s case and its control run {a.repeat} times each, every run "
+            "from a copy of the same pristine source, and their samples are pooled (a p99 of "
+            "one run rests on about 70 writes). Each run: run_migration (2 workers, waves [1, \"25%\", \"100%\"], pause_s 2, "
             "max_freeze_ms 500, max_attempts 2 to bound the run) with client traffic "
             f"through RoutedCollection from one process: {a.writers} writer threads, each with "
             "its own client ("
             + ("upserts of new and existing ids spread over every tenant, so the collection "
-               "grows" if a.grow else "upserts of ids drawn at random from the seeded ids, "
+               "grows" if not a.steady else "upserts of ids drawn at random from the seeded ids, "
                "spread over every tenant: updates, and re-inserts of deleted ids, so the "
                "collection keeps its size and 'before' and 'during' see the same table")
             + "; a repeated id kept once per upsert, 10% single-id deletes) and one reader (exact "

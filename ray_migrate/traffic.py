@@ -33,6 +33,7 @@ class Traffic:
         self.id_space = id_space
         self.period = "before"
         self.latency: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.calls: list[tuple[float, str, float]] = []  # (monotonic start, kind, seconds)
         self.errors: list[str] = []
         self._next_id = first_new_id
         self._ids: list[int] = []
@@ -92,10 +93,12 @@ class Traffic:
         next_at = time.perf_counter()
         while not self._stop.is_set():
             period = self.period
-            t0 = time.perf_counter()
+            t0, started = time.perf_counter(), time.monotonic()
             try:
                 op()
-                self.latency[(kind, period)].append(time.perf_counter() - t0)
+                took = time.perf_counter() - t0
+                self.latency[(kind, period)].append(took)
+                self.calls.append((started, kind, took))
             except Exception as err:  # noqa: BLE001 - a client error is a finding, not a crash
                 self.errors.append(f"{kind} ({period}): {type(err).__name__}: {err}")
                 log.error("client %s failed: %s", kind, err)
