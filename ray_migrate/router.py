@@ -174,6 +174,12 @@ class Router:
     async def release(self, unit_id: str, holder: str) -> None:
         self.table.release(unit_id, holder)
 
+    async def begin_upkeep(self, seconds: float) -> bool:
+        return self.table.begin_upkeep(seconds)
+
+    async def end_upkeep(self) -> None:
+        self.table.end_upkeep()
+
     async def pause_followers(self, seconds: float) -> None:
         self.table.pause_followers(seconds)
 

@@ -116,6 +116,7 @@ class RoutingTable:
         self._tokens = itertools.count(1)
         self.restarted_at: float | None = None
         self.followers_paused_until = 0.0  # background appliers wait (target compaction)
+        self.upkeep_until = 0.0  # a compaction of the target runs: cutovers wait for it
         self.carried: dict[int, Carried] = {}  # lease token -> the rows its client wrote
         self.carried_bytes = 0
         self._writing: dict[Any, set[int]] = {}  # id -> open leases writing it (capturing)
@@ -394,7 +395,7 @@ class RoutingTable:
         reservation lapses after a lease time, so a cutover that died blocks nobody for long."""
         now = time.time() if now is None else now
         u = self.unit(unit_id)
-        if self._reserved(u, holder, now):
+        if self._reserved(u, holder, now) or now < self.upkeep_until:
             return False
         u.reserved_by, u.reserved_at = holder, now
         return u.sync_holder in (None, holder) or now - u.sync_since >= self.lease_s
@@ -403,6 +404,20 @@ class RoutingTable:
         u = self.unit(unit_id)
         if u.reserved_by == holder:
             u.reserved_by = None
+
+    def begin_upkeep(self, seconds: float, now: float | None = None) -> bool:
+        """A compaction of the target may start: no unit is frozen or reserved for a cutover,
+        and none is reserved until ``end_upkeep`` (or ``seconds``, if the driver died). A
+        compaction rewrites the target's files and takes the CPU; a freeze must not share the
+        machine with it."""
+        now = time.time() if now is None else now
+        if any(u.phase == "frozen" or self._reserved(u, None, now) for u in self.units.values()):
+            return False
+        self.upkeep_until = now + seconds
+        return True
+
+    def end_upkeep(self) -> None:
+        self.upkeep_until = 0.0
 
     def pause_followers(self, seconds: float, now: float | None = None) -> None:
         """Background appliers take nothing for ``seconds`` (0 resumes them): a compaction of

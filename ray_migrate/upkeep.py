@@ -3,7 +3,8 @@
 Every catch-up step and every client write to a cut-over unit makes a new LanceDB fragment,
 and each one slows later reads, merges and so the cutover's drain. While units wait for their
 waves and during the rollback window, a thread in the driver compacts the target whenever
-``lance.compact_min_fragments`` have piled up. Never while a cutover is reserved or frozen; a
+``lance.compact_min_fragments`` have piled up. Never while a cutover is reserved or frozen,
+and a cutover waits for a compaction under way (the router's ``begin_upkeep``); a
 compaction that conflicts with a concurrent write is simply tried again on the next round
 (LanceDB's merge_insert retries its own commit when the compaction wins).
 """
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 2.0
+UPKEEP_MAX_S = 60.0  # cutovers wait for a compaction at most this long if the driver dies
 
 
 class TargetUpkeep:
@@ -55,10 +57,12 @@ class TargetUpkeep:
         target = open_backend(m.cfg.target, payload_schema=m.plan.target_info.payload_schema)
         while not self._stop.wait(self.every_s):
             try:
-                rows = m.router.call("lags").values()
-                if any(phase == "frozen" or reserved for phase, _, reserved in rows):
+                if not m.router.call("begin_upkeep", UPKEEP_MAX_S):
                     continue  # a cutover is about to run or runs: leave it the machine
-                done = target.maintain(m.cfg.lance)
+                try:
+                    done = target.maintain(m.cfg.lance)
+                finally:
+                    m.router.call("end_upkeep")
                 if done:
                     self.compactions.append(done)
                     log.info("compacted the target while live: %s", done)

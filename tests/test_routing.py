@@ -167,6 +167,28 @@ def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
         h.kill()
 
 
+def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path):
+    import pyarrow as pa
+
+    from ray_migrate.router import start_router
+
+    h = start_router("rt-carry", str(tmp_path), ["a"], {}, lease_s=5.0)
+    try:
+        h.call("set_phase", "a", "capturing")
+        [lease] = h.call("begin_writes", [("a", [1, 2], None)])
+        rows = pa.table({"id": pa.array([1, 2], pa.uint64()), "payload": ["{}", "{}"]})
+        assert h.call("end_writes", [lease["token"]],
+                      {lease["token"]: (("upsert", rows), rows.nbytes)})[0]["valid"]
+        ids, seq, carried = h.call("take_changes", "a", 10, "me")
+        assert ids == [1, 2] and len(carried) == 1
+        (got_ids, (kind, table)), = carried
+        assert got_ids == [1, 2] and kind == "upsert" and table.equals(rows)
+        h.call("ack_changes", "a", seq, "me")
+        assert h.call("take_changes", "a", 10, "me") == ([], seq, [])
+    finally:
+        h.kill()
+
+
 def test_a_freeze_whose_owner_vanished_is_lifted_after_its_timeout():
     t = RoutingTable(["a"], lease_s=5.0, freeze_timeout_s=2.0)
     for p in ("capturing", "copying", "catching_up", "frozen"):
@@ -335,3 +357,17 @@ def test_rows_near_a_restart_and_beyond_the_memory_cap_are_not_kept():
     lease = t.begin_write("a", [2], now=0)
     t.end_write(lease["token"], ("upsert", "2"), 1)
     assert t.carried == {}
+
+
+def test_a_target_compaction_and_a_cutover_exclude_each_other():
+    t = capturing()
+    assert t.reserve("a", "cut", now=0)
+    assert not t.begin_upkeep(60, now=1), "a cutover is about to run"
+    t.release("a", "cut")
+    assert t.begin_upkeep(60, now=1)
+    assert not t.reserve("b", "cut", now=2), "the cutover waits for the compaction"
+    t.end_upkeep()
+    assert t.reserve("b", "cut", now=3)
+    t.release("b", "cut")
+    assert t.begin_upkeep(60, now=4)
+    assert t.reserve("a", "cut", now=65), "a compaction whose driver died lapses"
