@@ -158,8 +158,10 @@ class Router:
                 in self.table.take_many(unit_ids, limit, holder).items()}
 
     async def ack_many(self, seqs: dict[str, int], holder: str) -> None:
+        """Ack a follower step (``take_many``), which also ends it."""
         for uid, seq in seqs.items():
             self.table.ack_changes(uid, seq, holder)
+        self.table.end_follow(holder)
         self._maybe_persist()
 
     async def reserve(self, unit_id: str, holder: str, timeout_s: float = 10.0) -> bool:

@@ -117,6 +117,8 @@ class RoutingTable:
         self.restarted_at: float | None = None
         self.followers_paused_until = 0.0  # background appliers wait (target compaction)
         self.upkeep_until = 0.0  # a compaction of the target runs: cutovers wait for it
+        self.follow_holder: str | None = None  # the follower whose step is under way
+        self.follow_since = 0.0
         self.carried: dict[int, Carried] = {}  # lease token -> the rows its client wrote
         self.carried_bytes = 0
         self._writing: dict[Any, set[int]] = {}  # id -> open leases writing it (capturing)
@@ -346,7 +348,15 @@ class RoutingTable:
     def take_many(self, unit_ids: list[str], limit: int, holder: str,
                   now: float | None = None) -> dict[str, tuple[list[Any], int]]:
         """``take_changes`` for a background holder over several units, up to ``limit`` ids
-        in all: a follower applies them in one write, so the target gets few versions."""
+        in all: a follower applies them in one write, so the target gets few versions.
+
+        One follower step at a time, whichever worker runs it: two at once write the same
+        LanceDB table together, and their commits conflict and retry (measured: steps of 1 to
+        3 s instead of a few hundred ms). Another holder gets nothing until ``end_follow``
+        (or a lease time, if its worker died)."""
+        now = time.time() if now is None else now
+        if self.follow_holder not in (None, holder) and now - self.follow_since < self.lease_s:
+            return {}
         out: dict[str, tuple[list[Any], int]] = {}
         left = limit
         for uid in unit_ids:
@@ -356,7 +366,13 @@ class RoutingTable:
             if ids:
                 out[uid] = (ids, seq)
                 left -= len(ids)
+        if out:
+            self.follow_holder, self.follow_since = holder, now
         return out
+
+    def end_follow(self, holder: str) -> None:
+        if self.follow_holder == holder:
+            self.follow_holder = None
 
     def peek_changes(self, unit_id: str, limit: int = 10_000_000) -> list[Any]:
         """The distinct ids waiting in the log (settled or not), without taking them."""

@@ -196,9 +196,16 @@ class UnitWorker:
         none while a cutover has reserved or frozen the unit, so a cutover never waits behind
         a follower. Errors are logged and retried: an unapplied change stays in the log."""
         holder = f"follower:{self.index}:{uuid.uuid4().hex[:8]}"
-        time.sleep(FOLLOW_EVERY_S * (self.index % 4) / 4)  # workers take turns
+        # Workers take turns, evenly spread over the interval: with n workers a change waits
+        # at most FOLLOW_EVERY_S / n for some follower to look.
+        turns = max(1, self.cfg.copy_cfg.workers)
+        next_at = time.monotonic() + FOLLOW_EVERY_S * (self.index % turns) / turns
         while True:  # a daemon thread: it ends with the actor
-            time.sleep(FOLLOW_EVERY_S)
+            # Every FOLLOW_EVERY_S from the start of one step to the next, not after the last
+            # step ended: a change waits at most that long plus one step. A step that overran
+            # is not made up for with a burst.
+            next_at = max(next_at + FOLLOW_EVERY_S, time.monotonic())
+            time.sleep(max(0.0, next_at - time.monotonic()))
             if self._switching.is_set():
                 continue
             try:

@@ -371,3 +371,19 @@ def test_a_target_compaction_and_a_cutover_exclude_each_other():
     t.release("b", "cut")
     assert t.begin_upkeep(60, now=4)
     assert t.reserve("a", "cut", now=65), "a compaction whose driver died lapses"
+
+
+def test_one_follower_step_at_a_time():
+    t = capturing()
+    t.set_phase("b", "capturing")
+    write(t, "a", [1])
+    write(t, "b", [2])
+    assert t.take_many(["a"], 10, "f", now=0) == {"a": ([1], 1)}
+    assert t.take_many(["b"], 10, "g", now=0) == {}, "f's step writes the target now"
+    t.ack_changes("a", 1, "f")
+    t.end_follow("f")
+    assert t.take_many(["b"], 10, "g", now=0) == {"b": ([2], 2)}
+    assert t.take_many(["a", "b"], 10, "h", now=1) == {}, "g's step is under way"
+    write(t, "a", [3], now=t.lease_s + 1)
+    assert t.take_many(["a", "b"], 10, "h", now=t.lease_s + 1) == {
+        "a": ([3], 3), "b": ([2], 2)}, "g's step lapsed (its worker died): h takes it over"
