@@ -98,10 +98,11 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
     Before the freeze: catch up (refusing to freeze while more than ``ready_lag`` changes
-    wait), confirm what was applied, catch up once more and pause followers, so the freeze
-    drains only the writes of its last moments. Confirming uses the owner rows as the apply
-    read them: an id written again after its read is in the log again, so it is drained and
-    confirmed inside the freeze from a read made there."""
+    wait), pause followers, catch up once more and confirm what was applied, so the freeze
+    drains and confirms only the writes of its last moments. Confirming uses the owner rows as
+    the apply read them (or the clients' rows that stood in for them): the other side holds
+    what this applier wrote, and nobody else applies a reserved unit. An id written again
+    since is in the log again, so it is drained and confirmed inside the freeze."""
     unit = owner[1]
     budget = max_freeze_ms / 1000
     sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[])
@@ -111,18 +112,18 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         return CutoverResult(unit.unit_id, False, 0.0, 0,
                              f"{left} changes wait for catch-up (cutover.ready_lag is "
                              f"{ready_lag}): not freezing yet")
-    settled = changed - set(router.call("peek_changes", unit.unit_id))
+    # Followers (of other units) pause until the freeze ends: on a small machine they compete
+    # for it, and a step of theirs under way would delay the freeze and so grow its drain.
+    # While they pause every other waiting unit falls behind, so only this long.
+    router.call("quiet_followers", budget + 2.0, timeout_s=budget)
+    _, last = sync.until(0, 0.5)
     try:
-        _confirm(sync, settled, rows_of(sync.seen, settled), "after the catch-up before the freeze")
+        _confirm(sync, changed | last, rows_of(sync.seen, changed | last),
+                 "after the catch-up before the freeze")
     except Abort as why:
+        router.call("pause_followers", 0)
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
-    sync.seen = []
-    _, last = sync.until(0, 0.5)
-    last_rows = sync.seen
-    # Followers (of other units) pause for the freeze only: on a small machine they compete
-    # for it, and while they pause every other waiting unit falls behind.
-    router.call("quiet_followers", budget + 1.0, timeout_s=budget)
     start = time.perf_counter()
     drained: set[Any] = set()
 
@@ -141,7 +142,6 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     router.call("set_phase", unit.unit_id, "frozen")
     lap("freeze")
     try:
-        early = last
         while True:
             # Step 2: drain the changes of every write that has ended. Writes still under way
             # are not waited for: at the flip they are fenced and write again to the new owner.
@@ -155,12 +155,9 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                 over(f"with {len(now)} ids drained")
             drained |= now
             lap("drain")
-            # Step 3: confirm them and those of the last catch-up, against the rows read
-            # (no write of theirs can land on the owner now: the drained writes have ended).
-            early -= now
-            parts = [t for t in (rows_of(last_rows, early), rows_of(sync.seen, now)) if t]
-            _confirm(sync, now | early, pa.concat_tables(parts) if parts else None)
-            early = set()
+            # Step 3: confirm them against the rows read (no write of theirs can land on the
+            # owner now: the drained writes have ended).
+            _confirm(sync, now, rows_of(sync.seen, now))
             lap("confirm")
             over("after the confirm")
             # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
