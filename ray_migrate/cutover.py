@@ -1,6 +1,8 @@
 """Cutover (and rollback) of one unit behind a short write freeze.
 
-Step 1: freeze the unit: new writes wait at the router.
+Step 1: freeze the unit: new writes wait at the router. The router freezes it at a moment
+none of its writes is under way and all ended ones are applied, if one comes within
+``IDLE_WAIT_S``.
 Step 2: drain the captured changes of the writes that have ended to the new owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
 Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
@@ -30,6 +32,7 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 DRAIN_STEP = 500  # ids per drain step inside a freeze, so its budget is checked often
+IDLE_WAIT_S = 1.0  # how long to wait, before freezing, for a quiet moment (see step 1)
 
 
 @dataclass
@@ -115,7 +118,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     # Followers (of other units) pause until the freeze ends: on a small machine they compete
     # for it, and a step of theirs under way would delay the freeze and so grow its drain.
     # While they pause every other waiting unit falls behind, so only this long.
-    router.call("quiet_followers", budget + 2.0, timeout_s=budget)
+    router.call("quiet_followers", budget + IDLE_WAIT_S + 2.0, timeout_s=budget)
     _, last = sync.until(0, 0.5)
     try:
         _confirm(sync, changed | last, rows_of(sync.seen, changed | last),
@@ -124,7 +127,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         router.call("pause_followers", 0)
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
-    start = time.perf_counter()
+    called = time.perf_counter()
     drained: set[Any] = set()
 
     def lap(name: str) -> None:
@@ -137,27 +140,38 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
             raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
                         f"{what}")
 
-    # Step 1: freeze.
-    sync.times = {}
-    router.call("set_phase", unit.unit_id, "frozen")
+    # Step 1: freeze, at a moment when no write of the unit is under way and every ended one
+    # is applied, if one comes soon (this applies what ends meanwhile): then the freeze has
+    # nothing to drain and nothing to fence. Otherwise freeze anyway.
+    sync.seen, sync.times = [], {}
+    applied: set[Any] = set()
+    while True:
+        applied.update(sync.step(DRAIN_STEP)[0])
+        start = time.perf_counter()
+        late = start - called > IDLE_WAIT_S
+        if router.call("freeze_if_quiet", unit.unit_id, force=late) or late:
+            break
+        time.sleep(0.002)
+    before_freeze = set(applied)
     lap("freeze")
     try:
         while True:
             # Step 2: drain the changes of every write that has ended. Writes still under way
             # are not waited for: at the flip they are fenced and write again to the new owner.
-            sync.seen = []
-            now: set[Any] = set()
+            now: set[Any] = set(applied)  # the first round confirms those applied just before
+            applied = set()
             while True:
                 ids, _ = sync.step(DRAIN_STEP)
                 if not ids:
                     break
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
-            drained |= now
+            drained |= now - before_freeze
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
             _confirm(sync, now, rows_of(sync.seen, now))
+            sync.seen = []
             lap("confirm")
             over("after the confirm")
             # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the

@@ -108,6 +108,16 @@ class Router:
         self._persist()
         return epoch
 
+    async def freeze_if_quiet(self, unit_id: str, force: bool = False) -> bool:
+        """Freeze the unit if none of its writes is under way and every ended one has been
+        applied (checked and frozen in one step of this actor), or anyway with ``force``.
+        Returns whether it was quiet: then the freeze has nothing to drain or fence."""
+        quiet = self.table.open_leases(unit_id) == 0 and self.table.settled(unit_id) == 0
+        if quiet or force:
+            self.table.set_phase(unit_id, "frozen")  # type: ignore[arg-type]
+            self._persist()
+        return quiet
+
     async def flip(self, unit_id: str, phase: str) -> bool:
         """``RoutingTable.flip``: False when a write ended since the drain (drain again)."""
         if not self.table.flip(unit_id, phase):  # type: ignore[arg-type]

@@ -189,6 +189,30 @@ def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path)
         h.kill()
 
 
+def test_router_freezes_a_unit_at_a_quiet_moment_or_when_forced(ray_cluster, tmp_path):
+    from ray_migrate.router import start_router
+
+    h = start_router("rt-quiet", str(tmp_path), ["a"], {}, lease_s=5.0)
+    try:
+        for p in ("capturing", "copying", "catching_up"):
+            h.call("set_phase", "a", p)
+        [lease] = h.call("begin_writes", [("a", [1], None)])
+        assert h.call("freeze_if_quiet", "a") is False, "a write is under way"
+        h.call("end_writes", [lease["token"]])
+        assert h.call("freeze_if_quiet", "a") is False, "its change is not applied yet"
+        assert h.call("unit", "a")["phase"] == "catching_up"
+        ids, seq, _ = h.call("take_changes", "a", 10, "me")
+        h.call("ack_changes", "a", seq, "me")
+        assert h.call("freeze_if_quiet", "a") is True
+        assert h.call("unit", "a")["phase"] == "frozen"
+        h.call("set_phase", "a", "catching_up")
+        [lease] = h.call("begin_writes", [("a", [2], None)])
+        assert h.call("freeze_if_quiet", "a", force=True) is False
+        assert h.call("unit", "a")["phase"] == "frozen", "forced: the write will be fenced"
+    finally:
+        h.kill()
+
+
 def test_a_freeze_whose_owner_vanished_is_lifted_after_its_timeout():
     t = RoutingTable(["a"], lease_s=5.0, freeze_timeout_s=2.0)
     for p in ("capturing", "copying", "catching_up", "frozen"):
