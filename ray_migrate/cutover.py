@@ -143,16 +143,20 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     # Step 1: freeze, at a moment when no write of the unit is under way and every ended one
     # is applied, if one comes soon (this applies what ends meanwhile): then the freeze has
     # nothing to drain and nothing to fence. Otherwise freeze anyway.
-    sync.seen, sync.times = [], {}
+    sync.seen = []
     applied: set[Any] = set()
-    while True:
-        applied.update(sync.step(DRAIN_STEP)[0])
-        start = time.perf_counter()
-        late = start - called > IDLE_WAIT_S
-        if router.call("freeze_if_quiet", unit.unit_id, force=late) or late:
-            break
-        time.sleep(0.002)
-    before_freeze = set(applied)
+    try:
+        while True:
+            applied.update(sync.step(DRAIN_STEP)[0])
+            start = time.perf_counter()
+            late = start - called > IDLE_WAIT_S
+            if router.call("freeze_if_quiet", unit.unit_id, force=late) or late:
+                break
+            time.sleep(0.002)
+    except BaseException:
+        router.call("pause_followers", 0)
+        raise
+    before_freeze, sync.times = set(applied), {}
     lap("freeze")
     try:
         while True:
@@ -196,7 +200,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     lap("flip")
     log.info("unit %s: %s after a %.0f ms freeze (%d ids drained, %d caught up just before; "
              "ms per step %s; of the drain, reading the owner %.0f ms and writing the other "
-             "side %.0f ms)", unit.unit_id, to_phase, freeze_ms, len(drained), len(last),
+             "side %.0f ms)", unit.unit_id, to_phase, freeze_ms, len(drained),
+             len(last | before_freeze),
              {k: round(v, 1) for k, v in steps.items()}, sync.times.get("read", 0.0),
              sync.times.get("write", 0.0))
     return CutoverResult(unit.unit_id, True, freeze_ms, len(drained), steps_ms=steps)
