@@ -32,7 +32,7 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 DRAIN_STEP = 500  # ids per drain step inside a freeze, so its budget is checked often
-IDLE_WAIT_S = 1.0  # how long to wait, before freezing, for a quiet moment (see step 1)
+IDLE_WAIT_S = 0.5  # how long to wait, before freezing, for a quiet moment (see step 1)
 
 
 @dataclass
@@ -101,7 +101,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
     Before the freeze: catch up (refusing to freeze while more than ``ready_lag`` changes
-    wait), pause followers, catch up once more and confirm what was applied, so the freeze
+    wait), catch up once more, confirm what was applied and pause followers, so the freeze
     drains and confirms only the writes of its last moments. Confirming uses the owner rows as
     the apply read them (or the clients' rows that stood in for them): the other side holds
     what this applier wrote, and nobody else applies a reserved unit. An id written again
@@ -115,18 +115,17 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         return CutoverResult(unit.unit_id, False, 0.0, 0,
                              f"{left} changes wait for catch-up (cutover.ready_lag is "
                              f"{ready_lag}): not freezing yet")
-    # Followers (of other units) pause until the freeze ends: on a small machine they compete
-    # for it, and a step of theirs under way would delay the freeze and so grow its drain.
-    # While they pause every other waiting unit falls behind, so only this long.
-    router.call("quiet_followers", budget + IDLE_WAIT_S + 2.0, timeout_s=budget)
     _, last = sync.until(0, 0.5)
     try:
         _confirm(sync, changed | last, rows_of(sync.seen, changed | last),
                  "after the catch-up before the freeze")
     except Abort as why:
-        router.call("pause_followers", 0)
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
+    # Followers (of other units) pause from the wait for a quiet moment to the end of the
+    # freeze: on a small machine they compete for it. While they pause every other waiting
+    # unit falls behind, so only this long.
+    router.call("quiet_followers", budget + IDLE_WAIT_S + 0.5, timeout_s=budget)
     called = time.perf_counter()
     drained: set[Any] = set()
 
