@@ -29,6 +29,7 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import InvalidDataError, TransientError
 from ray_migrate.plan import Plan, label
 from ray_migrate.router import RouterHandle, get_router
+from ray_migrate.routing import CAPTURING
 from ray_migrate.schema import (
     ID,
     UINT64_MAX,
@@ -44,8 +45,8 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 FREEZE_WAIT_S = 30.0
-# write(owner, unit ids) -> per unit, (what was written, its size in bytes)
-Write = Callable[[str, list[str]], dict[str, tuple[Any, int]]]
+# write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
+Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
 
 
 def similarity(score: float, distance: str, higher_is_better: bool) -> float:
@@ -179,7 +180,9 @@ class RoutedCollection:
                 by_owner[le["owner"]].append(u)
             written: dict[str, tuple[Any, int]] = {}
             try:
-                self._write_owners(by_owner, write, written)
+                # Only writes the router logs (capturing units) hand in what they wrote.
+                self._write_owners(by_owner, write, written,
+                                   {u for u, le in granted.items() if le["phase"] in CAPTURING})
             finally:  # a failed write ends its leases too: its ids are in the log anyway
                 ends = self.router.call(
                     "end_writes", [le["token"] for le in granted.values()],
@@ -196,16 +199,16 @@ class RoutedCollection:
                 time.sleep(0.003)
 
     def _write_owners(self, by_owner: dict[str, list[str]], write: Write,
-                      written: dict[str, tuple[Any, int]]) -> None:
+                      written: dict[str, tuple[Any, int]], report: set[str]) -> None:
         """One write per owner; while units of one write have different owners (the middle of
         a migration) both engine writes run at once, so a write costs the slower of the two
         rather than their sum. Every part ends before the first error is raised. ``written``
-        gets, per unit of a write that succeeded on an owner whose reads return exactly what
-        was written, (what was written, its size): appliers of the log may use it."""
+        gets, per unit of ``report`` written successfully to an owner whose reads return
+        exactly what was written, (what was written, its size): appliers of the log may use
+        it."""
         def one(owner: str, units: list[str]) -> None:
-            out = write(owner, units)
-            if self.backends[owner].capabilities.reads_back_writes:
-                written.update(out)
+            keep = report if self.backends[owner].capabilities.reads_back_writes else set()
+            written.update(write(owner, units, keep & set(units)))
 
         if len(by_owner) < 2:
             for owner, units in by_owner.items():
@@ -227,11 +230,11 @@ class RoutedCollection:
             rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
 
-        def write(owner: str, units: list[str]) -> dict[str, tuple[Any, int]]:
+        def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
             side = self._side(owner, table.take([i for u in units for i in rows[u]]))
             self.backends[owner].upsert(side)
             out = {}
-            for u in units:  # each unit's rows as written (by id: a transform may reorder)
+            for u in report:  # each unit's rows as written (by id: a transform may reorder)
                 unit_ids = pa.array([ids[i] for i in rows[u]], side.column(ID).type)
                 part = side.filter(pc.is_in(side.column(ID), value_set=unit_ids))
                 out[u] = (("upsert", part), part.nbytes)
@@ -244,10 +247,10 @@ class RoutedCollection:
         ids = [self._check_id(i) for i in ids]
         located = self._locate(ids)
 
-        def write(owner: str, units: list[str]) -> dict[str, tuple[Any, int]]:
+        def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
             self.backends[owner].delete(list(dict.fromkeys(i for u in units
                                                            for i in located[u])))
-            return {u: (("delete", located[u]), 16 * len(located[u])) for u in units}
+            return {u: (("delete", located[u]), 16 * len(located[u])) for u in report}
 
         self._leased({u: (unit_ids, None) for u, unit_ids in located.items()}, write)
         return len(ids)

@@ -109,12 +109,9 @@ class Router:
         return epoch
 
     async def freeze_if_quiet(self, unit_id: str, force: bool = False) -> bool:
-        """Freeze the unit if none of its writes is under way and every ended one has been
-        applied (checked and frozen in one step of this actor), or anyway with ``force``.
-        Returns whether it was quiet: then the freeze has nothing to drain or fence."""
-        quiet = self.table.open_leases(unit_id) == 0 and self.table.settled(unit_id) == 0
+        """``RoutingTable.freeze_if_quiet``, in one step of this actor."""
+        quiet = self.table.freeze_if_quiet(unit_id, force)
         if quiet or force:
-            self.table.set_phase(unit_id, "frozen")  # type: ignore[arg-type]
             self._persist()
         return quiet
 

@@ -176,6 +176,16 @@ class RoutingTable:
         self._expire(now)
         return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
 
+    def freeze_if_quiet(self, unit_id: str, force: bool = False,
+                        now: float | None = None) -> bool:
+        """Freeze the unit if none of its writes is under way and every ended one has been
+        applied, or anyway with ``force``. Returns whether it was quiet: then the freeze has
+        nothing to drain or fence."""
+        quiet = self.open_leases(unit_id, now=now) == 0 and self.settled(unit_id, now) == 0
+        if quiet or force:
+            self.set_phase(unit_id, "frozen", now)
+        return quiet
+
     def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze by flipping the owner (``phase`` target or rolled_back), unless a write
         ended since the drain: its entry is settled and not applied, and after a flip it would
