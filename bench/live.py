@@ -109,7 +109,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["periods"][p] = summary(sum(x["s"] for x in ps), sum(x["ids"] for x in ps),
                                     [v for x in ps for v in x["lat"]],
                                     [v for x in ps for v in x["rd"]])
-    for k in ("freeze", "failed", "errors", "ages", "lags", "source_compactions"):
+    for k in ("freeze", "hows", "failed", "errors", "ages", "lags", "source_compactions"):
         out[k] = [v for r in runs for v in r[k]]
     for k in ("attempts", "moved", "units"):
         out[k] = sum(r[k] for r in runs)
@@ -258,6 +258,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "periods": {p: period(p, q) for p, q in
                     (("before", "during"), ("during", "after"), ("after", "end"))},
         "freeze": freeze, "attempts": sum(r.cutover_attempts for r in rows),
+        "hows": [(r.cutover_how or "").split(" ")[0] for r in rows if r.cutover_how],
         "moved": sum(status[r.unit_id]["phase"] in ("target", "done") for r in rows),
         "units": len(rows),
         "failed": [f"{r.unit_id} {r.status} {r.phase} equal={r.equal}: {r.error}" for r in rows
@@ -322,8 +323,11 @@ def main() -> int:
     def common(tag: str, r: dict, rate: str, targets: bool) -> None:
         fz = r["freeze"]
         p99 = pct(fz, 99)
+        hows = r.get("hows", [])
         row(f"{tag}: freeze per unit p50 / p99 / max (ms; {r['moved']}/{r['units']} units "
-            f"moved, {r['attempts']} cutover attempts)", rate,
+            f"moved, {r['attempts']} cutover attempts; switched at once when quiet "
+            f"{hows.count('quiet')}, at once fencing writes under way {hows.count('fenced')}, "
+            f"after a freeze {hows.count('freeze')})", rate,
             f"{pct(fz, 50):.0f} / {p99:.0f} / {max(fz, default=0):.0f}",
             "p99 <= 100 ms" if targets else "(info)", p99 <= 100 if targets else None)
         b, d, f = (r["periods"][p] for p in ("before", "during", "after"))

@@ -164,7 +164,7 @@ class RoutedCollection:
     def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
         """Write the ids of several units: one lease call for all of them, one backend write
         per owner (``write(owner, unit_ids)``, which returns what it wrote per unit), one call
-        to end the leases, handing the router what was written (see ``routing.Carried``);
+        to end the leases, handing the router what was written (see ``carried``);
         units whose owner changed meanwhile are written again to the new one, frozen units
         after their freeze. ``parts``: unit id -> (its ids, its tenant value)."""
         pending = dict(parts)

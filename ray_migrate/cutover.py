@@ -1,13 +1,15 @@
-"""Cutover (and rollback) of one unit behind a short write freeze.
+"""Cutover (and rollback) of one unit, behind a write freeze only when one is needed.
 
-Step 1: freeze the unit: new writes wait at the router. The router freezes it at a moment
-none of its writes is under way and all ended ones are applied, if one comes within
-``IDLE_WAIT_S``.
-Step 2: drain the captured changes of the writes that have ended to the new owner's side.
+Step 0: apply and confirm the unit's changes until every write that has ended is applied, and
+in that same router step switch the owner (``switch_if_settled``): a freeze and a flip at once,
+so no write waits. For ``IDLE_WAIT_S`` this waits for a moment when no write of the unit is
+under way either; after that, writes under way are fenced (their clients write again to the
+new owner). Only if writes keep ending for as long again:
+Step 1: freeze the unit: new writes wait at the router, and writes under way are fenced.
+Step 2: drain the captured changes of the writes that ended before the freeze to the new
+owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
-Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
-to step 2 instead. Writes still under way are not waited for: the router fences them (see
-``routing``), and their clients write again to the new owner.
+Step 4: flip the owner, which also lifts the freeze.
 If any step fails, or the freeze would last longer than ``max_freeze_ms``, the freeze is lifted
 and the unit stays with its owner; the caller catches up and tries again later.
 """
@@ -43,6 +45,7 @@ class CutoverResult:
     drained: int
     reason: str | None = None
     steps_ms: dict[str, float] | None = None  # how long each step of the freeze took
+    how: str | None = None  # "quiet", "fenced N writes under way" (no freeze) or "freeze"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,16 +103,15 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     """Move ownership of a unit from ``owner`` to ``other``, each given as (backend, the unit
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
-    Before the freeze: catch up (refusing to freeze while more than ``ready_lag`` changes
-    wait), catch up once more, confirm what was applied and pause followers, so the freeze
-    drains and confirms only the writes of its last moments. Confirming uses the owner rows as
-    the apply read them (or the clients' rows that stood in for them): the other side holds
-    what this applier wrote, and nobody else applies a reserved unit. An id written again
-    since is in the log again, so it is drained and confirmed inside the freeze."""
+    First catch up (refusing to go on while more than ``ready_lag`` changes wait), catch up
+    once more, confirm what was applied and pause followers, so the switch applies and
+    confirms only the writes of its last moments. Confirming uses the owner rows as the apply
+    read them (or the clients' rows that stood in for them): the other side holds what this
+    applier wrote, and nobody else applies a reserved unit. An id written again since is in
+    the log again, so the switch waits until it is applied and confirmed too."""
     unit = owner[1]
     budget = max_freeze_ms / 1000
     sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[])
-    steps: dict[str, float] = {}
     left, changed = sync.until(0, 1.0)
     if left > ready_lag:
         return CutoverResult(unit.unit_id, False, 0.0, 0,
@@ -122,12 +124,62 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     except Abort as why:
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
-    # Followers (of other units) pause from the wait for a quiet moment to the end of the
-    # freeze: on a small machine they compete for it. While they pause every other waiting
+    # Followers (of other units) pause from the wait for a settled moment to the end of the
+    # switch: on a small machine they compete for it. While they pause every other waiting
     # unit falls behind, so only this long.
-    router.call("quiet_followers", budget + IDLE_WAIT_S + 0.5, timeout_s=budget)
+    router.call("quiet_followers", budget + 2 * IDLE_WAIT_S + 0.5, timeout_s=budget)
+    try:
+        switched = _switch_when_settled(router, sync, unit.unit_id, to_phase)
+        if switched is not None:
+            ms, how, caught = switched
+            log.info("unit %s: %s at once (%s; %d ids caught up and confirmed just before; "
+                     "the switch took %.1f ms)", unit.unit_id, to_phase, how,
+                     len(last | caught), ms)
+            return CutoverResult(unit.unit_id, True, ms, 0, how=how, steps_ms={"switch": ms})
+        return _freeze_and_flip(router, sync, unit.unit_id, to_phase, back_phase,
+                                max_freeze_ms, len(last))
+    except Abort as why:
+        log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
+        return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
+    finally:
+        router.call("pause_followers", 0)
+
+
+def _switch_when_settled(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str
+                         ) -> tuple[float, str, set[Any]] | None:
+    """Apply and confirm what ends until every ended write is applied, and switch in that
+    same router step (``switch_if_settled``): no write waits at all. For ``IDLE_WAIT_S`` only
+    when no write is under way either; for as long again also fencing writes under way (their
+    clients write again to the new owner). Returns (ms of the switch call, how, ids applied)
+    or None when writes kept ending: then a freeze is needed."""
     called = time.perf_counter()
+    sync.seen = []
+    caught: set[Any] = set()
+    while True:
+        ids, _ = sync.step(DRAIN_STEP)
+        if ids:  # only this applier writes the unit's other side: they stay as confirmed
+            _confirm(sync, set(ids), rows_of(sync.seen, set(ids)), "just before the switch")
+            caught.update(ids)
+            sync.seen = []
+        waited = time.perf_counter() - called
+        fence = waited > IDLE_WAIT_S
+        t0 = time.perf_counter()
+        out = router.call("switch_if_settled", unit_id, to_phase, fence)
+        if out["switched"]:
+            how = f"fenced {out['fenced']} writes under way" if out["fenced"] else "quiet"
+            return (time.perf_counter() - t0) * 1000, how, caught
+        if waited > 2 * IDLE_WAIT_S:
+            return None
+        if not ids:
+            time.sleep(0.002)
+
+
+def _freeze_and_flip(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
+                     back_phase: str, max_freeze_ms: int, before: int) -> CutoverResult:
+    """Steps 1 to 4 of the module's notes, for when writes kept ending."""
+    steps: dict[str, float] = {}
     drained: set[Any] = set()
+    start = time.perf_counter()
 
     def lap(name: str) -> None:
         total = (time.perf_counter() - start) * 1000
@@ -139,37 +191,21 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
             raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
                         f"{what}")
 
-    # Step 1: freeze, at a moment when no write of the unit is under way and every ended one
-    # is applied, if one comes soon (this applies what ends meanwhile): then the freeze has
-    # nothing to drain and nothing to fence. Otherwise freeze anyway.
-    sync.seen = []
-    applied: set[Any] = set()
-    try:
-        while True:
-            applied.update(sync.step(DRAIN_STEP)[0])
-            start = time.perf_counter()
-            late = start - called > IDLE_WAIT_S
-            if router.call("freeze_if_quiet", unit.unit_id, force=late) or late:
-                break
-            time.sleep(0.002)
-    except BaseException:
-        router.call("pause_followers", 0)
-        raise
-    before_freeze, sync.times = set(applied), {}
+    # Step 1: freeze, fencing the writes under way (their clients write again afterwards).
+    fenced = router.call("freeze", unit_id)
+    sync.seen, sync.times = [], {}
     lap("freeze")
     try:
         while True:
-            # Step 2: drain the changes of every write that has ended. Writes still under way
-            # are not waited for: at the flip they are fenced and write again to the new owner.
-            now: set[Any] = set(applied)  # the first round confirms those applied just before
-            applied = set()
+            # Step 2: drain the changes of every write that ended before the freeze.
+            now: set[Any] = set()
             while True:
                 ids, _ = sync.step(DRAIN_STEP)
                 if not ids:
                     break
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
-            drained |= now - before_freeze
+            drained |= now
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
@@ -177,30 +213,29 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
             sync.seen = []
             lap("confirm")
             over("after the confirm")
-            # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
-            # freeze.
-            if router.call("flip", unit.unit_id, to_phase):
+            # Step 4: flip, which lifts the freeze; refused only if an entry that must be
+            # applied first appeared (a repair): then drain again.
+            if router.call("flip", unit_id, to_phase):
                 break
             lap("flip")
             if not now:
                 time.sleep(0.002)
         freeze_ms = (time.perf_counter() - start) * 1000
     except Abort as why:
-        router.call("set_phase", unit.unit_id, back_phase)
+        router.call("set_phase", unit_id, back_phase)
         freeze_ms = (time.perf_counter() - start) * 1000
-        log.warning("unit %s: switch to %s aborted after %.0f ms: %s", unit.unit_id, to_phase,
+        log.warning("unit %s: switch to %s aborted after %.0f ms: %s", unit_id, to_phase,
                     freeze_ms, why)
-        return CutoverResult(unit.unit_id, False, freeze_ms, len(drained), str(why), steps)
+        return CutoverResult(unit_id, False, freeze_ms, len(drained), str(why), steps,
+                             how="freeze")
     except BaseException:
-        router.call("set_phase", unit.unit_id, back_phase)
+        router.call("set_phase", unit_id, back_phase)
         raise
-    finally:
-        router.call("pause_followers", 0)
     lap("flip")
-    log.info("unit %s: %s after a %.0f ms freeze (%d ids drained, %d caught up just before; "
-             "ms per step %s; of the drain, reading the owner %.0f ms and writing the other "
-             "side %.0f ms)", unit.unit_id, to_phase, freeze_ms, len(drained),
-             len(last | before_freeze),
-             {k: round(v, 1) for k, v in steps.items()}, sync.times.get("read", 0.0),
-             sync.times.get("write", 0.0))
-    return CutoverResult(unit.unit_id, True, freeze_ms, len(drained), steps_ms=steps)
+    log.info("unit %s: %s after a %.0f ms freeze (%d writes fenced, %d ids drained, %d caught "
+             "up just before; ms per step %s; of the drain, reading the owner %.0f ms and "
+             "writing the other side %.0f ms)", unit_id, to_phase, freeze_ms, fenced,
+             len(drained), before, {k: round(v, 1) for k, v in steps.items()},
+             sync.times.get("read", 0.0), sync.times.get("write", 0.0))
+    return CutoverResult(unit_id, True, freeze_ms, len(drained), how="freeze",
+                         steps_ms=steps)

@@ -31,6 +31,7 @@ class UnitReport(BaseModel):
     phase: str | None = None
     owner: str | None = None
     freeze_ms: float | None = None
+    cutover_how: str | None = None  # "quiet", "fenced N writes under way" or "freeze"
     cutover_attempts: int = 0
     error: str | None = None
 

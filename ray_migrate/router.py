@@ -99,7 +99,7 @@ class Router:
                          carried: dict[int, tuple[Any, int]] | None = None
                          ) -> list[dict[str, Any]]:
         """``end_write`` for several leases; ``carried``: token -> (rows, nbytes) of the
-        writes that succeeded, for the appliers (see ``routing.Carried``)."""
+        writes that succeeded, for the appliers (see ``carried``)."""
         carried = carried or {}
         return [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
 
@@ -108,12 +108,19 @@ class Router:
         self._persist()
         return epoch
 
-    async def freeze_if_quiet(self, unit_id: str, force: bool = False) -> bool:
-        """``RoutingTable.freeze_if_quiet``, in one step of this actor."""
-        quiet = self.table.freeze_if_quiet(unit_id, force)
-        if quiet or force:
+    async def switch_if_settled(self, unit_id: str, phase: str, fence: bool = False
+                                ) -> dict[str, Any]:
+        """``RoutingTable.switch_if_settled``, in one step of this actor."""
+        out = self.table.switch_if_settled(unit_id, phase, fence)  # type: ignore[arg-type]
+        if out["switched"]:
             self._persist()
-        return quiet
+        return out
+
+    async def freeze(self, unit_id: str) -> int:
+        """``RoutingTable.freeze``: freeze and fence the writes under way."""
+        fenced = self.table.freeze(unit_id)
+        self._persist()
+        return fenced
 
     async def flip(self, unit_id: str, phase: str) -> bool:
         """``RoutingTable.flip``: False when a write ended since the drain (drain again)."""

@@ -9,18 +9,18 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   only hold too much, never too little.
 - Capture starts when a unit leaves ``source``; the copy scan waits until every lease issued
   before that has ended (``leases_before``), so no uncaptured write can land during the scan.
-- A freeze stops new leases; the changes of the writes that have ended are drained and the
-  owner flips (``flip``) only when no ended write is left undrained, checked in the same step.
-  Writes still under way are not waited for: they are fenced. ``end_write`` tells them the
+- The owner flips only when no ended write is left unapplied on the new owner, checked in
+  the same step as the flip. Usually no freeze is needed: once the cutover has applied and
+  confirmed every ended write, ``switch_if_settled`` freezes and flips in one step, so no write
+  ever waits. Otherwise a freeze stops new leases, the ended writes are drained and ``flip``
+  follows. Writes under way are never waited for: they are fenced. ``end_write`` tells them the
   owner changed, and the client writes again to the new owner before it acknowledges, so an
   in-flight write is never acknowledged from the old owner alone. Their log entries stay, so
   the old owner is synced to the new one's value afterwards (the rollback window).
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
-  order-free and delete-safe. A client may hand in what it wrote with ``end_write``
-  (``Carried``); an applier uses those rows instead of reading the owner only where they must
-  equal what the owner holds: the write went to the current owner, ended normally, its id's
-  newest entry is its own, and no other write of the same id was under way at any moment of
-  its lease (two such writes may land in either order). Anything else is read again.
+  order-free and delete-safe. A client may hand in what it wrote with ``end_write``; an
+  applier uses those rows instead of reading the owner only where they must equal what the
+  owner holds (``carried`` has the rules). Anything else is read again.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import itertools
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from ray_migrate.carried import Carried, ClientRows
 
 Phase = Literal["source", "capturing", "copying", "catching_up", "ready", "frozen", "target",
                 "rolled_back", "done", "failed"]
@@ -89,19 +91,6 @@ class Lease:
     ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
 
 
-@dataclass
-class Carried:
-    """What a client wrote under a lease, kept for the applier of the unit's log."""
-
-    unit_id: str
-    flips: int  # the owner it was written to (see ``UnitRoute.flips``)
-    rows: Any  # opaque here: ("upsert", table) or ("delete", ids) in the owner's terms
-    nbytes: int
-
-
-CARRY_MAX_BYTES = 128 << 20  # beyond this, clients' rows are dropped and appliers read again
-
-
 class RoutingTable:
     """For each unit: owner, phase, counters and its change log; one epoch for the table."""
 
@@ -119,10 +108,8 @@ class RoutingTable:
         self.upkeep_until = 0.0  # a compaction of the target runs: cutovers wait for it
         self.follow_holder: str | None = None  # the follower whose step is under way
         self.follow_since = 0.0
-        self.carried: dict[int, Carried] = {}  # lease token -> the rows its client wrote
-        self.carried_bytes = 0
-        self._writing: dict[Any, set[int]] = {}  # id -> open leases writing it (capturing)
-        self._overlapped: set[int] = set()  # open leases that met another write of an id
+        self.rows = ClientRows()  # what clients wrote, for the appliers (see ``carried``)
+        self.fenced: dict[str, set[int]] = {}  # unit -> leases its current freeze fenced
 
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
@@ -149,6 +136,8 @@ class RoutingTable:
             return self.epoch
         if phase not in TRANSITIONS[u.phase]:
             raise TransitionError(f"unit {unit_id}: cannot go from {u.phase} to {phase}")
+        if u.phase == "frozen":
+            self.fenced.pop(unit_id, None)  # fenced writes still under way are valid again
         if u.phase == "frozen" and u.frozen_at is not None:
             u.longest_freeze_ms = max(u.longest_freeze_ms, (now - u.frozen_at) * 1000)
             u.frozen_at = None
@@ -174,23 +163,41 @@ class RoutingTable:
         must still apply before the owner may flip."""
         now = time.time() if now is None else now
         self._expire(now)
-        return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
+        u = self.unit(unit_id)
+        return sum(1 for e in u.log if (len(e) < 3 or e[2] not in self.leases)
+                   and not self._fenced(u, e))
 
-    def freeze_if_quiet(self, unit_id: str, force: bool = False,
-                        now: float | None = None) -> bool:
-        """Freeze the unit if none of its writes is under way and every ended one has been
-        applied, or anyway with ``force``. Returns whether it was quiet: then the freeze has
-        nothing to drain or fence."""
-        quiet = self.open_leases(unit_id, now=now) == 0 and self.settled(unit_id, now) == 0
-        if quiet or force:
-            self.set_phase(unit_id, "frozen", now)
-        return quiet
+    def switch_if_settled(self, unit_id: str, phase: Phase, fence: bool = False,
+                          now: float | None = None) -> dict[str, Any]:
+        """Switch the owner at once (``phase`` target or rolled_back: a freeze and a flip in
+        one step, so no write ever waits) if every ended write of the unit has been applied
+        and, unless ``fence``, none is under way. The caller has confirmed what it applied.
+        With ``fence``, writes under way are fenced by the flip: their clients write again to
+        the new owner. Returns whether it switched and how many writes it fenced."""
+        open_ = self.open_leases(unit_id, now=now)
+        if self.settled(unit_id, now) or (open_ and not fence):
+            return {"switched": False, "fenced": 0}
+        self.set_phase(unit_id, "frozen", now)
+        self.set_phase(unit_id, phase, now)
+        return {"switched": True, "fenced": open_}
+
+    def freeze(self, unit_id: str, now: float | None = None) -> int:
+        """Freeze the unit and fence its writes under way: they end invalid and their clients
+        write again once the freeze is over, so the drain and ``flip`` need not wait for them.
+        Returns how many were fenced."""
+        self.set_phase(unit_id, "frozen", now)
+        tokens = {t for t, le in self.leases.items() if le.unit_id == unit_id}
+        self.fenced[unit_id] = tokens
+        return len(tokens)
+
+    def _fenced(self, u: UnitRoute, entry: list[Any]) -> bool:
+        return len(entry) > 2 and entry[2] in self.fenced.get(u.unit_id, ())
 
     def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze by flipping the owner (``phase`` target or rolled_back), unless a write
         ended since the drain: its entry is settled and not applied, and after a flip it would
-        be synced the wrong way. Then False: drain again. Entries of writes still under way
-        are fine: their clients are fenced at ``end_write`` and write again to the new owner."""
+        be synced the wrong way. Then False: drain again. Entries of fenced writes are fine:
+        their clients write again to the new owner, and the entries then sync the old one."""
         u = self.unit(unit_id)
         if u.phase != "frozen":
             raise TransitionError(f"unit {unit_id}: flip needs a frozen unit, not {u.phase}")
@@ -225,49 +232,32 @@ class RoutingTable:
             return {"status": "wait", "epoch": self.epoch}
         lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
         if u.phase in CAPTURING:
-            if any(le.unit_id == unit_id and not le.ids for le in self.leases.values()):
-                self._overlapped.add(lease.token)  # a write from before capture is under way
             lease.ids = list(ids)
             for pid in ids:
                 self.seq += 1
                 u.log.append([self.seq, pid, lease.token])
-                writing = self._writing.setdefault(pid, set())
-                if writing:  # two writes of one id under way: their order is unknown
-                    self._overlapped.update(writing)
-                    self._overlapped.add(lease.token)
-                writing.add(lease.token)
+            self.rows.opened(lease.token, ids, before_capture=any(
+                le.unit_id == unit_id and not le.ids for le in self.leases.values()))
         self.leases[lease.token] = lease
         return {"status": "ok", "token": lease.token, "owner": u.owner, "epoch": self.epoch,
                 "phase": u.phase}
 
     def end_write(self, token: int, rows: Any = None, nbytes: int = 0) -> dict[str, Any]:
         """Close a lease. ``valid`` is False when the owner changed meanwhile: write again.
-        ``rows``: what the client wrote, when its write succeeded (see ``Carried``)."""
+        ``rows``: what the client wrote, when its write succeeded (see ``carried``)."""
         lease = self.leases.pop(token, None)
         if lease is None:  # expired, or issued before a router restart
             return {"valid": False, "epoch": self.epoch}
         overlapped = self._close(lease)
         u = self.units[lease.unit_id]
-        valid = u.flips == lease.flips
+        valid = u.flips == lease.flips and token not in self.fenced.get(lease.unit_id, ())
         if (valid and rows is not None and lease.ids and not overlapped
-                and self.carried_bytes + nbytes <= CARRY_MAX_BYTES
                 and not self._near_restart(lease.issued_at)):
-            self.carried[token] = Carried(lease.unit_id, lease.flips, rows, nbytes)
-            self.carried_bytes += nbytes
+            self.rows.keep(token, Carried(lease.unit_id, lease.flips, rows, nbytes))
         return {"valid": valid, "epoch": self.epoch, "owner": u.owner}
 
     def _close(self, lease: Lease) -> bool:
-        """Forget an open lease's ids; returns whether another write of one of them was under
-        way at some moment of the lease."""
-        for pid in lease.ids:
-            writing = self._writing.get(pid)
-            if writing is not None:
-                writing.discard(lease.token)
-                if not writing:
-                    del self._writing[pid]
-        overlapped = lease.token in self._overlapped
-        self._overlapped.discard(lease.token)
-        return overlapped
+        return self.rows.closed(lease.token, lease.ids)
 
     def _near_restart(self, issued_at: float) -> bool:
         """Leases from before a restart are unknown, so overlaps with them are too."""
@@ -310,7 +300,8 @@ class RoutingTable:
                            or now < self.followers_paused_until):
             return [], -1
         self._expire(now)
-        entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
+        entries = [e for e in u.log if (len(e) < 3 or e[2] not in self.leases)
+                   and not self._fenced(u, e)][:limit]
         if not entries:
             u.sync_holder, u.taken = None, []
             return [], u.acked_seq
@@ -324,27 +315,14 @@ class RoutingTable:
 
     def carried_for(self, unit_id: str) -> list[tuple[list[Any], Any]]:
         """For the entries just handed out by ``take_changes``: (ids, rows) per client write
-        whose rows stand for the owner's current value of those ids (see the module's notes):
-        the write is the id's newest entry and went to the owner the log is applied from."""
+        whose rows stand for the owner's current value of those ids (see ``carried``)."""
         u = self.unit(unit_id)
         taken = set(u.taken)
-        newest: dict[Any, int | None] = {}
-        for e in u.log:
-            if e[0] in taken:
-                newest[e[1]] = e[2] if len(e) > 2 else None
-        by_token: dict[int, list[Any]] = {}
-        for pid, tok in newest.items():
-            c = self.carried.get(tok) if tok is not None else None
-            if c is not None and c.flips == u.flips:
-                by_token.setdefault(tok, []).append(pid)  # type: ignore[arg-type]
-        return [(ids, self.carried[tok].rows) for tok, ids in by_token.items()]
+        return self.rows.for_entries((e for e in u.log if e[0] in taken), u.flips)
 
     def _drop_carried(self, unit_id: str) -> None:
         """Forget the rows of writes no entry of the unit's log names any more."""
-        live = {e[2] for e in self.unit(unit_id).log if len(e) > 2}
-        for tok in [t for t, c in self.carried.items() if c.unit_id == unit_id
-                    and t not in live]:
-            self.carried_bytes -= self.carried.pop(tok).nbytes
+        self.rows.drop_unused(unit_id, {e[2] for e in self.unit(unit_id).log if len(e) > 2})
 
     def log_ids(self, unit_id: str, ids: list[Any]) -> int:
         """Add ids to the unit's log as if written (a verify found them differing): the one

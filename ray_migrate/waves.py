@@ -58,6 +58,7 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
             row.cutover_attempts += 1
             if res["ok"]:
                 row.freeze_ms = max(row.freeze_ms or 0.0, res["freeze_ms"])
+                row.cutover_how = res.get("how")
             else:
                 row.error = f"cutover attempt {attempt}: {res['reason']}"
                 failed.append(unit)
@@ -155,7 +156,7 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
         results[unit.unit_id] = res
         row = m._row(unit.unit_id)
         if res["ok"]:
-            row.freeze_ms = res["freeze_ms"]
+            row.freeze_ms, row.cutover_how = res["freeze_ms"], res.get("how")
         else:
             row.status, row.error = "failed", res["reason"]
     return results

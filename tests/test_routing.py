@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from ray_migrate.routing import CARRY_MAX_BYTES, RoutingTable, TransitionError
+from ray_migrate.carried import CARRY_MAX_BYTES
+from ray_migrate.routing import RoutingTable, TransitionError
 
 
 def table():
@@ -111,6 +112,68 @@ def test_flip_waits_for_no_write_but_refuses_an_undrained_ended_one():
     assert t.take_changes("a", now=0)[0] == [1]
 
 
+def ready_table() -> RoutingTable:
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p)
+    return t
+
+
+def test_a_settled_unit_switches_in_one_step_and_fences_only_when_asked():
+    t = ready_table()
+    ended = write(t, "a", [1])
+    under_way = t.begin_write("a", [2], now=0)
+    assert t.switch_if_settled("a", "target", fence=True, now=0) == {
+        "switched": False, "fenced": 0}, "id 1 has ended but is not applied"
+    ids, seq = t.take_changes("a", now=0)
+    assert ids == [1] and ended["status"] == "ok"
+    t.ack_changes("a", seq)
+    assert t.switch_if_settled("a", "target", now=0)["switched"] is False, \
+        "a write is under way and fencing was not asked for"
+    assert t.unit("a").phase == "ready" and t.unit("a").owner == "source"
+    assert t.switch_if_settled("a", "target", fence=True, now=0) == {
+        "switched": True, "fenced": 1}
+    u = t.unit("a")
+    assert (u.owner, u.phase, u.longest_freeze_ms) == ("target", "target", 0.0)
+    assert t.end_write(under_way["token"])["valid"] is False, "its client writes again"
+    with pytest.raises(TransitionError, match="cannot go from source to frozen"):
+        t.switch_if_settled("b", "target", now=0)  # b never captured its writes
+
+
+def test_a_quiet_unit_switches_without_fencing():
+    t = ready_table()
+    write(t, "a", [1])
+    t.ack_changes("a", t.take_changes("a", now=0)[1])
+    assert t.switch_if_settled("a", "target", now=0) == {"switched": True, "fenced": 0}
+    assert t.begin_write("a", [1], now=0)["owner"] == "target"
+
+
+def test_a_freeze_fences_writes_under_way_so_the_flip_need_not_drain_them():
+    t = ready_table()
+    ended = write(t, "a", [1])
+    fenced = t.begin_write("a", [2], now=0)
+    assert t.freeze("a", now=0) == 1
+    assert t.begin_write("a", [3], now=0)["status"] == "wait"
+    assert t.end_write(fenced["token"])["valid"] is False, \
+        "ended during the freeze, owner unchanged: still written again after it"
+    ids, seq = t.take_changes("a", now=0)
+    assert ids == [1], "the drain takes the write that ended before the freeze, not the fenced one"
+    assert ended["status"] == "ok"
+    t.ack_changes("a", seq)
+    assert t.flip("a", "target", now=0) is True, "the fenced write's entry does not hold it"
+    # Its entry stays: once flipped, the source is synced back to the target's value of id 2.
+    assert t.take_changes("a", now=0)[0] == [2]
+
+
+def test_writes_fenced_by_an_aborted_freeze_are_valid_again_if_still_under_way():
+    t = ready_table()
+    fenced = t.begin_write("a", [1], now=0)
+    t.freeze("a", now=0)
+    t.set_phase("a", "ready", now=0)  # the cutover aborted: the source still owns the unit
+    assert t.end_write(fenced["token"])["valid"] is True
+    assert t.take_changes("a", now=0)[0] == [1], "its change is applied forward as usual"
+
+
 def test_expired_leases_stop_counting():
     t = table()
     t.begin_write("a", [1], now=0)
@@ -189,7 +252,7 @@ def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path)
         h.kill()
 
 
-def test_router_freezes_a_unit_at_a_quiet_moment_or_when_forced(ray_cluster, tmp_path):
+def test_router_switches_a_settled_unit_or_freezes_and_fences(ray_cluster, tmp_path):
     from ray_migrate.router import start_router
 
     h = start_router("rt-quiet", str(tmp_path), ["a"], {}, lease_s=5.0)
@@ -197,18 +260,25 @@ def test_router_freezes_a_unit_at_a_quiet_moment_or_when_forced(ray_cluster, tmp
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [1], None)])
-        assert h.call("freeze_if_quiet", "a") is False, "a write is under way"
+        assert h.call("switch_if_settled", "a", "target")["switched"] is False, \
+            "a write is under way"
         h.call("end_writes", [lease["token"]])
-        assert h.call("freeze_if_quiet", "a") is False, "its change is not applied yet"
+        assert h.call("switch_if_settled", "a", "target")["switched"] is False, \
+            "its change is not applied yet"
         assert h.call("unit", "a")["phase"] == "catching_up"
         ids, seq, _ = h.call("take_changes", "a", 10, "me")
         h.call("ack_changes", "a", seq, "me")
-        assert h.call("freeze_if_quiet", "a") is True
-        assert h.call("unit", "a")["phase"] == "frozen"
-        h.call("set_phase", "a", "catching_up")
+        assert h.call("switch_if_settled", "a", "target") == {"switched": True, "fenced": 0}
+        assert h.call("unit", "a")["owner"] == "target"
+        h.call("set_phase", "a", "frozen")
+        h.call("set_phase", "a", "rolled_back")
+        for p in ("capturing", "copying", "catching_up"):
+            h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [2], None)])
-        assert h.call("freeze_if_quiet", "a", force=True) is False
-        assert h.call("unit", "a")["phase"] == "frozen", "forced: the write will be fenced"
+        assert h.call("freeze", "a") == 1
+        assert h.call("unit", "a")["phase"] == "frozen"
+        [ended] = h.call("end_writes", [lease["token"]])
+        assert ended["valid"] is False, "fenced: its client writes again after the freeze"
     finally:
         h.kill()
 
@@ -346,7 +416,7 @@ def test_a_clients_rows_stand_in_for_a_read_only_when_they_must_equal_the_owner(
     assert ids == [1, 2, 3, 4]
     assert t.carried_for("a") == [([1, 2], ("upsert", "rows of 1 and 2"))]
     t.ack_changes("a", seq)
-    assert t.carried == {} and t.carried_bytes == 0, "applied: the rows are let go"
+    assert t.rows.kept == {} and t.rows.nbytes == 0, "applied: the rows are let go"
 
 
 def test_rows_are_not_used_after_a_repair_entry_a_flip_or_with_a_write_from_before_capture():
@@ -376,11 +446,11 @@ def test_rows_near_a_restart_and_beyond_the_memory_cap_are_not_kept():
     back = RoutingTable.from_dict(t.to_dict(), now=100)
     lease = back.begin_write("a", [1], now=101)
     back.end_write(lease["token"], ("upsert", "1"), 1)
-    assert back.carried == {}, "leases from before the restart are unknown"
-    t.carried_bytes = CARRY_MAX_BYTES
+    assert back.rows.kept == {}, "leases from before the restart are unknown"
+    t.rows.nbytes = CARRY_MAX_BYTES
     lease = t.begin_write("a", [2], now=0)
     t.end_write(lease["token"], ("upsert", "2"), 1)
-    assert t.carried == {}
+    assert t.rows.kept == {}
 
 
 def test_a_target_compaction_and_a_cutover_exclude_each_other():
