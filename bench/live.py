@@ -258,7 +258,8 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "periods": {p: period(p, q) for p, q in
                     (("before", "during"), ("during", "after"), ("after", "end"))},
         "freeze": freeze, "attempts": sum(r.cutover_attempts for r in rows),
-        "hows": [(r.cutover_how or "").split(" ")[0] for r in rows if r.cutover_how],
+        "hows": [r.cutover_how.split(" ")[0].strip(",") + ("-fenced" if "fencing" in
+                 r.cutover_how else "") for r in rows if r.cutover_how],
         "moved": sum(status[r.unit_id]["phase"] in ("target", "done") for r in rows),
         "units": len(rows),
         "failed": [f"{r.unit_id} {r.status} {r.phase} equal={r.equal}: {r.error}" for r in rows
@@ -325,9 +326,9 @@ def main() -> int:
         p99 = pct(fz, 99)
         hows = r.get("hows", [])
         row(f"{tag}: freeze per unit p50 / p99 / max (ms; {r['moved']}/{r['units']} units "
-            f"moved, {r['attempts']} cutover attempts; switched at once when quiet "
-            f"{hows.count('quiet')}, at once fencing writes under way {hows.count('fenced')}, "
-            f"after a freeze {hows.count('freeze')})", rate,
+            f"moved, {r['attempts']} cutover attempts; switched at a quiet moment without a "
+            f"freeze {hows.count('quiet')}, frozen at a quiet moment {hows.count('freeze')}, "
+            f"frozen anyway, fencing writes under way {hows.count('freeze-fenced')})", rate,
             f"{pct(fz, 50):.0f} / {p99:.0f} / {max(fz, default=0):.0f}",
             "p99 <= 100 ms" if targets else "(info)", p99 <= 100 if targets else None)
         b, d, f = (r["periods"][p] for p in ("before", "during", "after"))

@@ -5,14 +5,22 @@ writes to the target go through the forward transform and reads from it through 
 Every write asks the router for a lease first (see ``routing`` for why that keeps every
 acknowledged write), so a client never needs a fresh routing table to be correct: the lease
 carries the owner, and a write whose owner changed meanwhile is written again to the new one.
+
+Reads use a cached routing table. One call to the router stays outstanding per client
+(``wait_routes``) and returns as soon as the table changes, so the cache follows every change
+within a round trip. Every write's answer carries the table's epoch as well: a client that
+sees a newer one reads the table again before its next read, so it always reads its own
+writes. While the watch is down (the router restarts), reads ask the router every time.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import heapq
 import logging
 import math
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -45,6 +53,7 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 FREEZE_WAIT_S = 30.0
+WATCH_S = 10.0  # how long one wait for a change of the routing table lasts
 # write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
 Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
 
@@ -77,6 +86,12 @@ class RoutedCollection:
         self._range_los = [u.lo for u in self._range_units[1:]]
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
+        self._lock = threading.Lock()
+        self._routes: dict[str, Any] | None = None  # unit -> (owner, phase), at _routes_epoch
+        self._routes_epoch = -1
+        self._epoch_seen = -1  # the epoch of the latest answer from the router
+        self._watcher: threading.Thread | None = None
+        self._closed = False
 
     @classmethod
     def connect(cls, migration_id: str, address: str | None = None) -> RoutedCollection:
@@ -90,6 +105,64 @@ class RoutedCollection:
         info = router.call("describe")
         cfg = MigrationConfig.model_validate(info["config"])
         return cls(cfg, Plan.from_dict(info["plan"]), router)
+
+    def close(self) -> None:
+        """Stop watching the routing table (the watch ends within ``WATCH_S``)."""
+        self._closed = True
+        self._pool.shutdown(wait=False)
+
+    # --- routes ---------------------------------------------------------------------------
+    def routes(self) -> dict[str, tuple[str, str]]:
+        """unit -> (owner, phase): the cached table while the watch keeps it current and no
+        newer epoch has been seen since, else asked of the router."""
+        with self._lock:
+            if (self._routes is not None and self._routes_epoch == self._epoch_seen
+                    and self._watcher is not None and self._watcher.is_alive()):
+                return self._routes
+        out = self.router.call("routes")
+        self._take_routes(out)
+        with self._lock:
+            if not self._closed and (self._watcher is None or not self._watcher.is_alive()):
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name="rm-routes")
+                self._watcher.start()
+        return out["units"]
+
+    def _take_routes(self, out: dict[str, Any]) -> None:
+        with self._lock:
+            self._routes, self._routes_epoch = out["units"], out["epoch"]
+            self._epoch_seen = out["epoch"]
+
+    def _saw_epoch(self, epoch: int) -> None:
+        with self._lock:
+            self._epoch_seen = epoch
+
+    def _watch(self) -> None:
+        """Keep the cached table current; stop after a few failures in a row (the next read
+        asks the router and starts the watch again), when closed, or when Ray shuts down in
+        this process (so it never blocks the shutdown: it waits in short slices)."""
+        import ray
+
+        failures = 0
+        while not self._closed and failures < 3:
+            try:
+                answer = self.router.actor.wait_routes.remote(self._routes_epoch,
+                                                              WATCH_S).future()
+                while True:  # a Python future: this thread is never inside a Ray call here
+                    try:
+                        out = answer.result(timeout=0.5)
+                        break
+                    except concurrent.futures.TimeoutError:
+                        if self._closed or not ray.is_initialized():
+                            return
+                self._take_routes(out)
+                failures = 0
+            except BaseException as err:  # noqa: BLE001 - reads fall back to asking each time
+                if not ray.is_initialized() or isinstance(err, SystemExit):
+                    return
+                failures += 1
+                log.debug("routing watch: %s: %s", type(err).__name__, err)
+                time.sleep(0.2)
 
     # --- units ----------------------------------------------------------------------------
     def unit_of(self, pid: Any, payload: dict[str, Any] | None) -> str:
@@ -175,6 +248,7 @@ class RoutedCollection:
                                       [(u, pending[u][0], pending[u][1]) for u in names])
             granted = {u: le for u, le in zip(names, leases, strict=True)
                        if le["status"] == "ok"}
+            self._saw_epoch(max(le["epoch"] for le in leases))
             by_owner: dict[str, list[str]] = defaultdict(list)
             for u, le in granted.items():
                 by_owner[le["owner"]].append(u)
@@ -187,6 +261,8 @@ class RoutedCollection:
                 ends = self.router.call(
                     "end_writes", [le["token"] for le in granted.values()],
                     {granted[u]["token"]: w for u, w in written.items()}) if granted else []
+            if ends:
+                self._saw_epoch(max(end["epoch"] for end in ends))
             for u, end in zip(granted, ends, strict=True):
                 if end["valid"]:
                     del pending[u]
@@ -262,7 +338,7 @@ class RoutedCollection:
             for pid in ids:
                 out[self.unit_of(pid, None)].append(pid)
             return out
-        routes = self.router.call("routes")["units"]
+        routes = self.routes()
         seen: dict[Any, set[str]] = defaultdict(set)  # units of every copy found
         owned: dict[Any, str] = {}  # the unit of the copy held by that unit's owner
         for side in ("source", "target"):
@@ -282,7 +358,7 @@ class RoutedCollection:
     # --- reads ----------------------------------------------------------------------------
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
         ids = [self._check_id(i) for i in ids]
-        routes = self.router.call("routes")["units"]
+        routes = self.routes()
         result: dict[Any, dict[str, Any]] = {}
         for side in ("source", "target"):
             t = self.backends[side].fetch(ids)
@@ -323,7 +399,7 @@ class RoutedCollection:
             raise InvalidDataError(f"query vector must be {spec.dim} finite floats")
         if k < 1:
             raise InvalidDataError("k must be at least 1")
-        routes = self.router.call("routes")["units"]
+        routes = self.routes()
         hits: list[tuple[float, Any, dict[str, Any]]] = []
         for side in ("source", "target"):
             hits += self._search_side(side, q, k, name, spec.distance, filter or {}, routes)
@@ -346,9 +422,17 @@ class RoutedCollection:
         owned = {u for u, (owner, _) in routes.items() if owner == side}
         if not owned:
             return []
+        within = None
+        if unit is None and len(owned) < len(routes) and all(u in self.units for u in owned) \
+                and self.cfg.units.by == "tenant":
+            # Search only the units this side owns, rather than top-k of all and then more
+            # of all until k are owned: one scan of each side, not several.
+            within = [self.units[u] for u in sorted(owned)]
+            if side == "target":
+                within = [self.forward.target_unit(u) for u in within]
         fetch_k = k
         while True:
-            raw = backend.search(q.tolist(), fetch_k, tname, unit)
+            raw = backend.search(q.tolist(), fetch_k, tname, unit, within)
             out = []
             for h in raw:
                 payload = h.payload
@@ -368,7 +452,7 @@ class RoutedCollection:
         return {self.inverse.rename_fields.get(key, key): v for key, v in payload.items()}
 
     def count(self) -> int:
-        routes = self.router.call("routes")["units"]
+        routes = self.routes()
         total = 0
         for unit_id, (owner, _) in routes.items():
             unit = self.units.get(unit_id) or self._new_unit(unit_id)

@@ -1,11 +1,11 @@
-"""Cutover (and rollback) of one unit, behind a write freeze only when one is needed.
+"""Cutover (and rollback) of one unit behind a short write freeze, or none at all.
 
-Step 0: apply and confirm the unit's changes until every write that has ended is applied, and
-in that same router step switch the owner (``switch_if_settled``): a freeze and a flip at once,
-so no write waits. For ``IDLE_WAIT_S`` this waits for a moment when no write of the unit is
-under way either; after that, writes under way are fenced (their clients write again to the
-new owner). Only if writes keep ending for as long again:
-Step 1: freeze the unit: new writes wait at the router, and writes under way are fenced.
+Step 1: freeze the unit: new writes wait at the router. The cutover applies what ends until a
+moment when no write of the unit is under way and every ended one is applied, if one comes
+within ``IDLE_WAIT_S``, and the router freezes it then. If all that was applied is confirmed
+already, the router flips at that same moment instead (``switch_if_quiet``): no write waits at
+all. Without a quiet moment it freezes anyway and fences the writes under way (their clients
+write again to the new owner once the freeze is over).
 Step 2: drain the captured changes of the writes that ended before the freeze to the new
 owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
@@ -45,7 +45,7 @@ class CutoverResult:
     drained: int
     reason: str | None = None
     steps_ms: dict[str, float] | None = None  # how long each step of the freeze took
-    how: str | None = None  # "quiet", "fenced N writes under way" (no freeze) or "freeze"
+    how: str | None = None  # "quiet" (no freeze), "freeze" or "freeze, fencing N writes"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,62 +124,22 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     except Abort as why:
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
-    # Followers (of other units) pause from the wait for a settled moment to the end of the
-    # switch: on a small machine they compete for it. While they pause every other waiting
+    # Followers (of other units) pause from the wait for a quiet moment to the end of the
+    # freeze: on a small machine they compete for it. While they pause every other waiting
     # unit falls behind, so only this long.
-    router.call("quiet_followers", budget + 2 * IDLE_WAIT_S + 0.5, timeout_s=budget)
+    router.call("quiet_followers", budget + IDLE_WAIT_S + 0.5, timeout_s=budget)
     try:
-        switched = _switch_when_settled(router, sync, unit.unit_id, to_phase)
-        if switched is not None:
-            ms, how, caught = switched
-            log.info("unit %s: %s at once (%s; %d ids caught up and confirmed just before; "
-                     "the switch took %.1f ms)", unit.unit_id, to_phase, how,
-                     len(last | caught), ms)
-            return CutoverResult(unit.unit_id, True, ms, 0, how=how, steps_ms={"switch": ms})
-        return _freeze_and_flip(router, sync, unit.unit_id, to_phase, back_phase,
-                                max_freeze_ms, len(last))
-    except Abort as why:
-        log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
-        return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
+        return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
+                       len(last))
     finally:
         router.call("pause_followers", 0)
 
 
-def _switch_when_settled(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str
-                         ) -> tuple[float, str, set[Any]] | None:
-    """Apply and confirm what ends until every ended write is applied, and switch in that
-    same router step (``switch_if_settled``): no write waits at all. For ``IDLE_WAIT_S`` only
-    when no write is under way either; for as long again also fencing writes under way (their
-    clients write again to the new owner). Returns (ms of the switch call, how, ids applied)
-    or None when writes kept ending: then a freeze is needed."""
-    called = time.perf_counter()
-    sync.seen = []
-    caught: set[Any] = set()
-    while True:
-        ids, _ = sync.step(DRAIN_STEP)
-        if ids:  # only this applier writes the unit's other side: they stay as confirmed
-            _confirm(sync, set(ids), rows_of(sync.seen, set(ids)), "just before the switch")
-            caught.update(ids)
-            sync.seen = []
-        waited = time.perf_counter() - called
-        fence = waited > IDLE_WAIT_S
-        t0 = time.perf_counter()
-        out = router.call("switch_if_settled", unit_id, to_phase, fence)
-        if out["switched"]:
-            how = f"fenced {out['fenced']} writes under way" if out["fenced"] else "quiet"
-            return (time.perf_counter() - t0) * 1000, how, caught
-        if waited > 2 * IDLE_WAIT_S:
-            return None
-        if not ids:
-            time.sleep(0.002)
-
-
-def _freeze_and_flip(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
-                     back_phase: str, max_freeze_ms: int, before: int) -> CutoverResult:
-    """Steps 1 to 4 of the module's notes, for when writes kept ending."""
+def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
+            back_phase: str, max_freeze_ms: int, before: int) -> CutoverResult:
+    """Steps 1 to 4 of the module's notes."""
     steps: dict[str, float] = {}
     drained: set[Any] = set()
-    start = time.perf_counter()
 
     def lap(name: str) -> None:
         total = (time.perf_counter() - start) * 1000
@@ -191,21 +151,41 @@ def _freeze_and_flip(router: RouterHandle, sync: UnitSync, unit_id: str, to_phas
             raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
                         f"{what}")
 
-    # Step 1: freeze, fencing the writes under way (their clients write again afterwards).
-    fenced = router.call("freeze", unit_id)
-    sync.seen, sync.times = [], {}
+    # Step 1: at a quiet moment (this applies what ends meanwhile), switch at once if nothing
+    # was applied since the last confirm, else freeze; without one, freeze anyway.
+    called = time.perf_counter()
+    sync.seen = []
+    applied: set[Any] = set()
+    while True:
+        applied.update(sync.step(DRAIN_STEP)[0])
+        start = time.perf_counter()
+        if not applied and router.call("switch_if_quiet", unit_id, to_phase):
+            ms = (time.perf_counter() - start) * 1000
+            log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed "
+                     "just before; the switch took %.1f ms)", unit_id, to_phase, before, ms)
+            return CutoverResult(unit_id, True, ms, 0, how="quiet",
+                                 steps_ms={"switch": ms})
+        late = start - called > IDLE_WAIT_S
+        frozen = router.call("freeze_if_quiet", unit_id, force=late)
+        if frozen["frozen"]:
+            break
+        time.sleep(0.002)
+    how = "freeze" if frozen["quiet"] else f"freeze, fencing {frozen['fenced']} writes"
+    pre, sync.times = set(applied), {}
     lap("freeze")
     try:
         while True:
-            # Step 2: drain the changes of every write that ended before the freeze.
-            now: set[Any] = set()
+            # Step 2: drain the changes of every write that ended before the freeze. Writes
+            # still under way are fenced: their clients write again to the new owner.
+            now: set[Any] = set(applied)  # the first round confirms those applied just before
+            applied = set()
             while True:
                 ids, _ = sync.step(DRAIN_STEP)
                 if not ids:
                     break
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
-            drained |= now
+            drained |= now - pre
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
@@ -227,15 +207,14 @@ def _freeze_and_flip(router: RouterHandle, sync: UnitSync, unit_id: str, to_phas
         log.warning("unit %s: switch to %s aborted after %.0f ms: %s", unit_id, to_phase,
                     freeze_ms, why)
         return CutoverResult(unit_id, False, freeze_ms, len(drained), str(why), steps,
-                             how="freeze")
+                             how=how)
     except BaseException:
         router.call("set_phase", unit_id, back_phase)
         raise
     lap("flip")
-    log.info("unit %s: %s after a %.0f ms freeze (%d writes fenced, %d ids drained, %d caught "
-             "up just before; ms per step %s; of the drain, reading the owner %.0f ms and "
-             "writing the other side %.0f ms)", unit_id, to_phase, freeze_ms, fenced,
-             len(drained), before, {k: round(v, 1) for k, v in steps.items()},
-             sync.times.get("read", 0.0), sync.times.get("write", 0.0))
-    return CutoverResult(unit_id, True, freeze_ms, len(drained), how="freeze",
-                         steps_ms=steps)
+    log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; ms per "
+             "step %s; of the drain, reading the owner %.0f ms and writing the other side "
+             "%.0f ms)", unit_id, to_phase, freeze_ms, how, len(drained), before + len(pre),
+             {k: round(v, 1) for k, v in steps.items()}, sync.times.get("read", 0.0),
+             sync.times.get("write", 0.0))
+    return CutoverResult(unit_id, True, freeze_ms, len(drained), how=how, steps_ms=steps)

@@ -248,8 +248,8 @@ class Migration:
             for row in self.router.call("status")["units"]:
                 r = self._row(row["unit_id"])
                 r.phase, r.owner = row["phase"], row["owner"]
-                if row["longest_freeze_ms"]:
-                    r.freeze_ms = row["longest_freeze_ms"]
+                if row["longest_freeze_ms"]:  # the router's view; the cutover's may be longer
+                    r.freeze_ms = max(r.freeze_ms or 0.0, row["longest_freeze_ms"])
                 if row["last_error"] and not r.error:
                     r.error = row["last_error"]
         if release_stores:

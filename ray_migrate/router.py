@@ -51,7 +51,14 @@ class Router:
             self.table = RoutingTable(unit_ids, lease_s=lease_s,
                                       freeze_timeout_s=freeze_timeout_s)
         self._flushed = 0.0
+        self._changed: asyncio.Event | None = None  # set (and replaced) on every new epoch
+        self.table.on_change = self._notify
         self._persist()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _persist(self) -> None:
         """Owners, phases and counters: written on every change of the table."""
@@ -73,6 +80,19 @@ class Router:
     async def routes(self) -> dict[str, Any]:
         return {"epoch": self.table.epoch,
                 "units": {k: (u.owner, u.phase) for k, u in self.table.units.items()}}
+
+    async def wait_routes(self, epoch: int, timeout_s: float = 10.0) -> dict[str, Any]:
+        """``routes`` as soon as the epoch differs from ``epoch`` (at once if it does now), or
+        after ``timeout_s``: clients keep their cached table current with one such call
+        outstanding, instead of asking on every read."""
+        if self.table.epoch == epoch:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        return await self.routes()
 
     async def status(self) -> dict[str, Any]:
         return {"epoch": self.table.epoch, "units": self.table.status()}
@@ -108,19 +128,19 @@ class Router:
         self._persist()
         return epoch
 
-    async def switch_if_settled(self, unit_id: str, phase: str, fence: bool = False
-                                ) -> dict[str, Any]:
-        """``RoutingTable.switch_if_settled``, in one step of this actor."""
-        out = self.table.switch_if_settled(unit_id, phase, fence)  # type: ignore[arg-type]
-        if out["switched"]:
+    async def switch_if_quiet(self, unit_id: str, phase: str) -> bool:
+        """``RoutingTable.switch_if_quiet``, in one step of this actor."""
+        if not self.table.switch_if_quiet(unit_id, phase):  # type: ignore[arg-type]
+            return False
+        self._persist()
+        return True
+
+    async def freeze_if_quiet(self, unit_id: str, force: bool = False) -> dict[str, Any]:
+        """``RoutingTable.freeze_if_quiet``, in one step of this actor."""
+        out = self.table.freeze_if_quiet(unit_id, force)
+        if out["frozen"]:
             self._persist()
         return out
-
-    async def freeze(self, unit_id: str) -> int:
-        """``RoutingTable.freeze``: freeze and fence the writes under way."""
-        fenced = self.table.freeze(unit_id)
-        self._persist()
-        return fenced
 
     async def flip(self, unit_id: str, phase: str) -> bool:
         """``RoutingTable.flip``: False when a write ended since the drain (drain again)."""

@@ -10,13 +10,13 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
 - Capture starts when a unit leaves ``source``; the copy scan waits until every lease issued
   before that has ended (``leases_before``), so no uncaptured write can land during the scan.
 - The owner flips only when no ended write is left unapplied on the new owner, checked in
-  the same step as the flip. Usually no freeze is needed: once the cutover has applied and
-  confirmed every ended write, ``switch_if_settled`` freezes and flips in one step, so no write
-  ever waits. Otherwise a freeze stops new leases, the ended writes are drained and ``flip``
-  follows. Writes under way are never waited for: they are fenced. ``end_write`` tells them the
-  owner changed, and the client writes again to the new owner before it acknowledges, so an
-  in-flight write is never acknowledged from the old owner alone. Their log entries stay, so
-  the old owner is synced to the new one's value afterwards (the rollback window).
+  the same step as the flip. At a quiet moment (no write of the unit under way, every ended one
+  applied and confirmed) ``switch_if_quiet`` freezes and flips in one step, so no write waits.
+  Otherwise a freeze stops new leases, the ended writes are drained and ``flip`` follows.
+  Writes under way are never waited for: they are fenced. ``end_write`` tells them the owner
+  changed (or a freeze fenced them), and the client writes again to the new owner before it
+  acknowledges, so an in-flight write is never acknowledged from the old owner alone. Their
+  log entries stay, so the old owner is synced to the new one's value afterwards.
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
   order-free and delete-safe. A client may hand in what it wrote with ``end_write``; an
   applier uses those rows instead of reading the owner only where they must equal what the
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -97,6 +98,7 @@ class RoutingTable:
     def __init__(self, unit_ids: list[str], lease_s: float = 30.0,
                  freeze_timeout_s: float = 10.0):
         self.epoch = 1
+        self.on_change: Callable[[], None] | None = None  # told of every new epoch
         self.units: dict[str, UnitRoute] = {u: UnitRoute(u) for u in unit_ids}
         self.lease_s = lease_s
         self.freeze_timeout_s = freeze_timeout_s
@@ -114,6 +116,8 @@ class RoutingTable:
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
         self.epoch += 1
+        if self.on_change is not None:
+            self.on_change()
         return self.epoch
 
     def unit(self, unit_id: str) -> UnitRoute:
@@ -167,28 +171,33 @@ class RoutingTable:
         return sum(1 for e in u.log if (len(e) < 3 or e[2] not in self.leases)
                    and not self._fenced(u, e))
 
-    def switch_if_settled(self, unit_id: str, phase: Phase, fence: bool = False,
-                          now: float | None = None) -> dict[str, Any]:
+    def switch_if_quiet(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """Switch the owner at once (``phase`` target or rolled_back: a freeze and a flip in
-        one step, so no write ever waits) if every ended write of the unit has been applied
-        and, unless ``fence``, none is under way. The caller has confirmed what it applied.
-        With ``fence``, writes under way are fenced by the flip: their clients write again to
-        the new owner. Returns whether it switched and how many writes it fenced."""
-        open_ = self.open_leases(unit_id, now=now)
-        if self.settled(unit_id, now) or (open_ and not fence):
-            return {"switched": False, "fenced": 0}
+        one step, so no write ever waits) if no write of the unit is under way and every
+        ended one has been applied; the caller has confirmed what it applied."""
+        now = time.time() if now is None else now
+        if self.open_leases(unit_id, now=now) or self.settled(unit_id, now):
+            return False
         self.set_phase(unit_id, "frozen", now)
         self.set_phase(unit_id, phase, now)
-        return {"switched": True, "fenced": open_}
+        return True
 
-    def freeze(self, unit_id: str, now: float | None = None) -> int:
-        """Freeze the unit and fence its writes under way: they end invalid and their clients
-        write again once the freeze is over, so the drain and ``flip`` need not wait for them.
-        Returns how many were fenced."""
+    def freeze_if_quiet(self, unit_id: str, force: bool = False,
+                        now: float | None = None) -> dict[str, Any]:
+        """Freeze the unit if no write of it is under way and every ended one has been
+        applied (then the freeze has nothing to drain or fence), or anyway with ``force``:
+        then the writes under way are fenced. They end invalid and their clients write again
+        once the freeze is over, so the drain and ``flip`` need not wait for them. Returns
+        whether it froze, whether it was quiet, and how many writes it fenced."""
+        now = time.time() if now is None else now
+        open_ = self.open_leases(unit_id, now=now)
+        quiet = open_ == 0 and self.settled(unit_id, now) == 0
+        if not (quiet or force):
+            return {"frozen": False, "quiet": False, "fenced": 0}
         self.set_phase(unit_id, "frozen", now)
         tokens = {t for t, le in self.leases.items() if le.unit_id == unit_id}
         self.fenced[unit_id] = tokens
-        return len(tokens)
+        return {"frozen": True, "quiet": quiet, "fenced": len(tokens)}
 
     def _fenced(self, u: UnitRoute, entry: list[Any]) -> bool:
         return len(entry) > 2 and entry[2] in self.fenced.get(u.unit_id, ())

@@ -282,6 +282,9 @@ def test_exact_search_matches_numpy(tmp_path, distance):
     odd = np.arange(1, 300, 2)
     assert [h.id for h in hits] == list(odd[np.argsort(dist[odd])[:5]])
     assert all(h.payload == {"tenant": "b"} for h in hits)
+    units = [UnitSpec("c", "tenant", field="tenant", value="c"), unit]  # c has no point
+    assert [h.id for h in b.search(q, 5, "vector", within=units)] == [h.id for h in hits]
+    assert b.search(q, 5, "vector", within=[]) == [], "within no unit: nothing"
 
 
 def test_stored_form_is_what_fetch_returns(tmp_path):

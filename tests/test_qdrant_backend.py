@@ -317,6 +317,10 @@ def test_search_exact_and_by_unit(qb):
     assert hits[0].payload == {"t": int(np.argmax(scores)) % 2}
     hits = b.search(q, 50, "vector", UnitSpec("t1", "tenant", field="t", value=1))
     assert len(hits) == 15 and all(h.payload["t"] == 1 for h in hits)
+    units = [UnitSpec("t7", "tenant", field="t", value=7), UnitSpec("t1", "tenant", field="t",
+                                                                   value=1)]
+    assert [h.id for h in b.search(q, 50, "vector", within=units)] == [h.id for h in hits]
+    assert b.search(q, 5, "vector", within=[]) == []
     bounds = b.id_boundaries(2)
     rng_unit = UnitSpec("r", "id_range", lo=None, hi=bounds[0])
     in_range = {i for t, _ in b.scan(rng_unit, 100) for i in t.column("id").to_pylist()}

@@ -119,40 +119,43 @@ def ready_table() -> RoutingTable:
     return t
 
 
-def test_a_settled_unit_switches_in_one_step_and_fences_only_when_asked():
-    t = ready_table()
-    ended = write(t, "a", [1])
-    under_way = t.begin_write("a", [2], now=0)
-    assert t.switch_if_settled("a", "target", fence=True, now=0) == {
-        "switched": False, "fenced": 0}, "id 1 has ended but is not applied"
-    ids, seq = t.take_changes("a", now=0)
-    assert ids == [1] and ended["status"] == "ok"
-    t.ack_changes("a", seq)
-    assert t.switch_if_settled("a", "target", now=0)["switched"] is False, \
-        "a write is under way and fencing was not asked for"
-    assert t.unit("a").phase == "ready" and t.unit("a").owner == "source"
-    assert t.switch_if_settled("a", "target", fence=True, now=0) == {
-        "switched": True, "fenced": 1}
-    u = t.unit("a")
-    assert (u.owner, u.phase, u.longest_freeze_ms) == ("target", "target", 0.0)
-    assert t.end_write(under_way["token"])["valid"] is False, "its client writes again"
-    with pytest.raises(TransitionError, match="cannot go from source to frozen"):
-        t.switch_if_settled("b", "target", now=0)  # b never captured its writes
-
-
-def test_a_quiet_unit_switches_without_fencing():
+def test_a_quiet_unit_switches_in_one_step_without_a_freeze():
     t = ready_table()
     write(t, "a", [1])
+    under_way = t.begin_write("a", [2], now=0)
+    assert t.switch_if_quiet("a", "target", now=0) is False, "id 1 ended but is not applied"
+    ids, seq = t.take_changes("a", now=0)
+    assert ids == [1]
+    t.ack_changes("a", seq)
+    assert t.switch_if_quiet("a", "target", now=0) is False, "a write is under way"
+    assert (t.unit("a").phase, t.unit("a").owner) == ("ready", "source")
+    t.end_write(under_way["token"])
     t.ack_changes("a", t.take_changes("a", now=0)[1])
-    assert t.switch_if_settled("a", "target", now=0) == {"switched": True, "fenced": 0}
+    assert t.switch_if_quiet("a", "target", now=0) is True
+    u = t.unit("a")
+    assert (u.owner, u.phase, u.longest_freeze_ms) == ("target", "target", 0.0)
     assert t.begin_write("a", [1], now=0)["owner"] == "target"
+    with pytest.raises(TransitionError, match="cannot go from source to frozen"):
+        t.switch_if_quiet("b", "target", now=0)  # b never captured its writes
+
+
+def test_a_freeze_waits_for_a_quiet_moment_unless_forced():
+    t = ready_table()
+    under_way = t.begin_write("a", [1], now=0)
+    assert t.freeze_if_quiet("a", now=0) == {"frozen": False, "quiet": False, "fenced": 0}
+    t.end_write(under_way["token"])
+    assert t.freeze_if_quiet("a", now=0)["frozen"] is False, "its change is not applied"
+    t.ack_changes("a", t.take_changes("a", now=0)[1])
+    assert t.freeze_if_quiet("a", now=0) == {"frozen": True, "quiet": True, "fenced": 0}
+    assert t.begin_write("a", [2], now=0)["status"] == "wait"
 
 
 def test_a_freeze_fences_writes_under_way_so_the_flip_need_not_drain_them():
     t = ready_table()
     ended = write(t, "a", [1])
     fenced = t.begin_write("a", [2], now=0)
-    assert t.freeze("a", now=0) == 1
+    assert t.freeze_if_quiet("a", force=True, now=0) == {
+        "frozen": True, "quiet": False, "fenced": 1}
     assert t.begin_write("a", [3], now=0)["status"] == "wait"
     assert t.end_write(fenced["token"])["valid"] is False, \
         "ended during the freeze, owner unchanged: still written again after it"
@@ -168,7 +171,7 @@ def test_a_freeze_fences_writes_under_way_so_the_flip_need_not_drain_them():
 def test_writes_fenced_by_an_aborted_freeze_are_valid_again_if_still_under_way():
     t = ready_table()
     fenced = t.begin_write("a", [1], now=0)
-    t.freeze("a", now=0)
+    t.freeze_if_quiet("a", force=True, now=0)
     t.set_phase("a", "ready", now=0)  # the cutover aborted: the source still owns the unit
     assert t.end_write(fenced["token"])["valid"] is True
     assert t.take_changes("a", now=0)[0] == [1], "its change is applied forward as usual"
@@ -252,7 +255,7 @@ def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path)
         h.kill()
 
 
-def test_router_switches_a_settled_unit_or_freezes_and_fences(ray_cluster, tmp_path):
+def test_router_switches_a_quiet_unit_or_freezes_and_fences(ray_cluster, tmp_path):
     from ray_migrate.router import start_router
 
     h = start_router("rt-quiet", str(tmp_path), ["a"], {}, lease_s=5.0)
@@ -260,22 +263,22 @@ def test_router_switches_a_settled_unit_or_freezes_and_fences(ray_cluster, tmp_p
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [1], None)])
-        assert h.call("switch_if_settled", "a", "target")["switched"] is False, \
-            "a write is under way"
+        assert h.call("switch_if_quiet", "a", "target") is False, "a write is under way"
+        assert h.call("freeze_if_quiet", "a")["frozen"] is False
         h.call("end_writes", [lease["token"]])
-        assert h.call("switch_if_settled", "a", "target")["switched"] is False, \
-            "its change is not applied yet"
+        assert h.call("switch_if_quiet", "a", "target") is False, "its change is not applied"
         assert h.call("unit", "a")["phase"] == "catching_up"
         ids, seq, _ = h.call("take_changes", "a", 10, "me")
         h.call("ack_changes", "a", seq, "me")
-        assert h.call("switch_if_settled", "a", "target") == {"switched": True, "fenced": 0}
+        assert h.call("switch_if_quiet", "a", "target") is True
         assert h.call("unit", "a")["owner"] == "target"
         h.call("set_phase", "a", "frozen")
         h.call("set_phase", "a", "rolled_back")
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [2], None)])
-        assert h.call("freeze", "a") == 1
+        assert h.call("freeze_if_quiet", "a", force=True) == {
+            "frozen": True, "quiet": False, "fenced": 1}
         assert h.call("unit", "a")["phase"] == "frozen"
         [ended] = h.call("end_writes", [lease["token"]])
         assert ended["valid"] is False, "fenced: its client writes again after the freeze"

@@ -88,8 +88,10 @@ class Backend(ABC):
 
     @abstractmethod
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None) -> list[SearchHit]:
-        """Exact (brute-force) top-k, optionally restricted to a unit."""
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
+               ) -> list[SearchHit]:
+        """Exact (brute-force) top-k, optionally restricted to a unit, or to the points of any
+        of the tenant units ``within`` (the units a backend owns during a migration)."""
 
     # --- write ----------------------------------------------------------------------------
     @abstractmethod

@@ -321,7 +321,8 @@ class LanceBackend(Backend):
         return pa.concat_tables(parts)
 
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None) -> list[SearchHit]:
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
+               ) -> list[SearchHit]:
         lay = self._layout()
         spec = next((v for v in lay.vectors if v.name == vector_name), None)
         if spec is None:
@@ -331,7 +332,10 @@ class LanceBackend(Backend):
         q = (self.tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_name)
              .distance_type(METRICS[spec.distance]).bypass_vector_index().limit(k)
              .select([*lay.columns, "_distance"]))
-        f = self._filter(unit, lay)
+        parts = [self._filter(unit, lay)]
+        if within is not None:
+            parts.append(" OR ".join(f"({self._filter(u, lay)})" for u in within) or "FALSE")
+        f = " AND ".join(f"({p})" for p in parts if p)
         if f:
             q = q.where(f, prefilter=True)
         with _guard(f"search {self._where()}"):

@@ -423,7 +423,8 @@ class QdrantBackend(Backend):
 
     @_guard
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None) -> list[SearchHit]:
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
+               ) -> list[SearchHit]:
         from qdrant_client import models
 
         params = self._vector_params()
@@ -435,6 +436,13 @@ class QdrantBackend(Backend):
             if not ids:
                 return []
             flt = models.Filter(must=[models.HasIdCondition(has_id=ids)])
+        if within is not None:
+            if not within:
+                return []
+            if any(u.kind != "tenant" for u in within):
+                raise UnsupportedError("Qdrant search within units: tenant units only")
+            anyof = models.Filter(should=[self._filter(u) for u in within])
+            flt = anyof if flt is None else models.Filter(must=[flt, anyof])
         res = self.client.query_points(
             self.name, query=[float(x) for x in vector],
             using=None if self._unnamed else vector_name, query_filter=flt, limit=k,

@@ -162,8 +162,10 @@ class HostedBackend(Backend):
         return self._call("checksum", unit, batch_size)  # computed next to the data
 
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None) -> list[SearchHit]:
-        return self._call("search", [float(x) for x in vector], k, vector_name, unit)
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
+               ) -> list[SearchHit]:
+        return self._call("search", [float(x) for x in vector], k, vector_name, unit,
+                          None if within is None else list(within))
 
     def upsert(self, table: pa.Table) -> None:
         self._call("upsert", table)
