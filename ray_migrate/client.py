@@ -146,8 +146,9 @@ class RoutedCollection:
         failures = 0
         while not self._closed and failures < 3:
             try:
-                answer = self.router.actor.wait_routes.remote(self._routes_epoch,
-                                                              WATCH_S).future()
+                # Not retried by Ray: a router killed for good would keep it pending.
+                answer = self.router.actor.wait_routes.options(max_task_retries=0).remote(
+                    self._routes_epoch, WATCH_S).future()
                 while True:  # a Python future: this thread is never inside a Ray call here
                     try:
                         out = answer.result(timeout=0.5)

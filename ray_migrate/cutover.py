@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -131,6 +132,9 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     try:
         return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
                        len(last))
+    except Abort as why:  # a confirm before the freeze: nothing was frozen
+        log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
+        return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
     finally:
         router.call("pause_followers", 0)
 
@@ -151,41 +155,59 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
                         f"{what}")
 
-    # Step 1: at a quiet moment (this applies what ends meanwhile), switch at once if nothing
-    # was applied since the last confirm, else freeze; without one, freeze anyway.
+    # Step 1: at a quiet moment (this applies what ends meanwhile), switch at once if all
+    # that was applied is confirmed, else freeze; without one, freeze anyway. Each apply is
+    # confirmed in the background while the wait goes on, so little is left to the freeze.
     called = time.perf_counter()
     sync.seen = []
-    applied: set[Any] = set()
-    while True:
-        applied.update(sync.step(DRAIN_STEP)[0])
-        start = time.perf_counter()
-        if not applied and router.call("switch_if_quiet", unit_id, to_phase):
-            ms = (time.perf_counter() - start) * 1000
-            log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed "
-                     "just before; the switch took %.1f ms)", unit_id, to_phase, before, ms)
-            return CutoverResult(unit_id, True, ms, 0, how="quiet",
-                                 steps_ms={"switch": ms})
-        late = start - called > IDLE_WAIT_S
-        frozen = router.call("freeze_if_quiet", unit_id, force=late)
-        if frozen["frozen"]:
-            break
-        time.sleep(0.002)
+    pre: set[Any] = set()
+    checks: list[Future[None]] = []
+    pool = ThreadPoolExecutor(1, thread_name_prefix="rm-confirm")
+    try:
+        while True:
+            ids = set(sync.step(DRAIN_STEP)[0])
+            if ids:
+                checks.append(pool.submit(_confirm, sync, ids, rows_of(sync.seen, ids),
+                                          "before the switch"))
+                sync.seen, pre = [], pre | ids
+            start = time.perf_counter()
+            if not ids and all(c.done() for c in checks):
+                for c in checks:
+                    c.result()  # an Abort: nothing is frozen yet
+                if router.call("switch_if_quiet", unit_id, to_phase):
+                    ms = (time.perf_counter() - start) * 1000
+                    log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and "
+                             "confirmed just before; the switch took %.1f ms)", unit_id,
+                             to_phase, before + len(pre), ms)
+                    return CutoverResult(unit_id, True, ms, 0, how="quiet",
+                                         steps_ms={"switch": ms})
+            late = start - called > IDLE_WAIT_S
+            frozen = router.call("freeze_if_quiet", unit_id, force=late)
+            if frozen["frozen"]:
+                break
+            time.sleep(0.002)
+    except BaseException:
+        pool.shutdown(wait=True)
+        raise
     how = "freeze" if frozen["quiet"] else f"freeze, fencing {frozen['fenced']} writes"
-    pre, sync.times = set(applied), {}
+    sync.times = {}
     lap("freeze")
     try:
+        for c in checks:  # the confirms of what was applied just before the freeze
+            c.result()
+        pool.shutdown(wait=True)
+        lap("confirm")
         while True:
             # Step 2: drain the changes of every write that ended before the freeze. Writes
             # still under way are fenced: their clients write again to the new owner.
-            now: set[Any] = set(applied)  # the first round confirms those applied just before
-            applied = set()
+            now: set[Any] = set()
             while True:
                 ids, _ = sync.step(DRAIN_STEP)
                 if not ids:
                     break
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
-            drained |= now - pre
+            drained |= now
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
@@ -211,6 +233,8 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     except BaseException:
         router.call("set_phase", unit_id, back_phase)
         raise
+    finally:
+        pool.shutdown(wait=True)
     lap("flip")
     log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; ms per "
              "step %s; of the drain, reading the owner %.0f ms and writing the other side "
