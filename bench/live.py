@@ -258,7 +258,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "periods": {p: period(p, q) for p, q in
                     (("before", "during"), ("during", "after"), ("after", "end"))},
         "freeze": freeze, "attempts": sum(r.cutover_attempts for r in rows),
-        "hows": [r.cutover_how.split(" ")[0].strip(",") + ("-fenced" if "fencing" in
+        "hows": [r.cutover_how.split(" ")[0].strip(",") + ("-forced" if "under way" in
                  r.cutover_how else "") for r in rows if r.cutover_how],
         "moved": sum(status[r.unit_id]["phase"] in ("target", "done") for r in rows),
         "units": len(rows),
@@ -328,7 +328,7 @@ def main() -> int:
         row(f"{tag}: freeze per unit p50 / p99 / max (ms; {r['moved']}/{r['units']} units "
             f"moved, {r['attempts']} cutover attempts; switched at a quiet moment without a "
             f"freeze {hows.count('quiet')}, frozen at a quiet moment {hows.count('freeze')}, "
-            f"frozen anyway, fencing writes under way {hows.count('freeze-fenced')})", rate,
+            f"frozen anyway, without a quiet moment {hows.count('freeze-forced')})", rate,
             f"{pct(fz, 50):.0f} / {p99:.0f} / {max(fz, default=0):.0f}",
             "p99 <= 100 ms" if targets else "(info)", p99 <= 100 if targets else None)
         b, d, f = (r["periods"][p] for p in ("before", "during", "after"))

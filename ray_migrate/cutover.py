@@ -3,13 +3,13 @@
 Step 1: freeze the unit: new writes wait at the router. The cutover applies what ends until a
 moment when no write of the unit is under way and every ended one is applied, if one comes
 within ``IDLE_WAIT_S``, and the router freezes it then. If all that was applied is confirmed
-already, the router flips at that same moment instead (``switch_if_quiet``): no write waits at
-all. Without a quiet moment it freezes anyway and fences the writes under way (their clients
-write again to the new owner once the freeze is over).
-Step 2: drain the captured changes of the writes that ended before the freeze to the new
-owner's side.
+already, the router flips at that same moment instead (``settle``): no write waits at
+all. Without a quiet moment it freezes anyway.
+Step 2: drain the captured changes of the writes that have ended to the new owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
-Step 4: flip the owner, which also lifts the freeze.
+Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
+to step 2 instead. Writes still under way are not waited for: the router fences them (see
+``routing``), and their clients write again to the new owner.
 If any step fails, or the freeze would last longer than ``max_freeze_ms``, the freeze is lifted
 and the unit stays with its owner; the caller catches up and tries again later.
 """
@@ -46,7 +46,7 @@ class CutoverResult:
     drained: int
     reason: str | None = None
     steps_ms: dict[str, float] | None = None  # how long each step of the freeze took
-    how: str | None = None  # "quiet" (no freeze), "freeze" or "freeze, fencing N writes"
+    how: str | None = None  # "quiet" (no freeze), "freeze" or "freeze, N writes under way"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,33 +163,40 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     pre: set[Any] = set()
     checks: list[Future[None]] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix="rm-confirm")
+    waiting = 1  # ended writes not applied yet, as the router last said
     try:
         while True:
-            ids = set(sync.step(DRAIN_STEP)[0])
+            ids: set[Any] = set()
+            if waiting:
+                ids = set(sync.step(DRAIN_STEP)[0])
             if ids:
                 checks.append(pool.submit(_confirm, sync, ids, rows_of(sync.seen, ids),
                                           "before the switch"))
                 sync.seen, pre = [], pre | ids
             start = time.perf_counter()
-            if not ids and all(c.done() for c in checks):
-                for c in checks:
-                    c.result()  # an Abort: nothing is frozen yet
-                if router.call("switch_if_quiet", unit_id, to_phase):
-                    ms = (time.perf_counter() - start) * 1000
-                    log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and "
-                             "confirmed just before; the switch took %.1f ms)", unit_id,
-                             to_phase, before + len(pre), ms)
-                    return CutoverResult(unit_id, True, ms, 0, how="quiet",
-                                         steps_ms={"switch": ms})
-            late = start - called > IDLE_WAIT_S
-            frozen = router.call("freeze_if_quiet", unit_id, force=late)
-            if frozen["frozen"]:
+            confirmed = not ids and all(c.done() for c in checks)
+            for c in checks if confirmed else []:
+                c.result()  # an Abort: nothing is frozen yet
+            # One router call per look: it switches, freezes or says what waits.
+            out = router.call("settle", unit_id, to_phase, confirmed,
+                              start - called > IDLE_WAIT_S)
+            if out["state"] == "switched":
+                ms = (time.perf_counter() - start) * 1000
+                log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and "
+                         "confirmed just before; the switch took %.1f ms)", unit_id,
+                         to_phase, before + len(pre), ms)
+                return CutoverResult(unit_id, True, ms, 0, how="quiet",
+                                     steps_ms={"switch": ms})
+            if out["state"] == "frozen":
+                frozen = out
                 break
-            time.sleep(0.002)
+            waiting = out["settled"]
+            if not waiting:
+                time.sleep(0.005)
     except BaseException:
         pool.shutdown(wait=True)
         raise
-    how = "freeze" if frozen["quiet"] else f"freeze, fencing {frozen['fenced']} writes"
+    how = "freeze" if frozen["quiet"] else f"freeze, {frozen['under_way']} writes under way"
     sync.times = {}
     lap("freeze")
     try:
@@ -198,8 +205,8 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
         pool.shutdown(wait=True)
         lap("confirm")
         while True:
-            # Step 2: drain the changes of every write that ended before the freeze. Writes
-            # still under way are fenced: their clients write again to the new owner.
+            # Step 2: drain the changes of every write that has ended. Writes still under way
+            # are not waited for: at the flip they are fenced and write again to the new owner.
             now: set[Any] = set()
             while True:
                 ids, _ = sync.step(DRAIN_STEP)
@@ -215,8 +222,8 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             sync.seen = []
             lap("confirm")
             over("after the confirm")
-            # Step 4: flip, which lifts the freeze; refused only if an entry that must be
-            # applied first appeared (a repair): then drain again.
+            # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
+            # freeze.
             if router.call("flip", unit_id, to_phase):
                 break
             lap("flip")

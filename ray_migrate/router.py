@@ -128,17 +128,11 @@ class Router:
         self._persist()
         return epoch
 
-    async def switch_if_quiet(self, unit_id: str, phase: str) -> bool:
-        """``RoutingTable.switch_if_quiet``, in one step of this actor."""
-        if not self.table.switch_if_quiet(unit_id, phase):  # type: ignore[arg-type]
-            return False
-        self._persist()
-        return True
-
-    async def freeze_if_quiet(self, unit_id: str, force: bool = False) -> dict[str, Any]:
-        """``RoutingTable.freeze_if_quiet``, in one step of this actor."""
-        out = self.table.freeze_if_quiet(unit_id, force)
-        if out["frozen"]:
+    async def settle(self, unit_id: str, phase: str, may_switch: bool, force: bool
+                     ) -> dict[str, Any]:
+        """``RoutingTable.settle``, in one step of this actor."""
+        out = self.table.settle(unit_id, phase, may_switch, force)  # type: ignore[arg-type]
+        if out["state"] != "waiting":
             self._persist()
         return out
 

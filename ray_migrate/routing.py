@@ -14,7 +14,7 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   applied and confirmed) ``switch_if_quiet`` freezes and flips in one step, so no write waits.
   Otherwise a freeze stops new leases, the ended writes are drained and ``flip`` follows.
   Writes under way are never waited for: they are fenced. ``end_write`` tells them the owner
-  changed (or a freeze fenced them), and the client writes again to the new owner before it
+  changed, and the client writes again to the new owner before it
   acknowledges, so an in-flight write is never acknowledged from the old owner alone. Their
   log entries stay, so the old owner is synced to the new one's value afterwards.
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
@@ -111,7 +111,6 @@ class RoutingTable:
         self.follow_holder: str | None = None  # the follower whose step is under way
         self.follow_since = 0.0
         self.rows = ClientRows()  # what clients wrote, for the appliers (see ``carried``)
-        self.fenced: dict[str, set[int]] = {}  # unit -> leases its current freeze fenced
 
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
@@ -140,8 +139,6 @@ class RoutingTable:
             return self.epoch
         if phase not in TRANSITIONS[u.phase]:
             raise TransitionError(f"unit {unit_id}: cannot go from {u.phase} to {phase}")
-        if u.phase == "frozen":
-            self.fenced.pop(unit_id, None)  # fenced writes still under way are valid again
         if u.phase == "frozen" and u.frozen_at is not None:
             u.longest_freeze_ms = max(u.longest_freeze_ms, (now - u.frozen_at) * 1000)
             u.frozen_at = None
@@ -167,9 +164,7 @@ class RoutingTable:
         must still apply before the owner may flip."""
         now = time.time() if now is None else now
         self._expire(now)
-        u = self.unit(unit_id)
-        return sum(1 for e in u.log if (len(e) < 3 or e[2] not in self.leases)
-                   and not self._fenced(u, e))
+        return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
 
     def switch_if_quiet(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """Switch the owner at once (``phase`` target or rolled_back: a freeze and a flip in
@@ -185,28 +180,33 @@ class RoutingTable:
     def freeze_if_quiet(self, unit_id: str, force: bool = False,
                         now: float | None = None) -> dict[str, Any]:
         """Freeze the unit if no write of it is under way and every ended one has been
-        applied (then the freeze has nothing to drain or fence), or anyway with ``force``:
-        then the writes under way are fenced. They end invalid and their clients write again
-        once the freeze is over, so the drain and ``flip`` need not wait for them. Returns
-        whether it froze, whether it was quiet, and how many writes it fenced."""
+        applied (then the freeze has nothing to drain or fence), or anyway with ``force``.
+        Returns whether it froze, whether it was quiet, and how many writes were under way
+        (the drain applies those that end during the freeze; ``flip`` fences the rest)."""
         now = time.time() if now is None else now
         open_ = self.open_leases(unit_id, now=now)
         quiet = open_ == 0 and self.settled(unit_id, now) == 0
-        if not (quiet or force):
-            return {"frozen": False, "quiet": False, "fenced": 0}
-        self.set_phase(unit_id, "frozen", now)
-        tokens = {t for t, le in self.leases.items() if le.unit_id == unit_id}
-        self.fenced[unit_id] = tokens
-        return {"frozen": True, "quiet": quiet, "fenced": len(tokens)}
+        if quiet or force:
+            self.set_phase(unit_id, "frozen", now)
+        return {"frozen": quiet or force, "quiet": quiet, "under_way": open_}
 
-    def _fenced(self, u: UnitRoute, entry: list[Any]) -> bool:
-        return len(entry) > 2 and entry[2] in self.fenced.get(u.unit_id, ())
+    def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
+               now: float | None = None) -> dict[str, Any]:
+        """One look of a cutover waiting for a quiet moment, in one call: switch at once if
+        ``may_switch`` (the caller has confirmed all it applied) and the unit is quiet, else
+        freeze if quiet or ``force``, else say how many ended writes wait to be applied."""
+        if may_switch and self.switch_if_quiet(unit_id, phase, now):
+            return {"state": "switched"}
+        out = self.freeze_if_quiet(unit_id, force, now)
+        if out["frozen"]:
+            return {"state": "frozen", **out}
+        return {"state": "waiting", "settled": self.settled(unit_id, now)}
 
     def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze by flipping the owner (``phase`` target or rolled_back), unless a write
         ended since the drain: its entry is settled and not applied, and after a flip it would
-        be synced the wrong way. Then False: drain again. Entries of fenced writes are fine:
-        their clients write again to the new owner, and the entries then sync the old one."""
+        be synced the wrong way. Then False: drain again. Entries of writes still under way
+        are fine: their clients are fenced at ``end_write`` and write again to the new owner."""
         u = self.unit(unit_id)
         if u.phase != "frozen":
             raise TransitionError(f"unit {unit_id}: flip needs a frozen unit, not {u.phase}")
@@ -259,7 +259,7 @@ class RoutingTable:
             return {"valid": False, "epoch": self.epoch}
         overlapped = self._close(lease)
         u = self.units[lease.unit_id]
-        valid = u.flips == lease.flips and token not in self.fenced.get(lease.unit_id, ())
+        valid = u.flips == lease.flips
         if (valid and rows is not None and lease.ids and not overlapped
                 and not self._near_restart(lease.issued_at)):
             self.rows.keep(token, Carried(lease.unit_id, lease.flips, rows, nbytes))
@@ -309,8 +309,7 @@ class RoutingTable:
                            or now < self.followers_paused_until):
             return [], -1
         self._expire(now)
-        entries = [e for e in u.log if (len(e) < 3 or e[2] not in self.leases)
-                   and not self._fenced(u, e)][:limit]
+        entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
         if not entries:
             u.sync_holder, u.taken = None, []
             return [], u.acked_seq

@@ -142,39 +142,16 @@ def test_a_quiet_unit_switches_in_one_step_without_a_freeze():
 def test_a_freeze_waits_for_a_quiet_moment_unless_forced():
     t = ready_table()
     under_way = t.begin_write("a", [1], now=0)
-    assert t.freeze_if_quiet("a", now=0) == {"frozen": False, "quiet": False, "fenced": 0}
+    assert t.freeze_if_quiet("a", now=0) == {"frozen": False, "quiet": False, "under_way": 1}
     t.end_write(under_way["token"])
     assert t.freeze_if_quiet("a", now=0)["frozen"] is False, "its change is not applied"
     t.ack_changes("a", t.take_changes("a", now=0)[1])
-    assert t.freeze_if_quiet("a", now=0) == {"frozen": True, "quiet": True, "fenced": 0}
+    assert t.freeze_if_quiet("a", now=0) == {"frozen": True, "quiet": True, "under_way": 0}
     assert t.begin_write("a", [2], now=0)["status"] == "wait"
-
-
-def test_a_freeze_fences_writes_under_way_so_the_flip_need_not_drain_them():
-    t = ready_table()
-    ended = write(t, "a", [1])
-    fenced = t.begin_write("a", [2], now=0)
+    t.set_phase("a", "ready", now=0)
+    t.begin_write("a", [3], now=0)
     assert t.freeze_if_quiet("a", force=True, now=0) == {
-        "frozen": True, "quiet": False, "fenced": 1}
-    assert t.begin_write("a", [3], now=0)["status"] == "wait"
-    assert t.end_write(fenced["token"])["valid"] is False, \
-        "ended during the freeze, owner unchanged: still written again after it"
-    ids, seq = t.take_changes("a", now=0)
-    assert ids == [1], "the drain takes the write that ended before the freeze, not the fenced one"
-    assert ended["status"] == "ok"
-    t.ack_changes("a", seq)
-    assert t.flip("a", "target", now=0) is True, "the fenced write's entry does not hold it"
-    # Its entry stays: once flipped, the source is synced back to the target's value of id 2.
-    assert t.take_changes("a", now=0)[0] == [2]
-
-
-def test_writes_fenced_by_an_aborted_freeze_are_valid_again_if_still_under_way():
-    t = ready_table()
-    fenced = t.begin_write("a", [1], now=0)
-    t.freeze_if_quiet("a", force=True, now=0)
-    t.set_phase("a", "ready", now=0)  # the cutover aborted: the source still owns the unit
-    assert t.end_write(fenced["token"])["valid"] is True
-    assert t.take_changes("a", now=0)[0] == [1], "its change is applied forward as usual"
+        "frozen": True, "quiet": False, "under_way": 1}
 
 
 def test_expired_leases_stop_counting():
@@ -255,7 +232,7 @@ def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path)
         h.kill()
 
 
-def test_router_switches_a_quiet_unit_or_freezes_and_fences(ray_cluster, tmp_path):
+def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
     from ray_migrate.router import start_router
 
     h = start_router("rt-quiet", str(tmp_path), ["a"], {}, lease_s=5.0)
@@ -263,25 +240,30 @@ def test_router_switches_a_quiet_unit_or_freezes_and_fences(ray_cluster, tmp_pat
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [1], None)])
-        assert h.call("switch_if_quiet", "a", "target") is False, "a write is under way"
-        assert h.call("freeze_if_quiet", "a")["frozen"] is False
+        assert h.call("settle", "a", "target", True, False) == {
+            "state": "waiting", "settled": 0}, "a write is under way"
         h.call("end_writes", [lease["token"]])
-        assert h.call("switch_if_quiet", "a", "target") is False, "its change is not applied"
+        assert h.call("settle", "a", "target", True, False) == {
+            "state": "waiting", "settled": 1}, "its change is not applied"
         assert h.call("unit", "a")["phase"] == "catching_up"
         ids, seq, _ = h.call("take_changes", "a", 10, "me")
         h.call("ack_changes", "a", seq, "me")
-        assert h.call("switch_if_quiet", "a", "target") is True
+        assert h.call("settle", "a", "target", False, False)["state"] == "frozen", \
+            "quiet, but what was applied is not confirmed yet: freeze, not switch"
+        h.call("set_phase", "a", "ready")
+        assert h.call("settle", "a", "target", True, False) == {"state": "switched"}
         assert h.call("unit", "a")["owner"] == "target"
         h.call("set_phase", "a", "frozen")
         h.call("set_phase", "a", "rolled_back")
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [2], None)])
-        assert h.call("freeze_if_quiet", "a", force=True) == {
-            "frozen": True, "quiet": False, "fenced": 1}
+        assert h.call("settle", "a", "target", True, True) == {
+            "state": "frozen", "frozen": True, "quiet": False, "under_way": 1}
         assert h.call("unit", "a")["phase"] == "frozen"
+        assert h.call("flip", "a", "target") is True, "a write under way does not hold it"
         [ended] = h.call("end_writes", [lease["token"]])
-        assert ended["valid"] is False, "fenced: its client writes again after the freeze"
+        assert ended["valid"] is False, "fenced: its client writes again to the new owner"
     finally:
         h.kill()
 
