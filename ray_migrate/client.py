@@ -129,13 +129,15 @@ class RoutedCollection:
         return out["units"]
 
     def _take_routes(self, out: dict[str, Any]) -> None:
+        """Keep a table unless an answer that arrived first was newer (epochs only grow)."""
         with self._lock:
-            self._routes, self._routes_epoch = out["units"], out["epoch"]
-            self._epoch_seen = out["epoch"]
+            if out["epoch"] >= self._routes_epoch:
+                self._routes, self._routes_epoch = out["units"], out["epoch"]
+            self._epoch_seen = max(self._epoch_seen, out["epoch"])
 
     def _saw_epoch(self, epoch: int) -> None:
         with self._lock:
-            self._epoch_seen = epoch
+            self._epoch_seen = max(self._epoch_seen, epoch)
 
     def _watch(self) -> None:
         """Keep the cached table current; stop after a few failures in a row (the next read

@@ -35,7 +35,7 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 DRAIN_STEP = 500  # ids per drain step inside a freeze, so its budget is checked often
-IDLE_WAIT_S = 0.5  # how long to wait, before freezing, for a quiet moment (see step 1)
+IDLE_WAIT_S = 1.0  # how long to wait, before freezing, for a quiet moment (see step 1)
 
 
 @dataclass

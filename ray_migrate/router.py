@@ -99,9 +99,9 @@ class Router:
 
     async def begin_write(self, unit_id: str, ids: list[Any], value: Any = None
                           ) -> dict[str, Any]:
-        added = unit_id not in self.table.units
+        epoch = self.table.epoch
         out = self.table.begin_write(unit_id, ids, value=value)
-        if added:
+        if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
             self._persist()
         elif ids and self.table.units[unit_id].phase != "source":
             self._maybe_persist()
