@@ -142,6 +142,6 @@ class UnitSync:
             if left <= lag or time.monotonic() >= deadline:
                 return left, applied
             if not ids:
-                time.sleep(0.01)  # two router calls per look: poll gently
+                time.sleep(0.005)
                 if time.monotonic() >= deadline:
                     return left, applied

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 DRAIN_STEP = 500  # ids per drain step inside a freeze, so its budget is checked often
-IDLE_WAIT_S = 1.0  # how long to wait, before freezing, for a quiet moment (see step 1)
+IDLE_WAIT_S = 0.5  # how long to wait, before freezing, for a quiet moment (see step 1)
 
 
 @dataclass
@@ -155,66 +154,48 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
                         f"{what}")
 
-    # Step 1: at a quiet moment (this applies what ends meanwhile), switch at once if all
-    # that was applied is confirmed, else freeze; without one, freeze anyway. Each apply is
-    # confirmed in the background while the wait goes on, so little is left to the freeze.
+    # Step 1: at a quiet moment (this applies what ends meanwhile), switch at once if nothing
+    # was applied since the confirm before this wait, else freeze; without one, freeze anyway.
+    # What is applied here is confirmed inside the freeze: confirming each apply while waiting
+    # reads the target again and again, and at 1,000 writes/s that wait then never ends.
     called = time.perf_counter()
     sync.seen = []
-    pre: set[Any] = set()
-    checks: list[Future[None]] = []
-    pool = ThreadPoolExecutor(1, thread_name_prefix="rm-confirm")
+    applied: set[Any] = set()
     waiting = 1  # ended writes not applied yet, as the router last said
-    try:
-        while True:
-            ids: set[Any] = set()
-            if waiting:
-                ids = set(sync.step(DRAIN_STEP)[0])
-            if ids:
-                checks.append(pool.submit(_confirm, sync, ids, rows_of(sync.seen, ids),
-                                          "before the switch"))
-                sync.seen, pre = [], pre | ids
-            start = time.perf_counter()
-            confirmed = not ids and all(c.done() for c in checks)
-            for c in checks if confirmed else []:
-                c.result()  # an Abort: nothing is frozen yet
-            # One router call per look: it switches, freezes or says what waits.
-            out = router.call("settle", unit_id, to_phase, confirmed,
-                              start - called > IDLE_WAIT_S)
-            if out["state"] == "switched":
-                ms = (time.perf_counter() - start) * 1000
-                log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and "
-                         "confirmed just before; the switch took %.1f ms)", unit_id,
-                         to_phase, before + len(pre), ms)
-                return CutoverResult(unit_id, True, ms, 0, how="quiet",
-                                     steps_ms={"switch": ms})
-            if out["state"] == "frozen":
-                frozen = out
-                break
-            waiting = out["settled"]
-            if not waiting:
-                time.sleep(0.005)
-    except BaseException:
-        pool.shutdown(wait=True)
-        raise
+    while True:
+        if waiting:
+            applied.update(sync.step(DRAIN_STEP)[0])
+        start = time.perf_counter()
+        # One router call per look: it switches, freezes or says what waits.
+        out = router.call("settle", unit_id, to_phase, not applied,
+                          start - called > IDLE_WAIT_S)
+        if out["state"] == "switched":
+            ms = (time.perf_counter() - start) * 1000
+            log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed "
+                     "just before; the switch took %.1f ms)", unit_id, to_phase, before, ms)
+            return CutoverResult(unit_id, True, ms, 0, how="quiet", steps_ms={"switch": ms})
+        if out["state"] == "frozen":
+            frozen = out
+            break
+        waiting = out["settled"]
+        if not waiting:
+            time.sleep(0.002)
     how = "freeze" if frozen["quiet"] else f"freeze, {frozen['under_way']} writes under way"
-    sync.times = {}
+    pre, sync.times = set(applied), {}
     lap("freeze")
     try:
-        for c in checks:  # the confirms of what was applied just before the freeze
-            c.result()
-        pool.shutdown(wait=True)
-        lap("confirm")
         while True:
             # Step 2: drain the changes of every write that has ended. Writes still under way
             # are not waited for: at the flip they are fenced and write again to the new owner.
-            now: set[Any] = set()
+            now: set[Any] = set(applied)  # the first round confirms those applied just before
+            applied = set()
             while True:
                 ids, _ = sync.step(DRAIN_STEP)
                 if not ids:
                     break
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
-            drained |= now
+            drained |= now - pre
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
@@ -240,8 +221,6 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     except BaseException:
         router.call("set_phase", unit_id, back_phase)
         raise
-    finally:
-        pool.shutdown(wait=True)
     lap("flip")
     log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; ms per "
              "step %s; of the drain, reading the owner %.0f ms and writing the other side "
