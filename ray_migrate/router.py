@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
+from ray_migrate.priority import process_at_normal_priority
 from ray_migrate.routing import RoutingTable
 from ray_migrate.state import StateStore
 
@@ -51,6 +53,9 @@ class Router:
             self.table = RoutingTable(unit_ids, lease_s=lease_s,
                                       freeze_timeout_s=freeze_timeout_s)
         self._flushed = 0.0
+        # Every client write waits for this actor twice: it must not get the CPU last.
+        process_at_normal_priority()
+        self._prioritized = False
         self._changed: asyncio.Event | None = None  # set (and replaced) on every new epoch
         self.table.on_change = self._notify
         self._persist()
@@ -75,7 +80,8 @@ class Router:
         self._flushed = time.monotonic()
 
     async def describe(self) -> dict[str, Any]:
-        return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri}
+        return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri,
+                "pid": os.getpid()}
 
     async def routes(self) -> dict[str, Any]:
         return {"epoch": self.table.epoch,
@@ -113,6 +119,9 @@ class Router:
     async def begin_writes(self, requests: list[tuple[str, list[Any], Any]]
                            ) -> list[dict[str, Any]]:
         """``begin_write`` for several units in one call: [(unit_id, ids, value)]."""
+        if not self._prioritized:  # the event loop's thread may start after __init__
+            self._prioritized = True
+            process_at_normal_priority()
         return [await self.begin_write(u, ids, value) for u, ids, value in requests]
 
     async def end_writes(self, tokens: list[int],

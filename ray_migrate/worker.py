@@ -23,6 +23,7 @@ from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import switch_unit
 from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
+from ray_migrate.priority import urgent
 from ray_migrate.router import RouterHandle, get_router
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
@@ -259,7 +260,9 @@ class UnitWorker:
     def _held(self, unit: dict[str, Any], switch: Callable[[UnitSpec], dict[str, Any]]
               ) -> dict[str, Any]:
         spec = UnitSpec.from_dict(unit)
-        with self._reserved(spec.unit_id) as held:
+        # Writers of the unit wait for its freeze: the cutover runs at normal CPU priority,
+        # while copy, verify and followers keep the low one Ray gives workers.
+        with urgent(), self._reserved(spec.unit_id) as held:
             if not held:
                 return _result(spec, False, "another cutover holds the unit, or a catch-up "
                                "step on it did not end in time")

@@ -1,0 +1,58 @@
+"""The router and cutovers run at normal CPU priority although Ray starts workers niced."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ray_migrate.priority import urgent
+
+
+def can_raise_priority() -> bool:
+    """Whether this process may lower a thread's niceness (CAP_SYS_NICE), tried in a thread."""
+    out: list[bool] = []
+
+    def probe() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 5)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+            out.append(True)
+        except PermissionError:
+            out.append(False)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return out[0]
+
+
+def test_urgent_runs_a_niced_thread_at_normal_priority_then_restores_it():
+    allowed = can_raise_priority()
+    seen: dict[str, int] = {}
+
+    def work() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 15)  # as Ray starts its workers
+        with urgent():
+            seen["inside"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == {"inside": 0 if allowed else 15, "after": 15}
+
+
+def test_the_router_actor_runs_at_normal_priority(ray_cluster, tmp_path):
+    from ray_migrate.router import start_router
+
+    h = start_router("rt-nice", str(tmp_path), ["a"], {}, lease_s=5.0)
+    try:
+        h.call("begin_writes", [("a", [1], None)])
+        pid = h.call("describe")["pid"]
+        nices = {int(open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()[16])
+                 for tid in os.listdir(f"/proc/{pid}/task")}
+        assert nices == ({0} if can_raise_priority() else {15}), nices
+    finally:
+        h.kill()
