@@ -11,13 +11,18 @@ Step 4: flip the owner, which also lifts the freeze; if a write ended since the 
 to step 2 instead. Writes still under way are not waited for: the router fences them (see
 ``routing``), and their clients write again to the new owner.
 If any step fails, or the freeze would last longer than ``max_freeze_ms``, the freeze is lifted
-and the unit stays with its owner; the caller catches up and tries again later.
+and the unit stays with its owner; the caller catches up and tries again later. Steps 2 to 4
+run in a thread of their own, so the freeze is lifted on time even while one of their engine
+calls hangs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -183,19 +188,24 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     how = "freeze" if frozen["quiet"] else f"freeze, {frozen['under_way']} writes under way"
     pre, sync.times = set(applied), {}
     lap("freeze")
-    try:
+    stop = threading.Event()
+
+    def drain_confirm_flip() -> None:
+        """Steps 2 to 4, in a thread of their own: the freeze is lifted at ``max_freeze_ms``
+        even while one of their engine calls is still running."""
+        now: set[Any] = set(applied)  # the first round confirms those applied just before
         while True:
             # Step 2: drain the changes of every write that has ended. Writes still under way
             # are not waited for: at the flip they are fenced and write again to the new owner.
-            now: set[Any] = set(applied)  # the first round confirms those applied just before
-            applied = set()
             while True:
+                if stop.is_set():
+                    raise Abort("stopped")
                 ids, _ = sync.step(DRAIN_STEP)
                 if not ids:
                     break
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
-            drained |= now - pre
+            drained.update(now - pre)
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
@@ -205,21 +215,39 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             over("after the confirm")
             # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
             # freeze.
-            if router.call("flip", unit_id, to_phase):
-                break
+            if stop.is_set() or router.call("flip", unit_id, to_phase):
+                return
             lap("flip")
             if not now:
                 time.sleep(0.002)
+            now = set()
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="rm-freeze")
+    body = pool.submit(drain_confirm_flip)
+    pool.shutdown(wait=False)
+    try:
+        left = max_freeze_ms / 1000 - (time.perf_counter() - start)
+        try:
+            body.result(timeout=max(left, 0.0))
+        except FutureTimeout:
+            stop.set()
+            if not router.call("lift_freeze", unit_id, back_phase):
+                body.result()  # the flip came first: the switch is done
+            else:
+                raise Abort(f"the freeze reached max_freeze_ms ({max_freeze_ms}) with a step "
+                            "still under way; it was lifted then") from None
         freeze_ms = (time.perf_counter() - start) * 1000
     except Abort as why:
-        router.call("set_phase", unit_id, back_phase)
+        stop.set()
+        router.call("lift_freeze", unit_id, back_phase)
         freeze_ms = (time.perf_counter() - start) * 1000
         log.warning("unit %s: switch to %s aborted after %.0f ms: %s", unit_id, to_phase,
                     freeze_ms, why)
         return CutoverResult(unit_id, False, freeze_ms, len(drained), str(why), steps,
                              how=how)
     except BaseException:
-        router.call("set_phase", unit_id, back_phase)
+        stop.set()
+        router.call("lift_freeze", unit_id, back_phase)
         raise
     lap("flip")
     log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; ms per "

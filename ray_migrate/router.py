@@ -137,6 +137,13 @@ class Router:
         self._persist()
         return epoch
 
+    async def lift_freeze(self, unit_id: str, phase: str) -> bool:
+        """``RoutingTable.lift_freeze``: unfreeze unless a flip came first."""
+        lifted = self.table.lift_freeze(unit_id, phase)  # type: ignore[arg-type]
+        if lifted:
+            self._persist()
+        return lifted
+
     async def settle(self, unit_id: str, phase: str, may_switch: bool, force: bool
                      ) -> dict[str, Any]:
         """``RoutingTable.settle``, in one step of this actor."""

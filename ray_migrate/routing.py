@@ -7,16 +7,15 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   lease, or "wait" while the unit is frozen. When the unit's phase captures changes, the ids are
   appended to the unit's change log *before* the client writes (an intent log), so the log can
   only hold too much, never too little.
-- Capture starts when a unit leaves ``source``; the copy scan waits until every lease issued
-  before that has ended (``leases_before``), so no uncaptured write can land during the scan.
+- Capture starts when a unit leaves ``source``; the copy scan waits for every lease issued
+  before that, so no uncaptured write can land during the scan.
 - The owner flips only when no ended write is left unapplied on the new owner, checked in
   the same step as the flip. At a quiet moment (no write of the unit under way, every ended one
   applied and confirmed) ``switch_if_quiet`` freezes and flips in one step, so no write waits.
   Otherwise a freeze stops new leases, the ended writes are drained and ``flip`` follows.
-  Writes under way are never waited for: they are fenced. ``end_write`` tells them the owner
-  changed, and the client writes again to the new owner before it
-  acknowledges, so an in-flight write is never acknowledged from the old owner alone. Their
-  log entries stay, so the old owner is synced to the new one's value afterwards.
+  Writes under way are never waited for: ``end_write`` tells them the owner changed (fenced),
+  and the client writes again to the new owner before it acknowledges. Their log entries
+  stay, so the old owner is synced to the new one's value afterwards.
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
   order-free and delete-safe. A client may hand in what it wrote with ``end_write``; an
   applier uses those rows instead of reading the owner only where they must equal what the
@@ -179,10 +178,10 @@ class RoutingTable:
 
     def freeze_if_quiet(self, unit_id: str, force: bool = False,
                         now: float | None = None) -> dict[str, Any]:
-        """Freeze the unit if no write of it is under way and every ended one has been
-        applied (then the freeze has nothing to drain or fence), or anyway with ``force``.
-        Returns whether it froze, whether it was quiet, and how many writes were under way
-        (the drain applies those that end during the freeze; ``flip`` fences the rest)."""
+        """Freeze the unit if it is quiet (no write under way, every ended one applied: then
+        there is nothing to drain or fence), or anyway with ``force``. Says how many writes
+        were under way: the drain applies those that end in the freeze, ``flip`` fences the
+        rest."""
         now = time.time() if now is None else now
         open_ = self.open_leases(unit_id, now=now)
         quiet = open_ == 0 and self.settled(unit_id, now) == 0
@@ -192,15 +191,22 @@ class RoutingTable:
 
     def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
                now: float | None = None) -> dict[str, Any]:
-        """One look of a cutover waiting for a quiet moment, in one call: switch at once if
-        ``may_switch`` (the caller has confirmed all it applied) and the unit is quiet, else
-        freeze if quiet or ``force``, else say how many ended writes wait to be applied."""
+        """One look of a cutover waiting for a quiet moment: switch at once if quiet and
+        ``may_switch`` (all applied is confirmed), else freeze if quiet or ``force``, else
+        say how many ended writes wait to be applied."""
         if may_switch and self.switch_if_quiet(unit_id, phase, now):
             return {"state": "switched"}
         out = self.freeze_if_quiet(unit_id, force, now)
         if out["frozen"]:
             return {"state": "frozen", **out}
         return {"state": "waiting", "settled": self.settled(unit_id, now)}
+
+    def lift_freeze(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
+        """End a freeze without a flip; False if a flip came first."""
+        frozen = self.unit(unit_id).phase == "frozen"
+        if frozen:
+            self.set_phase(unit_id, phase, now)
+        return frozen
 
     def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze by flipping the owner (``phase`` target or rolled_back), unless a write

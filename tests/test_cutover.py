@@ -5,6 +5,8 @@ the client's write."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ import pyarrow as pa
 from truth import read_lance, seed_lance_native
 
 from ray_migrate.backends.lancedb import LanceBackend
+from ray_migrate.catchup import UnitSync
 from ray_migrate.config import LanceEndpoint, TransformConfig
 from ray_migrate.cutover import switch_unit
 from ray_migrate.transform import Transform
@@ -72,5 +75,62 @@ def test_a_differing_confirm_refuses_the_switch_and_a_clean_unit_switches_withou
         assert (st["owner"], st["phase"], st["longest_freeze_ms"]) == ("target", "target", 0.0)
         assert read_lance(str(tmp_path / "dst"), "docs") == read_lance(str(tmp_path / "src"),
                                                                       "docs")
+    finally:
+        h.kill()
+
+
+class BlockedWhileFrozen:
+    """The real target, whose reads wait at a gate while the unit is frozen: an engine call
+    that hangs inside a freeze."""
+
+    def __init__(self, real: LanceBackend, router: Any, unit_id: str):
+        self.real, self.router, self.unit_id = real, router, unit_id
+        self.gate, self.blocked = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def fetch(self, ids: Any) -> pa.Table:
+        if self.router.call("unit", self.unit_id)["phase"] == "frozen":
+            self.blocked.set()
+            assert self.gate.wait(60), "the gate was never opened"
+        return self.real.fetch(ids)
+
+
+def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(ray_cluster, tmp_path):
+    from ray_migrate.cutover import _switch
+    from ray_migrate.router import start_router
+
+    seed_lance_native(str(tmp_path / "src"), "docs", list(range(20)))
+    source = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "src"), table="docs"))
+    target = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "dst"), table="docs"))
+    target.create(source.describe())
+    target.upsert(source.fetch(list(range(20))))
+    unit = UnitSpec("all", "all")
+    h = start_router("rt-hang", str(tmp_path / "state"), ["all"], {}, lease_s=30.0)
+    try:
+        for p in ("capturing", "copying", "catching_up", "ready"):
+            h.call("set_phase", "all", p)
+        [under_way] = h.call("begin_writes", [("all", [7], None)])  # no quiet moment
+        [ended] = h.call("begin_writes", [("all", [3], None)])
+        h.call("end_writes", [ended["token"]])  # applied before the freeze, confirmed in it
+        hanging = BlockedWhileFrozen(target, h, "all")
+        sync = UnitSync(unit, h, source, hanging, Transform(TransformConfig()), seen=[])
+        started = time.monotonic()
+        res = _switch(h, sync, "all", "target", "ready", 300, 0)
+        took = time.monotonic() - started
+        assert hanging.blocked.is_set() and not hanging.gate.is_set()
+        assert not res.ok and "max_freeze_ms (300)" in res.reason, res
+        assert 300 <= res.freeze_ms < 1000 and took < 3, (res.freeze_ms, took)
+        st = h.call("unit", "all")
+        assert (st["phase"], st["owner"]) == ("ready", "source"), "lifted while it hangs"
+        assert h.call("begin_writes", [("all", [8], None)])[0]["status"] == "ok"
+        hanging.gate.set()
+        h.call("end_writes", [under_way["token"]])
+        time.sleep(0.5)  # the hung step ends, and must not flip
+        assert h.call("unit", "all")["phase"] == "ready", "the hung step never flips"
+        res = switch_unit(h, (source, unit), (target, unit), Transform(TransformConfig()),
+                          "target", "ready", 500, 1000)
+        assert res.ok and h.call("unit", "all")["owner"] == "target", res
     finally:
         h.kill()
