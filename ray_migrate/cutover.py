@@ -136,9 +136,6 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     try:
         return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
                        len(last))
-    except Abort as why:  # a confirm before the freeze: nothing was frozen
-        log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
-        return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
     finally:
         router.call("pause_followers", 0)
 

@@ -11,7 +11,7 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   before that, so no uncaptured write can land during the scan.
 - The owner flips only when no ended write is left unapplied on the new owner, checked in
   the same step as the flip. At a quiet moment (no write of the unit under way, every ended one
-  applied and confirmed) ``switch_if_quiet`` freezes and flips in one step, so no write waits.
+  applied and confirmed) ``settle`` freezes and flips in one step, so no write waits.
   Otherwise a freeze stops new leases, the ended writes are drained and ``flip`` follows.
   Writes under way are never waited for: ``end_write`` tells them the owner changed (fenced),
   and the client writes again to the new owner before it acknowledges. Their log entries
@@ -165,41 +165,25 @@ class RoutingTable:
         self._expire(now)
         return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
 
-    def switch_if_quiet(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
-        """Switch the owner at once (``phase`` target or rolled_back: a freeze and a flip in
-        one step, so no write ever waits) if no write of the unit is under way and every
-        ended one has been applied; the caller has confirmed what it applied."""
-        now = time.time() if now is None else now
-        if self.open_leases(unit_id, now=now) or self.settled(unit_id, now):
-            return False
-        self.set_phase(unit_id, "frozen", now)
-        self.set_phase(unit_id, phase, now)
-        return True
-
-    def freeze_if_quiet(self, unit_id: str, force: bool = False,
-                        now: float | None = None) -> dict[str, Any]:
-        """Freeze the unit if it is quiet (no write under way, every ended one applied: then
-        there is nothing to drain or fence), or anyway with ``force``. Says how many writes
-        were under way: the drain applies those that end in the freeze, ``flip`` fences the
-        rest."""
-        now = time.time() if now is None else now
-        open_ = self.open_leases(unit_id, now=now)
-        quiet = open_ == 0 and self.settled(unit_id, now) == 0
-        if quiet or force:
-            self.set_phase(unit_id, "frozen", now)
-        return {"frozen": quiet or force, "quiet": quiet, "under_way": open_}
-
     def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
                now: float | None = None) -> dict[str, Any]:
-        """One look of a cutover waiting for a quiet moment: switch at once if quiet and
-        ``may_switch`` (all applied is confirmed), else freeze if quiet or ``force``, else
-        say how many ended writes wait to be applied."""
-        if may_switch and self.switch_if_quiet(unit_id, phase, now):
+        """One look of a cutover waiting for a quiet moment (no write of the unit under way,
+        every ended one applied). If quiet and ``may_switch`` (the caller has confirmed all
+        it applied), switch the owner to ``phase`` at once: a freeze and a flip in one step,
+        so no write ever waits. Else freeze if quiet (nothing to drain or fence) or anyway
+        with ``force``, saying how many writes were under way (the drain applies those that
+        end in the freeze, ``flip`` fences the rest). Else say how many ended writes wait."""
+        now = time.time() if now is None else now
+        open_, waiting = self.open_leases(unit_id, now=now), self.settled(unit_id, now)
+        quiet = not open_ and not waiting
+        if quiet and may_switch:
+            self.set_phase(unit_id, "frozen", now)
+            self.set_phase(unit_id, phase, now)
             return {"state": "switched"}
-        out = self.freeze_if_quiet(unit_id, force, now)
-        if out["frozen"]:
-            return {"state": "frozen", **out}
-        return {"state": "waiting", "settled": self.settled(unit_id, now)}
+        if quiet or force:
+            self.set_phase(unit_id, "frozen", now)
+            return {"state": "frozen", "quiet": quiet, "under_way": open_}
+        return {"state": "waiting", "settled": waiting}
 
     def lift_freeze(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze without a flip; False if a flip came first."""

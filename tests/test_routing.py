@@ -123,35 +123,39 @@ def test_a_quiet_unit_switches_in_one_step_without_a_freeze():
     t = ready_table()
     write(t, "a", [1])
     under_way = t.begin_write("a", [2], now=0)
-    assert t.switch_if_quiet("a", "target", now=0) is False, "id 1 ended but is not applied"
+    assert t.settle("a", "target", True, False, now=0) == {"state": "waiting", "settled": 1}, \
+        "id 1 ended but is not applied"
     ids, seq = t.take_changes("a", now=0)
     assert ids == [1]
     t.ack_changes("a", seq)
-    assert t.switch_if_quiet("a", "target", now=0) is False, "a write is under way"
+    assert t.settle("a", "target", True, False, now=0) == {"state": "waiting", "settled": 0}, \
+        "a write is under way"
     assert (t.unit("a").phase, t.unit("a").owner) == ("ready", "source")
     t.end_write(under_way["token"])
     t.ack_changes("a", t.take_changes("a", now=0)[1])
-    assert t.switch_if_quiet("a", "target", now=0) is True
+    assert t.settle("a", "target", True, False, now=0) == {"state": "switched"}
     u = t.unit("a")
     assert (u.owner, u.phase, u.longest_freeze_ms) == ("target", "target", 0.0)
     assert t.begin_write("a", [1], now=0)["owner"] == "target"
     with pytest.raises(TransitionError, match="cannot go from source to frozen"):
-        t.switch_if_quiet("b", "target", now=0)  # b never captured its writes
+        t.settle("b", "target", True, False, now=0)  # b never captured its writes
 
 
 def test_a_freeze_waits_for_a_quiet_moment_unless_forced():
     t = ready_table()
     under_way = t.begin_write("a", [1], now=0)
-    assert t.freeze_if_quiet("a", now=0) == {"frozen": False, "quiet": False, "under_way": 1}
+    assert t.settle("a", "target", False, False, now=0)["state"] == "waiting"
     t.end_write(under_way["token"])
-    assert t.freeze_if_quiet("a", now=0)["frozen"] is False, "its change is not applied"
+    assert t.settle("a", "target", False, False, now=0) == {"state": "waiting", "settled": 1}, \
+        "its change is not applied"
     t.ack_changes("a", t.take_changes("a", now=0)[1])
-    assert t.freeze_if_quiet("a", now=0) == {"frozen": True, "quiet": True, "under_way": 0}
+    assert t.settle("a", "target", False, False, now=0) == {
+        "state": "frozen", "quiet": True, "under_way": 0}, "quiet, not confirmed: no switch"
     assert t.begin_write("a", [2], now=0)["status"] == "wait"
     t.set_phase("a", "ready", now=0)
     t.begin_write("a", [3], now=0)
-    assert t.freeze_if_quiet("a", force=True, now=0) == {
-        "frozen": True, "quiet": False, "under_way": 1}
+    assert t.settle("a", "target", True, True, now=0) == {
+        "state": "frozen", "quiet": False, "under_way": 1}
 
 
 def test_expired_leases_stop_counting():
@@ -259,7 +263,7 @@ def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [2], None)])
         assert h.call("settle", "a", "target", True, True) == {
-            "state": "frozen", "frozen": True, "quiet": False, "under_way": 1}
+            "state": "frozen", "quiet": False, "under_way": 1}
         assert h.call("unit", "a")["phase"] == "frozen"
         assert h.call("flip", "a", "target") is True, "a write under way does not hold it"
         [ended] = h.call("end_writes", [lease["token"]])
