@@ -53,6 +53,9 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 FREEZE_WAIT_S = 30.0
+# A write spanning several units waits this long, at most, for the moment none of them is
+# frozen, to write them all at once; then it writes the unfrozen ones and the others later.
+WHOLE_WAIT_S = 1.0
 WATCH_S = 10.0  # how long one wait for a change of the routing table lasts
 # write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
 Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
@@ -244,11 +247,12 @@ class RoutedCollection:
         units whose owner changed meanwhile are written again to the new one, frozen units
         after their freeze. ``parts``: unit id -> (its ids, its tenant value)."""
         pending = dict(parts)
-        deadline = time.monotonic() + FREEZE_WAIT_S
+        began = time.monotonic()
         while pending:
             names = list(pending)
+            whole = len(names) > 1 and time.monotonic() - began < WHOLE_WAIT_S
             leases = self.router.call("begin_writes",
-                                      [(u, pending[u][0], pending[u][1]) for u in names])
+                                      [(u, pending[u][0], pending[u][1]) for u in names], whole)
             granted = {u: le for u, le in zip(names, leases, strict=True)
                        if le["status"] == "ok"}
             self._saw_epoch(max(le["epoch"] for le in leases))
@@ -273,7 +277,7 @@ class RoutedCollection:
                     log.info("unit %s changed owner during a write; writing again", u)
             frozen = sorted(u for u in pending if u not in granted)
             if frozen:
-                if time.monotonic() > deadline:
+                if time.monotonic() - began > FREEZE_WAIT_S:
                     raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
                 time.sleep(0.003)
 

@@ -1,11 +1,12 @@
 """CPU priority of the latency-critical parts.
 
 Ray starts its worker processes at niceness 15 (``RAY_worker_niceness``), so on a machine
-that also runs the application they get the CPU last. That suits the bulk work (copy, verify,
-followers), but not the router, which every client write asks twice, nor a cutover, whose
-freeze every writer of the unit waits for. Those run at niceness 0 where the process may raise
-its priority (``CAP_SYS_NICE``, as root in most containers); elsewhere they stay as they are
-and say so once.
+that also runs the application they get the CPU last. That suits the bulk work (copy and
+verify), but not the router, which every client write asks twice, nor a cutover, whose
+freeze every writer of the unit waits for, nor a follower step, without which a waiting
+unit's lag grows for as long as the machine is busy. Those run at niceness 0 where the
+process may raise its priority (``CAP_SYS_NICE``, as root in most containers); elsewhere
+they stay as they are and say so once.
 """
 
 from __future__ import annotations
@@ -38,26 +39,62 @@ def _set(tid: int, niceness: int) -> bool:
 def process_at_normal_priority() -> None:
     """Every thread of this process at niceness 0 (Linux keeps one per thread); threads
     started later inherit it from the thread that starts them."""
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [threading.get_native_id()]
-    for tid in tids:
+    for tid in _threads():
         if not _set(tid, NORMAL):
             return
 
 
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [threading.get_native_id()]
+
+
+def _niceness(tid: int) -> int | None:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except (OSError, AttributeError):
+        return None  # the thread ended, or not a POSIX system
+
+
+_lock = threading.Lock()
+_holders = 0
+_before: dict[int, int] = {}  # niceness of each thread when the first holder raised them
+_known: set[int] = set()  # the threads there were then
+_default: int | None = None  # niceness of threads started while raised, once lowered again
+
+
 @contextmanager
 def urgent() -> Iterator[None]:
-    """Run the calling thread at niceness 0 for the block, then as before."""
-    tid = threading.get_native_id()
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, tid)
-    except (OSError, AttributeError):
-        before = None
-    raised = before is not None and before > NORMAL and _set(tid, NORMAL)
+    """Run the whole process at niceness 0 for the block, then as before.
+
+    The whole process, not just the calling thread: an engine does its work in threads of
+    its own (LanceDB's tokio pool, started niced by whichever thread first used it), so
+    raising the caller alone leaves that work at the back of the queue. Blocks of several
+    threads may overlap; the last one to leave restores every thread's niceness."""
+    global _holders, _default
+    with _lock:
+        _holders += 1
+        if _holders == 1:
+            _default = _niceness(threading.get_native_id())
+            _before.clear()
+            _known.clear()
+            if _default is not None and _default > NORMAL:
+                _known.update(_threads())
+                for tid in _known:
+                    was = _niceness(tid)
+                    if was is not None and was > NORMAL and _set(tid, NORMAL):
+                        _before[tid] = was
     try:
         yield
     finally:
-        if raised:
-            _set(tid, before)  # type: ignore[arg-type]
+        with _lock:
+            _holders -= 1
+            if _holders == 0 and _before:
+                for tid in _threads():
+                    if tid in _before:
+                        _set(tid, _before[tid])
+                    elif tid not in _known and _niceness(tid) == NORMAL:
+                        _set(tid, _default)  # type: ignore[arg-type] - started meanwhile
+                _before.clear()

@@ -116,13 +116,20 @@ class Router:
     async def end_write(self, token: int) -> dict[str, Any]:
         return self.table.end_write(token)
 
-    async def begin_writes(self, requests: list[tuple[str, list[Any], Any]]
-                           ) -> list[dict[str, Any]]:
-        """``begin_write`` for several units in one call: [(unit_id, ids, value)]."""
+    async def begin_writes(self, requests: list[tuple[str, list[Any], Any]],
+                           whole: bool = False) -> list[dict[str, Any]]:
+        """``RoutingTable.begin_writes``: several units in one call, all or nothing if
+        ``whole``."""
         if not self._prioritized:  # the event loop's thread may start after __init__
             self._prioritized = True
             process_at_normal_priority()
-        return [await self.begin_write(u, ids, value) for u, ids, value in requests]
+        epoch = self.table.epoch
+        out = self.table.begin_writes(requests, whole)
+        if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
+            self._persist()
+        elif any(ids and self.table.units[u].phase != "source" for u, ids, _ in requests):
+            self._maybe_persist()
+        return out
 
     async def end_writes(self, tokens: list[int],
                          carried: dict[int, tuple[Any, int]] | None = None

@@ -217,17 +217,35 @@ class RoutingTable:
             u.last_error = error
 
     # --- client writes --------------------------------------------------------------------
+    def begin_writes(self, requests: list[tuple[str, list[Any], Any]], whole: bool = False,
+                     now: float | None = None) -> list[dict[str, Any]]:
+        """``begin_write`` for several units: [(unit_id, ids, value)]. ``whole``: all or
+        nothing; while any of the units is frozen none gets a lease (all "wait"), so a write
+        spanning units waits for the freeze and then writes once, instead of writing its other
+        units first and the frozen one again after the freeze (two engine writes, the second
+        behind the freeze)."""
+        now = time.time() if now is None else now
+        if whole and any(self._frozen(u, now) for u, _, _ in requests):
+            return [{"status": "wait", "epoch": self.epoch} for _ in requests]
+        return [self.begin_write(u, ids, now, value) for u, ids, value in requests]
+
+    def _frozen(self, unit_id: str, now: float) -> bool:
+        u = self.units.get(unit_id)
+        if u is None or u.phase != "frozen":
+            return False
+        if u.frozen_at is not None and now - u.frozen_at > self.freeze_timeout_s:
+            # Whoever froze it is gone (a driver or worker died mid-cutover): lift the freeze.
+            self.set_phase(unit_id, "catching_up" if u.owner == "source" else "target", now)
+            return False
+        return True
+
     def begin_write(self, unit_id: str, ids: list[Any], now: float | None = None,
                     value: Any = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         if unit_id not in self.units:
             self.add_unit(unit_id, value)
         u = self.units[unit_id]
-        if u.phase == "frozen" and u.frozen_at is not None \
-                and now - u.frozen_at > self.freeze_timeout_s:
-            # Whoever froze it is gone (a driver or worker died mid-cutover): lift the freeze.
-            self.set_phase(unit_id, "catching_up" if u.owner == "source" else "target", now)
-        if u.phase == "frozen":
+        if self._frozen(unit_id, now):
             return {"status": "wait", "epoch": self.epoch}
         lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
         if u.phase in CAPTURING:

@@ -217,10 +217,14 @@ class UnitWorker:
                            if phase == "ready" and lag and not reserved]
                 back = [u for u, (phase, lag, reserved) in rows.items()
                         if phase == "target" and lag and not reserved]
-                if forward:
-                    self._follow_step(forward, self.source, self.target, self.forward, holder)
-                if back and self.inverse is not None:
-                    self._follow_step(back, self.target, self.source, self.inverse, holder)
+                # At normal priority: a follower that gets the CPU last on a busy machine
+                # lets the lag grow without bound (see ``priority``).
+                with urgent():
+                    if forward:
+                        self._follow_step(forward, self.source, self.target, self.forward,
+                                          holder)
+                    if back and self.inverse is not None:
+                        self._follow_step(back, self.target, self.source, self.inverse, holder)
             except Exception as err:  # noqa: BLE001 - the log keeps what was not applied
                 log.warning("worker %d follower: %s: %s", self.index, type(err).__name__, err)
                 time.sleep(1.0)
@@ -261,7 +265,7 @@ class UnitWorker:
               ) -> dict[str, Any]:
         spec = UnitSpec.from_dict(unit)
         # Writers of the unit wait for its freeze: the cutover runs at normal CPU priority,
-        # while copy, verify and followers keep the low one Ray gives workers.
+        # while copy and verify keep the low one Ray gives workers.
         with urgent(), self._reserved(spec.unit_id) as held:
             if not held:
                 return _result(spec, False, "another cutover holds the unit, or a catch-up "

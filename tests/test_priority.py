@@ -56,3 +56,44 @@ def test_the_router_actor_runs_at_normal_priority(ray_cluster, tmp_path):
         assert nices == ({0} if can_raise_priority() else {15}), nices
     finally:
         h.kill()
+
+
+def test_urgent_raises_every_thread_of_the_process_then_restores_each():
+    """An engine's own threads (LanceDB's tokio pool) do a cutover's work: they must run at
+    normal priority too. Threads at 0 stay at 0, and overlapping blocks restore once."""
+    allowed = can_raise_priority()
+    seen: dict[str, tuple[int, ...]] = {}
+    go, done = threading.Event(), threading.Event()
+    tids: dict[str, int] = {}
+
+    def engine_thread() -> None:  # started niced, before any urgent block, like tokio's pool
+        tids["engine"] = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tids["engine"], 15)
+        go.set()
+        done.wait(10)
+
+    def nice(name: str) -> int:
+        return os.getpriority(os.PRIO_PROCESS, tids[name])
+
+    def work() -> None:
+        tids["caller"] = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tids["caller"], 15)  # as Ray starts its workers
+        with urgent():
+            seen["one"] = (nice("caller"), nice("engine"), nice("main"))
+            with urgent():  # a second block (another thread in a worker) overlaps
+                pass
+            seen["after inner"] = (nice("caller"), nice("engine"), nice("main"))
+        seen["after"] = (nice("caller"), nice("engine"), nice("main"))
+
+    tids["main"] = threading.get_native_id()
+    before_main = nice("main")
+    engine = threading.Thread(target=engine_thread)
+    engine.start()
+    go.wait(10)
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    done.set()
+    engine.join()
+    inside = (0, 0, before_main) if allowed else (15, 15, before_main)
+    assert seen == {"one": inside, "after inner": inside, "after": (15, 15, before_main)}

@@ -87,6 +87,27 @@ def test_frozen_unit_makes_writers_wait_and_flip_fences_stale_leases():
     assert fresh["owner"] == "target" and t.end_write(fresh["token"])["valid"]
 
 
+def test_a_whole_write_waits_while_any_of_its_units_is_frozen():
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready", "frozen"):
+        t.set_phase("a", p, now=0)
+    t.set_phase("b", "capturing", now=0)
+    both = [("a", [1], None), ("b", [2], None)]
+    assert [le["status"] for le in t.begin_writes(both, whole=True, now=0)] == ["wait", "wait"]
+    assert t.lag("b") == 0 and not t.leases, "nothing leased, nothing logged"
+    parts = t.begin_writes(both, whole=False, now=0)
+    assert [le["status"] for le in parts] == ["wait", "ok"], "per unit, b goes on alone"
+    assert t.lag("b") == 1
+    t.end_write(parts[1]["token"])
+    t.set_phase("a", "target", now=0.01)
+    whole = t.begin_writes(both, whole=True, now=0.01)
+    assert [(le["status"], le["owner"]) for le in whole] == [("ok", "target"), ("ok", "source")]
+    # A freeze whose owner vanished is lifted by a whole write too, and the write goes on.
+    t.set_phase("a", "frozen", now=1)
+    late = t.begin_writes(both, whole=True, now=1 + t.freeze_timeout_s + 1)
+    assert [le["status"] for le in late] == ["ok", "ok"] and t.unit("a").phase == "target"
+
+
 def test_flip_waits_for_no_write_but_refuses_an_undrained_ended_one():
     t = table()
     for p in ("capturing", "copying", "catching_up", "ready"):
