@@ -37,7 +37,7 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import InvalidDataError, TransientError
 from ray_migrate.plan import Plan, label
 from ray_migrate.router import RouterHandle, get_router
-from ray_migrate.routing import CAPTURING
+from ray_migrate.routes import CAPTURING
 from ray_migrate.schema import (
     ID,
     UINT64_MAX,

@@ -109,7 +109,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
     First catch up (refusing to go on while more than ``ready_lag`` changes wait), catch up
-    once more, confirm what was applied and pause followers, so the switch applies and
+    once more, confirm what was applied and make followers yield, so the switch applies and
     confirms only the writes of its last moments. Confirming uses the owner rows as the apply
     read them (or the clients' rows that stood in for them): the other side holds what this
     applier wrote, and nobody else applies a reserved unit. An id written again since is in
@@ -129,15 +129,16 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     except Abort as why:
         log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
         return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
-    # Followers (of other units) pause from the wait for a quiet moment to the end of the
-    # freeze: on a small machine they compete for it. While they pause every other waiting
-    # unit falls behind, so only this long.
+    # Followers (of other units) yield from the wait for a quiet moment to the end of the
+    # freeze: on a small machine they compete for it. While they yield every other waiting
+    # unit falls behind, so only this long, and a unit with a change older than
+    # YIELD_MAX_AGE_S is followed anyway.
     router.call("quiet_followers", budget + IDLE_WAIT_S + 0.5, timeout_s=budget)
     try:
         return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
                        len(last))
     finally:
-        router.call("pause_followers", 0)
+        router.call("yield_followers", 0)
 
 
 def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,

@@ -3,8 +3,9 @@
 Ray starts its worker processes at niceness 15 (``RAY_worker_niceness``), so on a machine
 that also runs the application they get the CPU last. That suits the bulk work (copy and
 verify), but not the router, which every client write asks twice, nor a cutover, whose
-freeze every writer of the unit waits for, nor a follower step, without which a waiting
-unit's lag grows for as long as the machine is busy. Those run at niceness 0 where the
+freeze every writer of the unit waits for, nor the catch-up after a copy and a follower step
+once a change has waited a while: without them a waiting unit's lag grows for as long as the
+machine is busy. Those run at niceness 0 where the
 process may raise its priority (``CAP_SYS_NICE``, as root in most containers); elsewhere
 they stay as they are and say so once.
 """

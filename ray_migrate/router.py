@@ -236,10 +236,14 @@ class Router:
     async def pause_followers(self, seconds: float) -> None:
         self.table.pause_followers(seconds)
 
+    async def yield_followers(self, seconds: float) -> None:
+        self.table.yield_followers(seconds)
+
     async def quiet_followers(self, seconds: float, timeout_s: float = 2.0) -> bool:
-        """Pause followers for ``seconds`` and wait until their steps under way have ended,
-        so a freeze does not share the CPU with them. False if one did not end in time."""
-        self.table.pause_followers(seconds)
+        """Followers yield for ``seconds`` (``RoutingTable.yield_followers``); wait until their
+        steps under way have ended, so a freeze does not share the CPU with them. False if one
+        did not end in time."""
+        self.table.yield_followers(seconds)
         deadline = time.monotonic() + timeout_s
         while self.table.followers_busy():
             if time.monotonic() >= deadline:
@@ -247,7 +251,7 @@ class Router:
             await asyncio.sleep(0.005)
         return True
 
-    async def lags(self) -> dict[str, tuple[str, int, bool]]:
+    async def lags(self) -> dict[str, tuple[str, int, bool, float]]:
         return self.table.lags()
 
     async def peek_changes(self, unit_id: str) -> list[Any]:

@@ -27,68 +27,22 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any
 
 from ray_migrate.carried import Carried, ClientRows
+from ray_migrate.routes import (
+    CAPTURING,
+    TRANSITIONS,
+    Lease,
+    Phase,
+    TransitionError,
+    UnitRoute,
+)
 
-Phase = Literal["source", "capturing", "copying", "catching_up", "ready", "frozen", "target",
-                "rolled_back", "done", "failed"]
-Owner = Literal["source", "target"]
-
-CAPTURING: frozenset[str] = frozenset(
-    {"capturing", "copying", "catching_up", "ready", "frozen", "target"})
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "source": frozenset({"capturing", "failed"}),
-    "capturing": frozenset({"copying", "failed", "source"}),
-    "copying": frozenset({"catching_up", "failed", "source"}),
-    "catching_up": frozenset({"ready", "frozen", "failed", "source"}),
-    "ready": frozenset({"catching_up", "frozen", "failed", "source"}),
-    "frozen": frozenset({"catching_up", "ready", "target", "rolled_back", "failed"}),
-    "target": frozenset({"frozen", "done"}),
-    "rolled_back": frozenset({"capturing", "source"}),
-    "done": frozenset(),
-    "failed": frozenset({"source", "capturing"}),
-}
-
-
-class TransitionError(ValueError):
-    pass
-
-
-@dataclass
-class UnitRoute:
-    unit_id: str
-    owner: Owner = "source"
-    phase: Phase = "source"
-    copied: int = 0
-    total: int = 0
-    last_error: str | None = None
-    flips: int = 0  # how often the owner changed: a lease from an older flip is stale
-    capture_epoch: int = 0  # the table epoch at which capture began
-    needs_repair: bool = False  # the change log may have lost entries (router restarted)
-    frozen_at: float | None = None
-    cutover_at: float | None = None
-    longest_freeze_ms: float = 0.0
-    value: Any = None  # the tenant value of a unit first seen at run time
-    sync_holder: str | None = None  # who applies this unit's log now (one at a time)
-    sync_since: float = 0.0
-    sync_background: bool = False  # the holder is a follower
-    reserved_by: str | None = None  # a cutover or rollback about to run: followers yield
-    reserved_at: float = 0.0
-    log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
-    taken: list[int] = field(default_factory=list)  # seqs handed to the current applier
-    acked_seq: int = 0
-
-
-@dataclass
-class Lease:
-    token: int
-    unit_id: str
-    epoch: int
-    flips: int
-    issued_at: float
-    ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
+# While a cutover runs, followers leave alone the units whose oldest waiting change is younger
+# than this (``yield_followers``): a bound on how far behind a cutover lets them fall.
+YIELD_MAX_AGE_S = 0.5
 
 
 class RoutingTable:
@@ -106,6 +60,7 @@ class RoutingTable:
         self._tokens = itertools.count(1)
         self.restarted_at: float | None = None
         self.followers_paused_until = 0.0  # background appliers wait (target compaction)
+        self.followers_yield_until = 0.0  # ... unless their changes grow old (a cutover)
         self.upkeep_until = 0.0  # a compaction of the target runs: cutovers wait for it
         self.follow_holder: str | None = None  # the follower whose step is under way
         self.follow_since = 0.0
@@ -250,6 +205,8 @@ class RoutingTable:
         lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
         if u.phase in CAPTURING:
             lease.ids = list(ids)
+            if ids:
+                u.marks.append((self.seq + 1, now))
             for pid in ids:
                 self.seq += 1
                 u.log.append([self.seq, pid, lease.token])
@@ -314,7 +271,9 @@ class RoutingTable:
                 and now - u.sync_since < self.lease_s):
             return [], -1
         if background and (u.phase == "frozen" or self._reserved(u, holder, now)
-                           or now < self.followers_paused_until):
+                           or now < self.followers_paused_until
+                           or (now < self.followers_yield_until
+                               and self.oldest_age(unit_id, now) < YIELD_MAX_AGE_S)):
             return [], -1
         self._expire(now)
         entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
@@ -393,6 +352,7 @@ class RoutingTable:
             return len(u.log)  # a hold that expired and passed on: this apply did not count
         done = {s for s in u.taken if s <= seq}
         u.log = [e for e in u.log if e[0] not in done]
+        self.oldest_age(unit_id)  # drops the marks of applied writes
         u.acked_seq = max(u.acked_seq, seq)
         u.sync_holder, u.taken = None, []
         if done:
@@ -401,6 +361,21 @@ class RoutingTable:
 
     def lag(self, unit_id: str) -> int:
         return len(self.unit(unit_id).log)
+
+    def oldest_age(self, unit_id: str, now: float | None = None) -> float:
+        """Seconds since the write of the oldest change in the unit's log began (0 for an
+        empty log, or when unknown: entries from before a restart or of a repair)."""
+        now = time.time() if now is None else now
+        u = self.unit(unit_id)
+        if not u.log:
+            u.marks.clear()
+            return 0.0
+        first = u.log[0][0]
+        drop = 0
+        while drop + 1 < len(u.marks) and u.marks[drop + 1][0] <= first:
+            drop += 1
+        del u.marks[:drop]
+        return now - u.marks[0][1] if u.marks and u.marks[0][0] <= first else 0.0
 
     # --- reservations: a cutover asks background appliers to step aside ------------------
     def _reserved(self, u: UnitRoute, holder: str | None, now: float) -> bool:
@@ -445,16 +420,25 @@ class RoutingTable:
         now = time.time() if now is None else now
         self.followers_paused_until = now + seconds if seconds > 0 else 0.0
 
+    def yield_followers(self, seconds: float, now: float | None = None) -> None:
+        """Background appliers leave alone, for ``seconds`` (0 ends it), every unit whose
+        oldest waiting change is younger than ``YIELD_MAX_AGE_S``: a cutover runs and should
+        not share the machine with them, but a waiting unit may not fall further behind than
+        that."""
+        now = time.time() if now is None else now
+        self.followers_yield_until = now + seconds if seconds > 0 else 0.0
+
     def followers_busy(self, now: float | None = None) -> bool:
         """Whether a follower holds some unit's log (its step is under way)."""
         now = time.time() if now is None else now
         return any(u.sync_background and u.sync_holder is not None
                    and now - u.sync_since < self.lease_s for u in self.units.values())
 
-    def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool]]:
-        """Per unit (phase, waiting entries, reserved): what followers poll."""
+    def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool, float]]:
+        """Per unit (phase, waiting entries, reserved, age of the oldest waiting change in
+        seconds): what followers poll."""
         now = time.time() if now is None else now
-        return {k: (u.phase, len(u.log), self._reserved(u, None, now))
+        return {k: (u.phase, len(u.log), self._reserved(u, None, now), self.oldest_age(k, now))
                 for k, u in self.units.items()}
 
     # --- persistence ----------------------------------------------------------------------
@@ -500,7 +484,8 @@ class RoutingTable:
 
 def _row(u: UnitRoute, logs: bool) -> dict[str, Any]:
     """A unit as a plain dict (copying the log only when asked: it can be long)."""
-    row = {f.name: getattr(u, f.name) for f in fields(u) if f.name not in ("log", "taken")}
+    row = {f.name: getattr(u, f.name) for f in fields(u)
+           if f.name not in ("log", "taken", "marks")}
     if logs:
         row["log"], row["taken"] = [list(e) for e in u.log], list(u.taken)
     return row

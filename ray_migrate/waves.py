@@ -104,7 +104,7 @@ def _pause(m: Migration, seconds: float) -> None:
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(POLL_S, left))
         lags = m.router.call("lags")
-        worst = max([worst, *(lag for phase, lag, _ in lags.values()
+        worst = max([worst, *(lag for phase, lag, _, _ in lags.values()
                               if phase in ("ready", "target"))])
     if seconds:
         log.info("pause of %.0fs over; at most %d changes waited in a unit", seconds, worst)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
@@ -36,6 +36,7 @@ NAMESPACE = "ray_migrate"
 READY_TIMEOUT_S = 120.0
 FOLLOW_EVERY_S = 0.5  # how often a worker's follower applies the waiting units' changes
 FOLLOW_STEP = 5000  # ids per follower write, over all units
+FOLLOW_URGENT_AGE_S = 0.6  # a follower step runs at normal priority once a change is this old
 
 
 def worker_name(migration_id: str, index: int) -> str:
@@ -126,7 +127,8 @@ class UnitWorker:
             router.call("set_phase", uid, "catching_up")
         else:
             out["status"] = "skipped"
-        self._forward(spec).until(cut.ready_lag, timeout_s=60)
+        with urgent():  # like a follower's step: the log grows while this waits for the CPU
+            self._forward(spec).until(cut.ready_lag, timeout_s=60)
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
             out["verdict"] = verdict.to_dict()
@@ -172,12 +174,13 @@ class UnitWorker:
         after it."""
         spec = UnitSpec.from_dict(unit)
         phase = self._phase(spec.unit_id)
-        if phase in ("catching_up", "ready"):
-            lag, _ = self._forward(spec).until(0, timeout_s=timeout_s)
-        elif phase == "target" and self.inverse is not None:
-            lag, _ = self._back(spec).until(0, timeout_s=timeout_s)
-        else:
-            lag = self.router.call("unit", spec.unit_id)["lag"]
+        with urgent():
+            if phase in ("catching_up", "ready"):
+                lag, _ = self._forward(spec).until(0, timeout_s=timeout_s)
+            elif phase == "target" and self.inverse is not None:
+                lag, _ = self._back(spec).until(0, timeout_s=timeout_s)
+            else:
+                lag = self.router.call("unit", spec.unit_id)["lag"]
         return {"unit_id": spec.unit_id, "phase": phase, "lag": lag}
 
     def verify(self, unit: dict[str, Any]) -> dict[str, Any]:
@@ -213,13 +216,15 @@ class UnitWorker:
                 rows = self.router.call("lags")
                 # Not catching_up: a verify may be running, and an apply between its scans of
                 # the two sides would show as a difference the log no longer explains.
-                forward = [u for u, (phase, lag, reserved) in rows.items()
+                forward = [u for u, (phase, lag, reserved, _) in rows.items()
                            if phase == "ready" and lag and not reserved]
-                back = [u for u, (phase, lag, reserved) in rows.items()
+                back = [u for u, (phase, lag, reserved, _) in rows.items()
                         if phase == "target" and lag and not reserved]
-                # At normal priority: a follower that gets the CPU last on a busy machine
-                # lets the lag grow without bound (see ``priority``).
-                with urgent():
+                # At Ray's low priority while it keeps up, so the application keeps the CPU;
+                # at normal priority once a change has waited FOLLOW_URGENT_AGE_S: a follower
+                # that gets the CPU last on a busy machine lets the lag grow without bound.
+                oldest = max((rows[u][3] for u in forward + back), default=0.0)
+                with urgent() if oldest >= FOLLOW_URGENT_AGE_S else nullcontext():
                     if forward:
                         self._follow_step(forward, self.source, self.target, self.forward,
                                           holder)

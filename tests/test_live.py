@@ -344,7 +344,7 @@ def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
         for p in batch:
             truth[p["id"]] = (np.asarray(p["vector"], np.float32).tobytes(), p["payload"])
         deadline = time.monotonic() + 60
-        while any(lag for _, lag, _ in coll.router.call("lags").values()):
+        while any(lag for _, lag, _, _ in coll.router.call("lags").values()):
             assert time.monotonic() < deadline, coll.router.call("lags")
             time.sleep(0.1)
         check(read_side(target), truth, set(TENANTS), "target while units wait")
@@ -393,44 +393,70 @@ def test_upkeep_compacts_the_target_while_live_but_never_during_a_cutover(ray_cl
         m.close()
 
 
-def test_a_write_spanning_units_waits_only_for_the_frozen_one(ray_cluster, tmp_path):
-    """One upsert over two units: the unfrozen unit's point lands at once, the frozen unit's
-    point waits for the freeze to end, and the call returns once both have landed."""
+def test_a_write_spanning_units_waits_for_a_frozen_one_then_writes_all(ray_cluster, tmp_path):
+    """One upsert over two units, one of them frozen: nothing is written while the freeze
+    lasts (up to WHOLE_WAIT_S), then both land together; a freeze longer than that lets the
+    unfrozen unit's point land alone, and the frozen unit's after its freeze. The call returns
+    once both have landed."""
     from truth import read_lance
 
+    from ray_migrate.client import WHOLE_WAIT_S
+
     source, truth = seed("lancedb", tmp_path, n=40)
+    target = other_side("lancedb", tmp_path)
     mid = f"span-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
-                              cutover={"mode": "manual"}))
+    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
     m.start()
     try:
         m.prepare_units()
         coll = RoutedCollection.connect(mid)
+
+        def point(pid: int, tenant: str) -> dict:
+            return {"id": pid, "vector": [pid / 1000] * DIM, "payload": {"tenant": tenant}}
+
+        def start(points: list[dict]) -> tuple[threading.Event, list[BaseException]]:
+            done, errors = threading.Event(), []
+
+            def upsert() -> None:
+                try:
+                    coll.upsert(points)
+                except BaseException as err:  # noqa: BLE001 - checked below
+                    errors.append(err)
+                done.set()
+
+            threading.Thread(target=upsert, daemon=True).start()
+            return done, errors
+
+        # A short freeze: the write waits whole, then both points land.
         coll.router.call("set_phase", "tenant=t1", "frozen")
-        points = [{"id": 501, "vector": [0.25] * DIM, "payload": {"tenant": "t1", "v": 1}},
-                  {"id": 502, "vector": [0.5] * DIM, "payload": {"tenant": "t2", "v": 1}}]
-        done = threading.Event()
-        errors: list[BaseException] = []
+        done, errors = start([point(501, "t1"), point(502, "t2")])
+        time.sleep(min(0.4, WHOLE_WAIT_S / 2))
+        assert not {501, 502} & set(read_lance(source["uri"], "docs")), "written in a freeze"
+        assert not done.is_set()
+        coll.router.call("set_phase", "tenant=t1", "ready")
+        assert done.wait(20) and not errors, errors
+        assert {501, 502} <= set(read_lance(source["uri"], "docs"))
 
-        def upsert() -> None:
-            try:
-                coll.upsert(points)
-            except BaseException as err:  # noqa: BLE001 - checked below
-                errors.append(err)
-            done.set()
-
-        threading.Thread(target=upsert, daemon=True).start()
-        deadline = time.monotonic() + 20
-        while 502 not in read_lance(source["uri"], "docs"):
+        # A long freeze: after WHOLE_WAIT_S the unfrozen unit's point goes alone.
+        coll.router.call("set_phase", "tenant=t1", "frozen")
+        began = time.monotonic()
+        done, errors = start([point(503, "t1"), point(504, "t2")])
+        deadline = began + 20
+        while 504 not in read_lance(source["uri"], "docs"):
             assert time.monotonic() < deadline, "the unfrozen unit's point never landed"
             time.sleep(0.05)
-        assert 501 not in read_lance(source["uri"], "docs"), "the frozen unit was written"
+        assert time.monotonic() - began >= WHOLE_WAIT_S * 0.9
+        assert 503 not in read_lance(source["uri"], "docs"), "the frozen unit was written"
         assert not done.is_set(), "the call returned before the frozen unit's write"
         coll.router.call("set_phase", "tenant=t1", "ready")
         assert done.wait(20) and not errors, errors
         found = read_lance(source["uri"], "docs")
-        assert found[501][1] == points[0]["payload"] and found[502][1] == points[1]["payload"]
-        assert set(coll.router.call("peek_changes", "tenant=t1")) >= {501}, "captured"
+        assert {503, 504} <= set(found) and found[503][1] == {"tenant": "t1"}
+        # Captured: the followers bring all four to the target.
+        deadline = time.monotonic() + 30
+        while not {501, 502, 503, 504} <= set(read_lance(target["uri"], "docs")):
+            assert time.monotonic() < deadline, "not captured, or never applied"
+            time.sleep(0.1)
     finally:
         m.close()
 
@@ -488,10 +514,15 @@ def test_cutover_fences_a_write_under_way_instead_of_waiting_for_it(ray_cluster,
         assert coll.router.call("unit", "tenant=t1")["owner"] == "target"
         gated.gate.set()
         assert done.wait(30) and not errors, errors
+        # The source, a hot standby now, gets the point from the back-sync of the log (the
+        # workers' followers): wait for it, then both sides hold it.
+        deadline = time.monotonic() + 30
+        while 601 in coll.router.call("peek_changes", "tenant=t1"):
+            assert time.monotonic() < deadline, "never synced back to the source"
+            time.sleep(0.1)
         for where, ep in (("target", target), ("source", source)):
             found = read_lance(ep["uri"], "docs")
             assert found[601][0]["vector"] == np.asarray(point["vector"], np.float32).tobytes()
             assert found[601][1] == point["payload"], where
-        assert 601 in coll.router.call("peek_changes", "tenant=t1"), "synced back later"
     finally:
         m.close()

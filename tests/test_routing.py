@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ray_migrate.carried import CARRY_MAX_BYTES
-from ray_migrate.routing import RoutingTable, TransitionError
+from ray_migrate.routing import YIELD_MAX_AGE_S, RoutingTable, TransitionError
 
 
 def table():
@@ -328,7 +328,7 @@ def test_a_reserved_or_frozen_unit_is_not_handed_to_followers():
     assert ids == [1, 2]
     # A cutover reserves while the follower's step is still under way: told to wait for it.
     assert t.reserve("a", "cut", now=1) is False
-    assert t.lags(now=1)["a"] == ("ready", 2, True)
+    assert t.lags(now=1)["a"] == ("ready", 2, True, 1.0)
     t.ack_changes("a", seq, holder="follower")
     assert t.reserve("a", "cut", now=1) is True
     write(t, "a", [3], now=1)
@@ -342,6 +342,35 @@ def test_a_reserved_or_frozen_unit_is_not_handed_to_followers():
     t.set_phase("a", "ready", now=2)
     t.ack_changes("a", 0, holder="cut")  # lets go without acking anything
     assert t.take_changes("a", holder="follower", now=2, background=True)[0] == [3]
+
+
+def test_followers_yield_to_a_cutover_unless_a_change_grows_old():
+    t = table()
+    for p in ("capturing", "copying", "catching_up", "ready"):
+        t.set_phase("a", p, now=0)
+        t.set_phase("b", p, now=0)
+    write(t, "a", [1], now=10.0)
+    write(t, "a", [2, 3], now=10.2)
+    write(t, "b", [4], now=10.2)
+    assert t.oldest_age("a", now=10.25) == pytest.approx(0.25)
+    t.yield_followers(5.0, now=10.25)
+    assert t.take_changes("a", holder="f", now=10.25, background=True) == ([], -1)
+    assert t.take_changes("b", holder="f", now=10.25, background=True) == ([], -1)
+    old = 10.0 + YIELD_MAX_AGE_S + 0.01
+    ids, seq = t.take_changes("a", holder="f", now=old, background=True)
+    assert ids == [1, 2, 3], "a's oldest change is too old to wait: followed during the yield"
+    assert t.take_changes("b", holder="f", now=old, background=True) == ([], -1)
+    t.ack_changes("a", seq, holder="f")
+    assert t.oldest_age("a", now=old) == 0.0 and t.unit("a").marks == []
+    write(t, "a", [5], now=old)
+    assert t.oldest_age("a", now=old + 0.1) == pytest.approx(0.1)
+    # A compaction's pause has no such exception; a yield of 0 ends the yield.
+    t.pause_followers(5.0, now=old)
+    assert t.take_changes("a", holder="f", now=old + 1, background=True) == ([], -1)
+    t.pause_followers(0, now=old)
+    t.yield_followers(0, now=old)
+    assert t.take_changes("b", holder="f", now=old, background=True)[0] == [4]
+    assert "marks" not in t.to_dict()["units"]["a"], "not durable: ages restart as unknown"
 
 
 def test_a_reservation_lapses_after_a_lease_time():

@@ -1,0 +1,68 @@
+"""The routing table's records: phases and their transitions, a unit's route, a lease.
+
+``routing`` holds the rules that change them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Phase = Literal["source", "capturing", "copying", "catching_up", "ready", "frozen", "target",
+                "rolled_back", "done", "failed"]
+Owner = Literal["source", "target"]
+
+CAPTURING: frozenset[str] = frozenset(
+    {"capturing", "copying", "catching_up", "ready", "frozen", "target"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "source": frozenset({"capturing", "failed"}),
+    "capturing": frozenset({"copying", "failed", "source"}),
+    "copying": frozenset({"catching_up", "failed", "source"}),
+    "catching_up": frozenset({"ready", "frozen", "failed", "source"}),
+    "ready": frozenset({"catching_up", "frozen", "failed", "source"}),
+    "frozen": frozenset({"catching_up", "ready", "target", "rolled_back", "failed"}),
+    "target": frozenset({"frozen", "done"}),
+    "rolled_back": frozenset({"capturing", "source"}),
+    "done": frozenset(),
+    "failed": frozenset({"source", "capturing"}),
+}
+
+
+class TransitionError(ValueError):
+    pass
+
+
+@dataclass
+class UnitRoute:
+    unit_id: str
+    owner: Owner = "source"
+    phase: Phase = "source"
+    copied: int = 0
+    total: int = 0
+    last_error: str | None = None
+    flips: int = 0  # how often the owner changed: a lease from an older flip is stale
+    capture_epoch: int = 0  # the table epoch at which capture began
+    needs_repair: bool = False  # the change log may have lost entries (router restarted)
+    frozen_at: float | None = None
+    cutover_at: float | None = None
+    longest_freeze_ms: float = 0.0
+    value: Any = None  # the tenant value of a unit first seen at run time
+    sync_holder: str | None = None  # who applies this unit's log now (one at a time)
+    sync_since: float = 0.0
+    sync_background: bool = False  # the holder is a follower
+    reserved_by: str | None = None  # a cutover or rollback about to run: followers yield
+    reserved_at: float = 0.0
+    log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
+    marks: list[tuple[int, float]] = field(default_factory=list)  # (first seq, time) per write
+    taken: list[int] = field(default_factory=list)  # seqs handed to the current applier
+    acked_seq: int = 0
+
+
+@dataclass
+class Lease:
+    token: int
+    unit_id: str
+    epoch: int
+    flips: int
+    issued_at: float
+    ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
