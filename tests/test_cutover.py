@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -83,9 +84,11 @@ class BlockedWhileFrozen:
     """The real target, whose reads wait at a gate while the unit is frozen: an engine call
     that hangs inside a freeze."""
 
-    def __init__(self, real: LanceBackend, router: Any, unit_id: str):
+    def __init__(self, real: LanceBackend, router: Any, unit_id: str,
+                 first_read: Callable[[], None] = lambda: None):
         self.real, self.router, self.unit_id = real, router, unit_id
         self.gate, self.blocked = threading.Event(), threading.Event()
+        self.first_read: Callable[[], None] | None = first_read  # once, before a freeze
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -94,6 +97,9 @@ class BlockedWhileFrozen:
         if self.router.call("unit", self.unit_id)["phase"] == "frozen":
             self.blocked.set()
             assert self.gate.wait(60), "the gate was never opened"
+        elif self.first_read is not None:
+            self.first_read, hook = None, self.first_read
+            hook()
         return self.real.fetch(ids)
 
 
@@ -113,8 +119,11 @@ def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(ray_clus
             h.call("set_phase", "all", p)
         [under_way] = h.call("begin_writes", [("all", [7], None)])  # no quiet moment
         [ended] = h.call("begin_writes", [("all", [3], None)])
-        h.call("end_writes", [ended["token"]])  # applied before the freeze, confirmed in it
-        hanging = BlockedWhileFrozen(target, h, "all")
+        h.call("end_writes", [ended["token"]])  # applied while waiting, confirmed before
+        [late] = h.call("begin_writes", [("all", [5], None)])
+        # ... and this one ends during that confirm: the freeze drains and confirms it.
+        hanging = BlockedWhileFrozen(target, h, "all",
+                                     lambda: h.call("end_writes", [late["token"]]))
         sync = UnitSync(unit, h, source, hanging, Transform(TransformConfig()), seen=[])
         started = time.monotonic()
         res = _switch(h, sync, "all", "target", "ready", 300, 0)
