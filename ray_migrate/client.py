@@ -245,9 +245,24 @@ class RoutedCollection:
         per owner (``write(owner, unit_ids)``, which returns what it wrote per unit), one call
         to end the leases, handing the router what was written (see ``carried``);
         units whose owner changed meanwhile are written again to the new one, frozen units
-        after their freeze. ``parts``: unit id -> (its ids, its tenant value)."""
+        after their freeze. ``parts``: unit id -> (its ids, its tenant value).
+
+        A lease fenced by a flip is held open by the router (see ``RoutingTable.end_write``)
+        and ended here with its retry's lease, or when this call gives up."""
         pending = dict(parts)
+        held: dict[str, list[int]] = defaultdict(list)  # unit -> its fenced leases
         began = time.monotonic()
+        try:
+            self._lease_loop(pending, held, write, began)
+        finally:
+            if held:  # gave up before a retry: let the fenced entries settle now
+                try:
+                    self.router.call("end_writes", [t for ts in held.values() for t in ts])
+                except Exception as err:  # noqa: BLE001 - they expire after a lease time
+                    log.warning("could not end fenced leases %s: %s", dict(held), err)
+
+    def _lease_loop(self, pending: dict[str, tuple[list[Any], Any]],
+                    held: dict[str, list[int]], write: Write, began: float) -> None:
         while pending:
             names = list(pending)
             whole = len(names) > 1 and time.monotonic() - began < WHOLE_WAIT_S
@@ -265,15 +280,20 @@ class RoutedCollection:
                 self._write_owners(by_owner, write, written,
                                    {u for u, le in granted.items() if le["phase"] in CAPTURING})
             finally:  # a failed write ends its leases too: its ids are in the log anyway
+                tokens = [le["token"] for le in granted.values()]
+                retried = [t for u in granted for t in held.pop(u, [])]
                 ends = self.router.call(
-                    "end_writes", [le["token"] for le in granted.values()],
-                    {granted[u]["token"]: w for u, w in written.items()}) if granted else []
+                    "end_writes", tokens + retried,
+                    {granted[u]["token"]: w for u, w in written.items()})[:len(tokens)] \
+                    if granted else []
             if ends:
                 self._saw_epoch(max(end["epoch"] for end in ends))
             for u, end in zip(granted, ends, strict=True):
                 if end["valid"]:
                     del pending[u]
                 else:
+                    if end.get("held"):
+                        held[u].append(granted[u]["token"])
                     log.info("unit %s changed owner during a write; writing again", u)
             frozen = sorted(u for u in pending if u not in granted)
             if frozen:

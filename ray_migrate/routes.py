@@ -66,3 +66,4 @@ class Lease:
     flips: int
     issued_at: float
     ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
+    fenced: bool = False  # ended after a flip: held open until the client's retry ends

@@ -15,7 +15,8 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   Otherwise a freeze stops new leases, the ended writes are drained and ``flip`` follows.
   Writes under way are never waited for: ``end_write`` tells them the owner changed (fenced),
   and the client writes again to the new owner before it acknowledges. Their log entries
-  stay, so the old owner is synced to the new one's value afterwards.
+  stay, unsettled until the retry has ended, so the old owner is synced to the new one's
+  value afterwards, never to the value from before the retry landed.
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
   order-free and delete-safe. A client may hand in what it wrote with ``end_write``; an
   applier uses those rows instead of reading the owner only where they must equal what the
@@ -218,13 +219,22 @@ class RoutingTable:
 
     def end_write(self, token: int, rows: Any = None, nbytes: int = 0) -> dict[str, Any]:
         """Close a lease. ``valid`` is False when the owner changed meanwhile: write again.
-        ``rows``: what the client wrote, when its write succeeded (see ``carried``)."""
-        lease = self.leases.pop(token, None)
+        ``rows``: what the client wrote, when its write succeeded (see ``carried``).
+
+        A fenced lease that logged ids is not closed yet (``held``): its entries stay
+        unsettled until the client ends it again, with its retry to the new owner, or it
+        expires. Settled at once, an applier syncing the old owner could read the new one
+        before the retry lands there and roll the old owner back for that moment."""
+        lease = self.leases.get(token)
         if lease is None:  # expired, or issued before a router restart
             return {"valid": False, "epoch": self.epoch}
-        overlapped = self._close(lease)
         u = self.units[lease.unit_id]
         valid = u.flips == lease.flips
+        if not valid and lease.ids and not lease.fenced:
+            lease.fenced = True
+            return {"valid": False, "epoch": self.epoch, "owner": u.owner, "held": True}
+        del self.leases[token]
+        overlapped = self._close(lease)
         if (valid and rows is not None and lease.ids and not overlapped
                 and not self._near_restart(lease.issued_at)):
             self.rows.keep(token, Carried(lease.unit_id, lease.flips, rows, nbytes))

@@ -514,15 +514,21 @@ def test_cutover_fences_a_write_under_way_instead_of_waiting_for_it(ray_cluster,
         assert coll.router.call("unit", "tenant=t1")["owner"] == "target"
         gated.gate.set()
         assert done.wait(30) and not errors, errors
-        # The source, a hot standby now, gets the point from the back-sync of the log (the
-        # workers' followers): wait for it, then both sides hold it.
+
+        def both_hold_it() -> None:
+            for where, ep in (("target", target), ("source", source)):
+                found = read_lance(ep["uri"], "docs")
+                assert 601 in found, f"{where} lacks the point"
+                vec = np.asarray(point["vector"], np.float32).tobytes()
+                assert found[601][0]["vector"] == vec and found[601][1] == point["payload"]
+
+        # At once: the fenced write's entry was held until its retry ended, so the back-sync
+        # (the workers' followers) never read the target before the retry landed there.
+        both_hold_it()
         deadline = time.monotonic() + 30
         while 601 in coll.router.call("peek_changes", "tenant=t1"):
             assert time.monotonic() < deadline, "never synced back to the source"
             time.sleep(0.1)
-        for where, ep in (("target", target), ("source", source)):
-            found = read_lance(ep["uri"], "docs")
-            assert found[601][0]["vector"] == np.asarray(point["vector"], np.float32).tobytes()
-            assert found[601][1] == point["payload"], where
+        both_hold_it()
     finally:
         m.close()

@@ -82,7 +82,7 @@ def test_frozen_unit_makes_writers_wait_and_flip_fences_stale_leases():
     t.set_phase("a", "target", now=0.05)
     assert t.unit("a").owner == "target" and t.unit("a").longest_freeze_ms == pytest.approx(50)
     ended = t.end_write(stale["token"])
-    assert ended == {"valid": False, "epoch": t.epoch, "owner": "target"}
+    assert ended == {"valid": False, "epoch": t.epoch, "owner": "target", "held": True}
     fresh = t.begin_write("a", [1], now=0)
     assert fresh["owner"] == "target" and t.end_write(fresh["token"])["valid"]
 
@@ -128,9 +128,19 @@ def test_flip_waits_for_no_write_but_refuses_an_undrained_ended_one():
     assert t.flip("a", "target", now=0) is True, "a write under way does not hold the flip"
     assert t.unit("a").owner == "target"
     # The write under way is fenced: told to write again to the new owner. Its entry stays,
-    # so the source is synced back to the target's value of id 1 once it has ended.
-    assert t.end_write(under_way["token"])["valid"] is False
+    # unsettled until the retry ends (the target does not hold id 1 before that), and then
+    # the source is synced back to the target's value of id 1.
+    assert t.end_write(under_way["token"]) == {"valid": False, "epoch": t.epoch,
+                                               "owner": "target", "held": True}
+    assert t.take_changes("a", now=0)[0] == [], "held until the retry ends"
+    retry = t.begin_write("a", [1], now=0)
+    assert retry["owner"] == "target"
+    assert t.take_changes("a", now=0)[0] == [], "the retry is under way"
+    assert t.end_write(retry["token"])["valid"]  # the client ends both in one call
+    assert t.end_write(under_way["token"]) == {"valid": False, "epoch": t.epoch,
+                                               "owner": "target"}, "ended with its retry"
     assert t.take_changes("a", now=0)[0] == [1]
+    assert t.end_write(under_way["token"]) == {"valid": False, "epoch": t.epoch}, "once"
 
 
 def ready_table() -> RoutingTable:
@@ -476,6 +486,7 @@ def test_rows_are_not_used_after_a_repair_entry_a_flip_or_with_a_write_from_befo
     t.set_phase("a", "frozen", now=0)
     assert t.flip("a", "target", now=0)
     t.end_write(fenced["token"], ("upsert", "7 on the old owner"), 1)
+    t.end_write(fenced["token"])  # again, with its retry (or it expires)
     assert t.take_changes("a", now=0)[0] == [7]
     assert t.carried_for("a") == [], "written to the old owner: the new one is read"
 
