@@ -5,9 +5,9 @@ that also runs the application they get the CPU last. That suits the bulk work (
 verify), but not the router, which every client write asks twice, nor a cutover, whose
 freeze every writer of the unit waits for, nor the catch-up after a copy and a follower step
 once a change has waited a while: without them a waiting unit's lag grows for as long as the
-machine is busy. Those run at niceness 0 where the
-process may raise its priority (``CAP_SYS_NICE``, as root in most containers); elsewhere
-they stay as they are and say so once.
+machine is busy. Those run at niceness 0 where the process may raise its priority
+(``CAP_SYS_NICE``, as root in most containers); elsewhere they stay as they are and say so
+once.
 """
 
 from __future__ import annotations
