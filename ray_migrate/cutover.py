@@ -127,8 +127,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
         _confirm(sync, changed | last, rows_of(sync.seen, changed | last),
                  "after the catch-up before the freeze")
     except Abort as why:
-        log.warning("unit %s: not switching to %s: %s", unit.unit_id, to_phase, why)
-        return CutoverResult(unit.unit_id, False, 0.0, 0, str(why))
+        return _refused(unit.unit_id, to_phase, why)
     # Followers (of other units) yield from the wait for a quiet moment to the end of the
     # freeze: on a small machine they compete for it. While they yield every other waiting
     # unit falls behind, so only this long, and a unit with a change older than
@@ -139,6 +138,12 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                        len(last))
     finally:
         router.call("yield_followers", 0)
+
+
+def _refused(unit_id: str, to_phase: str, why: Abort) -> CutoverResult:
+    """Not switching, before any freeze: the unit stays with its owner, nothing waited."""
+    log.warning("unit %s: not switching to %s: %s", unit_id, to_phase, why)
+    return CutoverResult(unit_id, False, 0.0, 0, str(why))
 
 
 def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
@@ -177,8 +182,7 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             try:
                 _confirm(sync, applied, rows_of(sync.seen, applied), "before the freeze")
             except Abort as why:
-                log.warning("unit %s: not switching to %s: %s", unit_id, to_phase, why)
-                return CutoverResult(unit_id, False, 0.0, 0, str(why))
+                return _refused(unit_id, to_phase, why)
             before += len(applied)
             applied, sync.seen = set(), []
         start = time.perf_counter()

@@ -105,13 +105,7 @@ class Router:
 
     async def begin_write(self, unit_id: str, ids: list[Any], value: Any = None
                           ) -> dict[str, Any]:
-        epoch = self.table.epoch
-        out = self.table.begin_write(unit_id, ids, value=value)
-        if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
-            self._persist()
-        elif ids and self.table.units[unit_id].phase != "source":
-            self._maybe_persist()
-        return out
+        return (await self.begin_writes([(unit_id, ids, value)]))[0]
 
     async def end_write(self, token: int) -> dict[str, Any]:
         return self.table.end_write(token)
