@@ -251,6 +251,12 @@ class Router:
     async def peek_changes(self, unit_id: str) -> list[Any]:
         return self.table.peek_changes(unit_id)
 
+    async def watch(self, unit_id: str, name: str) -> None:
+        self.table.watch(unit_id, name)
+
+    async def watched(self, unit_id: str, name: str) -> list[Any] | None:
+        return self.table.watched(unit_id, name)
+
     async def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
         lag = self.table.ack_changes(unit_id, seq, holder)
         self._maybe_persist()

@@ -54,6 +54,7 @@ class UnitRoute:
     reserved_at: float = 0.0
     log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
     marks: list[tuple[int, float]] = field(default_factory=list)  # (first seq, time) per write
+    watches: dict[str, set[Any]] = field(default_factory=dict)  # verifies: ids logged since
     taken: list[int] = field(default_factory=list)  # seqs handed to the current applier
     acked_seq: int = 0
 

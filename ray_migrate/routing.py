@@ -208,9 +208,7 @@ class RoutingTable:
             lease.ids = list(ids)
             if ids:
                 u.marks.append((self.seq + 1, now))
-            for pid in ids:
-                self.seq += 1
-                u.log.append([self.seq, pid, lease.token])
+            self._log(u, ids, lease.token)
             self.rows.opened(lease.token, ids, before_capture=any(
                 le.unit_id == unit_id and not le.ids for le in self.leases.values()))
         self.leases[lease.token] = lease
@@ -309,14 +307,33 @@ class RoutingTable:
         """Forget the rows of writes no entry of the unit's log names any more."""
         self.rows.drop_unused(unit_id, {e[2] for e in self.unit(unit_id).log if len(e) > 2})
 
+    def _log(self, u: UnitRoute, ids: list[Any], token: int | None = None) -> None:
+        for pid in ids:
+            self.seq += 1
+            u.log.append([self.seq, pid] if token is None else [self.seq, pid, token])
+        for seen in u.watches.values():
+            seen.update(ids)
+
     def log_ids(self, unit_id: str, ids: list[Any]) -> int:
         """Add ids to the unit's log as if written (a verify found them differing): the one
         applier of the log then repairs them, in order with the client writes."""
         u = self.unit(unit_id)
-        for pid in ids:
-            self.seq += 1
-            u.log.append([self.seq, pid])
+        self._log(u, ids)
         return len(u.log)
+
+    def watch(self, unit_id: str, name: str) -> None:
+        """Start noting every id the unit's log holds or gets, for ``watched``: a verify that
+        lets appliers go on while it scans (see ``worker``)."""
+        u = self.unit(unit_id)
+        u.watches[name] = {e[1] for e in u.log}
+
+    def watched(self, unit_id: str, name: str) -> list[Any] | None:
+        """Every id in the unit's log since ``watch(name)``: there then, logged since, or there
+        now, and ends the watch. None when the watch is unknown (the router restarted since):
+        the caller cannot tell which ids changed and must look again."""
+        u = self.unit(unit_id)
+        seen = u.watches.pop(name, None)
+        return None if seen is None else list(seen | {e[1] for e in u.log})
 
     def take_many(self, unit_ids: list[str], limit: int, holder: str,
                   now: float | None = None) -> dict[str, tuple[list[Any], int]]:
@@ -495,7 +512,7 @@ class RoutingTable:
 def _row(u: UnitRoute, logs: bool) -> dict[str, Any]:
     """A unit as a plain dict (copying the log only when asked: it can be long)."""
     row = {f.name: getattr(u, f.name) for f in fields(u)
-           if f.name not in ("log", "taken", "marks")}
+           if f.name not in ("log", "taken", "marks", "watches")}
     if logs:
         row["log"], row["taken"] = [list(e) for e in u.log], list(u.taken)
     return row

@@ -30,7 +30,7 @@ class UnitVerdict:
     missing_ids: list[Any] = field(default_factory=list)  # on the source, not on the target
     extra_ids: list[Any] = field(default_factory=list)  # on the target, not on the source
     changed_ids: list[Any] = field(default_factory=list)  # on both, with other content
-    pending: int = 0  # differences the change log holds: the drain at cutover applies them
+    pending: int = 0  # differences of ids logged during the verify: catch-up applies them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

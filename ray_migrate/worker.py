@@ -145,24 +145,34 @@ class UnitWorker:
         return on_batch
 
     def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> Any:
-        """Verify while writes go on: a difference is fine only if the change log holds its id
-        (the drain at cutover applies and confirms it). Any other differing id is added to the
+        """Verify while writes and their catch-up go on: a difference is fine only if its id
+        was in the change log at some moment of the verify (``RoutingTable.watch``). Such an
+        id is either still waiting, so the catch-up or the drain at cutover applies it, or
+        was applied meanwhile, by a re-read of the owner after its write ended, which is the
+        value a scan on either side may have missed. Any other differing id is added to the
         log, so the log's one applier repairs it in order with client writes (a repair of its
         own could write an older value over a newer one), and the unit is verified again.
         ``reverse``: the target owns the unit and the source is the copy."""
         batch = max(self.cfg.copy_cfg.batch_size, 1000)
         sync = self._back(spec) if reverse else self._forward(spec)
-        unit = sync.unit
+        unit, verdict = sync.unit, None
         for _ in range(self.cfg.verify.max_repair_rounds + 1):
+            name = f"verify:{uuid.uuid4().hex}"
+            self.router.call("watch", spec.unit_id, name)
             verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch,
                                   max_ids=1_000_000)
+            touched = self.router.call("watched", spec.unit_id, name)
+            if touched is None:  # the router restarted meanwhile: look again
+                log.warning("unit %s: the router lost the verify's watch; verifying again",
+                            spec.unit_id)
+                continue
             if verdict.equal:
                 return verdict
-            pending = set(self.router.call("peek_changes", spec.unit_id))
-            unexplained = [i for i in verdict.missing_ids + verdict.extra_ids
-                           + verdict.changed_ids if i not in pending]
+            explained = set(touched)
+            differ = verdict.missing_ids + verdict.extra_ids + verdict.changed_ids
+            unexplained = [i for i in differ if i not in explained]
             if not unexplained:
-                verdict.equal, verdict.pending = True, len(pending)
+                verdict.equal, verdict.pending = True, len(differ)
                 return verdict
             log.warning("unit %s: repairing %d ids that differ", spec.unit_id, len(unexplained))
             self.router.call("log_ids", spec.unit_id, unexplained)
@@ -214,10 +224,10 @@ class UnitWorker:
                 continue
             try:
                 rows = self.router.call("lags")
-                # Not catching_up: a verify may be running, and an apply between its scans of
-                # the two sides would show as a difference the log no longer explains.
+                # catching_up too: a verify running meanwhile watches the log (see
+                # ``_verify_live``), so an apply between its scans is explained.
                 forward = [u for u, (phase, lag, reserved, _) in rows.items()
-                           if phase == "ready" and lag and not reserved]
+                           if phase in ("catching_up", "ready") and lag and not reserved]
                 back = [u for u, (phase, lag, reserved, _) in rows.items()
                         if phase == "target" and lag and not reserved]
                 # At Ray's low priority while it keeps up, so the application keeps the CPU;

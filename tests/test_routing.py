@@ -426,6 +426,28 @@ def test_logs_are_stored_apart_and_a_verify_can_log_ids_for_repair():
     assert t.status()[0]["lag"] == 3 and "log" not in t.status()[0]
 
 
+def test_a_watch_names_every_id_in_the_log_during_it_even_those_applied_meanwhile():
+    t = capturing()
+    write(t, "a", [1])
+    t.watch("a", "v")
+    ids, seq = t.take_changes("a")
+    t.ack_changes("a", seq)  # 1 is applied during the watch
+    write(t, "a", [2])
+    ids, seq = t.take_changes("a")
+    t.ack_changes("a", seq)  # so is 2, logged during it
+    t.log_ids("a", [3])  # a repair entry, still waiting
+    write(t, "b", [9])  # another unit
+    assert sorted(t.watched("a", "v")) == [1, 2, 3]
+    assert t.watched("a", "v") is None, "a watch is read once"
+    t.watch("a", "w")
+    assert "watches" not in t.to_dict()["units"]["a"]
+    back = RoutingTable.from_dict(t.to_dict())
+    assert back.watched("a", "w") is None, "a restarted router knows no watch: look again"
+    t.watch("a", "x")
+    write(t, "a", [4])
+    assert sorted(t.watched("a", "x")) == [3, 4]
+
+
 def test_the_confirm_uses_the_last_read_of_each_asked_id():
     import pyarrow as pa
 
