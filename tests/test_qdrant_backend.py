@@ -7,7 +7,8 @@ import uuid
 import numpy as np
 import pytest
 
-from ray_migrate.backends.qdrant import ORIGINAL_ID_KEY, QdrantBackend, physical_id
+from ray_migrate.backends.qdrant import QdrantBackend
+from ray_migrate.backends.qdrant_convert import ORIGINAL_ID_KEY, physical_id
 from ray_migrate.checksum import digest_of
 from ray_migrate.config import QdrantEndpoint
 from ray_migrate.errors import (

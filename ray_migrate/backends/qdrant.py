@@ -1,8 +1,6 @@
-"""Qdrant (local mode folder or server) behind the ``Backend`` contract.
-
-Ids: an int id is the Qdrant id as is (0 .. 2**64-1). A string id that is a canonical UUID
-(lowercase, hyphenated) is the Qdrant id as is; any other string becomes ``uuid5(NAMESPACE, s)``
-and the original is kept in the payload key ``_rm_id`` (removed again on read).
+"""Qdrant (local mode folder or server) behind the ``Backend`` contract: reading the collection's
+config, units, scans, search and writes, and the mapping of SDK errors. How ids, payloads,
+vectors and filters translate to Qdrant's lives in ``qdrant_convert``.
 
 Units: tenant units filter on a payload field; id-range bounds are *physical* Qdrant ids, in the
 order Qdrant scrolls (ints numerically before UUIDs, UUIDs as text). Scan cursors are
@@ -13,21 +11,31 @@ from __future__ import annotations
 
 import bisect
 import functools
-import json
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
+from ray_migrate.backends.qdrant_convert import (
+    cosine_normalized,
+    enum_value,
+    logical_id,
+    payload_value,
+    physical_id,
+    point_ids_and_payloads,
+    point_vectors,
+    records_table,
+    scroll_order,
+    unit_filter,
+    vector_specs,
+    vectors_config,
+)
 from ray_migrate.config import QdrantEndpoint
 from ray_migrate.errors import (
     IncompatibleTargetError,
-    InvalidDataError,
     RayMigrateError,
     TerminalError,
     TransientError,
@@ -37,60 +45,20 @@ from ray_migrate.schema import (
     DEFAULT_VECTOR,
     ID,
     PAYLOAD,
-    UINT64_MAX,
     CollectionInfo,
     VectorSpec,
     check_vectors,
     empty_table,
     infer_payload_schema,
-    make_batch,
-    vectors_to_numpy,
 )
 from ray_migrate.units import UnitSpec
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = uuid.UUID("5b0c6f7e-2d1a-4e0b-9a43-7f3c1d2e8a90")  # fixed forever: ids depend on it
-ORIGINAL_ID_KEY = "_rm_id"
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
-EPSILON = 1.1920929e-7  # what qdrant-client local mode compares a cosine norm against
 _SCROLL_IDS_PAGE = 10_000
 _CACHED_SCANS = 64  # unit id lists of local-mode scans under way
-_DISTANCES = {"Cosine": "cosine", "Euclid": "l2", "Dot": "dot", "Manhattan": "manhattan"}
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
-
-
-def is_canonical_uuid(s: str) -> bool:
-    try:
-        return str(uuid.UUID(s)) == s
-    except (ValueError, TypeError, AttributeError):
-        return False
-
-
-def physical_id(logical: Any) -> int | str:
-    """The Qdrant point id that holds logical id ``logical``."""
-    if isinstance(logical, bool) or not isinstance(logical, (int, str)):
-        raise InvalidDataError(f"point id {logical!r} is neither an integer nor a string")
-    if isinstance(logical, int):
-        if not 0 <= logical <= UINT64_MAX:
-            raise InvalidDataError(
-                f"point id {logical} is out of range: Qdrant integer ids are 0 .. 2**64-1")
-        return logical
-    return logical if is_canonical_uuid(logical) else str(uuid.uuid5(NAMESPACE, logical))
-
-
-def _logical(pid: int | str, payload: dict[str, Any]) -> Any:
-    """The logical id of a point; pops ``_rm_id`` from ``payload`` when it maps to ``pid``."""
-    orig = payload.get(ORIGINAL_ID_KEY)
-    if isinstance(orig, str) and isinstance(pid, str) and physical_id(orig) == pid:
-        del payload[ORIGINAL_ID_KEY]
-        return orig
-    return pid
-
-
-def _order(pid: int | str) -> tuple[int, Any]:
-    """Qdrant's scroll order: integer ids numerically, then UUIDs as text."""
-    return (0, pid) if isinstance(pid, int) else (1, pid)
 
 
 def _sdk_error(where: str, err: Exception) -> RayMigrateError:
@@ -195,8 +163,7 @@ class QdrantBackend(Backend):
         return named
 
     def _specs(self) -> tuple[VectorSpec, ...]:
-        return tuple(VectorSpec(n, int(p.size), _DISTANCES[_enum_value(p.distance)])
-                     for n, p in self._vector_params().items())
+        return vector_specs(self._vector_params())
 
     def _info(self, id_type: str = "int") -> CollectionInfo:
         return CollectionInfo(self.name, self._specs(), id_type,  # type: ignore[arg-type]
@@ -225,25 +192,14 @@ class QdrantBackend(Backend):
                 "one id type per collection")
         payloads = [dict(r.payload or {}) for r in recs]
         for r, p in zip(recs, payloads, strict=True):
-            _logical(r.id, p)
+            logical_id(r.id, p)
         return CollectionInfo(self.name, specs, "str" if str in kinds else "int",
                               payload_schema=infer_payload_schema(payloads), count=count,
                               unnamed_vector=self._unnamed)
 
     @_guard
     def create(self, info: CollectionInfo) -> None:
-        from qdrant_client import models
-
-        inverse = {v: k for k, v in _DISTANCES.items()}
-
-        def params(v: VectorSpec) -> Any:
-            return models.VectorParams(size=v.dim, distance=models.Distance(inverse[v.distance]))
-
-        if info.unnamed_vector and len(info.vectors) == 1:
-            config: Any = params(info.vectors[0])
-        else:
-            config = {v.name: params(v) for v in info.vectors}
-        self.client.create_collection(self.name, vectors_config=config)
+        self.client.create_collection(self.name, vectors_config=vectors_config(info))
         self._params = None
         log.info("created Qdrant %s with vectors %s", self.where, info.vector_names)
 
@@ -279,7 +235,7 @@ class QdrantBackend(Backend):
             recs, nxt = self.client.scroll(self.name, limit=_SCROLL_IDS_PAGE, offset=offset,
                                            with_payload=False, with_vectors=False)
             for r in recs:
-                if hi is not None and _order(r.id) >= _order(hi):
+                if hi is not None and scroll_order(r.id) >= scroll_order(hi):
                     return
                 yield r.id
             if nxt is None:
@@ -294,7 +250,7 @@ class QdrantBackend(Backend):
             recs, offset = self.client.scroll(self.name, limit=_SCROLL_IDS_PAGE, offset=offset,
                                               with_payload=[field], with_vectors=False)
             for r in recs:
-                value = _dig(r.payload or {}, field)
+                value = payload_value(r.payload or {}, field)
                 if value is not None and (isinstance(value, float) or
                                           not isinstance(value, (str, int))):
                     raise TerminalError(
@@ -309,48 +265,17 @@ class QdrantBackend(Backend):
         ids = list(self._scroll_ids())
         n = len(ids)
         picks = {ids[i * n // count] for i in range(1, count)} if n and count > 1 else set()
-        return sorted(picks - {ids[0]} if ids else picks, key=_order)
-
-    def _filter(self, unit: UnitSpec | None) -> Any:
-        from qdrant_client import models
-
-        if unit is None or unit.kind != "tenant":
-            return None
-        if unit.value is None:
-            return models.Filter(must=[models.IsEmptyCondition(
-                is_empty=models.PayloadField(key=unit.field))])
-        return models.Filter(must=[models.FieldCondition(
-            key=unit.field, match=models.MatchValue(value=unit.value))])
+        return sorted(picks - {ids[0]} if ids else picks, key=scroll_order)
 
     @_guard
     def count(self, unit: UnitSpec) -> int:
         if unit.kind == "id_range":
             return sum(1 for _ in self._scroll_ids(unit.lo, unit.hi))
-        return int(self.client.count(self.name, count_filter=self._filter(unit), exact=True).count)
+        return int(self.client.count(self.name, count_filter=unit_filter(unit), exact=True).count)
 
     # --- read -------------------------------------------------------------------------------
     def _table(self, recs: Sequence[Any]) -> pa.Table:
-        params = self._vector_params()
-        ids, payloads = [], []
-        cols: dict[str, list[Any]] = {n: [] for n in params}
-        for r in recs:
-            payload = dict(r.payload or {})
-            ids.append(_logical(r.id, payload))
-            payloads.append(payload)
-            vec = r.vector if isinstance(r.vector, dict) else {DEFAULT_VECTOR: r.vector}
-            if self._unnamed and "" in vec:
-                vec = {DEFAULT_VECTOR: vec[""]}
-            for n in params:
-                v = vec.get(n)
-                if v is None:
-                    raise UnsupportedError(
-                        f"point {ids[-1]!r} of {self.name} has no vector {n!r}; ray_migrate "
-                        "needs every point to carry every vector")
-                cols[n].append(v)
-        info = self._info("str" if ids and isinstance(ids[0], str) else "int")
-        vectors = {n: np.asarray(c, dtype=np.float32).reshape(len(ids), int(params[n].size))
-                   for n, c in cols.items()}
-        return make_batch(info, ids, vectors, payloads)
+        return records_table(self.name, recs, self._vector_params(), self._unnamed)
 
     @_guard
     def scan_page(self, unit: UnitSpec, batch_size: int,
@@ -364,12 +289,13 @@ class QdrantBackend(Backend):
         hi = unit.hi if unit.kind == "id_range" else None
         if offset is None and unit.kind == "id_range":
             offset = unit.lo  # bounds are physical ids, as id_boundaries gives them
-        recs, nxt = self.client.scroll(self.name, scroll_filter=self._filter(unit),
+        recs, nxt = self.client.scroll(self.name, scroll_filter=unit_filter(unit),
                                        limit=batch_size, offset=offset, with_payload=True,
                                        with_vectors=True)
         if hi is not None:
-            kept = [r for r in recs if _order(r.id) < _order(hi)]
-            if len(kept) < len(recs) or (nxt is not None and _order(nxt) >= _order(hi)):
+            kept = [r for r in recs if scroll_order(r.id) < scroll_order(hi)]
+            if len(kept) < len(recs) or (nxt is not None
+                                         and scroll_order(nxt) >= scroll_order(hi)):
                 nxt = None
             recs = kept
         table = self._table(recs) if recs else self._empty()
@@ -388,10 +314,11 @@ class QdrantBackend(Backend):
             while len(self._unit_ids) > _CACHED_SCANS:
                 self._unit_ids.popitem(last=False)
         offset = (cursor or {}).get("offset")
-        start = 0 if offset is None else bisect.bisect_left(ids, _order(offset), key=_order)
+        start = (0 if offset is None
+                 else bisect.bisect_left(ids, scroll_order(offset), key=scroll_order))
         page = ids[start:start + batch_size]
         recs = self.client.retrieve(self.name, page, with_payload=True, with_vectors=True)
-        recs.sort(key=lambda r: _order(r.id))
+        recs.sort(key=lambda r: scroll_order(r.id))
         nxt = ids[start + batch_size] if start + batch_size < len(ids) else None
         if nxt is None:
             self._unit_ids.pop(unit.unit_id, None)
@@ -401,10 +328,10 @@ class QdrantBackend(Backend):
     def _list_unit_ids(self, unit: UnitSpec) -> list[int | str]:
         if unit.kind == "id_range":
             return list(self._scroll_ids(unit.lo, unit.hi))
-        recs, _ = self.client.scroll(self.name, scroll_filter=self._filter(unit),
+        recs, _ = self.client.scroll(self.name, scroll_filter=unit_filter(unit),
                                      limit=max(self.client.count(self.name).count, 1),
                                      with_payload=False, with_vectors=False)
-        return sorted((r.id for r in recs), key=_order)
+        return sorted((r.id for r in recs), key=scroll_order)
 
     def _empty(self) -> pa.Table:
         return empty_table(self._info())
@@ -430,7 +357,7 @@ class QdrantBackend(Backend):
         params = self._vector_params()
         if vector_name not in params:
             raise TerminalError(f"Qdrant {self.where} has no vector {vector_name!r}")
-        flt = self._filter(unit)
+        flt = unit_filter(unit)
         if unit is not None and unit.kind == "id_range":
             ids = list(self._scroll_ids(unit.lo, unit.hi))
             if not ids:
@@ -441,7 +368,7 @@ class QdrantBackend(Backend):
                 return []
             if any(u.kind != "tenant" for u in within):
                 raise UnsupportedError("Qdrant search within units: tenant units only")
-            anyof = models.Filter(should=[self._filter(u) for u in within])
+            anyof = models.Filter(should=[unit_filter(u) for u in within])
             flt = anyof if flt is None else models.Filter(must=[flt, anyof])
         res = self.client.query_points(
             self.name, query=[float(x) for x in vector],
@@ -451,7 +378,7 @@ class QdrantBackend(Backend):
         hits = []
         for p in res.points:
             payload = dict(p.payload or {})
-            hits.append(SearchHit(_logical(p.id, payload), float(p.score), payload))
+            hits.append(SearchHit(logical_id(p.id, payload), float(p.score), payload))
         return hits
 
     # --- write ------------------------------------------------------------------------------
@@ -464,36 +391,19 @@ class QdrantBackend(Backend):
         params = self._vector_params()
         info = self._info()
         check_vectors(table, info)
-        logical = table.column(ID).to_pylist()
-        pids = [physical_id(i) for i in logical]
-        payloads = []
-        for lid, pid, text in zip(logical, pids, table.column(PAYLOAD).to_pylist(), strict=True):
-            p = json.loads(text) if text else {}
-            p = p if isinstance(p, dict) else {}
-            if pid != lid:
-                if p.get(ORIGINAL_ID_KEY, lid) != lid:
-                    raise InvalidDataError(
-                        f"point {lid!r}: payload key {ORIGINAL_ID_KEY!r} is reserved by "
-                        "ray_migrate for string ids that are not UUIDs")
-                p[ORIGINAL_ID_KEY] = lid
-            payloads.append(p)
-        vecs = {n: vectors_to_numpy(table.column(n)).tolist() for n in params}
-
-        def vector_of(i: int, names: Sequence[str]) -> Any:
-            if self._unnamed:
-                return vecs[DEFAULT_VECTOR][i]
-            return {n: vecs[n][i] for n in names}
-
-        points = [models.PointStruct(id=pid, vector=vector_of(i, list(params)),
-                                     payload=payloads[i]) for i, pid in enumerate(pids)]
+        pids, payloads = point_ids_and_payloads(table)
+        vectors = point_vectors(table, list(params), self._unnamed)
+        points = [models.PointStruct(id=pid, vector=vectors[i], payload=payloads[i])
+                  for i, pid in enumerate(pids)]
         self.client.upsert(self.name, points=points, wait=True)
-        cosine = [n for n, p in params.items() if _enum_value(p.distance) == "Cosine"]
+        cosine = [n for n, p in params.items() if enum_value(p.distance) == "Cosine"]
         if self.local and cosine:
             # Local mode normalizes a new point in float32 but an existing one in float64, and
             # persists the raw vector. Rewriting the vectors through update_vectors stores (in
             # memory and on disk) the float32 form for every point, so replays change no bit.
+            cosine_vectors = point_vectors(table, cosine, self._unnamed)
             self.client.update_vectors(self.name, points=[
-                models.PointVectors(id=pid, vector=vector_of(i, cosine))
+                models.PointVectors(id=pid, vector=cosine_vectors[i])
                 for i, pid in enumerate(pids)], wait=True)
 
     @_guard
@@ -509,23 +419,11 @@ class QdrantBackend(Backend):
     def stored_form(self, table: pa.Table) -> pa.Table:
         """The batch with cosine vectors normalized the way this engine stores them.
 
-        Local mode (with ``upsert`` above): each vector in float32, ``v / np.linalg.norm(v)``
-        unless the norm is <= float32 epsilon, bit for bit. A server normalizes in Rust with
-        SIMD float32 arithmetic; this is the same formula but may differ in the last bit.
+        Local mode (with ``upsert`` above): bit for bit, see ``cosine_normalized``. A server
+        normalizes in Rust with SIMD float32 arithmetic; the same formula, but it may differ
+        in the last bit.
         """
-        for n, p in self._vector_params().items():
-            if _enum_value(p.distance) != "Cosine" or n not in table.column_names:
-                continue
-            arr = vectors_to_numpy(table.column(n))
-            out = np.empty_like(arr)
-            for i, v in enumerate(arr):
-                norm = np.linalg.norm(v)
-                out[i] = v / norm if norm > EPSILON else v
-            field = table.schema.field(n)
-            col = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1), pa.float32()),
-                                                    arr.shape[1])
-            table = table.set_column(table.column_names.index(n), field, col.cast(field.type))
-        return table
+        return cosine_normalized(table, self._vector_params())
 
     def close(self) -> None:
         if self._owns_client and self.client is not None:
@@ -534,19 +432,3 @@ class QdrantBackend(Backend):
             except Exception:  # noqa: BLE001 - closing is best effort
                 log.debug("closing Qdrant client of %s failed", self.where, exc_info=True)
             self.client = None
-
-
-def _enum_value(x: Any) -> str:
-    return getattr(x, "value", x)
-
-
-def _dig(payload: dict[str, Any], key: str) -> Any:
-    """The value at ``key`` (dots go into nested objects), None if absent."""
-    if key in payload:
-        return payload[key]
-    cur: Any = payload
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
