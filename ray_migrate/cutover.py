@@ -1,10 +1,10 @@
 """Cutover (and rollback) of one unit behind a short write freeze, or none at all.
 
-Step 1: freeze the unit: new writes wait at the router. The cutover applies what ends until a
-moment when no write of the unit is under way and every ended one is applied, if one comes
-within ``IDLE_WAIT_S``, and the router freezes it then. If all that was applied is confirmed
-already, the router flips at that same moment instead (``settle``): no write waits at
-all. Without a quiet moment it freezes anyway.
+Step 1: switch at a quiet moment, or freeze the unit (new writes wait at the router). The
+cutover applies what ends until a moment when no write of the unit is under way and every
+ended one is applied, confirms what it applied, and looks again: if the unit is still quiet,
+the router flips the owner at that same moment (``settle``), and no write waits at all.
+Without a quiet moment within ``IDLE_WAIT_S`` it freezes anyway.
 Step 2: drain the captured changes of the writes that have ended to the new owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
 Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
@@ -162,23 +162,23 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
                         f"{what}")
 
-    # Step 1: at a quiet moment (this applies what ends meanwhile), switch at once if nothing
-    # was applied since the confirm before this wait, else freeze; without one, freeze anyway.
-    # What is applied here is confirmed inside the freeze, or, once the wait is over and the
-    # unit freezes anyway, just before it, so the freeze confirms only what its drain applies.
-    # Not after every apply: that reads the target again and again, and at 1,000 writes/s the
-    # wait then never ends.
+    # Step 1: wait for a quiet moment, applying what ends meanwhile. What was applied is
+    # confirmed outside any freeze: at a quiet moment, and then the router is asked again
+    # whether it may switch; or once the wait is over, just before the unit freezes anyway,
+    # so that freeze confirms only what its drain applies. Not after every apply: that reads
+    # the target again and again, and at 1,000 writes/s the wait then never ends.
+    # Confirming while writes go on is valid: nobody else applies this reserved unit, so what
+    # this wait wrote to the other side stays there; newer writes are in the log again.
     called = time.perf_counter()
     sync.seen = []
     applied: set[Any] = set()
     waiting = 1  # ended writes not applied yet, as the router last said
+    quiet = False
     while True:
         if waiting:
             applied.update(sync.step(DRAIN_STEP)[0])
         force = time.perf_counter() - called > IDLE_WAIT_S
-        if force and applied:
-            # Valid while writes go on: nobody else applies this reserved unit, so what this
-            # wait wrote to the other side stays there; newer writes are in the log again.
+        if applied and (force or quiet):
             try:
                 _confirm(sync, applied, rows_of(sync.seen, applied), "before the freeze")
             except Abort as why:
@@ -196,8 +196,9 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
         if out["state"] == "frozen":
             frozen = out
             break
-        waiting = out["settled"]
-        if not waiting:
+        quiet = out["state"] == "quiet"
+        waiting = 0 if quiet else out["settled"]
+        if not waiting and not quiet:
             time.sleep(0.002)
     how = "freeze" if frozen["quiet"] else f"freeze, {frozen['under_way']} writes under way"
     pre, sync.times = set(applied), {}

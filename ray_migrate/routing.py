@@ -126,9 +126,10 @@ class RoutingTable:
         """One look of a cutover waiting for a quiet moment (no write of the unit under way,
         every ended one applied). If quiet and ``may_switch`` (the caller has confirmed all
         it applied), switch the owner to ``phase`` at once: a freeze and a flip in one step,
-        so no write ever waits. Else freeze if quiet (nothing to drain or fence) or anyway
-        with ``force``, saying how many writes were under way (the drain applies those that
-        end in the freeze, ``flip`` fences the rest). Else say how many ended writes wait."""
+        so no write ever waits. With ``force``, freeze, quiet or not, saying how many writes
+        were under way (the drain applies those that end in the freeze, ``flip`` fences the
+        rest). Else say it is quiet (the caller confirms, outside any freeze, and looks
+        again), or how many ended writes wait."""
         now = time.time() if now is None else now
         open_, waiting = self.open_leases(unit_id, now=now), self.settled(unit_id, now)
         quiet = not open_ and not waiting
@@ -136,10 +137,10 @@ class RoutingTable:
             self.set_phase(unit_id, "frozen", now)
             self.set_phase(unit_id, phase, now)
             return {"state": "switched"}
-        if quiet or force:
+        if force:
             self.set_phase(unit_id, "frozen", now)
             return {"state": "frozen", "quiet": quiet, "under_way": open_}
-        return {"state": "waiting", "settled": waiting}
+        return {"state": "quiet"} if quiet else {"state": "waiting", "settled": waiting}
 
     def lift_freeze(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze without a flip; False if a flip came first."""

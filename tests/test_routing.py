@@ -180,8 +180,11 @@ def test_a_freeze_waits_for_a_quiet_moment_unless_forced():
     assert t.settle("a", "target", False, False, now=0) == {"state": "waiting", "settled": 1}, \
         "its change is not applied"
     t.ack_changes("a", t.take_changes("a", now=0)[1])
-    assert t.settle("a", "target", False, False, now=0) == {
-        "state": "frozen", "quiet": True, "under_way": 0}, "quiet, not confirmed: no switch"
+    assert t.settle("a", "target", False, False, now=0) == {"state": "quiet"}, \
+        "quiet, not confirmed: no switch, and no freeze while the caller confirms"
+    assert t.unit("a").phase == "ready"
+    assert t.settle("a", "target", False, True, now=0) == {
+        "state": "frozen", "quiet": True, "under_way": 0}
     assert t.begin_write("a", [2], now=0)["status"] == "wait"
     t.set_phase("a", "ready", now=0)
     t.begin_write("a", [3], now=0)
@@ -283,9 +286,9 @@ def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
         assert h.call("unit", "a")["phase"] == "catching_up"
         ids, seq, _ = h.call("take_changes", "a", 10, "me")
         h.call("ack_changes", "a", seq, "me")
-        assert h.call("settle", "a", "target", False, False)["state"] == "frozen", \
-            "quiet, but what was applied is not confirmed yet: freeze, not switch"
-        h.call("set_phase", "a", "ready")
+        assert h.call("settle", "a", "target", False, False) == {"state": "quiet"}, \
+            "quiet, but what was applied is not confirmed yet: neither switch nor freeze"
+        assert h.call("unit", "a")["phase"] == "catching_up"
         assert h.call("settle", "a", "target", True, False) == {"state": "switched"}
         assert h.call("unit", "a")["owner"] == "target"
         h.call("set_phase", "a", "frozen")
