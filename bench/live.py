@@ -62,22 +62,46 @@ def make_cfg(mid: str, source: dict, work: Path) -> Any:
         "state_uri": str(work / "state")})
 
 
-def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]]) -> None:
-    """Wrap the client's leased write: note (time, ids) per unit just before its lease.
-    Also keep the last of repeated ids in one upsert: Traffic(batch>1) draws existing ids with
-    replacement, and LanceDB's merge_insert rejects a batch that names an id twice."""
-    leased, upsert = coll._leased, coll.upsert
+def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
+                  split: list[tuple[float, float, float, float]]) -> None:
+    """Wrap the client's leased write: note (time, ids) per unit just before its lease, and
+    in ``split`` (time, ms in its lease calls to the router, ms in its engine writes, ms in
+    all) per write. Also keep the last of repeated ids in one upsert: Traffic(batch>1) draws
+    existing ids with replacement, and LanceDB's merge_insert rejects a batch that names an
+    id twice."""
+    leased, upsert, call, owners = coll._leased, coll.upsert, coll.router.call, \
+        coll._write_owners
+    acc = threading.local()
 
     def dedup(points: list) -> int:
         return upsert(list({p["id"]: p for p in points}.values()))
+
+    def timed(name: str, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if getattr(acc, "on", False) and (name != "router" or args[0] in (
+                        "begin_writes", "end_writes")):
+                    acc.ms[name] += (time.perf_counter() - t0) * 1000
+        return run
 
     def wrapped(parts: dict[str, tuple[list, Any]], write: Any) -> None:
         now = time.monotonic()
         for unit_id, (ids, _) in parts.items():
             log[unit_id].append((now, len(ids)))
-        return leased(parts, write)
+        acc.on, acc.ms = True, {"router": 0.0, "engine": 0.0}
+        t0 = time.perf_counter()
+        try:
+            return leased(parts, write)
+        finally:
+            acc.on = False
+            split.append((now, acc.ms["router"], acc.ms["engine"],
+                          (time.perf_counter() - t0) * 1000))
 
     coll._leased, coll.upsert = wrapped, dedup
+    coll.router.call, coll._write_owners = timed("router", call), timed("engine", owners)
 
 
 def oldest_age(writes: list[tuple[float, int]], lag: int, now: float) -> float:
@@ -114,7 +138,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("attempts", "moved", "units"):
         out[k] = sum(r[k] for r in runs)
     out["run_s"] = sum(r["run_s"] for r in runs) / len(runs)
-    for k in ("ages_by_phase", "by_stage"):
+    for k in ("ages_by_phase", "by_stage", "split"):
         out[k] = {key: [v for r in runs for v in r[k].get(key, [])]
                   for key in {key for r in runs for key in r[k]}}
     return out
@@ -176,6 +200,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
     marks: dict[str, float] = {}
     traffics: list[Traffic] = []
     upkeep_runs: list[list[str]] = []
+    split: list[tuple[float, float, float, float]] = []  # per write, see record_writes
     stop = threading.Event()
     ids_per_call = 0.9 * batch + 0.1
 
@@ -195,7 +220,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         upkeep_runs.append(source_upkeep(source, source_compact_s, stop))
         for k in range(writers):
             coll = RoutedCollection.connect(mid)
-            record_writes(coll, writes)
+            record_writes(coll, writes, split)
             t = Traffic(coll, [f"t{j}" for j in range(tenants)],
                         rate / writers / ids_per_call, read_rate if k == 0 else 0.0,
                         first_new_id=10**9 + k * 10**8, seed=3 + k, batch=batch,
@@ -252,6 +277,16 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
             i = bisect.bisect_right(times, started) - 1
             if kind == "write" and marks["during"] <= started < marks["after"] and i >= 0:
                 by_stage[stages[i][1]].append(took * 1000)
+    # Per stage ('before' and each stage of 'during'): mean ms of a write in its router
+    # calls, in its engine writes, and in all.
+    parts: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for started, router_ms, engine_ms, total_ms in split:
+        if marks["before"] <= started < marks["during"]:
+            parts["before"].append((router_ms, engine_ms, total_ms))
+        elif marks["during"] <= started < marks["after"]:
+            i = bisect.bisect_right(times, started) - 1
+            if i >= 0:
+                parts[stages[i][1]].append((router_ms, engine_ms, total_ms))
     rows = report.units
     freeze = [max(r.freeze_ms or 0.0, status[r.unit_id]["longest_freeze_ms"]) for r in rows]
     return {
@@ -268,7 +303,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "ages": [a for _, _, a, _ in samples], "lags": [n for _, n, _, _ in samples],
         "ages_by_phase": {p: [a for _, _, a, q in samples if q == p] for p in LAG_PHASES},
         "run_s": marks["after"] - marks["during"], "by_stage": dict(by_stage),
-        "source_compactions": [o for run in upkeep_runs for o in run]}
+        "split": dict(parts), "source_compactions": [o for run in upkeep_runs for o in run]}
 
 
 def main() -> int:
@@ -343,6 +378,12 @@ def main() -> int:
         row(f"{tag}: client write p50 / p99 (ms) during, by the migration's stage then", rate,
             " · ".join(f"{k} {pct(st[k], 50):.0f}/{pct(st[k], 99):.0f} ({len(st[k])})"
                        for k in ("copy", "catch-up", "waves") if st.get(k)))
+        sp = r["split"]
+        row(f"{tag}: client write, mean ms in router calls + engine writes of all, by stage",
+            rate, " · ".join(
+                f"{k} {np.mean([x[0] for x in sp[k]]):.0f}+{np.mean([x[1] for x in sp[k]]):.0f}"
+                f" of {np.mean([x[2] for x in sp[k]]):.0f}"
+                for k in ("before", "copy", "catch-up", "waves") if sp.get(k)))
         row(f"{tag}: client search p99 (ms) before · during · after (20/s)", rate,
             f"{b['read_p99']:.0f} · {d['read_p99']:.0f} · {f['read_p99']:.0f}")
         row(f"{tag}: client errors (units failed: {len(r['failed'])})", rate,
