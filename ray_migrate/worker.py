@@ -240,8 +240,13 @@ class UnitWorker:
                 # At Ray's low priority while it keeps up, so the application keeps the CPU;
                 # at normal priority once a change has waited FOLLOW_URGENT_AGE_S: a follower
                 # that gets the CPU last on a busy machine lets the lag grow without bound.
+                # Always at normal priority with a unit still catching_up: its catch-up after
+                # the copy runs so too, and a niced follower holding that log would stall it
+                # (measured: one such step took 2.5 s).
                 oldest = max((rows[u][3] for u in forward + back), default=0.0)
-                with urgent() if oldest >= FOLLOW_URGENT_AGE_S else nullcontext():
+                hurry = oldest >= FOLLOW_URGENT_AGE_S or any(
+                    rows[u][0] == "catching_up" for u in forward)
+                with urgent() if hurry else nullcontext():
                     if forward:
                         self._follow_step(forward, self.source, self.target, self.forward,
                                           holder)
