@@ -38,9 +38,10 @@ FOLLOW_EVERY_S = 0.5  # how often a worker's follower applies the waiting units'
 FOLLOW_STEP = 5000  # ids per follower write, over all units
 FOLLOW_URGENT_AGE_S = 0.6  # a follower step runs at normal priority once a change is this old
 # The back-sync to the source (rollback window) applies this seldom, over all workers. Every
-# apply to a LanceDB table that clients also write makes their commits conflict and retry
-# (measured: a client's merge_insert p99 29 ms alone, 125 ms with another process writing
-# the table every 2 s, 290 ms every 0.5 s); the standby's lag only delays a rollback's drain.
+# apply to a LanceDB table that clients also write slows their writes: more versions and
+# fragments to load, and now and then a commit conflict and its retry (bench/conflicts.py:
+# a client's merge_insert p99 1.7x with another process writing its table every 2 s, 5.8x
+# every 0.25 s); the standby's lag only delays a rollback's drain.
 BACK_EVERY_S = 2.0
 
 
