@@ -143,3 +143,55 @@ def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(ray_clus
         assert res.ok and h.call("unit", "all")["owner"] == "target", res
     finally:
         h.kill()
+
+
+class EndsAWriteAtFirstLook:
+    """The router, seen by a cutover: the write under way ends just before its first look for
+    a quiet moment, so the wait applies it. Keeps the router's answers to those looks."""
+
+    def __init__(self, real: Any, token: int):
+        self.real, self.token, self.answers = real, token, []
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "settle" and self.token is not None:
+            token, self.token = self.token, None
+            self.real.call("end_writes", [token])
+        out = self.real.call(method, *args, **kwargs)
+        if method == "settle":
+            self.answers.append(out["state"])
+        return out
+
+
+def test_what_the_wait_applies_is_confirmed_at_a_quiet_moment_without_a_freeze(
+        ray_cluster, tmp_path):
+    from ray_migrate.cutover import _switch
+    from ray_migrate.router import start_router
+
+    seed_lance_native(str(tmp_path / "src"), "docs", list(range(20)))
+    source = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "src"), table="docs"))
+    target = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "dst"), table="docs"))
+    target.create(source.describe())
+    target.upsert(source.fetch(list(range(20))))
+    unit = UnitSpec("all", "all")
+    h = start_router("rt-quiet-confirm", str(tmp_path / "state"), ["all"], {}, lease_s=30.0)
+    try:
+        for p in ("capturing", "copying", "catching_up", "ready"):
+            h.call("set_phase", "all", p)
+        rows = source.fetch([3])
+        vec = rows.column("vector").type
+        new = pa.FixedSizeListArray.from_arrays(pa.array(np.full(vec.list_size, 0.75,
+                                                                 np.float32)), vec.list_size)
+        [lease] = h.call("begin_writes", [("all", [3], None)])
+        source.upsert(rows.set_column(rows.column_names.index("vector"), "vector", new))
+        router = EndsAWriteAtFirstLook(h, lease["token"])
+        sync = UnitSync(unit, h, source, target, Transform(TransformConfig()), seen=[])
+        res = _switch(router, sync, "all", "target", "ready", 500, 0)
+        assert res.ok and res.how == "quiet", res
+        assert router.answers == ["waiting", "quiet", "switched"], router.answers
+        st = h.call("unit", "all")
+        assert (st["owner"], st["phase"], st["longest_freeze_ms"]) == ("target", "target", 0.0)
+        dst = read_lance(str(tmp_path / "dst"), "docs")
+        assert dst == read_lance(str(tmp_path / "src"), "docs")
+        assert dst[3][0]["vector"] == np.full(vec.list_size, 0.75, np.float32).tobytes()
+    finally:
+        h.kill()
