@@ -116,12 +116,13 @@ class UnitSync:
     seen: list[tuple[list[Any], pa.Table]] | None = None  # when a list: the owner reads
     times: dict[str, float] = field(default_factory=dict)  # ms reading / writing, summed
 
-    def step(self, limit: int = 10_000) -> tuple[list[Any], int]:
-        """Apply one slice of the log; returns the ids applied and the lag left."""
+    def step(self, limit: int = 10_000, lag: bool = True) -> tuple[list[Any], int]:
+        """Apply one slice of the log; returns the ids applied and the lag left (-1 when
+        nothing was applied and ``lag`` is False: a freeze's drain saves that router call)."""
         uid = self.unit.unit_id
         ids, seq, carried = self.router.call("take_changes", uid, limit, self.holder)
         if not ids:  # nothing settled to apply, or another applier holds the log
-            return [], self.router.call("unit", uid)["lag"]
+            return [], self.router.call("unit", uid)["lag"] if lag else -1
         try:
             apply_ids(ids, self.owner, self.other, self.transform, self.seen, self.times,
                       carried)

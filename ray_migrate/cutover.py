@@ -176,7 +176,7 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     quiet = False
     while True:
         if waiting:
-            applied.update(sync.step(DRAIN_STEP)[0])
+            applied.update(sync.step(DRAIN_STEP, lag=False)[0])
         force = time.perf_counter() - called > IDLE_WAIT_S
         if applied and (force or quiet):
             try:
@@ -212,14 +212,16 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
         while True:
             # Step 2: drain the changes of every write that has ended. Writes still under way
             # are not waited for: at the flip they are fenced and write again to the new owner.
+            # One step unless it was full: a write that ends after it makes the flip refuse,
+            # and this round comes again.
             while True:
                 if stop.is_set():
                     raise Abort("stopped")
-                ids, _ = sync.step(DRAIN_STEP)
-                if not ids:
-                    break
+                ids, _ = sync.step(DRAIN_STEP, lag=False)
                 now.update(ids)
                 over(f"with {len(now)} ids drained")
+                if len(ids) < DRAIN_STEP:
+                    break
             drained.update(now - pre)
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
