@@ -40,8 +40,8 @@ FOLLOW_URGENT_AGE_S = 0.6  # a follower step runs at normal priority once a chan
 # The back-sync to the source (rollback window) applies this seldom, over all workers. Every
 # apply to a LanceDB table that clients also write slows their writes: more versions and
 # fragments to load, and now and then a commit conflict and its retry (bench/conflicts.py:
-# a client's merge_insert p99 1.7x with another process writing its table every 2 s, 5.8x
-# every 0.25 s); the standby's lag only delays a rollback's drain.
+# a client's merge_insert p99 1.6 to 1.7x with another process writing its table every 2 s,
+# 4.5 to 5.8x every 0.25 s); the standby's lag only delays a rollback's drain.
 BACK_EVERY_S = 2.0
 
 
