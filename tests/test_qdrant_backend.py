@@ -328,10 +328,53 @@ def test_search_exact_and_by_unit(qb):
     assert {h.id for h in b.search(q, 50, "vector", rng_unit)} == in_range
 
 
+def test_a_local_scoped_search_ranks_deeper_until_it_has_k_hits_in_scope(qb):
+    info = info_of("int", (("vector", 4, "dot"),))
+    b = qb(info)
+    tenants = ["rare" if i % 60 == 7 else f"t{i % 3}" for i in range(600)]  # 10 rare points
+    src = batch(info, list(range(600)), [{"t": t} for t in tenants], seed=3)
+    b.upsert(src)
+    q = [0.5, -1.0, 0.25, 1.5]
+    scores = np.asarray(src.column("vector").to_pylist(), np.float32) @ np.asarray(q, np.float32)
+    order = [int(i) for i in np.argsort(-scores)]
+    rare = UnitSpec("rare", "tenant", field="t", value="rare")
+    want = [i for i in order if tenants[i] == "rare"][:8]
+    assert order.index(want[-1]) >= 64, "the 8th rare point lies deeper than the first look"
+    assert [h.id for h in b.search(q, 8, "vector", rare)] == want
+    assert [h.id for h in b.search(q, 8, "vector", within=[rare])] == want
+    both = [UnitSpec("t1", "tenant", field="t", value="t1"), rare]
+    assert [h.id for h in b.search(q, 20, "vector", within=both)] == \
+        [i for i in order if tenants[i] in ("t1", "rare")][:20]
+    assert len(b.search(q, 50, "vector", rare)) == 10, "every point ranked: all 10 rare ones"
+
+
+def test_in_unit_agrees_with_qdrants_own_filter(qb):
+    from ray_migrate.backends.qdrant_convert import in_unit, unit_filter
+
+    info = info_of("int", (("vector", 4, "dot"),))
+    b = qb(info)
+    payloads = [{"t": "a"}, {"t": ["a", "b"]}, {"t": ["b"]}, {"t": None}, {"t": []}, {},
+                {"t": 1}, {"t": True}, {"t": [1, 2]}, {"t": "1"}, {"n": {"t": "a"}},
+                {"t": False}, {"t": 0}]
+    b.upsert(batch(info, list(range(len(payloads))), payloads))
+    units = [UnitSpec("u", "tenant", field=f, value=v) for f, v in (
+        ("t", "a"), ("t", "b"), ("t", None), ("t", 1), ("t", True), ("t", "1"), ("n.t", "a"),
+        ("t", False), ("t", 0))]
+    for unit in units:
+        recs, _ = b.client.scroll("c", scroll_filter=unit_filter(unit), limit=100)
+        assert {r.id for r in recs} == {i for i, p in enumerate(payloads)
+                                        if in_unit(unit, i, p)}, unit
+
+
 def test_hosted_qdrant_shares_one_actor(ray_cluster, tmp_path):
     from qdrant_client import QdrantClient
 
-    from ray_migrate.backends.qdrant_host import actor_name, hosted_qdrant, release_hosted_qdrant
+    from ray_migrate.backends.qdrant_host import (
+        HOSTED_WRITE_ROWS,
+        actor_name,
+        hosted_qdrant,
+        release_hosted_qdrant,
+    )
 
     ray = ray_cluster
     ep = endpoint(tmp_path)
@@ -346,6 +389,21 @@ def test_hosted_qdrant_shares_one_actor(ray_cluster, tmp_path):
         src = batch(info, list(range(12)))
         second.upsert(src)
         assert first.count(ALL) == 12
+        calls: list[int] = []
+        forward = second._call
+
+        def counted(method: str, *args):
+            if method == "upsert":
+                calls.append(args[0].num_rows)
+            return forward(method, *args)
+
+        second._call = counted
+        big = batch(info, list(range(100, 100 + 2 * HOSTED_WRITE_ROWS + 3)))
+        second.upsert(big)
+        assert calls == [HOSTED_WRITE_ROWS, HOSTED_WRITE_ROWS, 3], \
+            "a large write goes in calls of HOSTED_WRITE_ROWS, so others' calls run between"
+        assert rows(t for t, _ in first.scan(ALL, 100)) == rows([src, big])
+        first.delete(list(range(100, 100 + 2 * HOSTED_WRITE_ROWS + 3)))
         assert rows(t for t, _ in first.scan(ALL, 5)) == rows([src])
         assert first.checksum(ALL).hexdigest == digest_of([src]).hexdigest
         other = hosted_qdrant(endpoint(tmp_path, "other"))

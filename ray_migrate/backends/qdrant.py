@@ -22,6 +22,7 @@ from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
 from ray_migrate.backends.qdrant_convert import (
     cosine_normalized,
     enum_value,
+    in_unit,
     logical_id,
     payload_value,
     physical_id,
@@ -357,6 +358,8 @@ class QdrantBackend(Backend):
         params = self._vector_params()
         if vector_name not in params:
             raise TerminalError(f"Qdrant {self.where} has no vector {vector_name!r}")
+        if self.local and (unit is not None or within is not None):
+            return self._search_local_scoped(vector, k, vector_name, unit, within)
         flt = unit_filter(unit)
         if unit is not None and unit.kind == "id_range":
             ids = list(self._scroll_ids(unit.lo, unit.hi))
@@ -380,6 +383,35 @@ class QdrantBackend(Backend):
             payload = dict(p.payload or {})
             hits.append(SearchHit(logical_id(p.id, payload), float(p.score), payload))
         return hits
+
+    def _search_local_scoped(self, vector: Sequence[float], k: int, vector_name: str,
+                             unit: UnitSpec | None, within: Sequence[UnitSpec] | None
+                             ) -> list[SearchHit]:
+        """Local mode evaluates a filter point by point in Python: 120 ms for one tenant and
+        530 ms for seven over 20,000 points, against 1 ms without one; its hosting actor
+        serves nothing else meanwhile. So rank without the filter, keep the hits in scope,
+        and rank twice as deep until ``k`` are kept or every point was ranked. The kept hits
+        are the filtered top-k: the ranking is exact brute force either way."""
+        if within is not None and any(u.kind != "tenant" for u in within):
+            raise UnsupportedError("Qdrant search within units: tenant units only")
+        if within is not None and not within:
+            return []
+        total = int(self.client.count(self.name, exact=True).count)
+        depth = max(4 * k, 64)
+        while True:
+            res = self.client.query_points(
+                self.name, query=[float(x) for x in vector],
+                using=None if self._unnamed else vector_name, limit=min(depth, max(total, 1)),
+                with_payload=True, with_vectors=False)
+            hits = []
+            for p in res.points:
+                payload = dict(p.payload or {})
+                if ((unit is None or in_unit(unit, p.id, payload))
+                        and (within is None or any(in_unit(u, p.id, payload) for u in within))):
+                    hits.append(SearchHit(logical_id(p.id, payload), float(p.score), payload))
+            if len(hits) >= k or depth >= total:
+                return hits[:k]
+            depth *= 2
 
     # --- write ------------------------------------------------------------------------------
     @_guard

@@ -124,6 +124,23 @@ def unit_filter(unit: UnitSpec | None) -> Any:
         key=unit.field, match=models.MatchValue(value=unit.value))])
 
 
+def in_unit(unit: UnitSpec, point_id: Any, payload: dict[str, Any]) -> bool:
+    """Whether a point (its physical id and payload) belongs to ``unit``, as Qdrant evaluates
+    ``unit_filter`` (MatchValue: the value, or an array holding it, of the same type; IsEmpty:
+    absent, null or []) or an id range (scroll order, ``lo`` included, ``hi`` not)."""
+    if unit.kind == "all":
+        return True
+    if unit.kind == "id_range":
+        key = scroll_order(point_id)
+        return ((unit.lo is None or key >= scroll_order(unit.lo))
+                and (unit.hi is None or key < scroll_order(unit.hi)))
+    v = payload_value(payload, unit.field or "")
+    if unit.value is None:
+        return v is None or v == []
+    values = v if isinstance(v, list) else [v]
+    return any(type(x) is type(unit.value) and x == unit.value for x in values)
+
+
 # --- points to batches ----------------------------------------------------------------------
 def records_table(name: str, recs: Sequence[Any], params: dict[str, Any],
                   unnamed: bool) -> pa.Table:
