@@ -67,6 +67,8 @@ class RunReport(BaseModel):
         for u in self.units:
             check = {True: "equal", False: "DIFFERENT", None: "-"}[u.equal]
             note = u.error or ""
+            if u.equal and u.pending and not note:  # counts may differ by these: say why
+                note = f"ids written during the verify: {u.pending} (since caught up)"
             if u.equal is False:
                 note = (f"missing {len(u.missing_ids)}, extra {len(u.extra_ids)}, "
                         f"changed {len(u.changed_ids)}; e.g. "

@@ -86,3 +86,15 @@ def test_a_verify_explains_changes_applied_between_its_scans_and_repairs_unlogge
             assert found[pid][1] == truth[pid][1], f"point {pid}: payload differs"
     finally:
         m.close()
+
+
+def test_the_report_says_why_counts_of_a_unit_verified_equal_differ():
+    from ray_migrate.report import RunReport, UnitReport
+
+    report = RunReport(migration_id="m", units=[
+        UnitReport(unit_id="a", status="copied", source_count=10, target_count=11, equal=True,
+                   pending=1),
+        UnitReport(unit_id="b", status="copied", source_count=5, target_count=5, equal=True)])
+    lines = report.to_table().splitlines()
+    assert "ids written during the verify: 1 (since caught up)" in lines[2]
+    assert lines[3].rstrip().endswith("-"), "no note where nothing differed"
