@@ -88,6 +88,34 @@ def test_a_verify_explains_changes_applied_between_its_scans_and_repairs_unlogge
         m.close()
 
 
+def test_a_verify_looks_again_when_the_router_restarts_during_it(ray_cluster, tmp_path):
+    """A restarted router knows no watch, so it cannot say which ids changed meanwhile: the
+    verify's first look is not trusted, and a second one decides."""
+    import ray
+
+    source, _ = seed("lancedb", tmp_path, n=40)
+    target = other_side("lancedb", tmp_path)
+    mid = f"vrestart-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
+    m.start()
+    try:
+        m.prepare_units()
+        worker = UnitWorker(m.cfg, m.plan.to_dict())
+        unit = next(u for u in m.units() if u.unit_id == UNIT)
+        router = worker.router
+
+        def restart_router() -> None:
+            ray.kill(router.actor, no_restart=False)
+
+        hooked = HookedScans(worker.source, [restart_router])
+        worker._source = hooked
+        verdict = worker._verify_live(unit)
+        assert verdict.equal and hooked.scans == 2, (verdict, hooked.scans)
+        assert router.call("unit", UNIT)["phase"] == "ready", "the table came back"
+    finally:
+        m.close()
+
+
 def test_the_report_says_why_counts_of_a_unit_verified_equal_differ():
     from ray_migrate.report import RunReport, UnitReport
 
