@@ -49,6 +49,9 @@ DIM = 64
 LAG_PHASES = ("catching_up", "ready")
 
 
+COPY = {"batch_size": 1000, "workers": 2, "max_points_per_s": 0.0}  # --copy-rate sets the last
+
+
 def make_cfg(mid: str, source: dict, work: Path) -> Any:
     from ray_migrate.config import parse_config
 
@@ -56,7 +59,7 @@ def make_cfg(mid: str, source: dict, work: Path) -> Any:
         "migration_id": mid, "source": source,
         "target": {"kind": "lancedb", "uri": str(work / "target"), "table": "docs"},
         "units": {"by": "tenant", "field": "tenant"},
-        "copy": {"batch_size": 1000, "workers": 2},
+        "copy": dict(COPY),
         "cutover": {"waves": [1, "25%", "100%"], "pause_s": 2, "max_freeze_ms": 500,
                     "max_attempts": 2},
         "state_uri": str(work / "state")})
@@ -320,6 +323,8 @@ def main() -> int:
                     "seeded ones (updates, deletes, re-inserts), so the collection keeps its "
                     "size; by default half of every upsert is new ids and it grows")
     ap.add_argument("--reads", type=float, default=20.0, help="client searches per second")
+    ap.add_argument("--copy-rate", type=float, default=0.0, help="copy.max_points_per_s of "
+                    "the migrations (0: no limit)")
     ap.add_argument("--rates", default="500,1000", help="client write rates to run")
     ap.add_argument("--warmup", type=float, default=15.0, help="seconds of traffic before "
                     "'before' starts, not measured: the source reaches its steady state")
@@ -335,6 +340,7 @@ def main() -> int:
     if a.quick:
         a.points, a.warmup, a.before, a.after, a.repeat = 3_000, 2.0, 2.0, 2.0, 1
     periods = (a.warmup, a.before, a.after)
+    COPY["max_points_per_s"] = a.copy_rate
     # The lag runs start the migration soon after the traffic: they measure catch-up at the
     # write rate, which the clients must reach first, and a LanceDB source that has grown for
     # a while under 1,000 writes/s no longer takes them from one client process (see below).
@@ -503,7 +509,9 @@ def main() -> int:
             "control run of the same length (so the machine's drift over minutes hits both "
             "alike, and each pair gives its own during / control ratio), every run from a "
             "copy of the same pristine source; the samples of the runs are pooled (a p99 of "
-            "one run rests on about 70 writes). Each run: run_migration (2 workers, waves [1, \"25%\", \"100%\"], pause_s 2, "
+            "one run rests on about 70 writes). Each run: run_migration (2 workers, copy "
+            + (f"at most {a.copy_rate:,.0f} points/s" if a.copy_rate else "unthrottled")
+            + ", waves [1, \"25%\", \"100%\"], pause_s 2, "
             "max_freeze_ms 500, max_attempts 2 to bound the run) with client traffic "
             f"through RoutedCollection from one process: {a.writers} writer threads, each with "
             "its own client ("

@@ -109,6 +109,9 @@ class CopyConfig(_Model):
     worker_resources: WorkerResources = WorkerResources()
     max_retries: int = Field(default=5, ge=0)
     retry_backoff_s: float = Field(default=0.5, ge=0)
+    max_points_per_s: float = Field(
+        default=0, ge=0, description="the copy's rate limit for the whole migration, shared "
+        "evenly by the workers, so the application keeps its share of the machine; 0: none")
 
 
 class TransformConfig(_Model):

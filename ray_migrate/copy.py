@@ -79,6 +79,31 @@ def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         stop.set()
 
 
+class Throttle:
+    """Holds a copy to ``rate`` points per second on average (0: no limit): each ``wait(n)``
+    after n more points sleeps until the points so far fit the rate since the first call.
+    A copy behind schedule is not made up for with a burst beyond one write."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate, self.clock, self.sleep = rate, clock, sleep
+        self.start: float | None = None
+        self.points = 0
+
+    def wait(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        if self.start is None:
+            self.start = now
+        self.points += n
+        due = self.start + self.points / self.rate
+        if due > now:
+            self.sleep(due - now)
+        else:  # behind: start counting again from now
+            self.start, self.points = now, 0
+
+
 def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
               store: StateStore, cfg: CopyConfig,
               on_batch: Callable[[int], None] | None = None,
@@ -102,6 +127,7 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
     elif state["cursor"] is not None:
         log.info("unit %s: resuming after %d points", unit.unit_id, state["copied"])
     write_rows = max(cfg.batch_size, target.capabilities.preferred_write_rows)
+    throttle = Throttle(cfg.max_points_per_s / max(cfg.workers, 1))
 
     def write(parts: list[pa.Table], cursor: Cursor) -> None:
         table = transform.apply(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
@@ -121,6 +147,7 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
         _save(store, unit, "copying", cursor, state["copied"])
         if on_batch is not None:
             on_batch(state["copied"])
+        throttle.wait(table.num_rows)
 
     def run_from_checkpoint() -> None:
         parts: list[pa.Table] = []

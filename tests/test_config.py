@@ -58,6 +58,7 @@ def test_fingerprint_ignores_worker_count_but_not_units():
     ({"units": {"by": "tenant"}}, "units.field is required when units.by is tenant"),
     ({"units": {"by": "hash"}}, "units.by"),
     ({"copy": {"batch_size": 0}}, "copy.batch_size"),
+    ({"copy": {"max_points_per_s": -5}}, "copy.max_points_per_s"),
     ({"cutover": {"concurrency": 0}}, "cutover.concurrency"),
     ({"copy": {"workers": 2, "wrokers": 3}}, "copy.wrokers: unknown key"),
     ({"colour": "blue"}, "colour: unknown key"),
