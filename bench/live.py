@@ -66,15 +66,17 @@ def make_cfg(mid: str, source: dict, work: Path) -> Any:
 
 
 def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
-                  split: list[tuple[float, float, float, float]]) -> None:
+                  split: list[tuple[float, ...]]) -> None:
     """Wrap the client's leased write: note (time, ids) per unit just before its lease, and
-    in ``split`` (time, ms in its lease calls to the router, ms in its engine writes, ms in
-    all) per write. Also keep the last of repeated ids in one upsert: Traffic(batch>1) draws
-    existing ids with replacement, and LanceDB's merge_insert rejects a batch that names an
-    id twice."""
+    in ``split`` per write (time, ms in its lease calls to the router, ms writing to the
+    owners (``_write_owners``), ms inside the engines' own upsert or delete calls (summed
+    over both owners when they run at once), ms in all). Also keep the last of repeated ids
+    in one upsert: Traffic(batch>1) draws existing ids with replacement, and LanceDB's
+    merge_insert rejects a batch that names an id twice."""
     leased, upsert, call, owners = coll._leased, coll.upsert, coll.router.call, \
         coll._write_owners
-    acc = threading.local()
+    acc: dict[str, Any] = {"on": False, "ms": {}}  # one writer thread per client
+    lock = threading.Lock()
 
     def dedup(points: list) -> int:
         return upsert(list({p["id"]: p for p in points}.values()))
@@ -85,26 +87,31 @@ def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
             try:
                 return fn(*args, **kwargs)
             finally:
-                if getattr(acc, "on", False) and (name != "router" or args[0] in (
-                        "begin_writes", "end_writes")):
-                    acc.ms[name] += (time.perf_counter() - t0) * 1000
+                if acc["on"] and (name != "router" or args[0] in ("begin_writes",
+                                                                  "end_writes")):
+                    with lock:
+                        acc["ms"][name] += (time.perf_counter() - t0) * 1000
         return run
 
     def wrapped(parts: dict[str, tuple[list, Any]], write: Any) -> None:
         now = time.monotonic()
         for unit_id, (ids, _) in parts.items():
             log[unit_id].append((now, len(ids)))
-        acc.on, acc.ms = True, {"router": 0.0, "engine": 0.0}
+        acc["on"], acc["ms"] = True, {"router": 0.0, "engine": 0.0, "db": 0.0}
         t0 = time.perf_counter()
         try:
             return leased(parts, write)
         finally:
-            acc.on = False
-            split.append((now, acc.ms["router"], acc.ms["engine"],
+            acc["on"] = False
+            ms = acc["ms"]
+            split.append((now, ms["router"], ms["engine"], ms["db"],
                           (time.perf_counter() - t0) * 1000))
 
     coll._leased, coll.upsert = wrapped, dedup
     coll.router.call, coll._write_owners = timed("router", call), timed("engine", owners)
+    for backend in coll.backends.values():
+        backend.upsert = timed("db", backend.upsert)
+        backend.delete = timed("db", backend.delete)
 
 
 def oldest_age(writes: list[tuple[float, int]], lag: int, now: float) -> float:
@@ -203,7 +210,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
     marks: dict[str, float] = {}
     traffics: list[Traffic] = []
     upkeep_runs: list[list[str]] = []
-    split: list[tuple[float, float, float, float]] = []  # per write, see record_writes
+    split: list[tuple[float, ...]] = []  # per write, see record_writes
     stop = threading.Event()
     ids_per_call = 0.9 * batch + 0.1
 
@@ -282,14 +289,14 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
                 by_stage[stages[i][1]].append(took * 1000)
     # Per stage ('before' and each stage of 'during'): mean ms of a write in its router
     # calls, in its engine writes, and in all.
-    parts: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for started, router_ms, engine_ms, total_ms in split:
+    parts: dict[str, list[tuple[float, ...]]] = defaultdict(list)
+    for started, *ms in split:
         if marks["before"] <= started < marks["during"]:
-            parts["before"].append((router_ms, engine_ms, total_ms))
+            parts["before"].append(tuple(ms))
         elif marks["during"] <= started < marks["after"]:
             i = bisect.bisect_right(times, started) - 1
             if i >= 0:
-                parts[stages[i][1]].append((router_ms, engine_ms, total_ms))
+                parts[stages[i][1]].append(tuple(ms))
     rows = report.units
     freeze = [max(r.freeze_ms or 0.0, status[r.unit_id]["longest_freeze_ms"]) for r in rows]
     return {
@@ -385,10 +392,10 @@ def main() -> int:
             " · ".join(f"{k} {pct(st[k], 50):.0f}/{pct(st[k], 99):.0f} ({len(st[k])})"
                        for k in ("copy", "catch-up", "waves") if st.get(k)))
         sp = r["split"]
-        row(f"{tag}: client write, mean ms in router calls + engine writes of all, by stage",
-            rate, " · ".join(
+        row(f"{tag}: client write, mean ms in router calls + writing to the owners (of which "
+            "in the engines' calls) of all, by stage", rate, " · ".join(
                 f"{k} {np.mean([x[0] for x in sp[k]]):.0f}+{np.mean([x[1] for x in sp[k]]):.0f}"
-                f" of {np.mean([x[2] for x in sp[k]]):.0f}"
+                f" ({np.mean([x[2] for x in sp[k]]):.0f}) of {np.mean([x[3] for x in sp[k]]):.0f}"
                 for k in ("before", "copy", "catch-up", "waves") if sp.get(k)))
         row(f"{tag}: client search p99 (ms) before · during · after (20/s)", rate,
             f"{b['read_p99']:.0f} · {d['read_p99']:.0f} · {f['read_p99']:.0f}")
