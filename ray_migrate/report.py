@@ -67,8 +67,10 @@ class RunReport(BaseModel):
         for u in self.units:
             check = {True: "equal", False: "DIFFERENT", None: "-"}[u.equal]
             note = u.error or ""
-            if u.equal and u.pending and not note:  # counts may differ by these: say why
-                note = f"ids written during the verify: {u.pending} (since caught up)"
+            if u.equal and not note and (u.pending or u.source_checksum != u.target_checksum):
+                # verified while writes went on: the counts shown may differ; say why
+                note = "writes during the verify, since caught up" + (
+                    f" ({u.pending} ids)" if u.pending else "")
             if u.equal is False:
                 note = (f"missing {len(u.missing_ids)}, extra {len(u.extra_ids)}, "
                         f"changed {len(u.changed_ids)}; e.g. "

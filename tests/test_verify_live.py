@@ -121,8 +121,12 @@ def test_the_report_says_why_counts_of_a_unit_verified_equal_differ():
 
     report = RunReport(migration_id="m", units=[
         UnitReport(unit_id="a", status="copied", source_count=10, target_count=11, equal=True,
-                   pending=1),
-        UnitReport(unit_id="b", status="copied", source_count=5, target_count=5, equal=True)])
+                   pending=1, source_checksum="x", target_checksum="y"),
+        UnitReport(unit_id="b", status="copied", source_count=5, target_count=6, equal=True,
+                   source_checksum="x", target_checksum="y"),  # the diff's scans agreed
+        UnitReport(unit_id="c", status="copied", source_count=5, target_count=5, equal=True,
+                   source_checksum="z", target_checksum="z")])
     lines = report.to_table().splitlines()
-    assert "ids written during the verify: 1 (since caught up)" in lines[2]
-    assert lines[3].rstrip().endswith("-"), "no note where nothing differed"
+    assert lines[2].endswith("writes during the verify, since caught up (1 ids)")
+    assert lines[3].endswith("writes during the verify, since caught up")
+    assert lines[4].rstrip().endswith("-"), "no note where nothing differed"
