@@ -201,14 +201,16 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
         if not waiting and not quiet:
             time.sleep(0.002)
     how = "freeze" if frozen["quiet"] else f"freeze, {frozen['under_way']} writes under way"
-    pre, sync.times = set(applied), {}
+    # Frozen only when forced, and what the wait applied was confirmed just before: the
+    # freeze confirms only what its drain applies.
+    sync.times = {}
     lap("freeze")
     stop = threading.Event()
 
     def drain_confirm_flip() -> None:
         """Steps 2 to 4, in a thread of their own: the freeze is lifted at ``max_freeze_ms``
         even while one of their engine calls is still running."""
-        now: set[Any] = set(applied)  # the first round confirms those applied just before
+        now: set[Any] = set()
         while True:
             # Step 2: drain the changes of every write that has ended. Writes still under way
             # are not waited for: at the flip they are fenced and write again to the new owner.
@@ -222,7 +224,7 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
                 over(f"with {len(now)} ids drained")
                 if len(ids) < DRAIN_STEP:
                     break
-            drained.update(now - pre)
+            drained.update(now)
             lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
@@ -269,7 +271,7 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     lap("flip")
     log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; ms per "
              "step %s; of the drain, reading the owner %.0f ms and writing the other side "
-             "%.0f ms)", unit_id, to_phase, freeze_ms, how, len(drained), before + len(pre),
+             "%.0f ms)", unit_id, to_phase, freeze_ms, how, len(drained), before,
              {k: round(v, 1) for k, v in steps.items()}, sync.times.get("read", 0.0),
              sync.times.get("write", 0.0))
     return CutoverResult(unit_id, True, freeze_ms, len(drained), how=how, steps_ms=steps)

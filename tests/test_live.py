@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,24 @@ def other_side(kind: str, root) -> dict:
     if kind == "qdrant":
         return {"kind": "qdrant", "path": str(root / "dst"), "collection": "docs"}
     return {"kind": "lancedb", "uri": str(root / "dst"), "table": "docs"}
+
+
+@contextmanager
+def prepared(tmp_path, prefix: str, n: int, **cutover: Any) -> Iterator[tuple]:
+    """A LanceDB-to-LanceDB migration of ``n`` seeded points in manual cutover mode, every
+    unit copied, verified and ready: (migration, its id, source, target, truth of the seeded
+    points); closed afterwards. ``cutover``: more cutover settings."""
+    source, truth = seed("lancedb", tmp_path, n=n)
+    target = other_side("lancedb", tmp_path)
+    mid = f"{prefix}-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, target,
+                              cutover={"mode": "manual", **cutover}))
+    m.start()
+    try:
+        m.prepare_units()
+        yield m, mid, source, target, truth
+    finally:
+        m.close()
 
 
 class Writer(threading.Thread):
@@ -325,13 +345,7 @@ def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
     """After prepare, nothing but the workers' followers applies the change logs: writes made
     while units wait for their wave (one upsert spanning every unit among them) reach the
     target on their own."""
-    source, truth = seed("lancedb", tmp_path, n=200)
-    target = other_side("lancedb", tmp_path)
-    mid = f"follow-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
-    m.start()
-    try:
-        m.prepare_units()
+    with prepared(tmp_path, "follow", 200) as (m, mid, source, target, truth):
         coll = RoutedCollection.connect(mid)
         assert {u["phase"] for u in coll.router.call("status")["units"]} == {"ready"}
         writer = Writer(coll, truth)
@@ -348,8 +362,6 @@ def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
             assert time.monotonic() < deadline, coll.router.call("lags")
             time.sleep(0.1)
         check(read_side(target), truth, set(TENANTS), "target while units wait")
-    finally:
-        m.close()
 
 
 def test_upkeep_compacts_the_target_while_live_but_never_during_a_cutover(ray_cluster, tmp_path):
@@ -402,13 +414,7 @@ def test_a_write_spanning_units_waits_for_a_frozen_one_then_writes_all(ray_clust
 
     from ray_migrate.client import WHOLE_WAIT_S
 
-    source, truth = seed("lancedb", tmp_path, n=40)
-    target = other_side("lancedb", tmp_path)
-    mid = f"span-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
-    m.start()
-    try:
-        m.prepare_units()
+    with prepared(tmp_path, "span", 40) as (m, mid, source, target, truth):
         coll = RoutedCollection.connect(mid)
 
         def point(pid: int, tenant: str) -> dict:
@@ -457,8 +463,6 @@ def test_a_write_spanning_units_waits_for_a_frozen_one_then_writes_all(ray_clust
         while not {501, 502, 503, 504} <= set(read_lance(target["uri"], "docs")):
             assert time.monotonic() < deadline, "not captured, or never applied"
             time.sleep(0.1)
-    finally:
-        m.close()
 
 
 class Gated:
@@ -484,14 +488,8 @@ def test_cutover_fences_a_write_under_way_instead_of_waiting_for_it(ray_cluster,
 
     from ray_migrate.worker import UnitWorker
 
-    source, truth = seed("lancedb", tmp_path, n=40)
-    target = other_side("lancedb", tmp_path)
-    mid = f"fence-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, target,
-                              cutover={"mode": "manual", "write_lease_s": 60.0}))
-    m.start()
-    try:
-        m.prepare_units()
+    with prepared(tmp_path, "fence", 40, write_lease_s=60.0) as (m, mid, source, target,
+                                                                 truth):
         coll = RoutedCollection.connect(mid)
         gated = coll.backends["source"] = Gated(coll.backends["source"])
         point = {"id": 601, "vector": [0.125] * DIM, "payload": {"tenant": "t1", "v": 3}}
@@ -530,5 +528,3 @@ def test_cutover_fences_a_write_under_way_instead_of_waiting_for_it(ray_cluster,
             assert time.monotonic() < deadline, "never synced back to the source"
             time.sleep(0.1)
         both_hold_it()
-    finally:
-        m.close()

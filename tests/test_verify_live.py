@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from test_live import DIM, live_config, other_side, seed
+from test_live import DIM, prepared
 from truth import read_lance
 
 from ray_migrate import RoutedCollection
-from ray_migrate.driver import Migration
 from ray_migrate.worker import UnitWorker
 
 UNIT = "tenant=t1"  # ids 1, 5, 9, 13, ... (id % 4 == 1)
@@ -38,13 +37,7 @@ class HookedScans:
 
 def test_a_verify_explains_changes_applied_between_its_scans_and_repairs_unlogged_ones(
         ray_cluster, tmp_path):
-    source, truth = seed("lancedb", tmp_path, n=40)
-    target = other_side("lancedb", tmp_path)
-    mid = f"vlive-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
-    m.start()
-    try:
-        m.prepare_units()
+    with prepared(tmp_path, "vlive", 40) as (m, mid, _, target, truth):
         coll = RoutedCollection.connect(mid)
         unit = next(u for u in m.units() if u.unit_id == UNIT)
 
@@ -84,8 +77,6 @@ def test_a_verify_explains_changes_applied_between_its_scans_and_repairs_unlogge
         for pid in unit_ids:
             assert found[pid][0]["vector"] == truth[pid][0], f"point {pid}: vector differs"
             assert found[pid][1] == truth[pid][1], f"point {pid}: payload differs"
-    finally:
-        m.close()
 
 
 def test_a_verify_looks_again_when_the_router_restarts_during_it(ray_cluster, tmp_path):
@@ -93,13 +84,7 @@ def test_a_verify_looks_again_when_the_router_restarts_during_it(ray_cluster, tm
     verify's first look is not trusted, and a second one decides."""
     import ray
 
-    source, _ = seed("lancedb", tmp_path, n=40)
-    target = other_side("lancedb", tmp_path)
-    mid = f"vrestart-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, target, cutover={"mode": "manual"}))
-    m.start()
-    try:
-        m.prepare_units()
+    with prepared(tmp_path, "vrestart", 40) as (m, *_):
         worker = UnitWorker(m.cfg, m.plan.to_dict())
         unit = next(u for u in m.units() if u.unit_id == UNIT)
         router = worker.router
@@ -112,8 +97,6 @@ def test_a_verify_looks_again_when_the_router_restarts_during_it(ray_cluster, tm
         verdict = worker._verify_live(unit)
         assert verdict.equal and hooked.scans == 2, (verdict, hooked.scans)
         assert router.call("unit", UNIT)["phase"] == "ready", "the table came back"
-    finally:
-        m.close()
 
 
 def test_the_report_says_why_counts_of_a_unit_verified_equal_differ():

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "ray_migrate"
 _MAX_TASK_RETRIES = 3  # every forwarded method is idempotent (upsert, delete by id, reads)
 # Points per upsert call to the actor. It runs one call at a time, and local mode writes
-# about 1,100 to 1,500 points/s (65 ms per 100 points measured here), so a catch-up's write
+# about 1,100 to 1,500 points/s (65 ms per 100 points in a one-off measurement), so a catch-up's write
 # of 1,000 points would hold every client call for 0.65 s or more; in calls of this size a
 # client call waits for about 0.1 s at most.
 HOSTED_WRITE_ROWS = 128
