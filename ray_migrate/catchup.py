@@ -131,16 +131,19 @@ class UnitSync:
             raise
         return ids, self.router.call("ack_changes", uid, seq, self.holder)
 
-    def until(self, lag: int, timeout_s: float, limit: int = 10_000) -> tuple[int, set[Any]]:
+    def until(self, lag: int, timeout_s: float, limit: int = 10_000,
+              ended: bool = False) -> tuple[int, set[Any]]:
         """Step until at most ``lag`` changes wait or time is up. While none is ready to apply
         (their writes are still under way, or another applier holds the log) it polls.
-        Returns (lag, ids applied)."""
+        ``ended``: stop as well once every write that has ended is applied (a step found
+        nothing to take), leaving only writes under way; a cutover does that next, so it
+        does not poll for writes that never pause. Returns (lag, ids applied)."""
         deadline = time.monotonic() + timeout_s
         applied: set[Any] = set()
         while True:
             ids, left = self.step(limit)
             applied.update(ids)
-            if left <= lag or time.monotonic() >= deadline:
+            if left <= lag or time.monotonic() >= deadline or (ended and not ids):
                 return left, applied
             if not ids:
                 time.sleep(0.005)

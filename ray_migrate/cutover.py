@@ -108,23 +108,25 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     """Move ownership of a unit from ``owner`` to ``other``, each given as (backend, the unit
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
-    First catch up (refusing to go on while more than ``ready_lag`` changes wait), catch up
-    once more, confirm what was applied and make followers yield, so the switch applies and
-    confirms only the writes of its last moments. Confirming uses the owner rows as the apply
+    First catch up on every write that has ended (refusing to go on while more than
+    ``ready_lag`` changes wait), confirm what was applied and make followers yield, so the
+    switch applies and confirms only the writes of its last moments. Confirming uses the owner rows as the apply
     read them (or the clients' rows that stood in for them): the other side holds what this
     applier wrote, and nobody else applies a reserved unit. An id written again since is in
     the log again, so the switch waits until it is applied and confirmed too."""
     unit = owner[1]
     budget = max_freeze_ms / 1000
     sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[])
-    left, changed = sync.until(0, 1.0)
+    # Apply every write that has ended (not waiting for a moment with none under way: under
+    # steady writes there may be none for seconds, and each look is a router call; step 1
+    # below waits for such a moment, with a budget).
+    left, changed = sync.until(0, 1.0, ended=True)
     if left > ready_lag:
         return CutoverResult(unit.unit_id, False, 0.0, 0,
                              f"{left} changes wait for catch-up (cutover.ready_lag is "
                              f"{ready_lag}): not freezing yet")
-    _, last = sync.until(0, 0.5)
     try:
-        _confirm(sync, changed | last, rows_of(sync.seen, changed | last),
+        _confirm(sync, changed, rows_of(sync.seen, changed),
                  "after the catch-up before the freeze")
     except Abort as why:
         return _refused(unit.unit_id, to_phase, why)
@@ -135,7 +137,7 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     router.call("quiet_followers", budget + IDLE_WAIT_S + 0.5, timeout_s=budget)
     try:
         return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
-                       len(last))
+                       len(changed))
     finally:
         router.call("yield_followers", 0)
 
@@ -186,10 +188,13 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
             before += len(applied)
             applied, sync.seen = set(), []
         start = time.perf_counter()
-        # One router call per look: it switches, freezes or says what waits.
-        out = router.call("settle", unit_id, to_phase, not applied, force)
+        # One router call per look: it switches, freezes or says what waits; while only
+        # writes under way keep the unit from a quiet moment, it answers when one ends (or
+        # once this wait is over).
+        wait_s = 0.0 if force else max(IDLE_WAIT_S - (start - called), 0.0)
+        out = router.call("settle", unit_id, to_phase, not applied, force, wait_s)
         if out["state"] == "switched":
-            ms = (time.perf_counter() - start) * 1000
+            ms = (time.perf_counter() - start) * 1000 - out.get("waited_ms", 0.0)
             log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed "
                      "just before; the switch took %.1f ms)", unit_id, to_phase, before, ms)
             return CutoverResult(unit_id, True, ms, 0, how="quiet", steps_ms={"switch": ms})

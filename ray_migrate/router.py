@@ -57,6 +57,7 @@ class Router:
         process_at_normal_priority()
         self._prioritized = False
         self._changed: asyncio.Event | None = None  # set (and replaced) on every new epoch
+        self._ended: asyncio.Event | None = None  # set (and replaced) when writes end
         self.table.on_change = self._notify
         self._persist()
 
@@ -108,7 +109,7 @@ class Router:
         return (await self.begin_writes([(unit_id, ids, value)]))[0]
 
     async def end_write(self, token: int) -> dict[str, Any]:
-        return self.table.end_write(token)
+        return (await self.end_writes([token]))[0]
 
     async def begin_writes(self, requests: list[tuple[str, list[Any], Any]],
                            whole: bool = False) -> list[dict[str, Any]]:
@@ -131,7 +132,11 @@ class Router:
         """``end_write`` for several leases; ``carried``: token -> (rows, nbytes) of the
         writes that succeeded, for the appliers (see ``carried``)."""
         carried = carried or {}
-        return [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
+        out = [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
+        if self._ended is not None:
+            self._ended.set()
+            self._ended = None
+        return out
 
     async def set_phase(self, unit_id: str, phase: str) -> int:
         epoch = self.table.set_phase(unit_id, phase)  # type: ignore[arg-type]
@@ -145,13 +150,30 @@ class Router:
             self._persist()
         return lifted
 
-    async def settle(self, unit_id: str, phase: str, may_switch: bool, force: bool
-                     ) -> dict[str, Any]:
-        """``RoutingTable.settle``, in one step of this actor."""
-        out = self.table.settle(unit_id, phase, may_switch, force)  # type: ignore[arg-type]
-        if out["state"] != "waiting":
+    async def settle(self, unit_id: str, phase: str, may_switch: bool, force: bool,
+                     wait_s: float = 0.0) -> dict[str, Any]:
+        """``RoutingTable.settle``, in one step of this actor. ``wait_s``: while the answer
+        would be that writes are under way and none has ended (nothing for the caller to do
+        but look again), wait up to this long for one to end, then answer. A cutover waiting
+        for a quiet moment makes one call per write that ends, instead of polling. The answer
+        says how long it waited (``waited_ms``)."""
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
+        deadline = begun + wait_s
+        while True:
+            out = self.table.settle(unit_id, phase, may_switch, force)  # type: ignore[arg-type]
+            left = deadline - loop.time()
+            if out["state"] != "waiting" or out["settled"] or left <= 0:
+                break
+            if self._ended is None:
+                self._ended = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._ended.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        if out["state"] in ("switched", "frozen"):
             self._persist()
-        return out
+        return {**out, "waited_ms": (loop.time() - begun) * 1000}
 
     async def flip(self, unit_id: str, phase: str) -> bool:
         """``RoutingTable.flip``: False when a write ended since the drain (drain again)."""

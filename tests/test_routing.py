@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -271,32 +272,47 @@ def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path)
 
 
 def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
+    import ray
+
     from ray_migrate.router import start_router
 
     h = start_router("rt-quiet", str(tmp_path), ["a"], {}, lease_s=5.0)
+
+    def settle(*args: Any) -> dict[str, Any]:
+        out = h.call("settle", *args)
+        assert out.pop("waited_ms") >= 0
+        return out
+
     try:
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [1], None)])
-        assert h.call("settle", "a", "target", True, False) == {
+        assert settle("a", "target", True, False) == {
             "state": "waiting", "settled": 0}, "a write is under way"
+        # Asked to wait, it answers when that write ends, not before and not at the timeout.
+        pending = h.actor.settle.remote("a", "target", True, False, 20.0)
+        ready, _ = ray.wait([pending], timeout=0.3)
+        assert not ready, "it answered while no write had ended"
         h.call("end_writes", [lease["token"]])
-        assert h.call("settle", "a", "target", True, False) == {
+        out = ray.get(pending, timeout=10)
+        assert (out["state"], out["settled"]) == ("waiting", 1), out
+        assert 300 <= out["waited_ms"] < 10_000, out
+        assert settle("a", "target", True, False) == {
             "state": "waiting", "settled": 1}, "its change is not applied"
         assert h.call("unit", "a")["phase"] == "catching_up"
         ids, seq, _ = h.call("take_changes", "a", 10, "me")
         h.call("ack_changes", "a", seq, "me")
-        assert h.call("settle", "a", "target", False, False) == {"state": "quiet"}, \
+        assert settle("a", "target", False, False) == {"state": "quiet"}, \
             "quiet, but what was applied is not confirmed yet: neither switch nor freeze"
         assert h.call("unit", "a")["phase"] == "catching_up"
-        assert h.call("settle", "a", "target", True, False) == {"state": "switched"}
+        assert settle("a", "target", True, False) == {"state": "switched"}
         assert h.call("unit", "a")["owner"] == "target"
         h.call("set_phase", "a", "frozen")
         h.call("set_phase", "a", "rolled_back")
         for p in ("capturing", "copying", "catching_up"):
             h.call("set_phase", "a", p)
         [lease] = h.call("begin_writes", [("a", [2], None)])
-        assert h.call("settle", "a", "target", True, True) == {
+        assert settle("a", "target", True, True) == {
             "state": "frozen", "quiet": False, "under_way": 1}
         assert h.call("unit", "a")["phase"] == "frozen"
         assert h.call("flip", "a", "target") is True, "a write under way does not hold it"
