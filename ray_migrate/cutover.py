@@ -4,7 +4,9 @@ Step 1: switch at a quiet moment, or freeze the unit (new writes wait at the rou
 cutover applies what ends until a moment when no write of the unit is under way and every
 ended one is applied, confirms what it applied, and looks again: if the unit is still quiet,
 the router flips the owner at that same moment (``settle``), and no write waits at all.
-Without a quiet moment within ``IDLE_WAIT_S`` it freezes anyway.
+Without a quiet moment within ``IDLE_WAIT_S`` it freezes anyway, at a moment when every
+ended write is applied (only writes under way remain), or after ``FORCE_GRACE_S`` more at
+any moment.
 Step 2: drain the captured changes of the writes that have ended to the new owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
 Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_STEP = 500  # ids per drain step inside a freeze, so its budget is checked often
 IDLE_WAIT_S = 0.5  # how long to wait, before freezing, for a quiet moment (see step 1)
+FORCE_GRACE_S = 0.3  # then how long for a moment with nothing to drain, before freezing anyway
 
 
 @dataclass
@@ -179,7 +182,8 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     while True:
         if waiting:
             applied.update(sync.step(DRAIN_STEP, lag=False)[0])
-        force = time.perf_counter() - called > IDLE_WAIT_S
+        waited = time.perf_counter() - called
+        force = waited > IDLE_WAIT_S
         if applied and (force or quiet):
             try:
                 _confirm(sync, applied, rows_of(sync.seen, applied), "before the freeze")
@@ -191,8 +195,12 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
         # One router call per look: it switches, freezes or says what waits; while only
         # writes under way keep the unit from a quiet moment, it answers when one ends (or
         # once this wait is over).
+        # Forced, the freeze waits for a moment with nothing ended left to apply: a drain
+        # in the freeze writes to a table the clients write too, and then reads it back
+        # (measured: 60 to 150 ms for 20 to 40 ids, against 15 ms for a freeze with none).
         wait_s = 0.0 if force else max(IDLE_WAIT_S - (start - called), 0.0)
-        out = router.call("settle", unit_id, to_phase, not applied, force, wait_s)
+        out = router.call("settle", unit_id, to_phase, not applied, force, wait_s,
+                          waited <= IDLE_WAIT_S + FORCE_GRACE_S)
         if out["state"] == "switched":
             ms = (time.perf_counter() - start) * 1000 - out.get("waited_ms", 0.0)
             log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed "

@@ -151,7 +151,7 @@ class Router:
         return lifted
 
     async def settle(self, unit_id: str, phase: str, may_switch: bool, force: bool,
-                     wait_s: float = 0.0) -> dict[str, Any]:
+                     wait_s: float = 0.0, strict: bool = False) -> dict[str, Any]:
         """``RoutingTable.settle``, in one step of this actor. ``wait_s``: while the answer
         would be that writes are under way and none has ended (nothing for the caller to do
         but look again), wait up to this long for one to end, then answer. A cutover waiting
@@ -161,7 +161,8 @@ class Router:
         begun = loop.time()
         deadline = begun + wait_s
         while True:
-            out = self.table.settle(unit_id, phase, may_switch, force)  # type: ignore[arg-type]
+            out = self.table.settle(unit_id, phase, may_switch, force,  # type: ignore[arg-type]
+                                    strict)
             left = deadline - loop.time()
             if out["state"] != "waiting" or out["settled"] or left <= 0:
                 break

@@ -123,14 +123,16 @@ class RoutingTable(ApplierGate):
         return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
 
     def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
-               now: float | None = None) -> dict[str, Any]:
+               strict: bool = False, now: float | None = None) -> dict[str, Any]:
         """One look of a cutover waiting for a quiet moment (no write of the unit under way,
         every ended one applied). If quiet and ``may_switch`` (the caller has confirmed all
         it applied), switch the owner to ``phase`` at once: a freeze and a flip in one step,
         so no write ever waits. With ``force``, freeze, quiet or not, saying how many writes
         were under way (the drain applies those that end in the freeze, ``flip`` fences the
         rest). Else say it is quiet (the caller confirms, outside any freeze, and looks
-        again), or how many ended writes wait."""
+        again), or how many ended writes wait. ``strict``: force only once no ended write
+        waits (writes under way may remain), so the freeze has nothing to drain unless one
+        ends meanwhile."""
         now = time.time() if now is None else now
         open_, waiting = self.open_leases(unit_id, now=now), self.settled(unit_id, now)
         quiet = not open_ and not waiting
@@ -138,7 +140,7 @@ class RoutingTable(ApplierGate):
             self.set_phase(unit_id, "frozen", now)
             self.set_phase(unit_id, phase, now)
             return {"state": "switched"}
-        if force:
+        if force and not (strict and waiting):
             self.set_phase(unit_id, "frozen", now)
             return {"state": "frozen", "quiet": quiet, "under_way": open_}
         return {"state": "quiet"} if quiet else {"state": "waiting", "settled": waiting}

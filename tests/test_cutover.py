@@ -113,8 +113,13 @@ class BlockedWhileFrozen:
         return self.real.fetch(ids)
 
 
-def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(ray_cluster, tmp_path):
+def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(
+        ray_cluster, tmp_path, monkeypatch):
+    from ray_migrate import cutover
     from ray_migrate.cutover import _switch
+
+    # No grace for a moment with nothing to drain: the freeze must drain the late write.
+    monkeypatch.setattr(cutover, "FORCE_GRACE_S", 0.0)
     source, target, unit, h = ready_unit(tmp_path, "rt-hang", 30.0)
     try:
         [under_way] = h.call("begin_writes", [("all", [7], None)])  # no quiet moment
@@ -141,6 +146,36 @@ def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(ray_clus
         res = switch_unit(h, (source, unit), (target, unit), Transform(TransformConfig()),
                           "target", "ready", 500, 1000)
         assert res.ok and h.call("unit", "all")["owner"] == "target", res
+    finally:
+        h.kill()
+
+
+def test_a_forced_freeze_waits_for_a_moment_with_nothing_to_drain(ray_cluster, tmp_path):
+    from ray_migrate.cutover import _switch
+    source, target, unit, h = ready_unit(tmp_path, "rt-grace", 30.0)
+    try:
+        [under_way] = h.call("begin_writes", [("all", [7], None)])  # no quiet moment
+        [ended] = h.call("begin_writes", [("all", [3], None)])
+        source.upsert(with_vector(source.fetch([3]), 0.5))
+        h.call("end_writes", [ended["token"]])  # applied while waiting, confirmed before
+        [late] = h.call("begin_writes", [("all", [5], None)])
+        source.upsert(with_vector(source.fetch([5]), 0.25))
+        # This one ends during that confirm. The freeze waits until the wait applied it, so
+        # its drain has nothing to write (a read in the freeze would hang at the gate).
+        hanging = BlockedWhileFrozen(target, h, "all",
+                                     lambda: h.call("end_writes", [late["token"]]))
+        sync = UnitSync(unit, h, source, hanging, Transform(TransformConfig()), seen=[])
+        res = _switch(h, sync, "all", "target", "ready", 300, 0)
+        assert res.ok and res.drained == 0 and not hanging.blocked.is_set(), res
+        assert res.how == "freeze, 1 writes under way", res
+        st = h.call("unit", "all")
+        assert (st["phase"], st["owner"]) == ("target", "target")
+        [fenced] = h.call("end_writes", [under_way["token"]])
+        assert fenced["valid"] is False, "under way at the flip: its client writes again"
+        dst = read_lance(str(tmp_path / "dst"), "docs")
+        assert dst == read_lance(str(tmp_path / "src"), "docs")
+        assert set(np.frombuffer(dst[5][0]["vector"], np.float32)) == {0.25}
+        assert set(np.frombuffer(dst[3][0]["vector"], np.float32)) == {0.5}
     finally:
         h.kill()
 

@@ -322,6 +322,22 @@ def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
         h.kill()
 
 
+def test_a_strict_forced_settle_freezes_only_with_nothing_ended_to_apply():
+    t = RoutingTable(["a"], lease_s=5.0)
+    for p in ("capturing", "copying", "catching_up"):
+        t.set_phase("a", p, now=0)
+    [under_way] = t.begin_writes([("a", [1], None)], now=0)
+    [ended] = t.begin_writes([("a", [2], None)], now=0)
+    t.end_write(ended["token"])
+    assert t.settle("a", "target", True, True, strict=True, now=0) == {
+        "state": "waiting", "settled": 1}, "an ended write waits: no freeze yet"
+    assert t.unit("a").phase == "catching_up"
+    ids, seq = t.take_changes("a", 10, "me", now=0)[:2]
+    t.ack_changes("a", seq, "me")
+    assert t.settle("a", "target", True, True, strict=True, now=0) == {
+        "state": "frozen", "quiet": False, "under_way": 1}, "only a write under way is left"
+
+
 def test_a_freeze_whose_owner_vanished_is_lifted_after_its_timeout():
     t = RoutingTable(["a"], lease_s=5.0, freeze_timeout_s=2.0)
     for p in ("capturing", "copying", "catching_up", "frozen"):
