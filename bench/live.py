@@ -70,7 +70,8 @@ def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
     """Wrap the client's leased write: note (time, ids) per unit just before its lease, and
     in ``split`` per write (time, ms in its lease calls to the router, ms writing to the
     owners (``_write_owners``), ms inside the engines' own upsert or delete calls (summed
-    over both owners when they run at once), ms in all). Also keep the last of repeated ids
+    over both owners when they run at once), ms in all, and of the engines' ms those of the
+    source and of the target). Also keep the last of repeated ids
     in one upsert: Traffic(batch>1) draws existing ids with replacement, and LanceDB's
     merge_insert rejects a batch that names an id twice."""
     leased, upsert, call, owners = coll._leased, coll.upsert, coll.router.call, \
@@ -81,23 +82,25 @@ def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
     def dedup(points: list) -> int:
         return upsert(list({p["id"]: p for p in points}.values()))
 
-    def timed(name: str, fn: Any) -> Any:
+    def timed(names: tuple[str, ...], fn: Any) -> Any:
         def run(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                if acc["on"] and (name != "router" or args[0] in ("begin_writes",
-                                                                  "end_writes")):
+                if acc["on"] and (names[0] != "router" or args[0] in ("begin_writes",
+                                                                      "end_writes")):
                     with lock:
-                        acc["ms"][name] += (time.perf_counter() - t0) * 1000
+                        for name in names:
+                            acc["ms"][name] += (time.perf_counter() - t0) * 1000
         return run
 
     def wrapped(parts: dict[str, tuple[list, Any]], write: Any) -> None:
         now = time.monotonic()
         for unit_id, (ids, _) in parts.items():
             log[unit_id].append((now, len(ids)))
-        acc["on"], acc["ms"] = True, {"router": 0.0, "engine": 0.0, "db": 0.0}
+        acc["on"], acc["ms"] = True, {"router": 0.0, "engine": 0.0, "db": 0.0,
+                                      "db_source": 0.0, "db_target": 0.0}
         t0 = time.perf_counter()
         try:
             return leased(parts, write)
@@ -105,13 +108,13 @@ def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
             acc["on"] = False
             ms = acc["ms"]
             split.append((now, ms["router"], ms["engine"], ms["db"],
-                          (time.perf_counter() - t0) * 1000))
+                          (time.perf_counter() - t0) * 1000, ms["db_source"], ms["db_target"]))
 
     coll._leased, coll.upsert = wrapped, dedup
-    coll.router.call, coll._write_owners = timed("router", call), timed("engine", owners)
-    for backend in coll.backends.values():
-        backend.upsert = timed("db", backend.upsert)
-        backend.delete = timed("db", backend.delete)
+    coll.router.call, coll._write_owners = timed(("router",), call), timed(("engine",), owners)
+    for side, backend in coll.backends.items():
+        backend.upsert = timed(("db", f"db_{side}"), backend.upsert)
+        backend.delete = timed(("db", f"db_{side}"), backend.delete)
 
 
 def oldest_age(writes: list[tuple[float, int]], lag: int, now: float) -> float:
@@ -393,9 +396,10 @@ def main() -> int:
                        for k in ("copy", "catch-up", "waves") if st.get(k)))
         sp = r["split"]
         row(f"{tag}: client write, mean ms in router calls + writing to the owners (of which "
-            "in the engines' calls) of all, by stage", rate, " · ".join(
+            "in the engines' calls: source + target) of all, by stage", rate, " · ".join(
                 f"{k} {np.mean([x[0] for x in sp[k]]):.0f}+{np.mean([x[1] for x in sp[k]]):.0f}"
-                f" ({np.mean([x[2] for x in sp[k]]):.0f}) of {np.mean([x[3] for x in sp[k]]):.0f}"
+                f" ({np.mean([x[4] for x in sp[k]]):.0f} + {np.mean([x[5] for x in sp[k]]):.0f})"
+                f" of {np.mean([x[3] for x in sp[k]]):.0f}"
                 for k in ("before", "copy", "catch-up", "waves") if sp.get(k)))
         row(f"{tag}: client search p99 (ms) before · during · after (20/s)", rate,
             f"{b['read_p99']:.0f} · {d['read_p99']:.0f} · {f['read_p99']:.0f}")
