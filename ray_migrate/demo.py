@@ -13,8 +13,11 @@ from typing import Any
 import numpy as np
 
 from ray_migrate.config import MigrationConfig, parse_config
+from ray_migrate.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+MARKER = ".ray-migrate-demo"  # in a work folder the demo made, and so may replace
 
 
 def synthetic_points(n: int, tenants: int, dim: int, seed: int = 7,
@@ -70,11 +73,24 @@ def demo_config(workdir: Path, workers: int = 2) -> MigrationConfig:
     }, base_dir=workdir)
 
 
-def prepare_demo(workdir: Path, points: int, tenants: int, dim: int) -> MigrationConfig:
-    """A fresh work folder with the seeded source; returns the migration config."""
+def fresh_workdir(workdir: Path) -> None:
+    """Empty ``workdir`` for a new demo run: only a folder an earlier run made (it holds
+    ``MARKER``), or an empty one, is ever cleared; anything else is refused untouched."""
     if workdir.exists():
+        if not workdir.is_dir() or (any(workdir.iterdir()) and not (workdir / MARKER).exists()):
+            raise ConfigError(
+                f"--workdir {str(workdir)!r}: it exists and was not made by 'ray-migrate demo' "
+                f"(no {MARKER} file in it). The demo replaces its work folder: give a new or "
+                "empty folder, or remove this one yourself")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("made by 'ray-migrate demo'; a new demo run replaces this "
+                                  "folder\n")
+
+
+def prepare_demo(workdir: Path, points: int, tenants: int, dim: int) -> MigrationConfig:
+    """A fresh work folder with the seeded source; returns the migration config."""
+    fresh_workdir(workdir)
     cfg = demo_config(workdir)
     log.info("seeding %d points over %d tenants into %s", points, tenants, cfg.source.location)
     seed_qdrant(cfg.source.location, cfg.source.name, points, tenants, dim)
