@@ -151,7 +151,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("attempts", "moved", "units"):
         out[k] = sum(r[k] for r in runs)
     out["run_s"] = sum(r["run_s"] for r in runs) / len(runs)
-    for k in ("ages_by_phase", "by_stage", "split"):
+    for k in ("ages_by_phase", "ages_by_stage", "by_stage", "split"):
         out[k] = {key: [v for r in runs for v in r[k].get(key, [])]
                   for key in {key for r in runs for key in r[k]}}
     return out
@@ -208,7 +208,8 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
     cfg = make_cfg(mid, source, work)
     warmup_s, before_s, after_s = periods
     writes: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    samples: list[tuple[str, int, float, str]] = []  # (unit, lag entries, age s, phase)
+    # (unit, lag entries, age s, phase, the migration's stage)
+    samples: list[tuple[str, int, float, str, str]] = []
     stages: list[tuple[float, str]] = []  # (when, the migration's stage then)
     marks: dict[str, float] = {}
     traffics: list[Traffic] = []
@@ -226,7 +227,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
                 if row["phase"] in LAG_PHASES:
                     samples.append((row["unit_id"], row["lag"],
                                     oldest_age(writes[row["unit_id"]], row["lag"], t0),
-                                    row["phase"]))
+                                    row["phase"], stages[-1][1]))
             stop.wait(max(0.0, 0.1 - (time.monotonic() - t0)))
 
     def on_started(m: Any) -> None:
@@ -313,8 +314,10 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
         "failed": [f"{r.unit_id} {r.status} {r.phase} equal={r.equal}: {r.error}" for r in rows
                    if not r.ok],
         "errors": [e for t in traffics for e in t.errors],
-        "ages": [a for _, _, a, _ in samples], "lags": [n for _, n, _, _ in samples],
-        "ages_by_phase": {p: [a for _, _, a, q in samples if q == p] for p in LAG_PHASES},
+        "ages": [s[2] for s in samples], "lags": [s[1] for s in samples],
+        "ages_by_phase": {p: [s[2] for s in samples if s[3] == p] for p in LAG_PHASES},
+        "ages_by_stage": {st: [s[2] for s in samples if s[4] == st]
+                          for st in ("copy", "catch-up", "waves")},
         "run_s": marks["after"] - marks["during"], "by_stage": dict(by_stage),
         "split": dict(parts), "source_compactions": [o for run in upkeep_runs for o in run]}
 
@@ -456,6 +459,9 @@ def main() -> int:
             for phase, pa_ in r["ages_by_phase"].items():
                 row(f"{tag}: catch-up lag while {phase} p50 / p99 (s; {len(pa_)} samples)",
                     rate, f"{pct(pa_, 50):.2f} / {pct(pa_, 99):.2f}")
+            row(f"{tag}: catch-up lag p50 / p99 (s) by the migration's stage then (samples)",
+                rate, " · ".join(f"{k} {pct(v, 50):.2f}/{pct(v, 99):.2f} ({len(v)})"
+                                 for k, v in r["ages_by_stage"].items() if v))
             row(f"{tag}: waiting changes per unit p50 / p99 / max (entries)", rate,
                 f"{pct(r['lags'], 50):.0f} / {pct(r['lags'], 99):.0f} / "
                 f"{max(r['lags'], default=0)}")
