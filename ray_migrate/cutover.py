@@ -9,9 +9,10 @@ ended write is applied (only writes under way remain), or after ``FORCE_GRACE_S`
 any moment.
 Step 2: drain the captured changes of the writes that have ended to the new owner's side.
 Step 3: confirm the drained ids: as many on both sides, with the same content.
-Step 4: flip the owner, which also lifts the freeze; if a write ended since the drain, go back
-to step 2 instead. Writes still under way are not waited for: the router fences them (see
-``routing``), and their clients write again to the new owner.
+Step 4: flip the owner, which also lifts the freeze; if an entry settled since the drain (a
+lease that expired), go back to step 2 instead. Writes still under way are not waited for:
+the router fences them, and those that end during the freeze as well (see
+``routing.RoutingTable.end_write``): their clients write again once it is over.
 If any step fails, or the freeze would last longer than ``max_freeze_ms``, the freeze is lifted
 and the unit stays with its owner; the caller catches up and tries again later. Steps 2 to 4
 run in a thread of their own, so the freeze is lifted on time even while one of their engine
@@ -118,7 +119,6 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     applier wrote, and nobody else applies a reserved unit. An id written again since is in
     the log again, so the switch waits until it is applied and confirmed too."""
     unit = owner[1]
-    budget = max_freeze_ms / 1000
     sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[])
     # Apply every write that has ended (not waiting for a moment with none under way: under
     # steady writes there may be none for seconds, and each look is a router call; step 1
@@ -133,11 +133,6 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                  "after the catch-up before the freeze")
     except Abort as why:
         return _refused(unit.unit_id, to_phase, why)
-    # Followers (of other units) yield from the wait for a quiet moment to the end of the
-    # freeze: on a small machine they compete for it. While they yield every other waiting
-    # unit falls behind, so only this long, and a unit with a change older than
-    # YIELD_MAX_AGE_S is followed anyway.
-    router.call("quiet_followers", budget + IDLE_WAIT_S + 0.5, timeout_s=budget)
     try:
         return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
                        len(changed))
@@ -178,11 +173,18 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
     sync.seen = []
     applied: set[Any] = set()
     waiting = 1  # ended writes not applied yet, as the router last said
-    quiet = False
+    quiet = force = False
+    budget = max_freeze_ms / 1000
     while True:
         if waiting:
             applied.update(sync.step(DRAIN_STEP, lag=False)[0])
         waited = time.perf_counter() - called
+        if waited > IDLE_WAIT_S and not force:
+            # Followers (of other units) yield from here to the end of the freeze: on a small
+            # machine they compete for it. While they yield every other waiting unit falls
+            # behind, so only this long (not while waiting for a quiet moment, when nothing
+            # waits), and a unit with a change older than YIELD_MAX_AGE_S is followed anyway.
+            router.call("quiet_followers", budget + FORCE_GRACE_S + 0.5, timeout_s=budget)
         force = waited > IDLE_WAIT_S
         if applied and (force or quiet):
             try:

@@ -232,7 +232,10 @@ class RoutingTable(ApplierGate):
             return {"valid": False, "epoch": self.epoch}
         u = self.units[lease.unit_id]
         valid = u.flips == lease.flips
-        if not valid and lease.ids and not lease.fenced:
+        # A write that ends while its unit is frozen is fenced too, as if the flip had come
+        # first: its client writes again once the freeze is over, to whichever owner it leaves.
+        # So the freeze never waits for it to be drained, and the flip never refuses for it.
+        if lease.ids and not lease.fenced and (not valid or u.phase == "frozen"):
             lease.fenced = True
             return {"valid": False, "epoch": self.epoch, "owner": u.owner, "held": True}
         del self.leases[token]

@@ -71,7 +71,6 @@ class UnitWorker:
         self._source: Backend | None = None
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
-        self._switching = threading.Event()  # a cutover runs here: the follower pauses
         if follow:
             threading.Thread(target=self._follow, daemon=True, name="rm-follower").start()
 
@@ -227,8 +226,6 @@ class UnitWorker:
             # is not made up for with a burst.
             next_at = max(next_at + FOLLOW_EVERY_S, time.monotonic())
             time.sleep(max(0.0, next_at - time.monotonic()))
-            if self._switching.is_set():
-                continue
             try:
                 rows = self.router.call("lags")
                 # catching_up too: a verify running meanwhile watches the log (see
@@ -282,11 +279,9 @@ class UnitWorker:
     def _reserved(self, unit_id: str) -> Iterator[bool]:
         """Hold the unit for a cutover or rollback: followers step aside meanwhile."""
         holder = f"switch:{uuid.uuid4().hex}"
-        self._switching.set()
         try:
             yield bool(self.router.call("reserve", unit_id, holder))
         finally:
-            self._switching.clear()
             self.router.call("release", unit_id, holder)
 
     # --- cutover and rollback -------------------------------------------------------------

@@ -115,11 +115,15 @@ def test_flip_waits_for_no_write_but_refuses_an_undrained_ended_one():
         t.set_phase("a", p)
     under_way = t.begin_write("a", [1], now=0)
     ended = t.begin_write("a", [2], now=0)
+    in_freeze = t.begin_write("a", [4], now=0)
+    t.end_write(ended["token"])  # ended before the freeze, not drained yet
     t.set_phase("a", "frozen", now=0)
-    t.end_write(ended["token"])  # ended after the freeze, before the drain
+    # A write that ends in the freeze is fenced at once: its client writes again after it.
+    assert t.end_write(in_freeze["token"]) == {"valid": False, "epoch": t.epoch,
+                                               "owner": "source", "held": True}
     with pytest.raises(TransitionError, match="needs a frozen unit"):
         t.flip("b", "target", now=0)
-    assert t.settled("a", now=0) == 1
+    assert t.settled("a", now=0) == 1, "id 2 only: id 4 is held for its retry"
     assert t.flip("a", "target", now=0) is False, "id 2 is on the source only: drain it first"
     ids, seq = t.take_changes("a", now=0)
     assert ids == [2]
@@ -142,6 +146,25 @@ def test_flip_waits_for_no_write_but_refuses_an_undrained_ended_one():
                                                "owner": "target"}, "ended with its retry"
     assert t.take_changes("a", now=0)[0] == [1]
     assert t.end_write(under_way["token"]) == {"valid": False, "epoch": t.epoch}, "once"
+    again = t.begin_write("a", [4], now=0)  # the write fenced in the freeze, written again
+    assert again["owner"] == "target"
+    assert t.end_write(again["token"])["valid"]
+    t.end_write(in_freeze["token"])
+    assert t.take_changes("a", now=0)[0] == [1, 4]
+
+
+def test_a_write_fenced_in_a_freeze_that_is_lifted_writes_again_to_the_same_owner():
+    t = ready_table()
+    lease = t.begin_write("a", [5], now=0)
+    t.set_phase("a", "frozen", now=0)
+    assert t.end_write(lease["token"])["held"] is True
+    assert t.settled("a", now=0) == 0 and t.take_changes("a", now=0)[0] == []
+    assert t.lift_freeze("a", "ready", now=0) is True  # the cutover gave up: no flip
+    retry = t.begin_write("a", [5], now=0)
+    assert (retry["status"], retry["owner"]) == ("ok", "source")
+    assert t.end_write(retry["token"])["valid"] is True
+    t.end_write(lease["token"])
+    assert t.take_changes("a", now=0)[0] == [5], "then followed to the target as usual"
 
 
 def ready_table() -> RoutingTable:
