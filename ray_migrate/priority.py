@@ -99,3 +99,25 @@ def urgent() -> Iterator[None]:
                     elif tid not in _known and _niceness(tid) == NORMAL:
                         _set(tid, _default)  # type: ignore[arg-type] - started meanwhile
                 _before.clear()
+
+
+@contextmanager
+def urgent_after(seconds: float) -> Iterator[None]:
+    """Run the block at the priority the process has; if it lasts longer than ``seconds``,
+    at niceness 0 (``urgent``) from then to its end. For background work that is cheap to
+    run niced while the machine has room, but must not be starved for long: a follower step
+    holds its units' logs while it runs, so nobody else can apply them meanwhile."""
+    done = threading.Event()
+
+    def hold() -> None:
+        if not done.wait(seconds):
+            with urgent():
+                done.wait()
+
+    helper = threading.Thread(target=hold, daemon=True, name="rm-urgent-after")
+    helper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        helper.join()

@@ -97,3 +97,31 @@ def test_urgent_raises_every_thread_of_the_process_then_restores_each():
     engine.join()
     inside = (0, 0, before_main) if allowed else (15, 15, before_main)
     assert seen == {"one": inside, "after inner": inside, "after": (15, 15, before_main)}
+
+
+def test_urgent_after_raises_a_niced_block_only_once_it_has_lasted_that_long():
+    import time
+
+    from ray_migrate.priority import urgent_after
+
+    allowed = can_raise_priority()
+    seen: dict[str, int] = {}
+
+    def work() -> None:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 15)  # as Ray starts its workers
+        with urgent_after(0.2):
+            seen["early"] = os.getpriority(os.PRIO_PROCESS, tid)
+            time.sleep(0.6)
+            seen["late"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+        with urgent_after(5.0):  # a short block stays niced, and ends at once
+            t0 = time.monotonic()
+        seen["short_s"] = int(time.monotonic() - t0 >= 1.0)
+        seen["after_short"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == {"early": 15, "late": 0 if allowed else 15, "after": 15, "short_s": 0,
+                    "after_short": 15}, seen
