@@ -179,7 +179,11 @@ def source_upkeep(source: dict, every_s: float, stop: threading.Event) -> list[s
     outcomes: list[str] = []
 
     def loop() -> None:
-        tbl = lancedb.connect(source["uri"]).open_table(source["table"])
+        # Strong consistency, as the clients have: a handle opened with the default
+        # (read_consistency_interval=None) stays at the version it opened, so its optimize()
+        # compacted nothing that was written later (the source kept every fragment).
+        tbl = lancedb.connect(source["uri"], read_consistency_interval=dt.timedelta(0)
+                              ).open_table(source["table"])
         while not stop.wait(every_s):
             try:
                 tbl.optimize()
