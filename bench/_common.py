@@ -61,6 +61,18 @@ def lance_source(uri: Path, n: int, dim: int, tenants: int = 8, table: str = "sr
             tbl.add(t)
 
 
+def upsert_rows(ids: list[int], rng: np.random.Generator, dim: int) -> pa.Table:
+    """Rows for a merge_insert into a ``lance_source`` table: random vectors, plain payload."""
+    n = len(ids)
+    return pa.table({
+        "id": pa.array(ids, pa.uint64()),
+        "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(rng.standard_normal(dim * n).astype(np.float32)), dim),
+        "tenant": pa.array([f"t{x % 8}" for x in ids]), "title": pa.array(["x"] * n),
+        "rank": pa.array([1] * n, pa.int64()), "tags": pa.array([None] * n, pa.list_(pa.string())),
+    })
+
+
 def md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join("| " + " | ".join(r) + " |" for r in
                      [head, tuple("---" for _ in head), *rows])

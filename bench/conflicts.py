@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import lance_source, machine, md_table, publish, run_script
+from _common import lance_source, machine, md_table, publish, run_script, upsert_rows
 
 DIM = 64
 CLIENT_EVERY_S = 0.2
@@ -48,17 +48,6 @@ APPLIER_IDS = 300
 PERIODS = (2.0, 0.5, 0.25)  # the second writer's pace on the client's table
 CONTROL_EVERY_S = 0.5  # the second writer's pace on another table
 START_TIMEOUT_S = 120.0
-
-
-def rows(ids: list[int], rng: np.random.Generator) -> pa.Table:
-    n = len(ids)
-    return pa.table({
-        "id": pa.array(ids, pa.uint64()),
-        "vector": pa.FixedSizeListArray.from_arrays(
-            pa.array(rng.standard_normal(DIM * n).astype(np.float32)), DIM),
-        "tenant": pa.array([f"t{x % 8}" for x in ids]), "title": pa.array(["x"] * n),
-        "rank": pa.array([1] * n, pa.int64()), "tags": pa.array([None] * n, pa.list_(pa.string())),
-    })
 
 
 def writer(role: str, uri: str, table: str, every: float, existing: int, new: int,
@@ -77,7 +66,7 @@ def writer(role: str, uri: str, table: str, every: float, existing: int, new: in
             ids = list(dict.fromkeys(int(x) for x in rng.integers(0, points, existing)))
             ids += range(fresh, fresh + new)
             fresh += new
-            return rows(ids, rng)
+            return upsert_rows(ids, rng, DIM)
 
         def upsert(data: pa.Table) -> Any:
             return tbl.merge_insert("id").when_matched_update_all() \

@@ -26,23 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import lance_source, machine, md_table, publish, run_script
+from _common import lance_source, machine, md_table, publish, run_script, upsert_rows
 
 DIM = 64
 REPEATS = 5
-
-
-def rows(ids: list[int], rng: np.random.Generator) -> pa.Table:
-    n = len(ids)
-    return pa.table({
-        "id": pa.array(ids, pa.uint64()),
-        "vector": pa.FixedSizeListArray.from_arrays(
-            pa.array(rng.standard_normal(DIM * n).astype(np.float32)), DIM),
-        "tenant": pa.array([f"t{x % 8}" for x in ids]), "title": pa.array(["x"] * n),
-        "rank": pa.array([1] * n, pa.int64()), "tags": pa.array([None] * n, pa.list_(pa.string())),
-    })
 
 
 def main() -> int:
@@ -77,7 +65,8 @@ def main() -> int:
                 times[f"fetch {n} ids"] = float(np.median(runs))
             runs = []
             for _ in range(REPEATS):
-                batch = rows([int(x) for x in rng.choice(a.points, 60, replace=False)], rng)
+                ids = [int(x) for x in rng.choice(a.points, 60, replace=False)]
+                batch = upsert_rows(ids, rng, DIM)
                 t0 = time.perf_counter()
                 tbl.merge_insert("id").when_matched_update_all() \
                     .when_not_matched_insert_all().execute(batch)
@@ -95,7 +84,7 @@ def main() -> int:
             for _ in range(upto - done):
                 ids = list(dict.fromkeys(int(x) for x in rng.integers(0, a.points, 100)))
                 tbl.merge_insert("id").when_matched_update_all() \
-                    .when_not_matched_insert_all().execute(rows(ids, rng))
+                    .when_not_matched_insert_all().execute(upsert_rows(ids, rng, DIM))
             done = upto
             measure(f"after {upto} upserts of 100 rows")
         tbl.optimize()

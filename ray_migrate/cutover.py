@@ -227,10 +227,10 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
         even while one of their engine calls is still running."""
         now: set[Any] = set()
         while True:
-            # Step 2: drain the changes of every write that has ended. Writes still under way
-            # are not waited for: at the flip they are fenced and write again to the new owner.
-            # One step unless it was full: a write that ends after it makes the flip refuse,
-            # and this round comes again.
+            # Step 2: drain the changes of every write that ended before the freeze. Writes
+            # under way are not waited for: they are fenced when they end, and write again
+            # after the freeze. One step unless it was full: an entry settled after it (a
+            # lease that expired) makes the flip refuse, and this round comes again.
             while True:
                 if stop.is_set():
                     raise Abort("stopped")

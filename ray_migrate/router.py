@@ -29,6 +29,27 @@ def router_name(migration_id: str) -> str:
     return f"rm:{migration_id}:router"
 
 
+class Signal:
+    """Wakes everyone waiting at the moment it fires, once: an asyncio.Event made by the first
+    waiter and dropped when set, so a later waiter waits for the next firing."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def fire(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until the next firing, or ``timeout_s``."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+
 class Router:
     """The actor's body. Async, so waits (leases, freezes) never block other callers."""
 
@@ -56,15 +77,10 @@ class Router:
         # Every client write waits for this actor twice: it must not get the CPU last.
         process_at_normal_priority()
         self._prioritized = False
-        self._changed: asyncio.Event | None = None  # set (and replaced) on every new epoch
-        self._ended: asyncio.Event | None = None  # set (and replaced) when writes end
-        self.table.on_change = self._notify
+        self._changed = Signal()  # fired on every new epoch
+        self._ended = Signal()  # fired when writes end
+        self.table.on_change = self._changed.fire
         self._persist()
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
 
     def _persist(self) -> None:
         """Owners, phases and counters: written on every change of the table."""
@@ -93,12 +109,7 @@ class Router:
         after ``timeout_s``: clients keep their cached table current with one such call
         outstanding, instead of asking on every read."""
         if self.table.epoch == epoch:
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                pass
+            await self._changed.wait(timeout_s)
         return await self.routes()
 
     async def status(self) -> dict[str, Any]:
@@ -133,9 +144,7 @@ class Router:
         writes that succeeded, for the appliers (see ``carried``)."""
         carried = carried or {}
         out = [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
-        if self._ended is not None:
-            self._ended.set()
-            self._ended = None
+        self._ended.fire()
         return out
 
     async def set_phase(self, unit_id: str, phase: str) -> int:
@@ -166,18 +175,13 @@ class Router:
             left = deadline - loop.time()
             if out["state"] != "waiting" or out["settled"] or left <= 0:
                 break
-            if self._ended is None:
-                self._ended = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._ended.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+            await self._ended.wait(left)
         if out["state"] in ("switched", "frozen"):
             self._persist()
         return {**out, "waited_ms": (loop.time() - begun) * 1000}
 
     async def flip(self, unit_id: str, phase: str) -> bool:
-        """``RoutingTable.flip``: False when a write ended since the drain (drain again)."""
+        """``RoutingTable.flip``: False when an entry settled since the drain (drain again)."""
         if not self.table.flip(unit_id, phase):  # type: ignore[arg-type]
             return False
         self._persist()

@@ -128,8 +128,7 @@ class RoutingTable(ApplierGate):
         every ended one applied). If quiet and ``may_switch`` (the caller has confirmed all
         it applied), switch the owner to ``phase`` at once: a freeze and a flip in one step,
         so no write ever waits. With ``force``, freeze, quiet or not, saying how many writes
-        were under way (the drain applies those that end in the freeze, ``flip`` fences the
-        rest). Else say it is quiet (the caller confirms, outside any freeze, and looks
+        were under way (fenced when they end: see ``end_write``). Else say it is quiet (the caller confirms, outside any freeze, and looks
         again), or how many ended writes wait. ``strict``: force only once no ended write
         waits (writes under way may remain), so the freeze has nothing to drain unless one
         ends meanwhile."""
@@ -153,10 +152,11 @@ class RoutingTable(ApplierGate):
         return frozen
 
     def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
-        """End a freeze by flipping the owner (``phase`` target or rolled_back), unless a write
-        ended since the drain: its entry is settled and not applied, and after a flip it would
-        be synced the wrong way. Then False: drain again. Entries of writes still under way
-        are fine: their clients are fenced at ``end_write`` and write again to the new owner."""
+        """End a freeze by flipping the owner (``phase`` target or rolled_back), unless an
+        entry is settled and not applied (one that was settled before the freeze and not
+        drained, or whose lease expired): after a flip it would be synced the wrong way. Then
+        False: drain again. Entries of writes under way, or ended during the freeze, are fine:
+        their clients are fenced at ``end_write`` and write again after the freeze."""
         u = self.unit(unit_id)
         if u.phase != "frozen":
             raise TransitionError(f"unit {unit_id}: flip needs a frozen unit, not {u.phase}")

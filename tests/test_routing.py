@@ -319,7 +319,8 @@ def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
         h.call("end_writes", [lease["token"]])
         out = ray.get(pending, timeout=10)
         assert (out["state"], out["settled"]) == ("waiting", 1), out
-        assert 300 <= out["waited_ms"] < 10_000, out
+        # it started waiting when the actor took the call, a little after it was sent
+        assert 200 <= out["waited_ms"] < 10_000, out
         assert settle("a", "target", True, False) == {
             "state": "waiting", "settled": 1}, "its change is not applied"
         assert h.call("unit", "a")["phase"] == "catching_up"
