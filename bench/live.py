@@ -206,7 +206,7 @@ def live_run(mid: str, source: dict, work: Path, tenants: int, writers: int, rat
     ``periods``: seconds of warm-up (traffic, not measured), of 'before' and of 'after'."""
     from ray_migrate.client import RoutedCollection
     from ray_migrate.driver import Migration, release_local_stores, run_migration
-    from ray_migrate.router import get_router
+    from ray_migrate.routing.actor import get_router
     from ray_migrate.traffic import Traffic
 
     cfg = make_cfg(mid, source, work)

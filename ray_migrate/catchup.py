@@ -4,7 +4,7 @@ The log holds ids, not values. Each id is re-read from the side that owns the un
 on the other side, or deleted there when the owner no longer has it. So applying a change
 twice, out of order or after a later copy batch is harmless: the last application always
 writes the owner's current value. Where a client's own rows are known to equal the owner's
-value, the router hands them out and they stand in for the read (see ``routing``). The same
+value, the router hands them out and they stand in for the read (see ``routing.table``). The same
 code syncs a cut-over unit back to the source (rollback window) and repairs ids that a diff
 found.
 """
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_migrate.backends.base import Backend
-from ray_migrate.router import RouterHandle
+from ray_migrate.routing.actor import RouterHandle
 from ray_migrate.schema import ID
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec

@@ -73,7 +73,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ray_migrate.config import load_config
-    from ray_migrate.router import CHANGES_KEY, ROUTING_KEY
+    from ray_migrate.routing.actor import CHANGES_KEY, ROUTING_KEY
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)

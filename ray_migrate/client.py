@@ -2,7 +2,7 @@
 
 Points are given and returned in the *source's* terms (its payload field and vector names);
 writes to the target go through the forward transform and reads from it through the inverse.
-Every write asks the router for a lease first (see ``routing`` for why that keeps every
+Every write asks the router for a lease first (see ``routing.table`` for why that keeps every
 acknowledged write), so a client never needs a fresh routing table to be correct: the lease
 carries the owner, and a write whose owner changed meanwhile is written again to the new one.
 
@@ -36,8 +36,8 @@ from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import InvalidDataError, TransientError
 from ray_migrate.plan import Plan, label
-from ray_migrate.router import RouterHandle, get_router
-from ray_migrate.routes import CAPTURING
+from ray_migrate.routing.actor import RouterHandle, get_router
+from ray_migrate.routing.records import CAPTURING
 from ray_migrate.schema import (
     ID,
     UINT64_MAX,
@@ -243,7 +243,7 @@ class RoutedCollection:
     def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
         """Write the ids of several units: one lease call for all of them, one backend write
         per owner (``write(owner, unit_ids)``, which returns what it wrote per unit), one call
-        to end the leases, handing the router what was written (see ``carried``);
+        to end the leases, handing the router what was written (see ``routing.client_rows``);
         units whose owner changed meanwhile are written again to the new one, frozen units
         after their freeze. ``parts``: unit id -> (its ids, its tenant value).
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 from ray_migrate.backends.base import Backend
 from ray_migrate.catchup import UnitSync
 from ray_migrate.checksum import Digest, point_hashes
-from ray_migrate.router import RouterHandle
+from ray_migrate.routing.actor import RouterHandle
 from ray_migrate.schema import ID
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec

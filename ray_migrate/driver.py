@@ -19,7 +19,7 @@ from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.retry import with_retries
-from ray_migrate.router import RouterHandle, start_router
+from ray_migrate.routing.actor import RouterHandle, start_router
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.units import UnitSpec
 from ray_migrate.worker import NAMESPACE, start_workers

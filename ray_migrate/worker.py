@@ -24,7 +24,7 @@ from ray_migrate.cutover import switch_unit
 from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
-from ray_migrate.router import RouterHandle, get_router
+from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec

@@ -18,7 +18,7 @@ from ray_migrate.waves import switch_units
 def test_router_answers_a_route_watch_at_the_next_change(ray_cluster, tmp_path):
     import ray
 
-    from ray_migrate.router import start_router
+    from ray_migrate.routing.actor import start_router
 
     h = start_router("rt-watch", str(tmp_path), ["a"], {}, lease_s=5.0)
     try:

@@ -26,7 +26,7 @@ def ready_unit(tmp_path, name: str, lease_s: float
                ) -> tuple[LanceBackend, LanceBackend, UnitSpec, Any]:
     """20 points on a LanceDB source, copied to a LanceDB target, and a router (``name``)
     whose one unit ``all`` is ready for cutover: (source, target, unit, router)."""
-    from ray_migrate.router import start_router
+    from ray_migrate.routing.actor import start_router
 
     seed_lance_native(str(tmp_path / "src"), "docs", list(range(20)))
     source = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "src"), table="docs"))

@@ -45,7 +45,7 @@ def test_urgent_runs_a_niced_thread_at_normal_priority_then_restores_it():
 
 
 def test_the_router_actor_runs_at_normal_priority(ray_cluster, tmp_path):
-    from ray_migrate.router import start_router
+    from ray_migrate.routing.actor import start_router
 
     h = start_router("rt-nice", str(tmp_path), ["a"], {}, lease_s=5.0)
     try:

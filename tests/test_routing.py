@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ray_migrate.carried import CARRY_MAX_BYTES
-from ray_migrate.routing import YIELD_MAX_AGE_S, RoutingTable, TransitionError
+from ray_migrate.routing.client_rows import CARRY_MAX_BYTES
+from ray_migrate.routing.table import YIELD_MAX_AGE_S, RoutingTable, TransitionError
 
 
 def table():
@@ -248,7 +248,7 @@ def test_recovery_marks_capturing_units_for_repair_and_waits_out_old_leases():
 def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
     import ray
 
-    from ray_migrate.router import get_router, start_router
+    from ray_migrate.routing.actor import get_router, start_router
 
     h = start_router("rt-test", str(tmp_path), ["a", "b"], {"hello": 1}, lease_s=0.2)
     try:
@@ -275,7 +275,7 @@ def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
 def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path):
     import pyarrow as pa
 
-    from ray_migrate.router import start_router
+    from ray_migrate.routing.actor import start_router
 
     h = start_router("rt-carry", str(tmp_path), ["a"], {}, lease_s=5.0)
     try:
@@ -297,7 +297,7 @@ def test_router_actor_hands_a_clients_rows_to_the_applier(ray_cluster, tmp_path)
 def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
     import ray
 
-    from ray_migrate.router import start_router
+    from ray_migrate.routing.actor import start_router
 
     h = start_router("rt-quiet", str(tmp_path), ["a"], {}, lease_s=5.0)
 

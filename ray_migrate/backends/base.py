@@ -25,7 +25,7 @@ class Capabilities:
     higher_score_is_better: bool  # Qdrant: similarity; LanceDB: distance
     preferred_write_rows: int = 0  # gather this many rows per write (0: one scan batch)
     # What a client wrote, put through ``stored_form``, is what ``fetch`` returns: a change
-    # log applier may use a client's rows instead of reading them back (see carried).
+    # log applier may use a client's rows instead of reading them back (see routing.client_rows).
     reads_back_writes: bool = False
 
 

@@ -1,7 +1,7 @@
 """Who may apply change logs, and when: the rules by which a cutover, a compaction of the
 target and the workers' followers keep out of each other's way.
 
-Mixed into ``routing.RoutingTable``, whose units, lease time and follower fields it reads and
+Mixed into ``table.RoutingTable``, whose units, lease time and follower fields it reads and
 sets; plain Python, tested through that table.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from ray_migrate.routes import UnitRoute
+from ray_migrate.routing.records import UnitRoute
 
 
 class ApplierGate:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ray_migrate.priority import process_at_normal_priority
-from ray_migrate.routing import RoutingTable
+from ray_migrate.routing.table import RoutingTable
 from ray_migrate.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Router:
                          carried: dict[int, tuple[Any, int]] | None = None
                          ) -> list[dict[str, Any]]:
         """``end_write`` for several leases; ``carried``: token -> (rows, nbytes) of the
-        writes that succeeded, for the appliers (see ``carried``)."""
+        writes that succeeded, for the appliers (see ``routing.client_rows``)."""
         carried = carried or {}
         out = [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
         self._ended.fire()

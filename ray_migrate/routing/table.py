@@ -1,6 +1,6 @@
 """The routing table's logic: owners, phases, epochs, write leases and the change log.
 
-Plain Python with no Ray, so every rule is unit-tested on its own; ``router`` wraps it in the
+Plain Python with no Ray, so every rule is unit-tested on its own; ``actor`` wraps it in the
 named actor. Why this scheme keeps "no acknowledged write is lost":
 
 - Every client write asks ``begin_write`` first. The table answers with the unit's owner and a
@@ -20,7 +20,7 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
   order-free and delete-safe. A client may hand in what it wrote with ``end_write``; an
   applier uses those rows instead of reading the owner only where they must equal what the
-  owner holds (``carried`` has the rules). Anything else is read again.
+  owner holds (``client_rows`` has the rules). Anything else is read again.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from ray_migrate.appliers import ApplierGate
-from ray_migrate.carried import Carried, ClientRows
-from ray_migrate.routes import (
+from ray_migrate.routing.appliers import ApplierGate
+from ray_migrate.routing.client_rows import Carried, ClientRows
+from ray_migrate.routing.records import (
     CAPTURING,
     TRANSITIONS,
     Lease,
@@ -66,7 +66,7 @@ class RoutingTable(ApplierGate):
         self.upkeep_until = 0.0  # a compaction of the target runs: cutovers wait for it
         self.follow_holder: str | None = None  # the follower whose step is under way
         self.follow_since = 0.0
-        self.rows = ClientRows()  # what clients wrote, for the appliers (see ``carried``)
+        self.rows = ClientRows()  # what clients wrote, for the appliers (see ``routing.client_rows``)
 
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
@@ -221,7 +221,7 @@ class RoutingTable(ApplierGate):
 
     def end_write(self, token: int, rows: Any = None, nbytes: int = 0) -> dict[str, Any]:
         """Close a lease. ``valid`` is False when the owner changed meanwhile: write again.
-        ``rows``: what the client wrote, when its write succeeded (see ``carried``).
+        ``rows``: what the client wrote, when its write succeeded (see ``routing.client_rows``).
 
         A fenced lease that logged ids is not closed yet (``held``): its entries stay
         unsettled until the client ends it again, with its retry to the new owner, or it
@@ -305,7 +305,7 @@ class RoutingTable(ApplierGate):
 
     def carried_for(self, unit_id: str) -> list[tuple[list[Any], Any]]:
         """For the entries just handed out by ``take_changes``: (ids, rows) per client write
-        whose rows stand for the owner's current value of those ids (see ``carried``)."""
+        whose rows stand for the owner's current value of those ids (see ``routing.client_rows``)."""
         u = self.unit(unit_id)
         taken = set(u.taken)
         return self.rows.for_entries((e for e in u.log if e[0] in taken), u.flips)

@@ -10,7 +10,7 @@ they must equal what the owner holds:
 - its lease was not issued around a router restart (overlaps with unknown leases are unknown);
 - the rows kept fit in ``CARRY_MAX_BYTES``.
 
-Anything else is read again. Plain Python, used by ``routing.RoutingTable``.
+Anything else is read again. Plain Python, used by ``table.RoutingTable``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The routing table's records: phases and their transitions, a unit's route, a lease.
 
-``routing`` holds the rules that change them.
+``table`` holds the rules that change them.
 """
 
 from __future__ import annotations
