@@ -134,8 +134,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     except Abort as why:
         return _refused(unit.unit_id, to_phase, why)
     try:
-        return _switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
-                       len(changed))
+        return _Switch(router, sync, unit.unit_id, to_phase, back_phase, max_freeze_ms,
+                       len(changed)).run()
     finally:
         router.call("yield_followers", 0)
 
@@ -146,85 +146,105 @@ def _refused(unit_id: str, to_phase: str, why: Abort) -> CutoverResult:
     return CutoverResult(unit_id, False, 0.0, 0, str(why))
 
 
-def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
-            back_phase: str, max_freeze_ms: int, before: int) -> CutoverResult:
-    """Steps 1 to 4 of the module's notes."""
-    steps: dict[str, float] = {}
-    drained: set[Any] = set()
+class _Switch:
+    """Steps 1 to 4 of the module's notes for one unit: ``wait`` (step 1) switches at a quiet
+    moment or freezes; ``drain_and_flip`` (steps 2 to 4) ends a freeze with a flip, or lifts
+    it. The timings of each step go to ``steps`` (ms)."""
 
-    def lap(name: str) -> None:
-        total = (time.perf_counter() - start) * 1000
-        steps[name] = steps.get(name, 0.0) + total - sum(steps.values())
+    def __init__(self, router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
+                 back_phase: str, max_freeze_ms: int, before: int):
+        self.router, self.sync, self.unit_id = router, sync, unit_id
+        self.to_phase, self.back_phase, self.max_freeze_ms = to_phase, back_phase, max_freeze_ms
+        self.before = before  # ids caught up and confirmed before the freeze
+        self.steps: dict[str, float] = {}
+        self.drained: set[Any] = set()
+        self.start = time.perf_counter()  # of the look that switched or froze
 
-    def over(what: str) -> None:
-        ms = (time.perf_counter() - start) * 1000
-        if ms > max_freeze_ms:
-            raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms {max_freeze_ms}) "
-                        f"{what}")
+    def lap(self, name: str) -> None:
+        total = (time.perf_counter() - self.start) * 1000
+        self.steps[name] = self.steps.get(name, 0.0) + total - sum(self.steps.values())
 
-    # Step 1: wait for a quiet moment, applying what ends meanwhile. What was applied is
-    # confirmed outside any freeze: at a quiet moment, and then the router is asked again
-    # whether it may switch; or once the wait is over, just before the unit freezes anyway,
-    # so that freeze confirms only what its drain applies. Not after every apply: that reads
-    # the target again and again, and at 1,000 writes/s the wait then never ends.
-    # Confirming while writes go on is valid: nobody else applies this reserved unit, so what
-    # this wait wrote to the other side stays there; newer writes are in the log again.
-    called = time.perf_counter()
-    sync.seen = []
-    applied: set[Any] = set()
-    waiting = 1  # ended writes not applied yet, as the router last said
-    quiet = force = False
-    budget = max_freeze_ms / 1000
-    while True:
-        if waiting:
-            applied.update(sync.step(DRAIN_STEP, lag=False)[0])
-        waited = time.perf_counter() - called
-        if waited > IDLE_WAIT_S and not force:
-            # Followers (of other units) yield from here to the end of the freeze: on a small
-            # machine they compete for it. While they yield every other waiting unit falls
-            # behind, so only this long (not while waiting for a quiet moment, when nothing
-            # waits), and a unit with a change older than YIELD_MAX_AGE_S is followed anyway.
-            router.call("quiet_followers", budget + FORCE_GRACE_S + 0.5, timeout_s=budget)
-        force = waited > IDLE_WAIT_S
-        if applied and (force or quiet):
-            try:
-                _confirm(sync, applied, rows_of(sync.seen, applied), "before the freeze")
-            except Abort as why:
-                return _refused(unit_id, to_phase, why)
-            before += len(applied)
-            applied, sync.seen = set(), []
-        start = time.perf_counter()
-        # One router call per look: it switches, freezes or says what waits; while only
-        # writes under way keep the unit from a quiet moment, it answers when one ends (or
-        # once this wait is over).
-        # Forced, the freeze waits for a moment with nothing ended left to apply: a drain
-        # in the freeze writes to a table the clients write too, and then reads it back
-        # (measured: 60 to 150 ms for 20 to 40 ids, against 15 ms for a freeze with none).
-        wait_s = 0.0 if force else max(IDLE_WAIT_S - (start - called), 0.0)
-        out = router.call("settle", unit_id, to_phase, not applied, force, wait_s,
-                          waited <= IDLE_WAIT_S + FORCE_GRACE_S)
-        if out["state"] == "switched":
-            ms = (time.perf_counter() - start) * 1000 - out.get("waited_ms", 0.0)
-            log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed "
-                     "just before; the switch took %.1f ms)", unit_id, to_phase, before, ms)
-            return CutoverResult(unit_id, True, ms, 0, how="quiet", steps_ms={"switch": ms})
-        if out["state"] == "frozen":
-            frozen = out
-            break
-        quiet = out["state"] == "quiet"
-        waiting = 0 if quiet else out["settled"]
-        if not waiting and not quiet:
-            time.sleep(0.002)
-    how = "freeze" if frozen["quiet"] else f"freeze, {frozen['under_way']} writes under way"
-    # Frozen only when forced, and what the wait applied was confirmed just before: the
-    # freeze confirms only what its drain applies.
-    sync.times = {}
-    lap("freeze")
-    stop = threading.Event()
+    def over(self, what: str) -> None:
+        ms = (time.perf_counter() - self.start) * 1000
+        if ms > self.max_freeze_ms:
+            raise Abort(f"the freeze would last {ms:.0f} ms (max_freeze_ms "
+                        f"{self.max_freeze_ms}) {what}")
 
-    def drain_confirm_flip() -> None:
+    def run(self) -> CutoverResult:
+        outcome = self.wait()
+        if isinstance(outcome, CutoverResult):
+            return outcome
+        return self.drain_and_flip(outcome)
+
+    # --- step 1 -----------------------------------------------------------------------------
+    def wait(self) -> CutoverResult | str:
+        """Wait for a quiet moment, applying what ends meanwhile. What was applied is
+        confirmed outside any freeze: at a quiet moment, and then the router is asked again
+        whether it may switch; or once the wait is over, just before the unit freezes anyway,
+        so that freeze confirms only what its drain applies. Not after every apply: that
+        reads the target again and again, and at 1,000 writes/s the wait then never ends.
+        Confirming while writes go on is valid: nobody else applies this reserved unit, so
+        what this wait wrote to the other side stays there; newer writes are in the log
+        again. Returns the result of a switch at a quiet moment (or of a refusal), or how the
+        unit froze."""
+        router, sync = self.router, self.sync
+        called = time.perf_counter()
+        sync.seen = []
+        applied: set[Any] = set()
+        waiting = 1  # ended writes not applied yet, as the router last said
+        quiet = force = False
+        budget = self.max_freeze_ms / 1000
+        while True:
+            if waiting:
+                applied.update(sync.step(DRAIN_STEP, lag=False)[0])
+            waited = time.perf_counter() - called
+            if waited > IDLE_WAIT_S and not force:
+                # Followers (of other units) yield from here to the end of the freeze: on a
+                # small machine they compete for it. While they yield every other waiting
+                # unit falls behind, so only this long (not while waiting for a quiet moment,
+                # when nothing waits), and a unit with a change older than YIELD_MAX_AGE_S is
+                # followed anyway.
+                router.call("quiet_followers", budget + FORCE_GRACE_S + 0.5, timeout_s=budget)
+            force = waited > IDLE_WAIT_S
+            if applied and (force or quiet):
+                try:
+                    _confirm(sync, applied, rows_of(sync.seen, applied), "before the freeze")
+                except Abort as why:
+                    return _refused(self.unit_id, self.to_phase, why)
+                self.before += len(applied)
+                applied, sync.seen = set(), []
+            self.start = time.perf_counter()
+            # One router call per look: it switches, freezes or says what waits; while only
+            # writes under way keep the unit from a quiet moment, it answers when one ends
+            # (or once this wait is over). Forced, the freeze waits for a moment with nothing
+            # ended left to apply: a drain in the freeze writes to a table the clients write
+            # too, and then reads it back (measured: 60 to 150 ms for 20 to 40 ids, against
+            # 15 ms for a freeze with none).
+            wait_s = 0.0 if force else max(IDLE_WAIT_S - (self.start - called), 0.0)
+            out = router.call("settle", self.unit_id, self.to_phase, not applied, force,
+                              wait_s, waited <= IDLE_WAIT_S + FORCE_GRACE_S)
+            if out["state"] == "switched":
+                return self._switched_quietly(out)
+            if out["state"] == "frozen":
+                return "freeze" if out["quiet"] else \
+                    f"freeze, {out['under_way']} writes under way"
+            quiet = out["state"] == "quiet"
+            waiting = 0 if quiet else out["settled"]
+            if not waiting and not quiet:
+                time.sleep(0.002)
+
+    def _switched_quietly(self, out: dict[str, Any]) -> CutoverResult:
+        ms = (time.perf_counter() - self.start) * 1000 - out.get("waited_ms", 0.0)
+        log.info("unit %s: %s at once, at a quiet moment (%d ids caught up and confirmed just "
+                 "before; the switch took %.1f ms)", self.unit_id, self.to_phase, self.before,
+                 ms)
+        return CutoverResult(self.unit_id, True, ms, 0, how="quiet", steps_ms={"switch": ms})
+
+    # --- steps 2 to 4 -----------------------------------------------------------------------
+    def _drain_confirm_flip(self, stop: threading.Event) -> None:
         """Steps 2 to 4, in a thread of their own: the freeze is lifted at ``max_freeze_ms``
         even while one of their engine calls is still running."""
+        sync = self.sync
         now: set[Any] = set()
         while True:
             # Step 2: drain the changes of every write that ended before the freeze. Writes
@@ -236,57 +256,72 @@ def _switch(router: RouterHandle, sync: UnitSync, unit_id: str, to_phase: str,
                     raise Abort("stopped")
                 ids, _ = sync.step(DRAIN_STEP, lag=False)
                 now.update(ids)
-                over(f"with {len(now)} ids drained")
+                self.over(f"with {len(now)} ids drained")
                 if len(ids) < DRAIN_STEP:
                     break
-            drained.update(now)
-            lap("drain")
+            self.drained.update(now)
+            self.lap("drain")
             # Step 3: confirm them against the rows read (no write of theirs can land on the
             # owner now: the drained writes have ended).
             _confirm(sync, now, rows_of(sync.seen, now))
             sync.seen = []
-            lap("confirm")
-            over("after the confirm")
+            self.lap("confirm")
+            self.over("after the confirm")
             # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
             # freeze.
-            if stop.is_set() or router.call("flip", unit_id, to_phase):
+            if stop.is_set() or self.router.call("flip", self.unit_id, self.to_phase):
                 return
-            lap("flip")
+            self.lap("flip")
             if not now:
                 time.sleep(0.002)
             now = set()
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="rm-freeze")
-    body = pool.submit(drain_confirm_flip)
-    pool.shutdown(wait=False)
-    try:
-        left = max_freeze_ms / 1000 - (time.perf_counter() - start)
+    def drain_and_flip(self, how: str) -> CutoverResult:
+        """End the freeze ``wait`` began: with a flip within ``max_freeze_ms``, or lifted."""
+        # Frozen only when forced, and what the wait applied was confirmed just before: the
+        # freeze confirms only what its drain applies.
+        self.sync.times = {}
+        self.lap("freeze")
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rm-freeze")
+        body = pool.submit(self._drain_confirm_flip, stop)
+        pool.shutdown(wait=False)
+        try:
+            self._await(body, stop)
+        except Abort as why:
+            stop.set()
+            self.router.call("lift_freeze", self.unit_id, self.back_phase)
+            freeze_ms = (time.perf_counter() - self.start) * 1000
+            log.warning("unit %s: switch to %s aborted after %.0f ms: %s", self.unit_id,
+                        self.to_phase, freeze_ms, why)
+            return CutoverResult(self.unit_id, False, freeze_ms, len(self.drained), str(why),
+                                 self.steps, how=how)
+        except BaseException:
+            stop.set()
+            self.router.call("lift_freeze", self.unit_id, self.back_phase)
+            raise
+        freeze_ms = (time.perf_counter() - self.start) * 1000
+        self.lap("flip")
+        times = self.sync.times
+        log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; "
+                 "ms per step %s; of the drain, reading the owner %.0f ms and writing the "
+                 "other side %.0f ms)", self.unit_id, self.to_phase, freeze_ms, how,
+                 len(self.drained), self.before,
+                 {k: round(v, 1) for k, v in self.steps.items()}, times.get("read", 0.0),
+                 times.get("write", 0.0))
+        return CutoverResult(self.unit_id, True, freeze_ms, len(self.drained), how=how,
+                             steps_ms=self.steps)
+
+    def _await(self, body: Any, stop: threading.Event) -> None:
+        """Wait for steps 2 to 4 until ``max_freeze_ms``; then lift the freeze, unless the
+        flip came first."""
+        left = self.max_freeze_ms / 1000 - (time.perf_counter() - self.start)
         try:
             body.result(timeout=max(left, 0.0))
         except FutureTimeout:
             stop.set()
-            if not router.call("lift_freeze", unit_id, back_phase):
+            if not self.router.call("lift_freeze", self.unit_id, self.back_phase):
                 body.result()  # the flip came first: the switch is done
             else:
-                raise Abort(f"the freeze reached max_freeze_ms ({max_freeze_ms}) with a step "
-                            "still under way; it was lifted then") from None
-        freeze_ms = (time.perf_counter() - start) * 1000
-    except Abort as why:
-        stop.set()
-        router.call("lift_freeze", unit_id, back_phase)
-        freeze_ms = (time.perf_counter() - start) * 1000
-        log.warning("unit %s: switch to %s aborted after %.0f ms: %s", unit_id, to_phase,
-                    freeze_ms, why)
-        return CutoverResult(unit_id, False, freeze_ms, len(drained), str(why), steps,
-                             how=how)
-    except BaseException:
-        stop.set()
-        router.call("lift_freeze", unit_id, back_phase)
-        raise
-    lap("flip")
-    log.info("unit %s: %s after a %.0f ms %s (%d ids drained, %d caught up just before; ms per "
-             "step %s; of the drain, reading the owner %.0f ms and writing the other side "
-             "%.0f ms)", unit_id, to_phase, freeze_ms, how, len(drained), before,
-             {k: round(v, 1) for k, v in steps.items()}, sync.times.get("read", 0.0),
-             sync.times.get("write", 0.0))
-    return CutoverResult(unit_id, True, freeze_ms, len(drained), how=how, steps_ms=steps)
+                raise Abort(f"the freeze reached max_freeze_ms ({self.max_freeze_ms}) with a "
+                            "step still under way; it was lifted then") from None

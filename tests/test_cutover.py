@@ -116,7 +116,7 @@ class BlockedWhileFrozen:
 def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(
         ray_cluster, tmp_path, monkeypatch):
     from ray_migrate import cutover
-    from ray_migrate.cutover import _switch
+    from ray_migrate.cutover import _Switch
 
     # No grace for a moment with nothing to drain: the freeze must drain the late write.
     monkeypatch.setattr(cutover, "FORCE_GRACE_S", 0.0)
@@ -131,7 +131,7 @@ def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(
                                      lambda: h.call("end_writes", [late["token"]]))
         sync = UnitSync(unit, h, source, hanging, Transform(TransformConfig()), seen=[])
         started = time.monotonic()
-        res = _switch(h, sync, "all", "target", "ready", 300, 0)
+        res = _Switch(h, sync, "all", "target", "ready", 300, 0).run()
         took = time.monotonic() - started
         assert hanging.blocked.is_set() and not hanging.gate.is_set()
         assert not res.ok and "max_freeze_ms (300)" in res.reason, res
@@ -151,7 +151,7 @@ def test_a_freeze_is_lifted_at_max_freeze_ms_while_an_engine_call_hangs(
 
 
 def test_a_forced_freeze_waits_for_a_moment_with_nothing_to_drain(ray_cluster, tmp_path):
-    from ray_migrate.cutover import _switch
+    from ray_migrate.cutover import _Switch
     source, target, unit, h = ready_unit(tmp_path, "rt-grace", 30.0)
     try:
         [under_way] = h.call("begin_writes", [("all", [7], None)])  # no quiet moment
@@ -165,7 +165,7 @@ def test_a_forced_freeze_waits_for_a_moment_with_nothing_to_drain(ray_cluster, t
         hanging = BlockedWhileFrozen(target, h, "all",
                                      lambda: h.call("end_writes", [late["token"]]))
         sync = UnitSync(unit, h, source, hanging, Transform(TransformConfig()), seen=[])
-        res = _switch(h, sync, "all", "target", "ready", 300, 0)
+        res = _Switch(h, sync, "all", "target", "ready", 300, 0).run()
         assert res.ok and res.drained == 0 and not hanging.blocked.is_set(), res
         assert res.how == "freeze, 1 writes under way", res
         st = h.call("unit", "all")
@@ -199,14 +199,14 @@ class EndsAWriteAtFirstLook:
 
 def test_what_the_wait_applies_is_confirmed_at_a_quiet_moment_without_a_freeze(
         ray_cluster, tmp_path):
-    from ray_migrate.cutover import _switch
+    from ray_migrate.cutover import _Switch
     source, target, unit, h = ready_unit(tmp_path, "rt-quiet-confirm", 30.0)
     try:
         [lease] = h.call("begin_writes", [("all", [3], None)])
         source.upsert(with_vector(source.fetch([3]), 0.75))
         router = EndsAWriteAtFirstLook(h, lease["token"])
         sync = UnitSync(unit, h, source, target, Transform(TransformConfig()), seen=[])
-        res = _switch(router, sync, "all", "target", "ready", 500, 0)
+        res = _Switch(router, sync, "all", "target", "ready", 500, 0).run()
         assert res.ok and res.how == "quiet", res
         assert router.answers == ["waiting", "quiet", "switched"], router.answers
         st = h.call("unit", "all")
