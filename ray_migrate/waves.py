@@ -198,7 +198,6 @@ def switch_note(store: StateStore, unit_id: str, method: str, since: float) -> s
     if not rec or rec["method"] != method or not rec["ok"]:
         return f"{what} by a command this run did not see"
     when = time.strftime("%H:%M:%S" if rec["at"] >= since else "%Y-%m-%d %H:%M:%S",
-                         time.localtime(rec["at"]))
-    during = ", during this run" if rec["at"] >= since else ", before this run"
+                         time.localtime(rec["at"]))  # a date: before this run
     return (f"{what} at {when} by `ray-migrate {rec['command']}` (pid {rec['pid']} on host "
-            f"{rec['host']}{during})")
+            f"{rec['host']})")

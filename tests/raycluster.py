@@ -77,6 +77,9 @@ def ray_cli() -> str:
 
 def kill_leftovers(marker: str) -> None:
     """Kill the processes whose command line names ``marker`` (ours, by pid)."""
+    import ray  # noqa: F401 - its bundled psutil comes onto the path with it
+
+    # isort: split
     import psutil
 
     me = os.getpid()
