@@ -91,6 +91,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     driver = running_driver(store)
     table = store.read(ROUTING_KEY)
     if table is None:
+        if driver:
+            print(f"migration {cfg.migration_id} is starting; driver: {describe(driver)}")
+            return 0
         print(f"migration {cfg.migration_id} has not started (no routing table in "
               f"{cfg.state_uri})", file=sys.stderr)
         return 1

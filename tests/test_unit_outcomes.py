@@ -129,3 +129,34 @@ def test_follower_backoff_doubles_to_a_cap_with_jitter():
         cap = min(FOLLOW_BACKOFF_MAX_S, FOLLOW_BACKOFF_S * 2 ** (n - 1))
         assert cap / 2 <= wait <= cap
     assert max(waits) <= FOLLOW_BACKOFF_MAX_S and len(set(waits)) == len(waits)
+
+
+def test_the_rollback_window_ends_without_taking_a_unit_an_operator_rolls_back(
+        ray_cluster, tmp_path):
+    """The end of the window marks done only units still on the target: one that a rollback
+    holds (reserved, then frozen) is waited for, and stays rolled back."""
+    seed_lance_native(str(tmp_path / "src"), "docs", list(range(20)))
+    m = Migration(config(tmp_path, "window-end"))
+    m.start(workers=False)
+    try:
+        r = m.router
+        for uid in ("tenant=t0", "tenant=t1"):
+            for phase in ("capturing", "copying", "catching_up", "ready", "frozen", "target"):
+                r.call("set_phase", uid, phase)
+        assert r.call("reserve", "tenant=t1", "rollback:op")  # an operator's rollback begins
+        ended = threading.Event()
+        closer = threading.Thread(target=lambda: (hold_rollback_window(m), ended.set()))
+        closer.start()
+        deadline = time.monotonic() + 30
+        while r.call("unit", "tenant=t0")["phase"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert r.call("unit", "tenant=t1")["phase"] == "target" and not ended.is_set()
+        r.call("set_phase", "tenant=t1", "frozen")  # the rollback's freeze and flip
+        r.call("set_phase", "tenant=t1", "rolled_back")
+        r.call("release", "tenant=t1", "rollback:op")
+        closer.join(30)
+        assert ended.is_set()
+        assert r.call("unit", "tenant=t1")["phase"] == "rolled_back"
+    finally:
+        m.close()
