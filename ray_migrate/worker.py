@@ -339,7 +339,7 @@ class UnitWorker:
 
     def _fail(self, unit_id: str, reason: str, back: bool) -> None:
         """A change of the unit cannot be applied, ever: waiting units fail (status and the
-        run's report show why; ``ray-migrate run`` again copies them anew). A unit on the
+        run's report show why; a later run prepares them again, as ``prepare`` says). A unit on the
         target stays there, but its source is no longer a standby: a rollback would lose
         writes, so it says so and this worker stops syncing it back."""
         if back:
