@@ -1,7 +1,16 @@
 """``ray-migrate``: plan, run, verify, status, cutover, rollback and demo. The one place that
 prints.
 
-Exit codes: 0 success (and, for verify, equal); 1 a unit failed or differs; 2 bad input.
+Exit codes: 0 success (and, for verify, equal); 1 a unit failed or differs, or (run in auto
+mode) a unit is not on the target at the end, e.g. rolled back during the run; 2 bad input, or
+another driver runs the migration.
+
+One driver per migration: ``run`` holds the migration's driver lease (``lease``) and owns the
+unit workers; a second ``run`` while it lives exits 2, naming it. The other verbs never start,
+stop or restart a running migration's actors: ``status`` reads the state files only;
+``verify``, ``cutover`` and ``rollback`` work in their own process, through the running
+router, so they are allowed during a run (a rollback in the run's rollback window leaves the
+unit rolled back, and the run's report says by whom).
 """
 
 from __future__ import annotations
@@ -73,13 +82,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ray_migrate.config import load_config
+    from ray_migrate.lease import describe, running_driver
     from ray_migrate.routing.actor import CHANGES_KEY, ROUTING_KEY
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
     store = StateStore(cfg.state_uri, cfg.migration_id)
+    driver = running_driver(store)
     table = store.read(ROUTING_KEY)
     if table is None:
+        if driver:
+            print(f"migration {cfg.migration_id} is starting; driver: {describe(driver)}")
+            return 0
         print(f"migration {cfg.migration_id} has not started (no routing table in "
               f"{cfg.state_uri})", file=sys.stderr)
         return 1
@@ -96,9 +110,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                      "needs_repair": u["needs_repair"], "last_error": u["last_error"]})
     if args.json:
         print(json.dumps({"migration_id": cfg.migration_id, "epoch": table["epoch"],
-                          "units": rows}, indent=1))
+                          "driver": driver, "units": rows}, indent=1))
         return 0
     print(f"migration {cfg.migration_id}, routing epoch {table['epoch']}")
+    print(f"driver: {describe(driver)}" if driver else "driver: none running")
     print(f"{'unit':<28} {'phase':<12} {'owner':<7} {'copied/total':>16} {'lag':>6} "
           f"{'freeze ms':>9}  last error")
     for r in rows:
@@ -114,12 +129,14 @@ def _switch(args: argparse.Namespace, method: str) -> int:
     from ray_migrate.driver import Migration
     from ray_migrate.waves import switch_units
 
+    # No lease and no workers: the switch runs here, through the router, so it works while a
+    # run goes on (in its rollback window, say) without disturbing it.
     m = Migration(load_config(args.config), args.address, command=method)
     try:
         m.start(workers=False)
         results = switch_units(m, args.units, method)
     finally:
-        m.close()
+        m.close()  # TODO(store-lifetime): keep stores that a running driver still uses
     for unit_id, res in results.items():
         verdict = "ok" if res["ok"] else f"NOT done: {res['reason']}"
         print(f"{unit_id}: {method} {verdict} (freeze {res['freeze_ms']:.0f} ms, "

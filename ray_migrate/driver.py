@@ -2,6 +2,11 @@
 
 The driver holds no state that matters: the plan, checkpoints, routing table and reports are
 under ``state_uri``, so a driver that dies is replaced by running the same command again.
+
+Who owns what: the driver that runs the migration holds its lease (``lease``) for as long as it
+runs and owns the unit workers, which die with it. The router is detached and outlives every
+driver. The other commands (verify, cutover, rollback) hold no lease and start no actors: they
+work in their own process through the running router, so they never disturb a run.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from typing import Any
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import TerminalError
+from ray_migrate.lease import DriverLease
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.retry import with_retries
 from ray_migrate.routing.actor import RouterHandle, start_router
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.units import UnitSpec
-from ray_migrate.worker import NAMESPACE, start_workers
+from ray_migrate.verify import load_verdict
+from ray_migrate.worker import NAMESPACE, UnitWorker, start_workers
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +118,20 @@ class Migration:
         self.plan: Plan | None = None
         self.target: Backend | None = None
         self.router: RouterHandle | None = None
+        self.lease: DriverLease | None = None
 
     # --- Steps 1 to 3: plan, target, router and workers -----------------------------------
     def start(self, workers: bool = True) -> None:
+        """Plan, prepare the target and start (or join) the router; with ``workers``, this is
+        the migration's driver: it takes the driver lease (refusing while another driver
+        runs), then starts the unit workers."""
+        lease = DriverLease(self.store, self.report.command) if workers else None
+        if lease is not None:
+            lease.check()  # at once, before connecting to Ray
         connect(self.address)
+        self._start(lease)
+
+    def _start(self, lease: DriverLease | None) -> None:
         cfg = self.cfg
         # Step 1: plan (or reuse the stored plan, so unit ids and checkpoints stay valid).
         plan = load_or_make_plan(cfg, open_backend(cfg.source), self.store, save=False)
@@ -139,9 +156,24 @@ class Migration:
         self.report.units = list(self.rows.values())
         log.info("migration %s: %d units, %d points", cfg.migration_id, len(self.rows),
                  plan.source_info.count)
-        if workers:
+        if lease is not None:
+            lease.acquire(self.router)
+            self.lease = lease
             n = min(cfg.copy_cfg.workers, max(len(self.rows), 1))
-            self.workers = start_workers(cfg, plan, n)
+            try:
+                self.workers = start_workers(cfg, plan, n, lease)
+            except BaseException:
+                lease.release()
+                raise
+
+    def check_lease(self) -> None:
+        """Stop driving once another driver took this one's lease over (it took this one for
+        dead): both would cut units over."""
+        if self.lease is not None and self.lease.lost is not None:
+            from ray_migrate.lease import describe
+
+            raise TerminalError(f"this driver lost the lease of migration "
+                                f"{self.cfg.migration_id!r} to {describe(self.lease.lost)}")
 
     def units(self) -> list[UnitSpec]:
         """The plan's units, and units the router added for tenants first seen while running."""
@@ -173,7 +205,7 @@ class Migration:
             if v is not None:
                 self._set_verdict(row, v)
             elif res.get("phase") in ("target", "done", "ready") and row.equal is None:
-                row.equal = True  # verified by an earlier run
+                self._earlier_verdict(row)
             log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
                      res.get("copied_now", 0))
 
@@ -188,6 +220,15 @@ class Migration:
                  if r["phase"] == "source"}
         return [u for u in self.units() if u.unit_id in fresh]
 
+    def _earlier_verdict(self, row: UnitReport) -> None:
+        """A unit this run did not verify: what the last verify of it found, or unverified."""
+        v = load_verdict(self.store, row.unit_id)
+        if v is None or not v.get("equal"):  # a difference found then was repaired since
+            row.unverified = True
+            return
+        self._set_verdict(row, v)
+        row.note = row.note or "verified by an earlier run"
+
     def _set_verdict(self, row: UnitReport, v: dict[str, Any]) -> None:
         for key in VERDICT_KEYS:
             setattr(row, key, v[key])
@@ -198,15 +239,21 @@ class Migration:
                       v["source_count"], v["target_count"])
 
     def verify_units(self) -> None:
-        def on_result(unit: UnitSpec, v: dict[str, Any]) -> None:
+        """Compare every unit, in this process with a plain worker: no actor is started, so
+        a run going on meanwhile keeps its workers (it may show units it is still copying as
+        different)."""
+        assert self.plan is not None
+        worker = UnitWorker(self.cfg, self.plan.to_dict())
+        for unit in self.units():
             row = self._row(unit.unit_id)
+            try:
+                v = worker.verify(unit.to_dict())
+            except Exception as err:  # noqa: BLE001 - reported per unit
+                log.error("unit %s: verify failed: %s", unit.unit_id, err)
+                row.error, row.equal = f"verify failed: {type(err).__name__}: {err}", False
+                continue
             for key in VERDICT_KEYS:
                 setattr(row, key, v[key])
-
-        for unit_id, error in run_on_pool(self.workers, "verify", self.units(),
-                                          on_result).items():
-            self._row(unit_id).error = f"verify failed: {error}"
-            self._row(unit_id).equal = False
 
     # --- Step 5: compact and index the target after the bulk load -------------------------
     def finalize_target(self) -> None:
@@ -239,25 +286,43 @@ class Migration:
 
     # --- the end --------------------------------------------------------------------------
     def close(self, release_stores: bool = True) -> RunReport:
+        """Stop the workers, write the report and, last, let go of the driver lease."""
         import ray
 
-        for w in self.workers:
-            ray.kill(w, no_restart=True)
-        self.workers = []
-        if self.router is not None:
-            for row in self.router.call("status")["units"]:
-                r = self._row(row["unit_id"])
-                r.phase, r.owner = row["phase"], row["owner"]
-                if row["longest_freeze_ms"]:  # the router's view; the cutover's may be longer
-                    r.freeze_ms = max(r.freeze_ms or 0.0, row["longest_freeze_ms"])
-                if row["last_error"] and not r.error:
-                    r.error = row["last_error"]
-        if release_stores:
-            release_local_stores(self.cfg)
-        self.report.finished_at = time.time()
-        key = REPORT_KEY if self.report.command == "run" else f"{self.report.command}.json"
-        self.store.write(key, self.report.model_dump(mode="json"))
+        try:
+            for w in self.workers:
+                ray.kill(w, no_restart=True)
+            self.workers = []
+            if self.router is not None:
+                for row in self.router.call("status")["units"]:
+                    self._final_row(row)
+            if release_stores:
+                # TODO(store-lifetime): verify, cutover and rollback (no lease) must not release
+                # a store that a running driver and its clients still use.
+                release_local_stores(self.cfg)
+            self.report.finished_at = time.time()
+            key = REPORT_KEY if self.report.command == "run" else f"{self.report.command}.json"
+            self.store.write(key, self.report.model_dump(mode="json"))
+        finally:
+            if self.lease is not None:
+                self.lease.release()
         return self.report
+
+    def _final_row(self, row: dict[str, Any]) -> None:
+        """A unit's row as the router has it at the end: phase, owner, why it failed or who
+        rolled it back."""
+        from ray_migrate.waves import switch_note
+
+        r = self._row(row["unit_id"])
+        r.phase, r.owner = row["phase"], row["owner"]
+        if row["longest_freeze_ms"]:  # the router's view; the cutover's may be longer
+            r.freeze_ms = max(r.freeze_ms or 0.0, row["longest_freeze_ms"])
+        if row["phase"] == "failed":  # a follower failed it: its reason comes first
+            r.status, r.error = "failed", row["last_error"] or r.error or "failed"
+        elif row["last_error"] and not r.error:
+            r.error = row["last_error"]
+        if row["phase"] == "rolled_back":
+            r.note = switch_note(self.store, r.unit_id, "rollback", self.report.started_at)
 
 
 def run_migration(cfg: MigrationConfig, address: str | None = None,
@@ -275,6 +340,7 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
             on_started(m)
         m.prepare_units()
         m.finalize_target()
+        m.check_lease()
         if cfg.cutover.mode == "auto" and all(r.ok for r in m.rows.values()):
             with TargetUpkeep(m):
                 cutover_in_waves(m)
@@ -292,10 +358,11 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
 
 def verify_migration(cfg: MigrationConfig, address: str | None = None,
                      release_stores: bool = True) -> RunReport:
-    """Verify every unit of a planned migration without copying anything."""
+    """Verify every unit of a planned migration without copying anything; a run going on
+    meanwhile is not disturbed (no lease, no actor started)."""
     m = Migration(cfg, address, command="verify")
     try:
-        m.start()
+        m.start(workers=False)
         m.verify_units()
     finally:
         report = m.close(release_stores)

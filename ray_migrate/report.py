@@ -1,11 +1,17 @@
-"""The run report: one row per unit, saved as JSON under ``state_uri`` and shown as a table."""
+"""The run report: one row per unit, saved as JSON under ``state_uri`` and shown as a table.
+
+A unit's check is ``equal``, ``DIFFERENT`` or ``unverified`` (``equal`` is null: verify is off
+and no earlier run left a verdict); an unverified unit does not make the report fail. In auto
+mode the report is OK only when every unit is on the target: a unit rolled back during the run
+(``ray-migrate rollback`` in the rollback window) makes it NOT OK, and the last line says so.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 UnitStatus = Literal["copied", "skipped", "failed", "pending"]
 DONE_PHASES = ("target", "done")
@@ -34,6 +40,16 @@ class UnitReport(BaseModel):
     cutover_how: str | None = None  # "quiet", "fenced N writes under way" or "freeze"
     cutover_attempts: int = 0
     error: str | None = None
+    unverified: bool = False  # never verified: verify.enabled is false (equal stays None)
+    note: str | None = None  # not an error: e.g. who rolled the unit back, and when
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def check(self) -> str | None:
+        """equal, DIFFERENT, unverified, or None while the unit was not looked at."""
+        if self.equal is not None:
+            return "equal" if self.equal else "DIFFERENT"
+        return "unverified" if self.unverified else None
 
     @property
     def ok(self) -> bool:
@@ -52,9 +68,35 @@ class RunReport(BaseModel):
 
     @property
     def ok(self) -> bool:
-        if not all(u.ok and u.equal is not None for u in self.units):
+        if not all(u.ok and (u.equal is not None or u.unverified) for u in self.units):
             return False
         return not self.expect_cutover or all(u.phase in DONE_PHASES for u in self.units)
+
+    def why_not_ok(self) -> list[str]:
+        """What makes the report NOT OK, for its last line."""
+        def named(us: list[UnitReport]) -> str:
+            more = f" and {len(us) - 3} more" if len(us) > 3 else ""
+            return ", ".join(u.unit_id for u in us[:3]) + more
+
+        why = []
+        failed = [u for u in self.units if u.status == "failed"]
+        differ = [u for u in self.units if u.equal is False and u.status != "failed"]
+        unknown = [u for u in self.units
+                   if u.ok and u.equal is None and not u.unverified]
+        back = [u for u in self.units if u.phase == "rolled_back"] if self.expect_cutover \
+            else []
+        left = [u for u in self.units if u.phase not in DONE_PHASES and u.ok
+                and u.phase != "rolled_back"] if self.expect_cutover else []
+        for us, what in ((failed, "failed"), (differ, "differ"), (unknown, "not checked")):
+            if us:
+                why.append(f"{len(us)} {what} ({named(us)})")
+        if back:
+            why.append(f"{len(back)} rolled back during the run ({named(back)}): not every "
+                       "unit is on the target, so the run exits 1; `ray-migrate run` again "
+                       "cuts them over")
+        if left:
+            why.append(f"{len(left)} not on the target ({named(left)})")
+        return why
 
     @property
     def total_copied_now(self) -> int:
@@ -65,8 +107,8 @@ class RunReport(BaseModel):
                 "phase", "freeze ms", "note")
         rows = [head]
         for u in self.units:
-            check = {True: "equal", False: "DIFFERENT", None: "-"}[u.equal]
-            note = u.error or ""
+            check = u.check or "-"
+            note = u.error or u.note or ""
             if u.equal and not note and (u.pending or u.source_checksum != u.target_checksum):
                 # verified while writes went on: the counts shown may differ; say why
                 note = "writes during the verify, since caught up" + (
@@ -84,7 +126,7 @@ class RunReport(BaseModel):
         lines.insert(1, "  ".join("-" * w for w in widths))
         elapsed = (self.finished_at or time.time()) - self.started_at
         rate = self.total_copied_now / elapsed if elapsed > 0 else 0.0
-        verdict = "OK" if self.ok else "NOT OK"
+        verdict = "OK" if self.ok else "NOT OK: " + "; ".join(self.why_not_ok())
         lines.append(f"{len(self.units)} units, {self.total_copied_now} points copied in "
                      f"{elapsed:.1f}s ({rate:,.0f} points/s overall): {verdict}")
         return "\n".join(lines)

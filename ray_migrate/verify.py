@@ -13,6 +13,7 @@ from typing import Any
 
 from ray_migrate.backends.base import Backend
 from ray_migrate.checksum import Digest, bucket_of, point_hashes
+from ray_migrate.state import StateStore, safe_name
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
@@ -34,6 +35,28 @@ class UnitVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+KEPT_IDS = 20  # differing ids kept in a stored verdict, as examples
+
+
+def verdict_key(unit_id: str) -> str:
+    return f"verdicts/{safe_name(unit_id)}.json"
+
+
+def save_verdict(store: StateStore, unit_id: str, verdict: UnitVerdict | None) -> None:
+    """Keep a unit's latest verdict (None: forget it, the unit is copied again), so a later
+    run that skips the unit reports what was found, not a guess."""
+    doc = None
+    if verdict is not None:
+        doc = {**verdict.to_dict(), "at": time.time()}
+        for key in ("missing_ids", "extra_ids", "changed_ids"):
+            doc[key] = doc[key][:KEPT_IDS]
+    store.write(verdict_key(unit_id), doc)
+
+
+def load_verdict(store: StateStore, unit_id: str) -> dict[str, Any] | None:
+    return store.read(verdict_key(unit_id))
 
 
 def source_digest(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from ray_migrate.errors import ConfigError
 from ray_migrate.report import DONE_PHASES
+from ray_migrate.state import StateStore, safe_name
 from ray_migrate.units import UnitSpec
 
 if TYPE_CHECKING:
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 MANUAL_CATCH_UP_S = 120.0
+SWITCH_WAIT_S = 60.0  # the window's end waits this long at most for a rollback under way
 
 
 def wave_sizes(waves: list[int | str], n_units: int) -> list[int]:
@@ -82,6 +86,7 @@ def cutover_in_waves(m: Migration) -> None:
     units = sorted(m.units(), key=lambda u: (u.estimated_count, u.unit_id))
     sizes = wave_sizes(list(cfg.waves), len(units))
     for i, size in enumerate(sizes, start=1):
+        m.check_lease()
         phases = _phases(m)
         done = [u for u in units if phases.get(u.unit_id) in DONE_PHASES]
         ready = [u for u in units if phases.get(u.unit_id) in ("ready", "catching_up")]
@@ -118,10 +123,20 @@ def hold_rollback_window(m: Migration) -> None:
         log.info("rollback window: syncing target writes back to the source for %.0fs", window)
         _pause(m, window)
     assert m.router is not None
-    phases = _phases(m)
-    finished = [uid for uid, phase in phases.items() if phase == "target"]
-    if finished:
-        m.router.call("set_phases", finished, "done")
+    m.check_lease()
+    # A unit that an operator rolls back now (``ray-migrate rollback``) stays rolled back:
+    # the router marks done only the units still on the target, and waits for a rollback
+    # under way to end first.
+    finished = [uid for uid, phase in _phases(m).items() if phase in ("target", "frozen")]
+    deadline = time.monotonic() + SWITCH_WAIT_S
+    while finished:
+        finished = m.router.call("finish_units", finished)
+        if finished and time.monotonic() >= deadline:
+            log.warning("units %s stay on the target unfinished: a switch held them for %.0fs",
+                        finished, SWITCH_WAIT_S)
+            break
+        if finished:
+            time.sleep(POLL_S)
 
 
 def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[str, Any]:
@@ -159,4 +174,30 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
             row.freeze_ms, row.cutover_how = res["freeze_ms"], res.get("how")
         else:
             row.status, row.error = "failed", res["reason"]
+        _record_switch(m.store, unit.unit_id, method, m.report.command, res)
     return results
+
+
+def _switch_key(unit_id: str) -> str:
+    return f"switches/{safe_name(unit_id)}.json"
+
+
+def _record_switch(store: StateStore, unit_id: str, method: str, command: str,
+                   res: dict[str, Any]) -> None:
+    """Who switched the unit last, and when: a run going on meanwhile reports it."""
+    store.write(_switch_key(unit_id), {
+        "method": method, "ok": res["ok"], "reason": res.get("reason"), "at": time.time(),
+        "command": command, "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def switch_note(store: StateStore, unit_id: str, method: str, since: float) -> str:
+    """'rolled back at 12:00:01 by `ray-migrate rollback` (pid 7 on host h)', for the report
+    of a unit found rolled back at the end of a run."""
+    rec = store.read(_switch_key(unit_id))
+    what = {"rollback": "rolled back", "cutover": "cut over"}[method]
+    if not rec or rec["method"] != method or not rec["ok"]:
+        return f"{what} by a command this run did not see"
+    when = time.strftime("%H:%M:%S" if rec["at"] >= since else "%Y-%m-%d %H:%M:%S",
+                         time.localtime(rec["at"]))  # a date: before this run
+    return (f"{what} at {when} by `ray-migrate {rec['command']}` (pid {rec['pid']} on host "
+            f"{rec['host']})")

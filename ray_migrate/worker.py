@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -22,13 +23,15 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import switch_unit
 from ray_migrate.errors import TerminalError
+from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.routing.actor import RouterHandle, get_router
+from ray_migrate.routing.records import TransitionError
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
-from ray_migrate.verify import verify_unit
+from ray_migrate.verify import save_verdict, verify_unit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,17 @@ STEP_NICED_S = 0.3  # or once it has run this long at low priority
 # a client's merge_insert p99 1.6 to 1.7x with another process writing its table every 2 s,
 # 4.5 to 5.8x every 0.25 s); the standby's lag only delays a rollback's drain.
 BACK_EVERY_S = 2.0
+
+
+FOLLOW_BACKOFF_S = 0.5  # a follower's wait after a failed step, doubled per failure in a row
+FOLLOW_BACKOFF_MAX_S = 15.0
+
+
+def backoff_s(failures: int, rng: random.Random | None = None) -> float:
+    """The wait after ``failures`` failed steps in a row: doubling up to a cap, jittered over
+    its upper half, so workers that failed together do not all retry together."""
+    cap = min(FOLLOW_BACKOFF_MAX_S, FOLLOW_BACKOFF_S * 2 ** min(max(failures, 1) - 1, 16))
+    return cap * (0.5 + 0.5 * (rng or random).random())
 
 
 def worker_name(migration_id: str, index: int) -> str:
@@ -72,6 +86,8 @@ class UnitWorker:
         self._source: Backend | None = None
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
+        self._stopped = threading.Event()  # ends the follower (tests; an actor just dies)
+        self._back_broken: set[str] = set()  # units whose back-sync failed for good
         if follow:
             threading.Thread(target=self._follow, daemon=True, name="rm-follower").start()
 
@@ -116,6 +132,7 @@ class UnitWorker:
             router.call("set_phase", uid, "ready" if st["owner"] == "source" else "target")
             return self.prepare(unit)
         if st["phase"] in ("source", "rolled_back", "failed"):
+            save_verdict(self.store, uid, None)  # copied again: an earlier verdict is void
             router.call("set_phase", uid, "capturing")
             st = router.call("unit", uid)
         if st["phase"] == "capturing":
@@ -138,6 +155,7 @@ class UnitWorker:
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
             out["verdict"] = verdict.to_dict()
+            save_verdict(self.store, uid, verdict)
             if not verdict.equal:
                 return {**out, "phase": self._phase(uid)}
             router.call("clear_repair", uid)
@@ -214,19 +232,21 @@ class UnitWorker:
 
         Every worker follows; the router hands a unit's log to one applier at a time, and to
         none while a cutover has reserved or frozen the unit, so a cutover never waits behind
-        a follower. Errors are logged and retried: an unapplied change stays in the log."""
+        a follower. A terminal error fails the unit it came from (``_fail``); other errors are
+        logged and retried after a jittered backoff: an unapplied change stays in the log."""
         holder = f"follower:{self.index}:{uuid.uuid4().hex[:8]}"
         # Workers take turns, evenly spread over the interval: with n workers a change waits
         # at most FOLLOW_EVERY_S / n for some follower to look.
         turns = max(1, self.cfg.copy_cfg.workers)
         next_at = time.monotonic() + FOLLOW_EVERY_S * (self.index % turns) / turns
         back_at = next_at  # when this worker's next back-sync step is due
-        while True:  # a daemon thread: it ends with the actor
+        failures = 0  # steps that failed in a row: the next waits longer (``backoff_s``)
+        while not self._stopped.is_set():  # a daemon thread: it ends with the actor
             # Every FOLLOW_EVERY_S from the start of one step to the next, not after the last
             # step ended: a change waits at most that long plus one step. A step that overran
             # is not made up for with a burst.
             next_at = max(next_at + FOLLOW_EVERY_S, time.monotonic())
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            self._stopped.wait(max(0.0, next_at - time.monotonic()))
             try:
                 rows = self.router.call("lags")
                 # catching_up too: a verify running meanwhile watches the log (see
@@ -255,29 +275,84 @@ class UnitWorker:
                     if back and self.inverse is not None:
                         back_at = time.monotonic() + BACK_EVERY_S * turns
                         self._follow_step(back, self.target, self.source, self.inverse, holder)
+                failures = 0
             except Exception as err:  # noqa: BLE001 - the log keeps what was not applied
-                log.warning("worker %d follower: %s: %s", self.index, type(err).__name__, err)
-                time.sleep(1.0)
+                failures += 1
+                wait = backoff_s(failures)
+                log.warning("worker %d follower: %s: %s; trying again in %.1fs", self.index,
+                            type(err).__name__, err, wait)
+                self._stopped.wait(wait)
+
+    def stop_following(self) -> None:
+        self._stopped.set()
 
     def _follow_step(self, units: list[str], owner: Backend, other: Backend,
                      transform: Transform, holder: str) -> None:
-        taken = self.router.call("take_many", units, FOLLOW_STEP, holder)
+        back = owner is not self.source
+        units = [u for u in units if not (back and u in self._back_broken)]
+        taken = self.router.call("take_many", units, FOLLOW_STEP, holder) if units else {}
         if not taken:
             return
         ids = list(dict.fromkeys(i for unit_ids, _, _ in taken.values() for i in unit_ids))
         started = time.monotonic()
+        error: BaseException | None = None
+        failed: dict[str, str] = {}
         try:
             apply_ids(ids, owner, other, transform,
                       carried=[c for _, _, carried in taken.values() for c in carried])
+            acks = {u: seq for u, (_, seq, _) in taken.items()}
+        except TerminalError:  # find the units it comes from: the others go on
+            acks, failed, error = self._apply_apart(taken, owner, other, transform)
         except BaseException:
             self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
             raise
-        self.router.call("ack_many", {u: seq for u, (_, seq, _) in taken.items()}, holder)
+        self.router.call("ack_many", acks, holder)
+        for uid, reason in failed.items():
+            self._fail(uid, reason, back)
+        if error is not None:
+            raise error
         took = time.monotonic() - started
         if took > 2 * FOLLOW_EVERY_S:
             log.warning("worker %d follower: %d ids of %d units took %.2fs to apply; the owner's "
                         "reads are slow (a LanceDB table with many fragments?)", self.index,
                         len(ids), len(taken), took)
+
+    @staticmethod
+    def _apply_apart(taken: dict[str, Any], owner: Backend, other: Backend,
+                     transform: Transform
+                     ) -> tuple[dict[str, int], dict[str, str], BaseException | None]:
+        """A step's units one by one: (seq to ack per unit, 0 where nothing was applied; the
+        reason of each unit that meets a terminal error; the first other error)."""
+        acks: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        error: BaseException | None = None
+        for uid, (ids, seq, carried) in taken.items():
+            acks[uid] = 0
+            try:
+                apply_ids(ids, owner, other, transform, carried=carried)
+                acks[uid] = seq
+            except TerminalError as err:
+                failed[uid] = f"{type(err).__name__}: {err}"
+            except Exception as err:  # noqa: BLE001 - raised once the others are acked
+                error = error or err
+        return acks, failed, error
+
+    def _fail(self, unit_id: str, reason: str, back: bool) -> None:
+        """A change of the unit cannot be applied, ever: waiting units fail (status and the
+        run's report show why; a later run prepares them again, as ``prepare`` says). A unit on the
+        target stays there, but its source is no longer a standby: a rollback would lose
+        writes, so it says so and this worker stops syncing it back."""
+        if back:
+            self._back_broken.add(unit_id)
+            reason = f"the source is no longer kept in sync for a rollback: {reason}"
+        log.error("unit %s: %s", unit_id, reason)
+        self.router.call("update_progress", unit_id, error=reason)
+        if back:
+            return
+        try:
+            self.router.call("set_phase", unit_id, "failed")
+        except TransitionError as err:  # a cutover took it meanwhile: the error is shown
+            log.warning("unit %s: not marked failed: %s", unit_id, err)
 
     @contextmanager
     def _reserved(self, unit_id: str) -> Iterator[bool]:
@@ -354,9 +429,16 @@ def _result(spec: UnitSpec, ok: bool, reason: str) -> dict[str, Any]:
     return {"unit_id": spec.unit_id, "ok": ok, "freeze_ms": 0.0, "drained": 0, "reason": reason}
 
 
-def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
-    """Start ``count`` named worker actors; a killed one restarts and retries its task."""
+def start_workers(cfg: MigrationConfig, plan: Plan, count: int, lease: DriverLease
+                  ) -> list[Any]:
+    """Start ``count`` named worker actors; a killed one restarts and retries its task. Only
+    the holder of the driver lease starts them: a worker of the same name still there is a
+    leftover of a driver that is dead (its lease lapsed), never of a live one."""
     import ray
+
+    if not lease.held:
+        raise TerminalError(f"migration {cfg.migration_id!r}: workers are started only by the "
+                            "driver that holds the migration's lease")
 
     res = cfg.copy_cfg.worker_resources
     options: dict[str, Any] = {
@@ -383,7 +465,8 @@ def start_workers(cfg: MigrationConfig, plan: Plan, count: int) -> list[Any]:
         name = worker_name(cfg.migration_id, i)
         stale = _existing(name)
         if stale is not None:
-            log.warning("killing leftover worker %s from an earlier driver", name)
+            log.warning("killing leftover worker %s of a dead driver%s", name,
+                        f" ({describe(lease.replaced)})" if lease.replaced else "")
             ray.kill(stale, no_restart=True)
             _wait_gone(name)
         workers.append(actor_cls.options(name=name, **options).remote(cfg, plan_dict, i,

@@ -302,6 +302,48 @@ class Router:
         self._persist()
         self._persist_logs()
 
+    # --- the witness of the driver lease (``ray_migrate.lease``), and the run's last step ---
+    async def claim_driver(self, info: dict[str, Any], expire_s: float,
+                           replace: str | None = None) -> dict[str, Any] | None:
+        """Record ``info`` as the migration's running driver, or renew it; answer the other
+        live driver instead, if there is one (None: granted). One call at a time, so two
+        drivers never both win. ``replace``: the token of a driver the caller knows is dead
+        (its pid is gone). A restarted router knows no driver until the holder's next beat."""
+        now = time.time()
+        held = getattr(self, "_driver", None)
+        if (held is not None and held["token"] not in (info["token"], replace)
+                and now - held["seen_at"] <= expire_s):
+            return held
+        self._driver: dict[str, Any] | None = {**info, "seen_at": now}
+        return None
+
+    async def release_driver(self, token: str) -> None:
+        held = getattr(self, "_driver", None)
+        if held is not None and held["token"] == token:
+            self._driver = None
+
+    async def running_driver(self, expire_s: float) -> dict[str, Any] | None:
+        """The driver that holds the lease, as it last renewed it, or None."""
+        held = getattr(self, "_driver", None)
+        return held if held is not None and time.time() - held["seen_at"] <= expire_s else None
+
+    async def finish_units(self, unit_ids: list[str]) -> list[str]:
+        """End the rollback window: mark done those of these units that are on the target and
+        held by no switch. Answer the ones a rollback holds or freezes now (ask again once it
+        is over); a unit rolled back meanwhile stays rolled back."""
+        busy, done, now = [], [], time.time()
+        for uid in unit_ids:
+            u = self.table.units.get(uid)
+            if u is not None and (u.phase == "frozen" or (
+                    u.phase == "target" and self.table._reserved(u, None, now))):
+                busy.append(uid)
+            elif u is not None and u.phase == "target":
+                self.table.set_phase(uid, "done")
+                done.append(uid)
+        if done:
+            self._persist()
+        return busy
+
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
                  info: dict[str, Any], lease_s: float = 30.0,
