@@ -1,4 +1,5 @@
-"""The routing table's records: phases and their transitions, a unit's route, a lease.
+"""The routing table's records: phases and their transitions, a unit's route, a lease, a
+change-log entry.
 
 ``table`` holds the rules that change them.
 """
@@ -32,6 +33,29 @@ class TransitionError(ValueError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One id in a unit's change log: its owner's value must be copied to the other side.
+
+    ``token``: the lease of the client write that logged it, None for a repair entry (a
+    verify found the id differing), which is settled at once."""
+
+    seq: int
+    id: Any
+    token: int | None = None
+
+    def to_list(self) -> list[Any]:
+        """Compact, for JSON: [seq, id] or [seq, id, token]."""
+        return [self.seq, self.id] if self.token is None else [self.seq, self.id, self.token]
+
+    @classmethod
+    def of(cls, entry: LogEntry | list[Any] | tuple[Any, ...]) -> LogEntry:
+        """From either form, as stored (a list) or already typed."""
+        if isinstance(entry, LogEntry):
+            return entry
+        return cls(entry[0], entry[1], entry[2] if len(entry) > 2 else None)
+
+
 @dataclass
 class UnitRoute:
     unit_id: str
@@ -52,7 +76,7 @@ class UnitRoute:
     sync_background: bool = False  # the holder is a follower
     reserved_by: str | None = None  # a cutover or rollback about to run: followers yield
     reserved_at: float = 0.0
-    log: list[list[Any]] = field(default_factory=list)  # [seq, id, lease token], not yet applied
+    log: list[LogEntry] = field(default_factory=list)  # not yet applied, in seq order
     marks: list[tuple[int, float]] = field(default_factory=list)  # (first seq, time) per write
     watches: dict[str, set[Any]] = field(default_factory=dict)  # verifies: ids logged since
     taken: list[int] = field(default_factory=list)  # seqs handed to the current applier

@@ -37,6 +37,7 @@ from ray_migrate.routing.records import (
     CAPTURING,
     TRANSITIONS,
     Lease,
+    LogEntry,
     Phase,
     TransitionError,
     UnitRoute,
@@ -120,7 +121,7 @@ class RoutingTable(ApplierGate):
         must still apply before the owner may flip."""
         now = time.time() if now is None else now
         self._expire(now)
-        return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
+        return sum(1 for e in self.unit(unit_id).log if self._ended(e))
 
     def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
                strict: bool = False, now: float | None = None) -> dict[str, Any]:
@@ -248,6 +249,10 @@ class RoutingTable(ApplierGate):
     def _close(self, lease: Lease) -> bool:
         return self.rows.closed(lease.token, lease.ids)
 
+    def _ended(self, e: LogEntry) -> bool:
+        """Whether the entry's write has ended (a repair entry has no write)."""
+        return e.token is None or e.token not in self.leases
+
     def _near_restart(self, issued_at: float) -> bool:
         """Leases from before a restart are unknown, so overlaps with them are too."""
         return self.restarted_at is not None and issued_at < self.restarted_at + self.lease_s
@@ -291,33 +296,34 @@ class RoutingTable(ApplierGate):
                                and self.oldest_age(unit_id, now) < YIELD_MAX_AGE_S)):
             return [], -1
         self._expire(now)
-        entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
+        entries = [e for e in u.log if self._ended(e)][:limit]
         if not entries:
             u.sync_holder, u.taken = None, []
             return [], u.acked_seq
         if holder is not None:
             u.sync_holder, u.sync_since, u.sync_background = holder, now, background
-        u.taken = [e[0] for e in entries]
+        u.taken = [e.seq for e in entries]
         seen: dict[Any, None] = {}
         for e in entries:
-            seen.setdefault(e[1], None)
-        return list(seen), entries[-1][0]
+            seen.setdefault(e.id, None)
+        return list(seen), entries[-1].seq
 
     def carried_for(self, unit_id: str) -> list[tuple[list[Any], Any]]:
         """For the entries just handed out by ``take_changes``: (ids, rows) per client write
         whose rows stand for the owner's current value of those ids (see ``routing.client_rows``)."""
         u = self.unit(unit_id)
         taken = set(u.taken)
-        return self.rows.for_entries((e for e in u.log if e[0] in taken), u.flips)
+        return self.rows.for_entries((e for e in u.log if e.seq in taken), u.flips)
 
     def _drop_carried(self, unit_id: str) -> None:
         """Forget the rows of writes no entry of the unit's log names any more."""
-        self.rows.drop_unused(unit_id, {e[2] for e in self.unit(unit_id).log if len(e) > 2})
+        self.rows.drop_unused(unit_id, {e.token for e in self.unit(unit_id).log
+                                        if e.token is not None})
 
     def _log(self, u: UnitRoute, ids: list[Any], token: int | None = None) -> None:
         for pid in ids:
             self.seq += 1
-            u.log.append([self.seq, pid] if token is None else [self.seq, pid, token])
+            u.log.append(LogEntry(self.seq, pid, token))
         for seen in u.watches.values():
             seen.update(ids)
 
@@ -332,7 +338,7 @@ class RoutingTable(ApplierGate):
         """Start noting every id the unit's log holds or gets, for ``watched``: a verify that
         lets appliers go on while it scans (see ``worker``)."""
         u = self.unit(unit_id)
-        u.watches[name] = {e[1] for e in u.log}
+        u.watches[name] = {e.id for e in u.log}
 
     def watched(self, unit_id: str, name: str) -> list[Any] | None:
         """Every id in the unit's log since ``watch(name)``: there then, logged since, or there
@@ -340,7 +346,7 @@ class RoutingTable(ApplierGate):
         the caller cannot tell which ids changed and must look again."""
         u = self.unit(unit_id)
         seen = u.watches.pop(name, None)
-        return None if seen is None else list(seen | {e[1] for e in u.log})
+        return None if seen is None else list(seen | {e.id for e in u.log})
 
     def take_many(self, unit_ids: list[str], limit: int, holder: str,
                   now: float | None = None) -> dict[str, tuple[list[Any], int]]:
@@ -375,7 +381,7 @@ class RoutingTable(ApplierGate):
         """The distinct ids waiting in the log (settled or not), without taking them."""
         seen: dict[Any, None] = {}
         for e in self.unit(unit_id).log[:limit]:
-            seen.setdefault(e[1], None)
+            seen.setdefault(e.id, None)
         return list(seen)
 
     def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
@@ -385,7 +391,7 @@ class RoutingTable(ApplierGate):
         if holder is not None and u.sync_holder not in (None, holder):
             return len(u.log)  # a hold that expired and passed on: this apply did not count
         done = {s for s in u.taken if s <= seq}
-        u.log = [e for e in u.log if e[0] not in done]
+        u.log = [e for e in u.log if e.seq not in done]
         self.oldest_age(unit_id)  # drops the marks of applied writes
         u.acked_seq = max(u.acked_seq, seq)
         u.sync_holder, u.taken = None, []
@@ -404,7 +410,7 @@ class RoutingTable(ApplierGate):
         if not u.log:
             u.marks.clear()
             return 0.0
-        first = u.log[0][0]
+        first = u.log[0].seq
         drop = 0
         while drop + 1 < len(u.marks) and u.marks[drop + 1][0] <= first:
             drop += 1
@@ -427,7 +433,7 @@ class RoutingTable(ApplierGate):
                 "units": {k: _row(v, logs) for k, v in self.units.items()}}
 
     def logs_dict(self) -> dict[str, list[list[Any]]]:
-        return {k: [list(e) for e in u.log] for k, u in self.units.items() if u.log}
+        return {k: [e.to_list() for e in u.log] for k, u in self.units.items() if u.log}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], restarted: bool = True,
@@ -440,6 +446,7 @@ class RoutingTable(ApplierGate):
         t.seq = d["seq"]
         for k, v in d["units"].items():
             u = UnitRoute(**v)
+            u.log = [LogEntry.of(e) for e in u.log]
             if restarted and u.phase in CAPTURING:
                 u.needs_repair = True
             t.units[k] = u
@@ -464,5 +471,5 @@ def _row(u: UnitRoute, logs: bool) -> dict[str, Any]:
     row = {f.name: getattr(u, f.name) for f in fields(u)
            if f.name not in ("log", "taken", "marks", "watches")}
     if logs:
-        row["log"], row["taken"] = [list(e) for e in u.log], list(u.taken)
+        row["log"], row["taken"] = [e.to_list() for e in u.log], list(u.taken)
     return row
