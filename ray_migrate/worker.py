@@ -25,6 +25,7 @@ from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.routing.actor import RouterHandle, get_router
+from ray_migrate.routing.records import FOLLOWED
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -232,7 +233,7 @@ class UnitWorker:
                 # catching_up too: a verify running meanwhile watches the log (see
                 # ``_verify_live``), so an apply between its scans is explained.
                 forward = [u for u, (phase, lag, reserved, _) in rows.items()
-                           if phase in ("catching_up", "ready") and lag and not reserved]
+                           if phase in FOLLOWED and lag and not reserved]
                 back = [u for u, (phase, lag, reserved, _) in rows.items()
                         if phase == "target" and lag and not reserved
                         and time.monotonic() >= back_at]
@@ -261,7 +262,8 @@ class UnitWorker:
 
     def _follow_step(self, units: list[str], owner: Backend, other: Backend,
                      transform: Transform, holder: str) -> None:
-        taken = self.router.call("take_many", units, FOLLOW_STEP, holder)
+        taken = self.router.call("take_many", units, FOLLOW_STEP, holder,
+                                 "source" if owner is self.source else "target")
         if not taken:
             return
         ids = list(dict.fromkeys(i for unit_ids, _, _ in taken.values() for i in unit_ids))

@@ -28,5 +28,6 @@ from ray_migrate.routing.records import (
 )
 from ray_migrate.routing.table import RoutingTable
 
-__all__ = ["CAPTURING", "NAMESPACE", "Lease", "LogEntry", "Phase", "Router", "RouterHandle", "RoutingTable",
-           "TransitionError", "UnitRoute", "get_router", "router_name", "start_router"]
+__all__ = ["CAPTURING", "NAMESPACE", "Lease", "LogEntry", "Phase", "Router", "RouterHandle",
+           "RoutingTable", "TransitionError", "UnitRoute", "get_router", "router_name",
+           "start_router"]

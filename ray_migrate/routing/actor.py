@@ -166,19 +166,26 @@ class Router:
         return True
 
     async def take_changes(self, unit_id: str, limit: int = 10_000,
-                           holder: str | None = None, background: bool = False
+                           holder: str | None = None, background: bool = False,
+                           owner: str | None = None
                            ) -> tuple[list[Any], int, list[tuple[list[Any], Any]]]:
-        """(ids, seq to ack them with, the clients' rows that stand for some of them)."""
-        ids, seq = self.table.take_changes(unit_id, limit, holder, background=background)
+        """(ids, seq to ack them with, the clients' rows that stand for some of them).
+        ``owner``: the side the caller reads from (nothing if the unit is owned by the
+        other)."""
+        ids, seq = self.table.take_changes(unit_id, limit, holder, background=background,
+                                           owner=owner)  # type: ignore[arg-type]
         return ids, seq, self.table.carried_for(unit_id) if ids else []
 
     async def log_ids(self, unit_id: str, ids: list[Any]) -> int:
         return self.durable.log_ids(unit_id, ids)
 
-    async def take_many(self, unit_ids: list[str], limit: int, holder: str
+    async def take_many(self, unit_ids: list[str], limit: int, holder: str,
+                        owner: str | None = None
                         ) -> dict[str, tuple[list[Any], int, list[tuple[list[Any], Any]]]]:
+        """``take_changes`` of several units for a follower that reads from ``owner``."""
         return {u: (ids, seq, self.table.carried_for(u)) for u, (ids, seq)
-                in self.table.take_many(unit_ids, limit, holder).items()}
+                in self.table.take_many(unit_ids, limit, holder,
+                                        owner=owner).items()}  # type: ignore[arg-type]
 
     async def ack_many(self, seqs: dict[str, int], holder: str) -> None:
         """Ack a follower step (``take_many``), which also ends it."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ray_migrate.routing.records import Phase, UnitRoute
+from ray_migrate.routing.records import CAPTURING, Phase, UnitRoute
 from ray_migrate.routing.table import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,15 @@ class Documents(Protocol):
 
 def restore(store: Documents, clients_may_remain: bool = True,
             now: float | None = None) -> RoutingTable | None:
-    """The table as the two documents last written hold it, None if never written."""
+    """The table as the two documents last written hold it, None if never written. The logs
+    may be older than the routes: the log of a unit that has left capture since is dropped."""
     stored = store.read(ROUTING_KEY)
     if stored is None:
         return None
     for uid, entries in (store.read(CHANGES_KEY) or {}).items():
-        if uid in stored["units"]:
-            stored["units"][uid]["log"] = entries
+        unit = stored["units"].get(uid)
+        if unit is not None and unit["phase"] in CAPTURING:
+            unit["log"] = entries
     return RoutingTable.from_dict(stored, restarted=True, now=now,
                                   clients_may_remain=clients_may_remain)
 
@@ -62,9 +64,10 @@ class DurableTable:
              freeze_timeout_s: float = 10.0, clients_may_remain: bool = True,
              clock: Callable[[], float] = time.monotonic,
              now: float | None = None, name: str = "") -> DurableTable:
-        """Restore the table from ``store``, or start a new one there. ``clients_may_remain``:
-        clients of an earlier router may still hold leases (it restarted in the same
-        cluster)."""
+        """Restore the table from ``store`` (as its next incarnation), or start a new one there;
+        either way written back before this returns, so no call is served before the
+        incarnation is durable. ``clients_may_remain``: clients of an earlier router may still
+        hold leases (it restarted in the same cluster)."""
         table = restore(store, clients_may_remain, now)
         if table is None:
             table = RoutingTable(unit_ids, lease_s=lease_s, freeze_timeout_s=freeze_timeout_s)
@@ -100,7 +103,7 @@ class DurableTable:
         out = self.table.begin_writes(requests, whole, now)
         if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
             self.persist()
-        elif any(ids and self.table.units[u].phase != "source" for u, ids, _ in requests):
+        elif any(ids and self.table.units[u].phase in CAPTURING for u, ids, _ in requests):
             self.maybe_persist_logs()
         return out
 
