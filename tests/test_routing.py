@@ -287,7 +287,10 @@ def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
         assert routes["units"]["a"] == ("source", "capturing")
         assert routes["epoch"] > epoch
         assert again.call("take_changes", "a")[0] == [7]
+        new = again.call("begin_write", "a", [8])  # the restarted router's first lease
+        assert new["token"] > lease["token"], "its numbers exceed the old router's"
         assert again.call("end_write", lease["token"])["valid"] is False
+        assert again.call("end_write", new["token"])["valid"] is True, "not ended by the old"
         assert again.call("describe")["hello"] == 1
         assert again.call("wait_leases", "a", None, 5.0) is True
     finally:

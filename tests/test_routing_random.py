@@ -13,8 +13,8 @@ hands them out) and upserts or deletes on the other side.
 At the end (every write ended, logs drained) each unit's owner holds exactly what the
 acknowledged writes say (no write lost, no delete undone, no stale value), the other side of a
 followed unit holds the same, and no lease token or log sequence number was issued twice.
-``RM_SEEDS`` raises the number of seeds; a failure names its seed (``RM_TRACE=1`` prints the
-run's events).
+``RM_SEEDS`` raises the number of seeds; a failure names its seed (``RM_SEED=17 RM_TRACE=1``
+runs it alone and prints its events).
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class DurableTable:
         else:
             for u in unit_ids:
                 table.units.setdefault(u, UnitRoute(u))
-            log.warning("router %s recovered at epoch %d", name, table.epoch)
+            log.warning("router %s recovered at epoch %d, incarnation %d", name, table.epoch,
+                        table.incarnation)
         return cls(store, table, clock)
 
     # --- what is written ------------------------------------------------------------------
