@@ -27,7 +27,7 @@ from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.routing.actor import RouterHandle, get_router
-from ray_migrate.routing.records import TransitionError
+from ray_migrate.routing.records import FOLLOWED, TransitionError
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -252,7 +252,7 @@ class UnitWorker:
                 # catching_up too: a verify running meanwhile watches the log (see
                 # ``_verify_live``), so an apply between its scans is explained.
                 forward = [u for u, (phase, lag, reserved, _) in rows.items()
-                           if phase in ("catching_up", "ready") and lag and not reserved]
+                           if phase in FOLLOWED and lag and not reserved]
                 back = [u for u, (phase, lag, reserved, _) in rows.items()
                         if phase == "target" and lag and not reserved
                         and time.monotonic() >= back_at]
@@ -290,7 +290,8 @@ class UnitWorker:
                      transform: Transform, holder: str) -> None:
         back = owner is not self.source
         units = [u for u in units if not (back and u in self._back_broken)]
-        taken = self.router.call("take_many", units, FOLLOW_STEP, holder) if units else {}
+        taken = self.router.call("take_many", units, FOLLOW_STEP, holder,
+                                 "target" if back else "source") if units else {}
         if not taken:
             return
         ids = list(dict.fromkeys(i for unit_ids, _, _ in taken.values() for i in unit_ids))

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ray_migrate.routing.client_rows import CARRY_MAX_BYTES
+from ray_migrate.routing.records import CAPTURING
 from ray_migrate.routing.table import YIELD_MAX_AGE_S, RoutingTable, TransitionError
 
 
@@ -233,6 +234,27 @@ def test_rollback_flips_back_and_bad_transitions_are_refused():
     assert t.unit("a").owner == "source" and t.unit("a").flips == 2
 
 
+def test_a_rolled_back_unit_keeps_capturing_and_its_next_cutover_applies_what_it_logged():
+    """The log means "ids whose owner's value the other side must get", whoever owns the
+    unit: after a rollback the target is a standby the followers keep up (``FOLLOWED``), and
+    preparing the unit again keeps its log, so a delete made meanwhile reaches the target
+    even when no verify runs."""
+    from ray_migrate.routing.records import FOLLOWED
+
+    t = ready_table()
+    assert t.settle("a", "target", True, False, now=0) == {"state": "switched"}
+    assert t.settle("a", "rolled_back", True, False, now=0) == {"state": "switched"}
+    deleted = write(t, "a", [5])  # a delete on the source, while rolled back
+    assert deleted["owner"] == "source" and deleted["phase"] in CAPTURING
+    phase, lag, _, _ = t.lags(now=0)["a"]
+    assert (phase, lag) == ("rolled_back", 1) and phase in FOLLOWED
+    for p in ("capturing", "copying", "catching_up"):
+        t.set_phase("a", p, now=0)
+    assert t.take_changes("a", now=0)[0] == [5], "kept through the new prepare"
+    back = RoutingTable.from_dict(t.to_dict(), now=0)
+    assert back.unit("a").needs_repair, "a restarted router repairs it like any capturing unit"
+
+
 def test_recovery_marks_capturing_units_for_repair_and_waits_out_old_leases():
     t = table()
     t.set_phase("a", "capturing")
@@ -265,7 +287,10 @@ def test_router_actor_recovers_its_table_after_a_kill(ray_cluster, tmp_path):
         assert routes["units"]["a"] == ("source", "capturing")
         assert routes["epoch"] > epoch
         assert again.call("take_changes", "a")[0] == [7]
+        new = again.call("begin_write", "a", [8])  # the restarted router's first lease
+        assert new["token"] > lease["token"], "its numbers exceed the old router's"
         assert again.call("end_write", lease["token"])["valid"] is False
+        assert again.call("end_write", new["token"])["valid"] is True, "not ended by the old"
         assert again.call("describe")["hello"] == 1
         assert again.call("wait_leases", "a", None, 5.0) is True
     finally:

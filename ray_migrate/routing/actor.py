@@ -1,8 +1,9 @@
 """The routing-table actor: a named, detached Ray actor around ``routing.RoutingTable``.
 
 It persists the table under ``state_uri`` on every change of owner or phase (and the change
-logs at most every ``FLUSH_S``), and a restarted actor rebuilds itself from that state. Callers
-never see ``ray.get``: ``RouterHandle`` hides it and retries while the actor restarts.
+logs at most every ``FLUSH_S``), and a restarted actor rebuilds itself from that state: the
+rules are ``routing.durable``'s. Callers never see ``ray.get``: ``RouterHandle`` hides it and
+retries while the actor restarts.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ import time
 from typing import Any
 
 from ray_migrate.priority import process_at_normal_priority
-from ray_migrate.routing.table import RoutingTable
+from ray_migrate.routing.durable import CHANGES_KEY, FLUSH_S, ROUTING_KEY, DurableTable
 from ray_migrate.state import StateStore
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
-ROUTING_KEY = "routing.json"
-CHANGES_KEY = "changes.json"  # the change logs, written apart and at most every FLUSH_S
-FLUSH_S = 0.2
+__all__ = ["CHANGES_KEY", "FLUSH_S", "NAMESPACE", "ROUTING_KEY", "Router", "RouterHandle",
+           "get_router", "router_name", "start_router"]
 
 
 def router_name(migration_id: str) -> str:
@@ -55,46 +55,21 @@ class Router:
 
     def __init__(self, migration_id: str, state_uri: str, unit_ids: list[str],
                  info: dict[str, Any], lease_s: float = 30.0, freeze_timeout_s: float = 10.0):
+        import ray
+
         self.store = StateStore(state_uri, migration_id)
         self.info = info  # config and plan, for clients that connect by migration id
-        stored = self.store.read(ROUTING_KEY)
-        if stored is not None:
-            for uid, entries in (self.store.read(CHANGES_KEY) or {}).items():
-                if uid in stored["units"]:
-                    stored["units"][uid]["log"] = entries
-            import ray
-
-            # A fresh actor in a new cluster has no old clients; a reconstructed one may.
-            again = ray.get_runtime_context().was_current_actor_reconstructed
-            self.table = RoutingTable.from_dict(stored, restarted=True, clients_may_remain=again)
-            for u in unit_ids:
-                self.table.units.setdefault(u, RoutingTable([u]).units[u])
-            log.warning("router %s recovered at epoch %d", migration_id, self.table.epoch)
-        else:
-            self.table = RoutingTable(unit_ids, lease_s=lease_s,
-                                      freeze_timeout_s=freeze_timeout_s)
-        self._flushed = 0.0
+        # A fresh actor in a new cluster has no old clients; a reconstructed one may.
+        again = ray.get_runtime_context().was_current_actor_reconstructed
+        self.durable = DurableTable.open(self.store, unit_ids, lease_s, freeze_timeout_s,
+                                         clients_may_remain=again, name=migration_id)
+        self.table = self.durable.table
         # Every client write waits for this actor twice: it must not get the CPU last.
         process_at_normal_priority()
         self._prioritized = False
         self._changed = Signal()  # fired on every new epoch
         self._ended = Signal()  # fired when writes end
         self.table.on_change = self._changed.fire
-        self._persist()
-
-    def _persist(self) -> None:
-        """Owners, phases and counters: written on every change of the table."""
-        self.store.write(ROUTING_KEY, self.table.to_dict(logs=False))
-
-    def _maybe_persist(self) -> None:
-        """The change logs, at most every FLUSH_S. They spare a restarted router some repair
-        work, nothing more: it marks capturing units for diff-and-repair in any case."""
-        if time.monotonic() - self._flushed >= FLUSH_S:
-            self._persist_logs()
-
-    def _persist_logs(self) -> None:
-        self.store.write(CHANGES_KEY, self.table.logs_dict())
-        self._flushed = time.monotonic()
 
     async def describe(self) -> dict[str, Any]:
         return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri,
@@ -129,35 +104,23 @@ class Router:
         if not self._prioritized:  # the event loop's thread may start after __init__
             self._prioritized = True
             process_at_normal_priority()
-        epoch = self.table.epoch
-        out = self.table.begin_writes(requests, whole)
-        if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
-            self._persist()
-        elif any(ids and self.table.units[u].phase != "source" for u, ids, _ in requests):
-            self._maybe_persist()
-        return out
+        return self.durable.begin_writes(requests, whole)
 
     async def end_writes(self, tokens: list[int],
                          carried: dict[int, tuple[Any, int]] | None = None
                          ) -> list[dict[str, Any]]:
         """``end_write`` for several leases; ``carried``: token -> (rows, nbytes) of the
         writes that succeeded, for the appliers (see ``routing.client_rows``)."""
-        carried = carried or {}
-        out = [self.table.end_write(t, *carried.get(t, (None, 0))) for t in tokens]
+        out = self.durable.end_writes(tokens, carried)
         self._ended.fire()
         return out
 
     async def set_phase(self, unit_id: str, phase: str) -> int:
-        epoch = self.table.set_phase(unit_id, phase)  # type: ignore[arg-type]
-        self._persist()
-        return epoch
+        return self.durable.set_phase(unit_id, phase)  # type: ignore[arg-type]
 
     async def lift_freeze(self, unit_id: str, phase: str) -> bool:
         """``RoutingTable.lift_freeze``: unfreeze unless a flip came first."""
-        lifted = self.table.lift_freeze(unit_id, phase)  # type: ignore[arg-type]
-        if lifted:
-            self._persist()
-        return lifted
+        return self.durable.lift_freeze(unit_id, phase)  # type: ignore[arg-type]
 
     async def settle(self, unit_id: str, phase: str, may_switch: bool, force: bool,
                      wait_s: float = 0.0, strict: bool = False) -> dict[str, Any]:
@@ -170,37 +133,27 @@ class Router:
         begun = loop.time()
         deadline = begun + wait_s
         while True:
-            out = self.table.settle(unit_id, phase, may_switch, force,  # type: ignore[arg-type]
-                                    strict)
+            out = self.durable.settle(unit_id, phase, may_switch,  # type: ignore[arg-type]
+                                      force, strict)
             left = deadline - loop.time()
             if out["state"] != "waiting" or out["settled"] or left <= 0:
                 break
             await self._ended.wait(left)
-        if out["state"] in ("switched", "frozen"):
-            self._persist()
         return {**out, "waited_ms": (loop.time() - begun) * 1000}
 
     async def flip(self, unit_id: str, phase: str) -> bool:
         """``RoutingTable.flip``: False when an entry settled since the drain (drain again)."""
-        if not self.table.flip(unit_id, phase):  # type: ignore[arg-type]
-            return False
-        self._persist()
-        return True
+        return self.durable.flip(unit_id, phase)  # type: ignore[arg-type]
 
     async def set_phases(self, unit_ids: list[str], phase: str) -> int:
-        for u in unit_ids:
-            self.table.set_phase(u, phase)  # type: ignore[arg-type]
-        self._persist()
-        return self.table.epoch
+        return self.durable.set_phases(unit_ids, phase)  # type: ignore[arg-type]
 
     async def update_progress(self, unit_id: str, copied: int | None = None,
                               total: int | None = None, error: str | None = None) -> None:
-        self.table.update_progress(unit_id, copied, total, error)
-        self._maybe_persist()
+        self.durable.update_progress(unit_id, copied, total, error)
 
     async def clear_repair(self, unit_id: str) -> None:
-        self.table.unit(unit_id).needs_repair = False
-        self._persist()
+        self.durable.clear_repair(unit_id)
 
     async def wait_leases(self, unit_id: str, before_epoch: int | None = None,
                           timeout_s: float = 30.0) -> bool:
@@ -213,28 +166,30 @@ class Router:
         return True
 
     async def take_changes(self, unit_id: str, limit: int = 10_000,
-                           holder: str | None = None, background: bool = False
+                           holder: str | None = None, background: bool = False,
+                           owner: str | None = None
                            ) -> tuple[list[Any], int, list[tuple[list[Any], Any]]]:
-        """(ids, seq to ack them with, the clients' rows that stand for some of them)."""
-        ids, seq = self.table.take_changes(unit_id, limit, holder, background=background)
+        """(ids, seq to ack them with, the clients' rows that stand for some of them).
+        ``owner``: the side the caller reads from (nothing if the unit is owned by the
+        other)."""
+        ids, seq = self.table.take_changes(unit_id, limit, holder, background=background,
+                                           owner=owner)  # type: ignore[arg-type]
         return ids, seq, self.table.carried_for(unit_id) if ids else []
 
     async def log_ids(self, unit_id: str, ids: list[Any]) -> int:
-        lag = self.table.log_ids(unit_id, ids)
-        self._maybe_persist()
-        return lag
+        return self.durable.log_ids(unit_id, ids)
 
-    async def take_many(self, unit_ids: list[str], limit: int, holder: str
+    async def take_many(self, unit_ids: list[str], limit: int, holder: str,
+                        owner: str | None = None
                         ) -> dict[str, tuple[list[Any], int, list[tuple[list[Any], Any]]]]:
+        """``take_changes`` of several units for a follower that reads from ``owner``."""
         return {u: (ids, seq, self.table.carried_for(u)) for u, (ids, seq)
-                in self.table.take_many(unit_ids, limit, holder).items()}
+                in self.table.take_many(unit_ids, limit, holder,
+                                        owner=owner).items()}  # type: ignore[arg-type]
 
     async def ack_many(self, seqs: dict[str, int], holder: str) -> None:
         """Ack a follower step (``take_many``), which also ends it."""
-        for uid, seq in seqs.items():
-            self.table.ack_changes(uid, seq, holder)
-        self.table.end_follow(holder)
-        self._maybe_persist()
+        self.durable.ack_many(seqs, holder)
 
     async def reserve(self, unit_id: str, holder: str, timeout_s: float = 10.0) -> bool:
         """Reserve the unit for a cutover and wait until a follower's step on it has ended."""
@@ -285,9 +240,7 @@ class Router:
         return self.table.watched(unit_id, name)
 
     async def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
-        lag = self.table.ack_changes(unit_id, seq, holder)
-        self._maybe_persist()
-        return lag
+        return self.durable.ack_changes(unit_id, seq, holder)
 
     async def unit(self, unit_id: str) -> dict[str, Any]:
         u = self.table.unit(unit_id)
@@ -299,8 +252,7 @@ class Router:
         return self.table.settling_s()
 
     async def flush(self) -> None:
-        self._persist()
-        self._persist_logs()
+        self.durable.flush()
 
     # --- the witness of the driver lease (``ray_migrate.lease``), and the run's last step ---
     async def claim_driver(self, info: dict[str, Any], expire_s: float,

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ray_migrate.routing.records import LogEntry
+
 CARRY_MAX_BYTES = 128 << 20  # beyond this, clients' rows are dropped and appliers read again
 
 
@@ -71,14 +73,14 @@ class ClientRows:
             self.kept[token] = carried
             self.nbytes += carried.nbytes
 
-    def for_entries(self, entries: Iterable[list[Any]], flips: int
+    def for_entries(self, entries: Iterable[LogEntry], flips: int
                     ) -> list[tuple[list[Any], Any]]:
         """(ids, rows) per kept write whose rows stand for the owner's value of those ids:
-        its entry is the newest of its id among ``entries`` (log entries [seq, id, token],
-        in log order) and it went to the owner of now (``flips``)."""
+        its entry is the newest of its id among ``entries`` (in log order) and it went to the
+        owner of now (``flips``)."""
         newest: dict[Any, int | None] = {}
         for e in entries:
-            newest[e[1]] = e[2] if len(e) > 2 else None
+            newest[e.id] = e.token
         by_token: dict[int, list[Any]] = {}
         for pid, tok in newest.items():
             c = self.kept.get(tok) if tok is not None else None

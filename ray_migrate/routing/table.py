@@ -7,8 +7,9 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   lease, or "wait" while the unit is frozen. When the unit's phase captures changes, the ids are
   appended to the unit's change log *before* the client writes (an intent log), so the log can
   only hold too much, never too little.
-- Capture starts when a unit leaves ``source``; the copy scan waits for every lease issued
-  before that, so no uncaptured write can land during the scan.
+- Capture starts when a unit leaves ``source`` (and goes on through a rollback, until the unit
+  is done or back at ``source``); the copy scan waits for every lease issued before that, so
+  no uncaptured write can land during the scan.
 - The owner flips only when no ended write is left unapplied on the new owner, checked in
   the same step as the flip. At a quiet moment (no write of the unit under way, every ended one
   applied and confirmed) ``settle`` freezes and flips in one step, so no write waits.
@@ -18,9 +19,13 @@ named actor. Why this scheme keeps "no acknowledged write is lost":
   stay, unsettled until the retry has ended, so the old owner is synced to the new one's
   value afterwards, never to the value from before the retry landed.
 - Catch-up re-reads the current value of logged ids from the owner, so it is idempotent,
-  order-free and delete-safe. A client may hand in what it wrote with ``end_write``; an
-  applier uses those rows instead of reading the owner only where they must equal what the
-  owner holds (``client_rows`` has the rules). Anything else is read again.
+  order-free and delete-safe, as long as it reads the owner: an applier names the side it
+  reads, and a unit that flipped since it chose is not handed to it. A client may hand in
+  what it wrote with ``end_write``; an applier uses those rows instead of reading the owner
+  only where they must equal what the owner holds (``client_rows`` has the rules).
+- A restored router is a new incarnation (``durable``): no lease token or log seq of an earlier
+  one is issued again, and a unit whose log may have lost entries is repaired by diff before
+  its owner may flip.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 from ray_migrate.routing.appliers import ApplierGate
 from ray_migrate.routing.client_rows import Carried, ClientRows
 from ray_migrate.routing.records import (
     CAPTURING,
+    INCARNATION_SHIFT,
     TRANSITIONS,
     Lease,
+    LogEntry,
+    Owner,
     Phase,
     TransitionError,
     UnitRoute,
@@ -51,15 +58,18 @@ class RoutingTable(ApplierGate):
     """For each unit: owner, phase, counters and its change log; one epoch for the table."""
 
     def __init__(self, unit_ids: list[str], lease_s: float = 30.0,
-                 freeze_timeout_s: float = 10.0):
+                 freeze_timeout_s: float = 10.0, incarnation: int = 0):
         self.epoch = 1
+        self.incarnation = incarnation
         self.on_change: Callable[[], None] | None = None  # told of every new epoch
         self.units: dict[str, UnitRoute] = {u: UnitRoute(u) for u in unit_ids}
         self.lease_s = lease_s
         self.freeze_timeout_s = freeze_timeout_s
-        self.seq = 0
+        base = incarnation << INCARNATION_SHIFT  # see ``records.INCARNATION_SHIFT``
+        self.seq = base  # the last seq issued
+        self._last_number = base + (1 << INCARNATION_SHIFT) - 1
         self.leases: dict[int, Lease] = {}
-        self._tokens = itertools.count(1)
+        self._tokens = itertools.count(base + 1)
         self.restarted_at: float | None = None
         self.followers_paused_until = 0.0  # background appliers wait (target compaction)
         self.followers_yield_until = 0.0  # ... unless their changes grow old (a cutover)
@@ -120,7 +130,7 @@ class RoutingTable(ApplierGate):
         must still apply before the owner may flip."""
         now = time.time() if now is None else now
         self._expire(now)
-        return sum(1 for e in self.unit(unit_id).log if len(e) < 3 or e[2] not in self.leases)
+        return sum(1 for e in self.unit(unit_id).log if self._ended(e))
 
     def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
                strict: bool = False, now: float | None = None) -> dict[str, Any]:
@@ -128,21 +138,28 @@ class RoutingTable(ApplierGate):
         every ended one applied). If quiet and ``may_switch`` (the caller has confirmed all
         it applied), switch the owner to ``phase`` at once: a freeze and a flip in one step,
         so no write ever waits. With ``force``, freeze, quiet or not, saying how many writes
-        were under way (fenced when they end: see ``end_write``). Else say it is quiet (the caller confirms, outside any freeze, and looks
-        again), or how many ended writes wait. ``strict``: force only once no ended write
-        waits (writes under way may remain), so the freeze has nothing to drain unless one
-        ends meanwhile."""
+        were under way (fenced when they end: see ``end_write``). Else say it is quiet (the
+        caller confirms, outside any freeze, and looks again), or how many ended writes wait.
+        ``strict``: force only once no ended write waits (writes under way may remain), so the
+        freeze has nothing to drain unless one ends meanwhile.
+
+        A unit that ``needs_repair`` (the router restarted since its last diff-and-repair: its
+        log may have lost entries) is never quiet, and the answer says ``needs_repair``: the
+        caller must repair it first (a freeze of it ends without a flip, see ``flip``)."""
         now = time.time() if now is None else now
+        repair = self.unit(unit_id).needs_repair
         open_, waiting = self.open_leases(unit_id, now=now), self.settled(unit_id, now)
-        quiet = not open_ and not waiting
+        quiet = not open_ and not waiting and not repair
         if quiet and may_switch:
             self.set_phase(unit_id, "frozen", now)
             self.set_phase(unit_id, phase, now)
             return {"state": "switched"}
         if force and not (strict and waiting):
             self.set_phase(unit_id, "frozen", now)
-            return {"state": "frozen", "quiet": quiet, "under_way": open_}
-        return {"state": "quiet"} if quiet else {"state": "waiting", "settled": waiting}
+            out = {"state": "frozen", "quiet": quiet, "under_way": open_}
+        else:
+            out = {"state": "quiet"} if quiet else {"state": "waiting", "settled": waiting}
+        return {**out, "needs_repair": True} if repair else out
 
     def lift_freeze(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         """End a freeze without a flip; False if a flip came first."""
@@ -156,11 +173,16 @@ class RoutingTable(ApplierGate):
         entry is settled and not applied (one that was settled before the freeze and not
         drained, or whose lease expired): after a flip it would be synced the wrong way. Then
         False: drain again. Entries of writes under way, or ended during the freeze, are fine:
-        their clients are fenced at ``end_write`` and write again after the freeze."""
+        their clients are fenced at ``end_write`` and write again after the freeze.
+
+        Also False while the unit ``needs_repair``: the router restarted during the switch, so
+        writes that ended before the restart may have lost their entries and never reach the
+        new owner. The switch then runs out of its freeze budget and lifts the freeze; the next
+        attempt repairs the unit by diff first."""
         u = self.unit(unit_id)
         if u.phase != "frozen":
             raise TransitionError(f"unit {unit_id}: flip needs a frozen unit, not {u.phase}")
-        if self.settled(unit_id, now):
+        if u.needs_repair or self.settled(unit_id, now):
             return False
         self.set_phase(unit_id, phase, now)
         return True
@@ -207,7 +229,8 @@ class RoutingTable(ApplierGate):
         u = self.units[unit_id]
         if self._frozen(unit_id, now):
             return {"status": "wait", "epoch": self.epoch}
-        lease = Lease(next(self._tokens), unit_id, self.epoch, u.flips, now)
+        lease = Lease(self._check_numbers(next(self._tokens)), unit_id, self.epoch, u.flips,
+                      now)
         if u.phase in CAPTURING:
             lease.ids = list(ids)
             if ids:
@@ -218,6 +241,12 @@ class RoutingTable(ApplierGate):
         self.leases[lease.token] = lease
         return {"status": "ok", "token": lease.token, "owner": u.owner, "epoch": self.epoch,
                 "phase": u.phase}
+
+    def _check_numbers(self, number: int) -> int:
+        if number > self._last_number:  # 2**40 writes or ids: never in practice
+            raise RuntimeError("this router incarnation used up its tokens or sequence "
+                               "numbers; kill the router actor (it restarts as a new one)")
+        return number
 
     def end_write(self, token: int, rows: Any = None, nbytes: int = 0) -> dict[str, Any]:
         """Close a lease. ``valid`` is False when the owner changed meanwhile: write again.
@@ -248,6 +277,10 @@ class RoutingTable(ApplierGate):
     def _close(self, lease: Lease) -> bool:
         return self.rows.closed(lease.token, lease.ids)
 
+    def _ended(self, e: LogEntry) -> bool:
+        """Whether the entry's write has ended (a repair entry has no write)."""
+        return e.token is None or e.token not in self.leases
+
     def _near_restart(self, issued_at: float) -> bool:
         """Leases from before a restart are unknown, so overlaps with them are too."""
         return self.restarted_at is not None and issued_at < self.restarted_at + self.lease_s
@@ -269,8 +302,8 @@ class RoutingTable(ApplierGate):
 
     # --- the change log -------------------------------------------------------------------
     def take_changes(self, unit_id: str, limit: int = 10_000, holder: str | None = None,
-                     now: float | None = None, background: bool = False
-                     ) -> tuple[list[Any], int]:
+                     now: float | None = None, background: bool = False,
+                     owner: Owner | None = None) -> tuple[list[Any], int]:
         """Distinct changed ids whose writes have ended, and a number to ack them with.
 
         An entry whose write is still under way is not handed out: read now, the owner might
@@ -279,9 +312,13 @@ class RoutingTable(ApplierGate):
         the older value last. Another holder gets ``([], -1)`` until the first acks (or its
         hold expires after a lease time). A ``background`` applier (a worker's follower) also
         gets ``([], -1)`` while the unit is frozen or reserved by someone else, so a cutover
-        never waits behind it."""
+        never waits behind it. ``owner``: the side the applier reads from; ``([], -1)`` once
+        the unit is owned by the other (it flipped since the applier chose its direction: it
+        would copy the old owner's values onto the new one)."""
         now = time.time() if now is None else now
         u = self.unit(unit_id)
+        if owner is not None and u.owner != owner:
+            return [], -1
         if (holder is not None and u.sync_holder not in (None, holder)
                 and now - u.sync_since < self.lease_s):
             return [], -1
@@ -291,33 +328,35 @@ class RoutingTable(ApplierGate):
                                and self.oldest_age(unit_id, now) < YIELD_MAX_AGE_S)):
             return [], -1
         self._expire(now)
-        entries = [e for e in u.log if len(e) < 3 or e[2] not in self.leases][:limit]
+        entries = [e for e in u.log if self._ended(e)][:limit]
         if not entries:
             u.sync_holder, u.taken = None, []
             return [], u.acked_seq
         if holder is not None:
             u.sync_holder, u.sync_since, u.sync_background = holder, now, background
-        u.taken = [e[0] for e in entries]
+        u.taken = [e.seq for e in entries]
         seen: dict[Any, None] = {}
         for e in entries:
-            seen.setdefault(e[1], None)
-        return list(seen), entries[-1][0]
+            seen.setdefault(e.id, None)
+        return list(seen), entries[-1].seq
 
     def carried_for(self, unit_id: str) -> list[tuple[list[Any], Any]]:
         """For the entries just handed out by ``take_changes``: (ids, rows) per client write
         whose rows stand for the owner's current value of those ids (see ``routing.client_rows``)."""
         u = self.unit(unit_id)
         taken = set(u.taken)
-        return self.rows.for_entries((e for e in u.log if e[0] in taken), u.flips)
+        return self.rows.for_entries((e for e in u.log if e.seq in taken), u.flips)
 
     def _drop_carried(self, unit_id: str) -> None:
         """Forget the rows of writes no entry of the unit's log names any more."""
-        self.rows.drop_unused(unit_id, {e[2] for e in self.unit(unit_id).log if len(e) > 2})
+        self.rows.drop_unused(unit_id, {e.token for e in self.unit(unit_id).log
+                                        if e.token is not None})
 
     def _log(self, u: UnitRoute, ids: list[Any], token: int | None = None) -> None:
+        self._check_numbers(self.seq + len(ids))
         for pid in ids:
             self.seq += 1
-            u.log.append([self.seq, pid] if token is None else [self.seq, pid, token])
+            u.log.append(LogEntry(self.seq, pid, token))
         for seen in u.watches.values():
             seen.update(ids)
 
@@ -332,7 +371,7 @@ class RoutingTable(ApplierGate):
         """Start noting every id the unit's log holds or gets, for ``watched``: a verify that
         lets appliers go on while it scans (see ``worker``)."""
         u = self.unit(unit_id)
-        u.watches[name] = {e[1] for e in u.log}
+        u.watches[name] = {e.id for e in u.log}
 
     def watched(self, unit_id: str, name: str) -> list[Any] | None:
         """Every id in the unit's log since ``watch(name)``: there then, logged since, or there
@@ -340,12 +379,14 @@ class RoutingTable(ApplierGate):
         the caller cannot tell which ids changed and must look again."""
         u = self.unit(unit_id)
         seen = u.watches.pop(name, None)
-        return None if seen is None else list(seen | {e[1] for e in u.log})
+        return None if seen is None else list(seen | {e.id for e in u.log})
 
     def take_many(self, unit_ids: list[str], limit: int, holder: str,
-                  now: float | None = None) -> dict[str, tuple[list[Any], int]]:
+                  now: float | None = None, owner: Owner | None = None
+                  ) -> dict[str, tuple[list[Any], int]]:
         """``take_changes`` for a background holder over several units, up to ``limit`` ids
         in all: a follower applies them in one write, so the target gets few versions.
+        ``owner``: the side it reads from; units owned by the other are left out.
 
         One follower step at a time, whichever worker runs it: two at once write the same
         LanceDB table together, and their commits conflict and retry (measured: steps of 1 to
@@ -359,7 +400,7 @@ class RoutingTable(ApplierGate):
         for uid in unit_ids:
             if left <= 0:
                 break
-            ids, seq = self.take_changes(uid, left, holder, now, background=True)
+            ids, seq = self.take_changes(uid, left, holder, now, background=True, owner=owner)
             if ids:
                 out[uid] = (ids, seq)
                 left -= len(ids)
@@ -375,7 +416,7 @@ class RoutingTable(ApplierGate):
         """The distinct ids waiting in the log (settled or not), without taking them."""
         seen: dict[Any, None] = {}
         for e in self.unit(unit_id).log[:limit]:
-            seen.setdefault(e[1], None)
+            seen.setdefault(e.id, None)
         return list(seen)
 
     def ack_changes(self, unit_id: str, seq: int, holder: str | None = None) -> int:
@@ -385,7 +426,7 @@ class RoutingTable(ApplierGate):
         if holder is not None and u.sync_holder not in (None, holder):
             return len(u.log)  # a hold that expired and passed on: this apply did not count
         done = {s for s in u.taken if s <= seq}
-        u.log = [e for e in u.log if e[0] not in done]
+        u.log = [e for e in u.log if e.seq not in done]
         self.oldest_age(unit_id)  # drops the marks of applied writes
         u.acked_seq = max(u.acked_seq, seq)
         u.sync_holder, u.taken = None, []
@@ -404,7 +445,7 @@ class RoutingTable(ApplierGate):
         if not u.log:
             u.marks.clear()
             return 0.0
-        first = u.log[0][0]
+        first = u.log[0].seq
         drop = 0
         while drop + 1 < len(u.marks) and u.marks[drop + 1][0] <= first:
             drop += 1
@@ -422,24 +463,27 @@ class RoutingTable(ApplierGate):
     def to_dict(self, logs: bool = True) -> dict[str, Any]:
         """The durable state; ``logs=False`` leaves out the change logs (``logs_dict``), which
         the router writes apart and less often: a restarted router repairs by diff anyway."""
-        return {"epoch": self.epoch, "seq": self.seq, "lease_s": self.lease_s,
+        return {"epoch": self.epoch, "incarnation": self.incarnation, "seq": self.seq,
+                "lease_s": self.lease_s,
                 "freeze_timeout_s": self.freeze_timeout_s,
-                "units": {k: _row(v, logs) for k, v in self.units.items()}}
+                "units": {k: v.to_row(logs) for k, v in self.units.items()}}
 
     def logs_dict(self) -> dict[str, list[list[Any]]]:
-        return {k: [list(e) for e in u.log] for k, u in self.units.items() if u.log}
+        return {k: [e.to_list() for e in u.log] for k, u in self.units.items() if u.log}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], restarted: bool = True,
                   now: float | None = None, clients_may_remain: bool = True) -> RoutingTable:
-        """Rebuild from durable state. After a restart, logs may miss their newest entries:
-        capturing units are marked for diff-and-repair. When clients of the old table may still
-        hold leases (the actor restarted in the same cluster), freezes wait one lease time."""
+        """Rebuild from durable state, as the next incarnation (whose tokens and seqs exceed
+        every one issued before; the caller persists it before serving). After a restart, logs
+        may miss their newest entries: capturing units are marked for diff-and-repair. When
+        clients of the old table may still hold leases (the actor restarted in the same
+        cluster), freezes wait one lease time."""
         t = cls([], lease_s=d.get("lease_s", 30.0),
-                freeze_timeout_s=d.get("freeze_timeout_s", 10.0))
-        t.seq = d["seq"]
+                freeze_timeout_s=d.get("freeze_timeout_s", 10.0),
+                incarnation=d.get("incarnation", 0) + 1)
         for k, v in d["units"].items():
-            u = UnitRoute(**v)
+            u = UnitRoute.from_row(v)
             if restarted and u.phase in CAPTURING:
                 u.needs_repair = True
             t.units[k] = u
@@ -456,13 +500,6 @@ class RoutingTable(ApplierGate):
         return max(0.0, self.restarted_at + self.lease_s - now)
 
     def status(self) -> list[dict[str, Any]]:
-        return [{**_row(u, logs=False), "lag": len(u.log)} for u in self.units.values()]
+        return [{**u.to_row(logs=False), "lag": len(u.log)} for u in self.units.values()]
 
 
-def _row(u: UnitRoute, logs: bool) -> dict[str, Any]:
-    """A unit as a plain dict (copying the log only when asked: it can be long)."""
-    row = {f.name: getattr(u, f.name) for f in fields(u)
-           if f.name not in ("log", "taken", "marks", "watches")}
-    if logs:
-        row["log"], row["taken"] = [list(e) for e in u.log], list(u.taken)
-    return row
