@@ -293,7 +293,7 @@ class Router:
                 self.table.set_phase(uid, "done")
                 done.append(uid)
         if done:
-            self._persist()
+            self.durable.persist()
         return busy
 
 
