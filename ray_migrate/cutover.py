@@ -223,6 +223,12 @@ class _Switch:
             wait_s = 0.0 if force else max(IDLE_WAIT_S - (self.start - called), 0.0)
             out = router.call("settle", self.unit_id, self.to_phase, not applied, force,
                               wait_s, waited <= IDLE_WAIT_S + FORCE_GRACE_S)
+            if out.get("needs_repair"):  # the router restarted during the switch (P13)
+                if out["state"] == "frozen":
+                    router.call("lift_freeze", self.unit_id, self.back_phase)
+                return _refused(self.unit_id, self.to_phase, Abort(
+                    "the router restarted during the switch: the unit needs diff-and-repair "
+                    "before it may switch"))
             if out["state"] == "switched":
                 return self._switched_quietly(out)
             if out["state"] == "frozen":

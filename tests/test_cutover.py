@@ -216,3 +216,30 @@ def test_what_the_wait_applies_is_confirmed_at_a_quiet_moment_without_a_freeze(
         assert set(np.frombuffer(dst[3][0]["vector"], np.float32)) == {0.75}
     finally:
         h.kill()
+
+
+def test_a_switch_gives_up_at_once_when_the_router_restarted_during_it(ray_cluster, tmp_path):
+    """P13: a router rebuilt during a cutover may have lost log entries, so the unit needs
+    diff-and-repair first. The switch says so at its first look, freezing nothing, rather than
+    freezing and having every flip refused until max_freeze_ms."""
+    import ray
+
+    source, target, unit, h = ready_unit(tmp_path, "rt-repair", 30.0)
+    try:
+        pid = h.call("describe")["pid"]
+        ray.kill(h.actor, no_restart=False)  # the router restarts from its state
+        deadline = time.monotonic() + 60
+        while h.call("describe")["pid"] == pid:  # a condition, polled: until it restarted
+            assert time.monotonic() < deadline, "the router did not restart"
+            time.sleep(0.05)
+        assert h.call("unit", "all")["needs_repair"]
+        started = time.monotonic()
+        res = switch_unit(h, (source, unit), (target, unit), Transform(TransformConfig()),
+                          "target", "ready", 2000, 100)
+        took = time.monotonic() - started
+        assert not res.ok and "diff-and-repair" in res.reason, res
+        assert res.freeze_ms == 0.0 and took < 1.5, (res.freeze_ms, took)
+        st = h.call("unit", "all")
+        assert (st["phase"], st["owner"]) == ("ready", "source")
+    finally:
+        h.kill()
