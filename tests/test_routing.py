@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from ray_migrate.routing.appliers import YIELD_MAX_AGE_S
 from ray_migrate.routing.client_rows import CARRY_MAX_BYTES
 from ray_migrate.routing.records import CAPTURING
-from ray_migrate.routing.table import YIELD_MAX_AGE_S, RoutingTable, TransitionError
+from ray_migrate.routing.table import RoutingTable, TransitionError
 
 
 def table():
@@ -253,6 +254,27 @@ def test_a_rolled_back_unit_keeps_capturing_and_its_next_cutover_applies_what_it
     assert t.take_changes("a", now=0)[0] == [5], "kept through the new prepare"
     back = RoutingTable.from_dict(t.to_dict(), now=0)
     assert back.unit("a").needs_repair, "a restarted router repairs it like any capturing unit"
+
+
+def test_a_rolled_back_units_log_past_its_cap_becomes_a_repair(monkeypatch):
+    """Nobody may follow a rolled-back unit for long (no driver runs): its log stops growing
+    at ROLLED_BACK_MAX_LOG, and the unit is marked for diff-and-repair instead; a ready unit's
+    log is applied by its followers and is not capped."""
+    from ray_migrate.routing import table as table_mod
+
+    monkeypatch.setattr(table_mod, "ROLLED_BACK_MAX_LOG", 3)
+    t = ready_table()
+    t.set_phase("b", "capturing")
+    assert t.settle("a", "target", True, False, now=0) == {"state": "switched"}
+    assert t.settle("a", "rolled_back", True, False, now=0) == {"state": "switched"}
+    for pid in (1, 2, 3):
+        write(t, "a", [pid])
+        write(t, "b", [pid])
+    assert t.lag("a") == 3 and not t.unit("a").needs_repair
+    write(t, "a", [4])
+    write(t, "b", [4])
+    assert t.lag("a") == 0 and t.unit("a").needs_repair, "dropped for a repair"
+    assert t.lag("b") == 4 and not t.unit("b").needs_repair
 
 
 def test_recovery_marks_capturing_units_for_repair_and_waits_out_old_leases():

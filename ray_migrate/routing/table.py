@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ray_migrate.routing.appliers import ApplierGate
+from ray_migrate.routing.appliers import YIELD_MAX_AGE_S, ApplierGate
 from ray_migrate.routing.client_rows import Carried, ClientRows
 from ray_migrate.routing.records import (
     CAPTURING,
@@ -49,9 +49,8 @@ from ray_migrate.routing.records import (
     UnitRoute,
 )
 
-# While a cutover runs, followers leave alone the units whose oldest waiting change is younger
-# than this (``yield_followers``): a bound on how far behind a cutover lets them fall.
-YIELD_MAX_AGE_S = 0.5
+# A rolled-back unit whose log grows past this many entries drops it for a diff-and-repair.
+ROLLED_BACK_MAX_LOG = 1_000_000
 
 
 class RoutingTable(ApplierGate):
@@ -359,6 +358,13 @@ class RoutingTable(ApplierGate):
             u.log.append(LogEntry(self.seq, pid, token))
         for seen in u.watches.values():
             seen.update(ids)
+        if u.phase == "rolled_back" and len(u.log) > ROLLED_BACK_MAX_LOG:
+            # Nobody may follow a rolled-back unit for a long time (no driver runs): rather
+            # than grow without bound in this actor's memory, its next preparation repairs it
+            # by diff (P11, P13).
+            u.log.clear()
+            u.needs_repair = True
+            self._drop_carried(u.unit_id)
 
     def log_ids(self, unit_id: str, ids: list[Any]) -> int:
         """Add ids to the unit's log as if written (a verify found them differing): the one
@@ -380,37 +386,6 @@ class RoutingTable(ApplierGate):
         u = self.unit(unit_id)
         seen = u.watches.pop(name, None)
         return None if seen is None else list(seen | {e.id for e in u.log})
-
-    def take_many(self, unit_ids: list[str], limit: int, holder: str,
-                  now: float | None = None, owner: Owner | None = None
-                  ) -> dict[str, tuple[list[Any], int]]:
-        """``take_changes`` for a background holder over several units, up to ``limit`` ids
-        in all: a follower applies them in one write, so the target gets few versions.
-        ``owner``: the side it reads from; units owned by the other are left out.
-
-        One follower step at a time, whichever worker runs it: two at once write the same
-        LanceDB table together, and their commits conflict and retry (measured: steps of 1 to
-        3 s instead of a few hundred ms). Another holder gets nothing until ``end_follow``
-        (or a lease time, if its worker died)."""
-        now = time.time() if now is None else now
-        if self.follow_holder not in (None, holder) and now - self.follow_since < self.lease_s:
-            return {}
-        out: dict[str, tuple[list[Any], int]] = {}
-        left = limit
-        for uid in unit_ids:
-            if left <= 0:
-                break
-            ids, seq = self.take_changes(uid, left, holder, now, background=True, owner=owner)
-            if ids:
-                out[uid] = (ids, seq)
-                left -= len(ids)
-        if out:
-            self.follow_holder, self.follow_since = holder, now
-        return out
-
-    def end_follow(self, holder: str) -> None:
-        if self.follow_holder == holder:
-            self.follow_holder = None
 
     def peek_changes(self, unit_id: str, limit: int = 10_000_000) -> list[Any]:
         """The distinct ids waiting in the log (settled or not), without taking them."""
@@ -436,28 +411,6 @@ class RoutingTable(ApplierGate):
 
     def lag(self, unit_id: str) -> int:
         return len(self.unit(unit_id).log)
-
-    def oldest_age(self, unit_id: str, now: float | None = None) -> float:
-        """Seconds since the write of the oldest change in the unit's log began (0 for an
-        empty log, or when unknown: entries from before a restart or of a repair)."""
-        now = time.time() if now is None else now
-        u = self.unit(unit_id)
-        if not u.log:
-            u.marks.clear()
-            return 0.0
-        first = u.log[0].seq
-        drop = 0
-        while drop + 1 < len(u.marks) and u.marks[drop + 1][0] <= first:
-            drop += 1
-        del u.marks[:drop]
-        return now - u.marks[0][1] if u.marks and u.marks[0][0] <= first else 0.0
-
-    def lags(self, now: float | None = None) -> dict[str, tuple[str, int, bool, float]]:
-        """Per unit (phase, waiting entries, reserved, age of the oldest waiting change in
-        seconds): what followers poll."""
-        now = time.time() if now is None else now
-        return {k: (u.phase, len(u.log), self._reserved(u, None, now), self.oldest_age(k, now))
-                for k, u in self.units.items()}
 
     # --- persistence ----------------------------------------------------------------------
     def to_dict(self, logs: bool = True) -> dict[str, Any]:
