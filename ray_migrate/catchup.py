@@ -1,7 +1,9 @@
 """Catch-up: bring the other side up to date with the ids the change log names.
 
 The log holds ids, not values. Each id is re-read from the side that owns the unit and upserted
-on the other side, or deleted there when the owner no longer has it. So applying a change
+on the other side, or deleted there when the owner no longer has it. Both are scoped to the
+unit: a point whose tenant changed is no longer in the old unit (only its old copy is deleted
+on the other side, by id and tenant), and never counts twice. So applying a change
 twice, out of order or after a later copy batch is harmless: the last application always
 writes the owner's current value. Where a client's own rows are known to equal the owner's
 value, the router hands them out and they stand in for the read (see ``routing.table``). The same
@@ -23,7 +25,7 @@ import pyarrow.compute as pc
 
 from ray_migrate.backends.base import Backend
 from ray_migrate.routing.actor import RouterHandle
-from ray_migrate.schema import ID
+from ray_migrate.schema import ID, payload_dicts
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
@@ -61,46 +63,113 @@ def settled_by_clients(carried: Carried, owner: Backend) -> tuple[list[Any], pa.
         return [pid for ids, (kind, _) in carried if kind == "delete" for pid in ids], None
 
 
+def belongs(unit: UnitSpec | None, payload: dict[str, Any]) -> bool:
+    """Whether a point with this payload is in ``unit`` (in the side's own field names), as
+    the engines' unit filters say: the field holds the unit's value, of the same type, or for
+    the value None is absent or null. Every point is in an id-range unit it was read for."""
+    if unit is None or unit.kind != "tenant":
+        return True
+    v = payload.get(unit.field or "")
+    if unit.value is None:
+        return v is None
+    return type(v) is type(unit.value) and v == unit.value
+
+
+def in_unit(rows: pa.Table, unit: UnitSpec | None) -> pa.Table:
+    """The rows that belong to ``unit``: a point that moved to another tenant is not the
+    unit's any more, though its id is still in the unit's log."""
+    if unit is None or unit.kind != "tenant" or rows.num_rows == 0:
+        return rows
+    return rows.filter(pa.array([belongs(unit, p) for p in payload_dicts(rows)], pa.bool_()))
+
+
+# One unit's share of an apply: (the unit in the owner's terms, or None; its logged ids;
+# clients' rows for some of them, or None).
+Part = tuple[UnitSpec | None, Sequence[Any], Carried | None]
+
+
 def apply_ids(ids: Sequence[Any], owner: Backend, other: Backend, transform: Transform,
               seen: list[tuple[list[Any], pa.Table]] | None = None,
               times: dict[str, float] | None = None,
-              carried: Carried | None = None) -> tuple[int, int]:
-    """Make ``other`` hold what ``owner`` holds for these ids. Returns (upserted, deleted).
-    ``carried``: clients' rows that stand for the owner's value of some ids, which are then
-    not read. ``seen`` collects each read of the owner (or its stand-in), (ids asked, rows
-    found): a cutover confirms against them. ``times`` adds up the ms spent reading the owner
-    and writing the other."""
+              carried: Carried | None = None, unit: UnitSpec | None = None) -> tuple[int, int]:
+    """``apply_units`` for one unit (None: every id counts wherever it is)."""
+    return apply_units([(unit, ids, carried)], owner, other, transform, seen, times)
+
+
+def apply_units(parts: Sequence[Part], owner: Backend, other: Backend, transform: Transform,
+                seen: list[tuple[list[Any], pa.Table]] | None = None,
+                times: dict[str, float] | None = None) -> tuple[int, int]:
+    """Make ``other`` hold what ``owner`` holds for each unit's logged ids. Returns (upserted,
+    deleted).
+
+    Unit-scoped: an id counts as present only where the owner's row belongs to the unit, and
+    it is deleted on ``other`` only where it belongs to that unit there (``Backend.delete``
+    with the unit). So the log of a unit that a point left (its tenant changed) removes the
+    old copy and never the point's live copy in its new unit. The owner is read once for all
+    parts, and ``other`` gets one upsert and one ``delete_many`` per chunk of ids.
+
+    Clients' rows (``carried``) stand for the owner's value of some ids, which are then not
+    read; not for an id logged in several parts (a move between them). ``seen`` collects each
+    read of the owner (or its stand-in) as (ids asked, rows found in scope): a cutover
+    confirms against them. ``times`` adds up the ms spent reading the owner and writing the
+    other."""
     counts = [0, 0]
     times = {} if times is None else times
-
-    def apply(chunk: list[Any], rows: pa.Table, t1: float) -> None:
-        if seen is not None:
-            seen.append((chunk, rows))
-        present = set(rows.column(ID).to_pylist())
-        if rows.num_rows:
-            other.upsert(transform.apply(rows))
-            counts[0] += rows.num_rows
-        gone = [pid for pid in chunk if pid not in present]
-        if gone:
-            other.delete(gone)
-            counts[1] += len(gone)
-        times["write"] = times.get("write", 0.0) + (time.perf_counter() - t1) * 1000
-
-    if carried:
-        known, rows = settled_by_clients(carried, owner)
-        if known:
-            settled = set(known)
-            apply([pid for pid in ids if pid in settled],
-                  rows if rows is not None else owner.fetch([]), time.perf_counter())
-            ids = [pid for pid in ids if pid not in settled]
-    for i in range(0, len(ids), BATCH_IDS):
-        chunk = list(ids[i:i + BATCH_IDS])
+    logged: dict[Any, int] = {}
+    for _, ids, _ in parts:
+        for pid in dict.fromkeys(ids):
+            logged[pid] = logged.get(pid, 0) + 1
+    left: list[tuple[UnitSpec | None, list[Any]]] = []
+    for unit, ids, carried in parts:
+        usable = [(c_ids, rows) for c_ids, rows in carried or []
+                  if all(logged.get(pid, 0) == 1 for pid in c_ids)]
+        known, rows = settled_by_clients(usable, owner) if usable else ([], None)
+        settled = set(known)
+        if settled:
+            rows = rows if rows is not None else owner.fetch([])
+            _apply(other, transform, [(unit, [p for p in ids if p in settled])], rows,
+                   seen, counts, times, time.perf_counter())
+        left.append((unit, [p for p in ids if p not in settled]))
+    to_read = list(dict.fromkeys(p for _, ids in left for p in ids))
+    for i in range(0, len(to_read), BATCH_IDS):
+        chunk = set(to_read[i:i + BATCH_IDS])
         t0 = time.perf_counter()
-        rows = owner.fetch(chunk)
+        rows = owner.fetch(list(chunk))
         t1 = time.perf_counter()
         times["read"] = times.get("read", 0.0) + (t1 - t0) * 1000
-        apply(chunk, rows, t1)
+        _apply(other, transform, [(u, [p for p in ids if p in chunk]) for u, ids in left],
+               rows, seen, counts, times, t1)
     return counts[0], counts[1]
+
+
+def _apply(other: Backend, transform: Transform, parts: list[tuple[UnitSpec | None, list[Any]]],
+           rows: pa.Table, seen: list[tuple[list[Any], pa.Table]] | None, counts: list[int],
+           times: dict[str, float], t1: float) -> None:
+    """Write what the owner's ``rows`` say about each part's ids: the rows in the part's unit
+    upserted, the ids not in it deleted from the unit on ``other``."""
+    found = rows.column(ID).to_pylist()
+    keep: list[int] = []
+    gone: list[tuple[list[Any], UnitSpec | None]] = []
+    for unit, ids in parts:
+        if not ids:
+            continue
+        wanted = set(ids)
+        mine = in_unit(rows.take([i for i, pid in enumerate(found) if pid in wanted]), unit)
+        if seen is not None:
+            seen.append((list(ids), mine))
+        present = set(mine.column(ID).to_pylist())
+        keep += [i for i, pid in enumerate(found) if pid in present and pid in wanted]
+        missing = [pid for pid in ids if pid not in present]
+        if missing:
+            gone.append((missing, None if unit is None else transform.target_unit(unit)))
+    if keep:
+        upsert = rows.take(sorted(set(keep)))
+        other.upsert(transform.apply(upsert))
+        counts[0] += upsert.num_rows
+    if gone:
+        other.delete_many(gone)
+        counts[1] += sum(len(ids) for ids, _ in gone)
+    times["write"] = times.get("write", 0.0) + (time.perf_counter() - t1) * 1000
 
 
 @dataclass
@@ -125,11 +194,19 @@ class UnitSync:
             return [], self.router.call("unit", uid)["lag"] if lag else -1
         try:
             apply_ids(ids, self.owner, self.other, self.transform, self.seen, self.times,
-                      carried)
+                      carried, unit=self.unit)
         except BaseException:
             self.router.call("ack_changes", uid, 0, self.holder)  # let go, acking nothing
             raise
         return ids, self.router.call("ack_changes", uid, seq, self.holder)
+
+    def owner_rows(self, ids: Sequence[Any]) -> pa.Table:
+        """The owner's rows of these ids that belong to the unit."""
+        return in_unit(self.owner.fetch(list(ids)), self.unit)
+
+    def other_rows(self, ids: Sequence[Any]) -> pa.Table:
+        """The other side's rows of these ids that belong to the unit there."""
+        return in_unit(self.other.fetch(list(ids)), self.transform.target_unit(self.unit))
 
     def until(self, lag: int, timeout_s: float, limit: int = 10_000,
               ended: bool = False) -> tuple[int, set[Any]]:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
-from ray_migrate.catchup import UnitSync, apply_ids
+from ray_migrate.catchup import UnitSync, apply_units
 from ray_migrate.config import MigrationConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import switch_unit
@@ -266,9 +266,12 @@ class UnitWorker:
             return
         ids = list(dict.fromkeys(i for unit_ids, _, _ in taken.values() for i in unit_ids))
         started = time.monotonic()
+        # Each unit's ids are applied within that unit (see ``catchup.apply_units``), in the
+        # owner's field names.
+        side = (lambda u: u) if owner is self.source else self.forward.target_unit
         try:
-            apply_ids(ids, owner, other, transform,
-                      carried=[c for _, _, carried in taken.values() for c in carried])
+            apply_units([(side(self._unit_spec(u)), unit_ids, carried)
+                         for u, (unit_ids, _, carried) in taken.items()], owner, other, transform)
         except BaseException:
             self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
             raise
@@ -278,6 +281,14 @@ class UnitWorker:
             log.warning("worker %d follower: %d ids of %d units took %.2fs to apply; the owner's "
                         "reads are slow (a LanceDB table with many fragments?)", self.index,
                         len(ids), len(taken), took)
+
+    def _unit_spec(self, unit_id: str) -> UnitSpec:
+        """A unit of the plan, or one the router added for a tenant first seen while running."""
+        spec = next((u for u in self.plan.units if u.unit_id == unit_id), None)
+        if spec is None:
+            row = next(r for r in self.router.call("status")["units"] if r["unit_id"] == unit_id)
+            spec = UnitSpec(unit_id, "tenant", field=unit_id.partition("=")[0], value=row["value"])
+        return spec
 
     @contextmanager
     def _reserved(self, unit_id: str) -> Iterator[bool]:

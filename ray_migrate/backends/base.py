@@ -104,7 +104,16 @@ class Backend(ABC):
         self.upsert(table)
 
     @abstractmethod
-    def delete(self, ids: Sequence[Any]) -> None: ...
+    def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
+        """Delete these ids. With a tenant ``unit`` (in this side's field names), only where the
+        point belongs to it: a point that has moved to another tenant meanwhile stays. Id-range
+        units need no scope (the id names the unit)."""
+
+    def delete_many(self, parts: Sequence[tuple[Sequence[Any], UnitSpec | None]]) -> None:
+        """``delete`` of several (ids, unit) parts; engines where one call is cheaper (one
+        LanceDB version instead of several) override it."""
+        for ids, unit in parts:
+            self.delete(ids, unit)
 
     def stored_form(self, table: pa.Table) -> pa.Table:
         """The batch as this engine will store it (Qdrant normalizes cosine vectors)."""

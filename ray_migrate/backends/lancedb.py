@@ -372,12 +372,34 @@ class LanceBackend(Backend):
         check_vectors(table, lay.canonical_info(self.endpoint.table))
         return to_layout(table, lay)
 
-    def delete(self, ids: Sequence[Any]) -> None:
-        keys = self._id_list(ids, self._layout())
-        with _guard(f"delete from {self._where()}"):
+    def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
+        self.delete_many([(ids, unit)])
+
+    def delete_many(self, parts: Sequence[tuple[Sequence[Any], UnitSpec | None]]) -> None:
+        """One delete (one table version) per CHUNK ids, whatever the number of units: each
+        part's ids, and with a tenant unit only where the row holds its value."""
+        lay = self._layout()
+        clauses = []
+        for ids, unit in parts:
+            keys = self._id_list(ids, lay)
+            scope = self._filter(unit, lay) if unit is not None and unit.kind == "tenant" \
+                else None
             for i in range(0, len(keys), CHUNK):
                 lits = ", ".join(sql_literal(k) for k in keys[i:i + CHUNK])
-                self.tbl.delete(f"{ID} IN ({lits})")
+                clause = f"{ID} IN ({lits})"
+                clauses.append((min(len(keys) - i, CHUNK),
+                                clause if scope is None else f"({clause} AND ({scope}))"))
+        with _guard(f"delete from {self._where()}"):
+            batch: list[str] = []
+            size = 0
+            for n, clause in clauses:
+                if batch and size + n > CHUNK:
+                    self.tbl.delete(" OR ".join(batch))
+                    batch, size = [], 0
+                batch.append(clause)
+                size += n
+            if batch:
+                self.tbl.delete(" OR ".join(batch))
 
     def finalize(self, options: LanceTargetOptions) -> dict[str, Any]:
         from lancedb.index import HnswSq, IvfFlat, IvfPq

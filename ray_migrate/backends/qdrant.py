@@ -439,13 +439,26 @@ class QdrantBackend(Backend):
                 for i, pid in enumerate(pids)], wait=True)
 
     @_guard
-    def delete(self, ids: Sequence[Any]) -> None:
+    def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
         from qdrant_client import models
 
         if not ids:
             return
-        self.client.delete(self.name, points_selector=models.PointIdsList(
-            points=[physical_id(i) for i in ids]), wait=True)
+        pids = [physical_id(i) for i in ids]
+        scoped = unit is not None and unit.kind == "tenant"
+        if scoped and self.local:
+            # Local mode evaluates a filter over every point in Python: look the ids up
+            # instead. One process owns the folder, so nothing writes between the two calls.
+            recs = self.client.retrieve(self.name, pids, with_payload=True, with_vectors=False)
+            pids = [r.id for r in recs if in_unit(unit, r.id, dict(r.payload or {}))]
+            if not pids:
+                return
+        if scoped and not self.local:
+            selector: Any = models.FilterSelector(filter=models.Filter(
+                must=[models.HasIdCondition(has_id=pids), unit_filter(unit)]))
+        else:
+            selector = models.PointIdsList(points=pids)
+        self.client.delete(self.name, points_selector=selector, wait=True)
 
     @_guard
     def stored_form(self, table: pa.Table) -> pa.Table:
