@@ -154,7 +154,8 @@ def _apply(other: Backend, transform: Transform, parts: list[tuple[UnitSpec | No
         if not ids:
             continue
         wanted = set(ids)
-        mine = in_unit(rows.take([i for i, pid in enumerate(found) if pid in wanted]), unit)
+        mine = in_unit(rows.take(pa.array([i for i, pid in enumerate(found) if pid in wanted],
+                                          pa.int64())), unit)
         if seen is not None:
             seen.append((list(ids), mine))
         present = set(mine.column(ID).to_pylist())
@@ -163,7 +164,7 @@ def _apply(other: Backend, transform: Transform, parts: list[tuple[UnitSpec | No
         if missing:
             gone.append((missing, None if unit is None else transform.target_unit(unit)))
     if keep:
-        upsert = rows.take(sorted(set(keep)))
+        upsert = rows.take(pa.array(sorted(set(keep)), pa.int64()))
         other.upsert(transform.apply(upsert))
         counts[0] += upsert.num_rows
     if gone:

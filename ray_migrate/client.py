@@ -315,7 +315,7 @@ class RoutedCollection:
         moved: dict[str, list[Any]] = defaultdict(list)  # old unit -> ids that leave it
         if self.cfg.units.by == "tenant":
             new_unit = {ids[i]: u for u, r in rows.items() for i in r}
-            for pid, (unit_id, value) in self._homes(ids).items():
+            for pid, (unit_id, value) in self._homes(new_unit).items():
                 if unit_id != new_unit[pid]:
                     moved[unit_id].append(pid)
                     values.setdefault(unit_id, value)
@@ -323,7 +323,7 @@ class RoutedCollection:
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
             backend = self.backends[owner]
             mine = [i for u in units for i in rows.get(u, [])]
-            side = self._side(owner, table.take(mine))
+            side = self._side(owner, table.take(pa.array(mine, pa.int64())))
             if mine:  # first, so a point moving within one owner is never absent
                 backend.upsert(side)
             gone = [(moved[u], self._scope(owner, u)) for u in units if moved.get(u)]
@@ -366,9 +366,10 @@ class RoutedCollection:
             unit = self._seen_units[unit_id] = self._new_unit(unit_id)
         return self.forward.target_unit(unit) if owner == "target" else unit
 
-    def _copies(self, ids: list[Any], routes: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
-        """Every copy of these ids on the sides that own units: (side, id, its unit, the
-        tenant value), read from both owners at once."""
+    def _copies(self, ids: list[Any], routes: dict[str, Any],
+                sides: list[str] | None = None) -> list[tuple[str, Any, str, Any]]:
+        """Every copy of these ids on ``sides`` (default: those that own units): (side, id,
+        its unit, the tenant value), read from both sides at once."""
         fld = self.cfg.units.field or ""
 
         def read(side: str) -> list[tuple[str, Any, str, Any]]:
@@ -378,16 +379,33 @@ class RoutedCollection:
             return [(side, pid, self.unit_of(pid, p), p.get(fld))
                     for pid, p in zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True)]
 
-        sides = self._owners(routes)
+        sides = self._owners(routes) if sides is None else sides
         if len(sides) < 2:
             return [c for side in sides for c in read(side)]
         return [c for f in [self._pool.submit(read, side) for side in sides] for c in f.result()]
 
-    def _homes(self, ids: list[Any]) -> dict[Any, tuple[str, Any]]:
-        """id -> (unit, tenant value) of the copy that the owner of its unit holds."""
+    def _homes(self, new_unit: dict[Any, str]) -> dict[Any, tuple[str, Any]]:
+        """id -> (unit, tenant value) of the copy that the owner of its unit holds. Looked
+        up first on the owner of each id's new unit (an update stays in its tenant: one read),
+        then, for ids not found there in a unit that side owns, on the other owner."""
         routes = self.routes()
-        return {pid: (unit, value) for side, pid, unit, value in self._copies(ids, routes)
-                if routes.get(unit, ("source",))[0] == side}
+
+        def owner(unit: str) -> str:
+            return routes.get(unit, ("source",))[0]
+
+        homes: dict[Any, tuple[str, Any]] = {}
+
+        def look(side: str, ids: list[Any]) -> None:
+            for where, pid, unit, value in self._copies(ids, routes, [side]) if ids else []:
+                if owner(unit) == where:
+                    homes[pid] = (unit, value)
+
+        for side in ("source", "target"):
+            look(side, [p for p, u in new_unit.items() if owner(u) == side])
+        rest = [pid for pid in new_unit if pid not in homes]
+        for side in self._owners(routes) if rest else []:
+            look(side, [p for p in rest if owner(new_unit[p]) != side])
+        return homes
 
     def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:
         """The unit of each id: by range, or by the tenant of the copy its owner holds (else

@@ -179,6 +179,8 @@ def test_an_application_in_another_process_outlives_the_driver(ray_cluster, tmp_
         if proc.poll() is None:
             proc.kill()
     result = json.loads((work / "result.json").read_text())
+    print(f"{direction}: {result['ops']} operations, {result['after_run']} after the run; "
+          f"close() took {result['close_s']:.2f}s")
     assert result["errors"] == [], result["errors"][:5]
     assert result["after_run"] > 20, f"only {result['after_run']} operations after the run"
     if dst_kind == "qdrant":

@@ -319,7 +319,9 @@ class Router:
             p = self._presence_state = Presence(stores_of(self.info.get("config") or {}),
                                                 drivers)
             self._releasing = asyncio.Lock()
-            self._release_task = asyncio.get_running_loop().create_task(self._release_loop())
+            if p.stores:
+                self._release_task = asyncio.get_running_loop().create_task(
+                    self._release_loop())
         return p
 
     async def hello(self, client: dict[str, Any]) -> dict[str, Any]:
@@ -374,9 +376,12 @@ class Router:
             return released
 
     async def _release_loop(self) -> None:
-        """Releases what lapsed clients left (and stores called again after a release)."""
+        """Releases what lapsed clients left (and stores called again after a release):
+        only clients call stores once no driver runs, so it looks only while some are known."""
         while True:
             await asyncio.sleep(RELEASE_EVERY_S)
+            if not self._presence().clients:
+                continue
             try:
                 await self._release_unneeded()
             except Exception as err:  # noqa: BLE001 - looked at again next time
