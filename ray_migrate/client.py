@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import InvalidDataError, TransientError
+from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.routing.records import CAPTURING
@@ -75,6 +76,11 @@ def similarity(score: float, distance: str, higher_is_better: bool) -> float:
     return -score
 
 
+class _Moved(Exception):
+    """Raised before an upsert's engine write: (old unit -> ids that live there now, old
+    unit -> its tenant value). The upsert writes again with leases on those units too."""
+
+
 class _Backends(dict):
     """The client's backends by side, each opened on first use: a side no unit routes to is
     never opened (a Qdrant local store released after the run is not created again)."""
@@ -88,7 +94,7 @@ class _Backends(dict):
         return backend
 
 
-class RoutedCollection:
+class RoutedCollection(Placement):
     """Upsert, delete, retrieve, search and count, routed per unit to its current owner."""
 
     def __init__(self, cfg: MigrationConfig, plan: Plan, router: RouterHandle):
@@ -103,6 +109,7 @@ class RoutedCollection:
         self._range_los = [u.lo for u in self._range_units[1:]]
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
+        self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
         self.cache = RouteCache(router, cfg.migration_id)  # registers; the watch starts now
         self.backends: dict[str, Backend] = _Backends(self._open)
 
@@ -133,6 +140,7 @@ class RoutedCollection:
         once the stores no live client needs any more (see ``routing.presence``)."""
         self.cache.close()
         self._pool.shutdown(wait=False)
+        self._lookups.shutdown(wait=False)
 
     # --- routes ---------------------------------------------------------------------------
     def routes(self) -> dict[str, tuple[str, str]]:
@@ -141,12 +149,6 @@ class RoutedCollection:
 
     def _saw_epoch(self, epoch: int) -> None:
         self.cache.saw_epoch(epoch)
-
-    @staticmethod
-    def _owners(routes: dict[str, tuple[str, str]]) -> list[str]:
-        """The sides that own some unit: the only ones a read needs."""
-        return [side for side in ("source", "target")
-                if any(owner == side for owner, _ in routes.values())]
 
     # --- units ----------------------------------------------------------------------------
     def unit_of(self, pid: Any, payload: dict[str, Any] | None) -> str:
@@ -302,7 +304,12 @@ class RoutedCollection:
 
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Insert or replace points by id. With tenant units, an id that lives in another
-        tenant now is moved there: its old copy is deleted under a lease on its old unit."""
+        tenant now is moved there: its old copy is deleted under a lease on its old unit.
+
+        Where each id lives is looked up while the leases are asked for, and the engine
+        write waits for the answer: a point that stays in its tenant (the common case) costs
+        the slower of the two, not their sum. A move found then ends those leases unwritten
+        (their log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
         rows: dict[str, list[int]] = defaultdict(list)
         values: dict[str, Any] = {}
@@ -312,15 +319,27 @@ class RoutedCollection:
             unit_id = self.unit_of(pid, p)
             rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
-        moved: dict[str, list[Any]] = defaultdict(list)  # old unit -> ids that leave it
+        lookup = None
         if self.cfg.units.by == "tenant":
-            new_unit = {ids[i]: u for u, r in rows.items() for i in r}
-            for pid, (unit_id, value) in self._homes(new_unit).items():
-                if unit_id != new_unit[pid]:
-                    moved[unit_id].append(pid)
-                    values.setdefault(unit_id, value)
+            lookup = self._lookups.submit(
+                self._moves, {ids[i]: u for u, r in rows.items() for i in r})
+        try:
+            self._write_rows(table, rows, values, {}, lookup)
+        except _Moved as found:
+            moved, old_values = found.args
+            self._write_rows(table, rows, {**old_values, **values}, moved, None)
+        return table.num_rows
+
+    def _write_rows(self, table: pa.Table, rows: dict[str, list[int]], values: dict[str, Any],
+                    moved: dict[str, list[Any]], lookup: Future | None) -> None:
+        """Write ``rows`` (unit -> row numbers) and delete ``moved`` ids from their old units,
+        under leases on all those units; raise ``_Moved`` before any engine write if
+        ``lookup`` finds ids that live in another unit now."""
+        ids = table.column(ID).to_pylist()
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
+            if lookup is not None and lookup.result()[0]:
+                raise _Moved(*lookup.result())
             backend = self.backends[owner]
             mine = [i for u in units for i in rows.get(u, [])]
             side = self._side(owner, table.take(pa.array(mine, pa.int64())))
@@ -343,7 +362,6 @@ class RoutedCollection:
         parts = {u: ([ids[i] for i in rows.get(u, [])] + moved.get(u, []), values.get(u))
                  for u in {*rows, *moved}}
         self._leased(parts, write)
-        return table.num_rows
 
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [self._check_id(i) for i in ids]
@@ -358,74 +376,6 @@ class RoutedCollection:
 
         self._leased({u: (unit_ids, None) for u, unit_ids in located.items()}, write)
         return len(ids)
-
-    def _scope(self, owner: str, unit_id: str) -> UnitSpec:
-        """The unit in ``owner``'s field names, for a unit-scoped delete."""
-        unit = self.units.get(unit_id) or self._seen_units.get(unit_id)
-        if unit is None:  # a tenant first seen while running: ask the router once
-            unit = self._seen_units[unit_id] = self._new_unit(unit_id)
-        return self.forward.target_unit(unit) if owner == "target" else unit
-
-    def _copies(self, ids: list[Any], routes: dict[str, Any],
-                sides: list[str] | None = None) -> list[tuple[str, Any, str, Any]]:
-        """Every copy of these ids on ``sides`` (default: those that own units): (side, id,
-        its unit, the tenant value), read from both sides at once."""
-        fld = self.cfg.units.field or ""
-
-        def read(side: str) -> list[tuple[str, Any, str, Any]]:
-            t = self.backends[side].fetch(ids)
-            if side == "target":
-                t = self._from_target(t)
-            return [(side, pid, self.unit_of(pid, p), p.get(fld))
-                    for pid, p in zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True)]
-
-        sides = self._owners(routes) if sides is None else sides
-        if len(sides) < 2:
-            return [c for side in sides for c in read(side)]
-        return [c for f in [self._pool.submit(read, side) for side in sides] for c in f.result()]
-
-    def _homes(self, new_unit: dict[Any, str]) -> dict[Any, tuple[str, Any]]:
-        """id -> (unit, tenant value) of the copy that the owner of its unit holds. Looked
-        up first on the owner of each id's new unit (an update stays in its tenant: one read),
-        then, for ids not found there in a unit that side owns, on the other owner."""
-        routes = self.routes()
-
-        def owner(unit: str) -> str:
-            return routes.get(unit, ("source",))[0]
-
-        homes: dict[Any, tuple[str, Any]] = {}
-
-        def look(side: str, ids: list[Any]) -> None:
-            for where, pid, unit, value in self._copies(ids, routes, [side]) if ids else []:
-                if owner(unit) == where:
-                    homes[pid] = (unit, value)
-
-        for side in ("source", "target"):
-            look(side, [p for p, u in new_unit.items() if owner(u) == side])
-        rest = [pid for pid in new_unit if pid not in homes]
-        for side in self._owners(routes) if rest else []:
-            look(side, [p for p in rest if owner(new_unit[p]) != side])
-        return homes
-
-    def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:
-        """The unit of each id: by range, or by the tenant of the copy its owner holds (else
-        of every copy found)."""
-        out: dict[str, list[Any]] = defaultdict(list)
-        if self.cfg.units.by != "tenant":
-            for pid in ids:
-                out[self.unit_of(pid, None)].append(pid)
-            return out
-        routes = self.routes()
-        seen: dict[Any, set[str]] = defaultdict(set)  # units of every copy found
-        owned: dict[Any, str] = {}  # the unit of the copy held by that unit's owner
-        for side, pid, unit, _ in self._copies(ids, routes):
-            seen[pid].add(unit)
-            if routes.get(unit, ("source",))[0] == side:
-                owned[pid] = unit
-        for pid in ids:
-            for unit in ({owned[pid]} if pid in owned else seen.get(pid, set())):
-                out[unit].append(pid)
-        return out
 
     # --- reads ----------------------------------------------------------------------------
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
@@ -532,12 +482,5 @@ class RoutedCollection:
                 unit = self.forward.target_unit(unit)
             total += self.backends[owner].count(unit)
         return total
-
-    def _new_unit(self, unit_id: str) -> UnitSpec:
-        fld, _, label_ = unit_id.partition("=")
-        value = self.router.call("status")["units"]
-        value = next((r["value"] for r in value if r["unit_id"] == unit_id), label_)
-        return UnitSpec(unit_id, "tenant", field=fld, value=value)
-
 
 __all__ = ["RoutedCollection", "similarity"]
