@@ -269,9 +269,13 @@ class UnitWorker:
         # Each unit's ids are applied within that unit (see ``catchup.apply_units``), in the
         # owner's field names.
         side = (lambda u: u) if owner is self.source else self.forward.target_unit
+        kept: dict[str, list[Any]] = {}
         try:
             apply_units([(side(self._unit_spec(u)), unit_ids, carried)
-                         for u, (unit_ids, _, carried) in taken.items()], owner, other, transform)
+                         for u, (unit_ids, _, carried) in taken.items()], owner, other,
+                        transform, kept=kept)
+            for u, left in kept.items():  # before the ack (see ``apply_units``)
+                self.router.call("log_ids", u, left)
         except BaseException:
             self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
             raise

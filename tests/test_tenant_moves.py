@@ -9,6 +9,7 @@ leases on both units.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -86,6 +87,83 @@ def test_an_apply_counts_and_deletes_an_id_only_within_its_unit(tmp_path, owner_
                 zip("ab", seen, strict=True)}
     assert in_scope == {"a": {3}, "b": {1}}, "the owner's rows count only in their unit"
     assert read(other, xm) == {1: ("b", 1), 3: ("a", 1), 4: ("b", 1)}
+
+
+@pytest.mark.parametrize("other_kind, filtered", [
+    ("qdrant", False), ("qdrant", True), ("lancedb", False)],
+    ids=["qdrant", "qdrant-server-upsert", "lancedb"])
+def test_an_apply_never_replaces_a_point_of_another_tenant_and_hands_its_id_back(
+        tmp_path, other_kind, filtered):
+    """Between an applier's read of the owner and its write, a point may move to a tenant
+    whose owner is the other side: that live point must stay. Here the owner read 1, 2 and 3
+    in unit a; on the other side 1 is now in b (not applied: owned there), 2 in a (replaced)
+    and 3 absent (inserted). The ids left are handed back, to be logged again."""
+    owner, om = open_side("lancedb", tmp_path / "owner", "tenant")
+    other, xm = open_side(other_kind, tmp_path / "other", "org", filtered)
+    put(owner, om, {1: ("a", 5), 2: ("a", 5), 3: ("a", 5)})
+    put(other, xm, {1: ("b", 9), 2: ("a", 0)})
+    transform = Transform(TransformConfig(rename_fields={"tenant": "org"}))
+    kept: dict = {}
+    up, gone = apply_units([(A, [1, 2, 3], None)], owner, other, transform, kept=kept)
+    assert (up, gone, kept) == (2, 0, {"tenant=a": [1]})
+    assert read(other, xm) == {1: ("b", 9), 2: ("a", 5), 3: ("a", 5)}
+
+
+class HeldUpsert:
+    """The real backend, whose next upsert waits until the test lets it go on."""
+
+    def __init__(self, real: Any):
+        self.real, self.reached, self.go = real, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def upsert(self, table: Any, within: Any = None) -> Any:
+        self.reached.set()
+        assert self.go.wait(30)
+        return self.real.upsert(table) if within is None else self.real.upsert(table, within)
+
+
+def test_an_applier_that_read_a_point_before_it_moved_leaves_its_new_copy(ray_cluster,
+                                                                         tmp_path):
+    """Unit a is on the source, b on the target. The applier of a reads point 1 (in a) from
+    the source; before it writes, a client moves 1 to b: its new copy on the target is b's
+    live point. Before: the applier wrote the old copy over it, and its next step, finding 1
+    gone from a on the source, deleted it from the target."""
+    from ray_migrate.catchup import UnitSync
+    from ray_migrate.routing.actor import start_router
+
+    source, sm = open_side("lancedb", tmp_path / "src", "tenant")
+    target, tm = open_side("qdrant", tmp_path / "dst", "tenant")
+    put(source, sm, {1: ("a", 5)})
+    put(target, tm, {1: ("a", 0)})
+    h = start_router(f"rt-move-{tmp_path.name}", str(tmp_path / "state"),
+                     ["tenant=a", "tenant=b"], {}, lease_s=5.0)
+    try:
+        for phase in ("capturing", "copying", "catching_up", "ready"):
+            h.call("set_phases", ["tenant=a", "tenant=b"], phase)
+        for phase in ("frozen", "target"):
+            h.call("set_phase", "tenant=b", phase)
+        [lease] = h.call("begin_writes", [("tenant=a", [1], "a")])  # a client's update of 1
+        h.call("end_writes", [lease["token"]])
+        held = HeldUpsert(target)
+        sync = UnitSync(A, h, source, held, Transform(TransformConfig()))
+        stepping = threading.Thread(target=sync.step, daemon=True)
+        stepping.start()
+        assert held.reached.wait(30), "the applier read the source and is about to write"
+        leases = h.call("begin_writes", [("tenant=b", [1], "b"), ("tenant=a", [1], "a")], True)
+        assert [le["owner"] for le in leases] == ["target", "source"]
+        put(target, tm, {1: ("b", 9)})  # the move, as RoutedCollection.upsert makes it
+        source.delete([1], A)
+        h.call("end_writes", [le["token"] for le in leases])
+        held.go.set()
+        stepping.join(30)
+        sync.other = target
+        assert sync.until(0, timeout_s=30)[0] == 0
+    finally:
+        h.kill()
+    assert read(target, tm) == {1: ("b", 9)}, "b's point, as the client wrote it"
+    assert read(source, sm) == {}
 
 
 def test_a_scoped_delete_leaves_points_of_other_tenants(tmp_path):

@@ -16,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
+from ray_migrate.backends.base import (
+    Backend,
+    Capabilities,
+    Cursor,
+    SearchHit,
+    in_tenant,
+    tenant_units,
+)
 from ray_migrate.backends.lance_layout import (
     META,
     NULL_KEYS,
@@ -41,6 +48,7 @@ from ray_migrate.schema import (
     CollectionInfo,
     arrow_schema,
     check_vectors,
+    payload_dicts,
 )
 from ray_migrate.units import UnitSpec
 
@@ -218,7 +226,7 @@ class LanceBackend(Backend):
                                               f"{have}, the source has {kind}")
 
     # --- units -------------------------------------------------------------------------------
-    def _filter(self, unit: UnitSpec | None, lay: Layout) -> str | None:
+    def _filter(self, unit: UnitSpec | None, lay: Layout, prefix: str = "") -> str | None:
         if unit is None or unit.kind == "all":
             return None
         if unit.kind == "tenant":
@@ -230,7 +238,7 @@ class LanceBackend(Backend):
                 raise UnsupportedError(f"tenant field {unit.field!r} is a json column in "
                                        f"{self._where()}; tenants must be bool, int, float or "
                                        "string columns (use units.by: id_range)")
-            col = quote_ident(unit.field)
+            col = prefix + quote_ident(unit.field)
             return f"{col} IS NULL" if unit.value is None else f"{col} = {sql_literal(unit.value)}"
         parts = []
         if unit.lo is not None:
@@ -346,13 +354,26 @@ class LanceBackend(Backend):
             canon.column(PAYLOAD).to_pylist(), strict=True)]
 
     # --- write -------------------------------------------------------------------------------
-    def upsert(self, table: pa.Table) -> None:
+    def upsert(self, table: pa.Table,
+               within: Sequence[UnitSpec] | None = None) -> list[Any]:
         if table.num_rows == 0:
-            return
+            return []
         data = self._rows(table)
+        tenants = tenant_units(within)
+        only = None if tenants is None else " OR ".join(
+            f"({self._filter(u, self._layout(), 'target.')})" for u in tenants)
         with _guard(f"merge_insert into {self._where()}"):
-            (self.tbl.merge_insert(ID).when_matched_update_all()
-             .when_not_matched_insert_all().execute(data))
+            done = (self.tbl.merge_insert(ID).when_matched_update_all(where=only)
+                    .when_not_matched_insert_all().execute(data))
+        if only is None or done.num_updated_rows + done.num_inserted_rows >= table.num_rows:
+            return []
+        # Some rows met a point of another tenant (see Backend.upsert): which ones.
+        ids = table.column(ID).to_pylist()
+        found = self.fetch(ids)
+        other = {pid for pid, p in zip(found.column(ID).to_pylist(), payload_dicts(found),
+                                       strict=True)
+                 if not any(in_tenant(u, p) for u in tenants)}
+        return [pid for pid in ids if pid in other]
 
     def append(self, table: pa.Table) -> None:
         if table.num_rows == 0:

@@ -225,12 +225,17 @@ class HostedBackend(Backend):
         return self._call("search", [float(x) for x in vector], k, vector_name, unit,
                           None if within is None else list(within))
 
-    def upsert(self, table: pa.Table) -> None:
+    def upsert(self, table: pa.Table,
+               within: Sequence[UnitSpec] | None = None) -> list[Any]:
         """In calls of at most ``HOSTED_WRITE_ROWS`` points, so other callers' calls (clients'
         reads and writes) run in between. Each call is an idempotent upsert by id, so a retry
         after a partial write is harmless, as for any engine write."""
+        kept: list[Any] = []
         for start in range(0, max(table.num_rows, 1), HOSTED_WRITE_ROWS):
-            self._call("upsert", table.slice(start, HOSTED_WRITE_ROWS))
+            part = table.slice(start, HOSTED_WRITE_ROWS)
+            kept += (self._call("upsert", part) if within is None
+                     else self._call("upsert", part, list(within))) or []
+        return kept
 
     def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
         self._call("delete", list(ids), unit)
