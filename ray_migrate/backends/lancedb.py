@@ -226,7 +226,7 @@ class LanceBackend(Backend):
                                               f"{have}, the source has {kind}")
 
     # --- units -------------------------------------------------------------------------------
-    def _filter(self, unit: UnitSpec | None, lay: Layout, prefix: str = "") -> str | None:
+    def _filter(self, unit: UnitSpec | None, lay: Layout) -> str | None:
         if unit is None or unit.kind == "all":
             return None
         if unit.kind == "tenant":
@@ -238,7 +238,7 @@ class LanceBackend(Backend):
                 raise UnsupportedError(f"tenant field {unit.field!r} is a json column in "
                                        f"{self._where()}; tenants must be bool, int, float or "
                                        "string columns (use units.by: id_range)")
-            col = prefix + quote_ident(unit.field)
+            col = quote_ident(unit.field)
             return f"{col} IS NULL" if unit.value is None else f"{col} = {sql_literal(unit.value)}"
         parts = []
         if unit.lo is not None:
@@ -360,8 +360,7 @@ class LanceBackend(Backend):
             return []
         data = self._rows(table)
         tenants = tenant_units(within)
-        only = None if tenants is None else " OR ".join(
-            f"({self._filter(u, self._layout(), 'target.')})" for u in tenants)
+        only = None if tenants is None else self._any_of(tenants)
         with _guard(f"merge_insert into {self._where()}"):
             done = (self.tbl.merge_insert(ID).when_matched_update_all(where=only)
                     .when_not_matched_insert_all().execute(data))
@@ -374,6 +373,19 @@ class LanceBackend(Backend):
                                        strict=True)
                  if not any(in_tenant(u, p) for u in tenants)}
         return [pid for pid in ids if pid in other]
+
+    def _any_of(self, tenants: list[UnitSpec]) -> str:
+        """A merge's condition on the matched row: it is in one of these tenant units."""
+        self._filter(tenants[0], self._layout())  # checks the field is a plain column
+        parts = []
+        for fld in dict.fromkeys(u.field or "" for u in tenants):
+            col = "target." + quote_ident(fld)
+            values = [u.value for u in tenants if u.field == fld and u.value is not None]
+            if values:
+                parts.append(f"{col} IN ({', '.join(sql_literal(v) for v in values)})")
+            if any(u.field == fld and u.value is None for u in tenants):
+                parts.append(f"{col} IS NULL")
+        return " OR ".join(parts)
 
     def append(self, table: pa.Table) -> None:
         if table.num_rows == 0:
