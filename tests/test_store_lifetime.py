@@ -173,6 +173,11 @@ def test_an_application_in_another_process_outlives_the_driver(ray_cluster, tmp_
         if src_kind == "qdrant":  # the source is no unit's owner: released for the asking
             folder_opens(source["path"], within_s=FREE_BOUND_S)
         time.sleep(3.0)  # the application goes on for 3 s after the run, as users' do
+        if dst_kind == "qdrant":  # every unit lives there now: held while the client lives
+            from qdrant_client import QdrantClient
+
+            with pytest.raises(RuntimeError):
+                QdrantClient(path=target["path"])
         (work / "stop").touch()
         assert proc.wait(120) == 0, (work / "stderr").read_text()[-3000:]
     finally:
