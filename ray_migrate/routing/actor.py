@@ -328,7 +328,7 @@ class Router:
         """A client connects: its record, and the routes and the stores' node for it."""
         self._presence().client(client)
         return {**await self.routes(),
-                "store_node": self._presence().driver_info.get("node_id")}
+                "store_node": self._presence().store_node}
 
     async def watch_routes(self, client: dict[str, Any], epoch: int,
                            timeout_s: float = 10.0) -> dict[str, Any]:

@@ -56,14 +56,14 @@ class Presence:
         self.stores = stores  # folder -> the sides ("source", "target") it holds
         self.clients: dict[str, Client] = {}
         self.drivers: dict[str, int] = dict(drivers or {})  # driver key -> starts not ended
-        self.driver_info: dict[str, Any] = {}  # the latest driver's job, pid, host, node
+        self.store_node: str | None = None  # the first driver's node, where it opened them
         self.unrouted_at: dict[str, int] = {}  # side -> the epoch it was first seen unrouted
 
     # --- drivers --------------------------------------------------------------------------
     def driver_started(self, info: dict[str, Any]) -> None:
         key = driver_key(info)
         self.drivers[key] = self.drivers.get(key, 0) + 1
-        self.driver_info = dict(info)
+        self.store_node = self.store_node or info.get("node_id")
 
     def driver_exited(self, info: dict[str, Any]) -> None:
         key = driver_key(info)
