@@ -6,26 +6,30 @@ Every write asks the router for a lease first (see ``routing.table`` for why tha
 acknowledged write), so a client never needs a fresh routing table to be correct: the lease
 carries the owner, and a write whose owner changed meanwhile is written again to the new one.
 
-Reads use a cached routing table. One call to the router stays outstanding per client
-(``wait_routes``) and returns as soon as the table changes, so the cache follows every change
-within a round trip. Every write's answer carries the table's epoch as well: a client that
-sees a newer one reads the table again before its next read, so it always reads its own
-writes. While the watch is down (the router restarts), reads ask the router every time.
+Reads use the cached routing table of ``routing.watch.RouteCache``: one watch call stays
+outstanding from ``connect`` to ``close``, keeps the cache current and tells the router that
+this client is alive, so the stores it may call stay up (``routing.presence``). A client
+opens a side only when a unit routes to it, and reads only the sides that own units: once
+every unit is on the target it never calls the source.
+
+With tenant units a point may change tenant: ``upsert`` looks up where each id lives now,
+and an id that lives in another unit is moved, under leases on both units taken together
+(the old unit logs a delete, the new one an upsert): the new copy is written to the new
+unit's owner and the old copy deleted from the old unit's owner, only where it is still in
+that unit (``Backend.delete`` with the unit). Deletes are unit-scoped the same way.
 """
 
 from __future__ import annotations
 
 import bisect
-import concurrent.futures
 import heapq
 import logging
 import math
-import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,9 +39,11 @@ import pyarrow.compute as pc
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import InvalidDataError, TransientError
+from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.routing.records import CAPTURING
+from ray_migrate.routing.watch import RouteCache
 from ray_migrate.schema import (
     ID,
     UINT64_MAX,
@@ -56,7 +62,6 @@ FREEZE_WAIT_S = 30.0
 # A write spanning several units waits this long, at most, for the moment none of them is
 # frozen, to write them all at once; then it writes the unfrozen ones and the others later.
 WHOLE_WAIT_S = 1.0
-WATCH_S = 10.0  # how long one wait for a change of the routing table lasts
 # write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
 Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
 
@@ -71,7 +76,25 @@ def similarity(score: float, distance: str, higher_is_better: bool) -> float:
     return -score
 
 
-class RoutedCollection:
+class _Moved(Exception):
+    """Raised before an upsert's engine write: (old unit -> ids that live there now, old
+    unit -> its tenant value). The upsert writes again with leases on those units too."""
+
+
+class _Backends(dict):
+    """The client's backends by side, each opened on first use: a side no unit routes to is
+    never opened (a Qdrant local store released after the run is not created again)."""
+
+    def __init__(self, opener: Callable[[str], Backend]):
+        super().__init__()
+        self._open = opener
+
+    def __missing__(self, side: str) -> Backend:
+        backend = self[side] = self._open(side)
+        return backend
+
+
+class RoutedCollection(Placement):
     """Upsert, delete, retrieve, search and count, routed per unit to its current owner."""
 
     def __init__(self, cfg: MigrationConfig, plan: Plan, router: RouterHandle):
@@ -79,22 +102,25 @@ class RoutedCollection:
         self.info = plan.source_info
         self.forward = Transform(cfg.transform)
         self.inverse = Transform(cfg.transform, inverse=True) if cfg.transform.invertible else None
-        self.backends: dict[str, Backend] = {
-            "source": open_backend(cfg.source),
-            "target": open_backend(cfg.target, payload_schema=plan.target_info.payload_schema),
-        }
         self.units = {u.unit_id: u for u in plan.units}
+        self._seen_units: dict[str, UnitSpec] = {}  # tenants first seen while running
         ranges = [u for u in plan.units if u.kind == "id_range"]
         self._range_units = sorted(ranges, key=lambda u: (u.lo is not None, u.lo))
         self._range_los = [u.lo for u in self._range_units[1:]]
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
-        self._lock = threading.Lock()
-        self._routes: dict[str, Any] | None = None  # unit -> (owner, phase), at _routes_epoch
-        self._routes_epoch = -1
-        self._epoch_seen = -1  # the epoch of the latest answer from the router
-        self._watcher: threading.Thread | None = None
-        self._closed = False
+        self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
+        self.cache = RouteCache(router, cfg.migration_id)  # registers; the watch starts now
+        self.backends: dict[str, Backend] = _Backends(self._open)
+
+    def _open(self, side: str) -> Backend:
+        ep = self.cfg.source if side == "source" else self.cfg.target
+        if ep.kind == "qdrant" and ep.path:  # its store lives on the node of the folder
+            from ray_migrate.backends.qdrant_host import hosted_qdrant
+
+            return hosted_qdrant(ep, node_id=self.cache.store_node)
+        schema = self.plan.target_info.payload_schema if side == "target" else None
+        return open_backend(ep, payload_schema=schema)
 
     @classmethod
     def connect(cls, migration_id: str, address: str | None = None) -> RoutedCollection:
@@ -110,65 +136,19 @@ class RoutedCollection:
         return cls(cfg, Plan.from_dict(info["plan"]), router)
 
     def close(self) -> None:
-        """Stop watching the routing table (the watch ends within ``WATCH_S``)."""
-        self._closed = True
+        """Stop watching the routing table and say goodbye to the router, which releases at
+        once the stores no live client needs any more (see ``routing.presence``)."""
+        self.cache.close()
         self._pool.shutdown(wait=False)
+        self._lookups.shutdown(wait=False)
 
     # --- routes ---------------------------------------------------------------------------
     def routes(self) -> dict[str, tuple[str, str]]:
-        """unit -> (owner, phase): the cached table while the watch keeps it current and no
-        newer epoch has been seen since, else asked of the router."""
-        with self._lock:
-            if (self._routes is not None and self._routes_epoch == self._epoch_seen
-                    and self._watcher is not None and self._watcher.is_alive()):
-                return self._routes
-        out = self.router.call("routes")
-        self._take_routes(out)
-        with self._lock:
-            if not self._closed and (self._watcher is None or not self._watcher.is_alive()):
-                self._watcher = threading.Thread(target=self._watch, daemon=True,
-                                                 name="rm-routes")
-                self._watcher.start()
-        return out["units"]
-
-    def _take_routes(self, out: dict[str, Any]) -> None:
-        """Keep a table unless an answer that arrived first was newer (epochs only grow)."""
-        with self._lock:
-            if out["epoch"] >= self._routes_epoch:
-                self._routes, self._routes_epoch = out["units"], out["epoch"]
-            self._epoch_seen = max(self._epoch_seen, out["epoch"])
+        """unit -> (owner, phase), as the cache or the router has it (``RouteCache.routes``)."""
+        return self.cache.routes()
 
     def _saw_epoch(self, epoch: int) -> None:
-        with self._lock:
-            self._epoch_seen = max(self._epoch_seen, epoch)
-
-    def _watch(self) -> None:
-        """Keep the cached table current; stop after a few failures in a row (the next read
-        asks the router and starts the watch again), when closed, or when Ray shuts down in
-        this process (so it never blocks the shutdown: it waits in short slices)."""
-        import ray
-
-        failures = 0
-        while not self._closed and failures < 3:
-            try:
-                # Not retried by Ray: a router killed for good would keep it pending.
-                answer = self.router.actor.wait_routes.options(max_task_retries=0).remote(
-                    self._routes_epoch, WATCH_S).future()
-                while True:  # a Python future: this thread is never inside a Ray call here
-                    try:
-                        out = answer.result(timeout=0.5)
-                        break
-                    except concurrent.futures.TimeoutError:
-                        if self._closed or not ray.is_initialized():
-                            return
-                self._take_routes(out)
-                failures = 0
-            except BaseException as err:  # noqa: BLE001 - reads fall back to asking each time
-                if not ray.is_initialized() or isinstance(err, SystemExit):
-                    return
-                failures += 1
-                log.debug("routing watch: %s: %s", type(err).__name__, err)
-                time.sleep(0.2)
+        self.cache.saw_epoch(epoch)
 
     # --- units ----------------------------------------------------------------------------
     def unit_of(self, pid: Any, payload: dict[str, Any] | None) -> str:
@@ -323,6 +303,13 @@ class RoutedCollection:
             raise errors[0]
 
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
+        """Insert or replace points by id. With tenant units, an id that lives in another
+        tenant now is moved there: its old copy is deleted under a lease on its old unit.
+
+        Where each id lives is looked up while the leases are asked for, and the engine
+        write waits for the answer: a point that stays in its tenant (the common case) costs
+        the slower of the two, not their sum. A move found then ends those leases unwritten
+        (their log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
         rows: dict[str, list[int]] = defaultdict(list)
         values: dict[str, Any] = {}
@@ -332,62 +319,70 @@ class RoutedCollection:
             unit_id = self.unit_of(pid, p)
             rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
+        lookup = None
+        if self.cfg.units.by == "tenant":
+            lookup = self._lookups.submit(
+                self._moves, {ids[i]: u for u, r in rows.items() for i in r})
+        try:
+            self._write_rows(table, rows, values, {}, lookup)
+        except _Moved as found:
+            moved, old_values = found.args
+            self._write_rows(table, rows, {**old_values, **values}, moved, None)
+        return table.num_rows
+
+    def _write_rows(self, table: pa.Table, rows: dict[str, list[int]], values: dict[str, Any],
+                    moved: dict[str, list[Any]], lookup: Future | None) -> None:
+        """Write ``rows`` (unit -> row numbers) and delete ``moved`` ids from their old units,
+        under leases on all those units; raise ``_Moved`` before any engine write if
+        ``lookup`` finds ids that live in another unit now."""
+        ids = table.column(ID).to_pylist()
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
-            side = self._side(owner, table.take([i for u in units for i in rows[u]]))
-            self.backends[owner].upsert(side)
+            if lookup is not None and lookup.result()[0]:
+                raise _Moved(*lookup.result())
+            backend = self.backends[owner]
+            mine = [i for u in units for i in rows.get(u, [])]
+            side = self._side(owner, table.take(pa.array(mine, pa.int64())))
+            if mine:  # first, so a point moving within one owner is never absent
+                backend.upsert(side)
+            gone = [(moved[u], self._scope(owner, u)) for u in units if moved.get(u)]
+            if gone:
+                backend.delete_many(gone)
             out = {}
             for u in report:  # each unit's rows as written (by id: a transform may reorder)
+                if u in moved:  # a delete: its rows, or rows and a delete, stay unreported
+                    if u not in rows:
+                        out[u] = (("delete", moved[u]), 16 * len(moved[u]))
+                    continue
                 unit_ids = pa.array([ids[i] for i in rows[u]], side.column(ID).type)
                 part = side.filter(pc.is_in(side.column(ID), value_set=unit_ids))
                 out[u] = (("upsert", part), part.nbytes)
             return out
 
-        self._leased({u: ([ids[i] for i in r], values[u]) for u, r in rows.items()}, write)
-        return table.num_rows
+        parts = {u: ([ids[i] for i in rows.get(u, [])] + moved.get(u, []), values.get(u))
+                 for u in {*rows, *moved}}
+        self._leased(parts, write)
 
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [self._check_id(i) for i in ids]
         located = self._locate(ids)
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
-            self.backends[owner].delete(list(dict.fromkeys(i for u in units
-                                                           for i in located[u])))
+            # Each unit's ids only where they are still in it: one that moved to another
+            # tenant meanwhile stays (its new unit's log does not hold this delete).
+            self.backends[owner].delete_many([(located[u], self._scope(owner, u))
+                                              for u in units])
             return {u: (("delete", located[u]), 16 * len(located[u])) for u in report}
 
         self._leased({u: (unit_ids, None) for u, unit_ids in located.items()}, write)
         return len(ids)
-
-    def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:
-        """The unit of each id: by range, or by the tenant of the copy its owner holds."""
-        out: dict[str, list[Any]] = defaultdict(list)
-        if self.cfg.units.by != "tenant":
-            for pid in ids:
-                out[self.unit_of(pid, None)].append(pid)
-            return out
-        routes = self.routes()
-        seen: dict[Any, set[str]] = defaultdict(set)  # units of every copy found
-        owned: dict[Any, str] = {}  # the unit of the copy held by that unit's owner
-        for side in ("source", "target"):
-            t = self.backends[side].fetch(ids)
-            if side == "target":
-                t = self._from_target(t)
-            for pid, p in zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True):
-                unit = self.unit_of(pid, p)
-                seen[pid].add(unit)
-                if routes.get(unit, ("source",))[0] == side:
-                    owned[pid] = unit
-        for pid in ids:
-            for unit in ({owned[pid]} if pid in owned else seen.get(pid, set())):
-                out[unit].append(pid)
-        return out
 
     # --- reads ----------------------------------------------------------------------------
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
         ids = [self._check_id(i) for i in ids]
         routes = self.routes()
         result: dict[Any, dict[str, Any]] = {}
-        for side in ("source", "target"):
+        for side in self._owners(routes):
             t = self.backends[side].fetch(ids)
             if side == "target":
                 t = self._from_target(t)
@@ -435,7 +430,6 @@ class RoutedCollection:
 
     def _search_side(self, side: str, q: np.ndarray, k: int, name: str, distance: str,
                      flt: dict[str, Any], routes: dict[str, Any]) -> list[tuple]:
-        backend = self.backends[side]
         tname = self.forward.rename_vectors.get(name, name) if side == "target" else name
         unit = None
         if self.cfg.units.by == "tenant" and self.cfg.units.field in flt:
@@ -448,7 +442,8 @@ class RoutedCollection:
                 unit = self.forward.target_unit(unit)
         owned = {u for u, (owner, _) in routes.items() if owner == side}
         if not owned:
-            return []
+            return []  # never opened: a side that owns no unit is not called
+        backend = self.backends[side]
         within = None
         if unit is None and len(owned) < len(routes) and all(u in self.units for u in owned) \
                 and self.cfg.units.by == "tenant":
@@ -487,12 +482,5 @@ class RoutedCollection:
                 unit = self.forward.target_unit(unit)
             total += self.backends[owner].count(unit)
         return total
-
-    def _new_unit(self, unit_id: str) -> UnitSpec:
-        fld, _, label_ = unit_id.partition("=")
-        value = self.router.call("status")["units"]
-        value = next((r["value"] for r in value if r["unit_id"] == unit_id), label_)
-        return UnitSpec(unit_id, "tenant", field=fld, value=value)
-
 
 __all__ = ["RoutedCollection", "similarity"]

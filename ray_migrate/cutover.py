@@ -76,9 +76,9 @@ def _confirm(sync: UnitSync, ids: set[Any], owner_rows: pa.Table | None = None,
     if not ids:
         return
     if owner_rows is None:
-        owner_rows = sync.owner.fetch(list(ids))
+        owner_rows = sync.owner_rows(ids)
     want = sync.other.stored_form(sync.transform.apply(owner_rows))
-    have = sync.other.fetch(list(ids))
+    have = sync.other_rows(ids)  # a point that moved to another tenant is not the unit's
     a, b = Digest().add(want), Digest().add(have)
     if a.count != b.count or a.total != b.total:
         wh = dict(zip(*point_hashes(want), strict=True))
@@ -119,7 +119,8 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     applier wrote, and nobody else applies a reserved unit. An id written again since is in
     the log again, so the switch waits until it is applied and confirmed too."""
     unit = owner[1]
-    sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[])
+    sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[],
+                    side="source" if to_phase == "target" else "target")
     # Apply every write that has ended (not waiting for a moment with none under way: under
     # steady writes there may be none for seconds, and each look is a router call; step 1
     # below waits for such a moment, with a budget).

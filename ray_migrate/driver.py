@@ -296,10 +296,10 @@ class Migration:
             if self.router is not None:
                 for row in self.router.call("status")["units"]:
                     self._final_row(row)
-            if release_stores:
-                # TODO(store-lifetime): verify, cutover and rollback (no lease) must not release
-                # a store that a running driver and its clients still use.
-                release_local_stores(self.cfg)
+            # This driver ends: the router releases the Qdrant local stores that no other live
+            # process (a running driver, a client of another job) needs, at once if
+            # ``release_stores``, else when it next looks.
+            release_local_stores(self.cfg, self.router, release=release_stores)
             self.report.finished_at = time.time()
             key = REPORT_KEY if self.report.command == "run" else f"{self.report.command}.json"
             self.store.write(key, self.report.model_dump(mode="json"))
@@ -369,10 +369,37 @@ def verify_migration(cfg: MigrationConfig, address: str | None = None,
     return report
 
 
-def release_local_stores(cfg: MigrationConfig) -> None:
-    """Let go of Qdrant local folders so other processes can open them after the run."""
-    from ray_migrate.backends.qdrant_host import release_hosted_qdrant
+def release_local_stores(cfg: MigrationConfig, router: RouterHandle | None = None,
+                         release: bool = True) -> list[str]:
+    """Let go of the migration's Qdrant local folders, so other processes can open them.
 
+    With ``router`` (the one this driver started), tell it that this driver exited: it
+    releases at once (with ``release``) every store that no live client of another process
+    needs, and the others once their last client has gone (``routing.presence``). Without
+    one, ask the migration's router, if any, to release what no other process needs; with no
+    router at all, release every folder. Returns the folders released now."""
+    import ray
+
+    from ray_migrate.backends.qdrant_host import release_hosted_qdrant
+    from ray_migrate.routing.actor import get_router
+    from ray_migrate.routing.watch import process_info
+
+    if not ray.is_initialized():  # the driver never joined a cluster: no store was opened
+        return []
+    me = process_info()
+    try:
+        if router is not None:
+            return router.call("driver_exited", me, release, timeout_s=30)
+        return get_router(cfg.migration_id).call("release_unneeded", me, timeout_s=30)
+    except TerminalError:  # no router: nothing else can need the folders
+        pass
+    except Exception as err:  # noqa: BLE001 - an unreachable router cannot decide for us
+        log.warning("the router could not release the stores (%s: %s); releasing them here",
+                    type(err).__name__, err)
+    if not release:
+        return []
+    released = []
     for ep in (cfg.source, cfg.target):
-        if ep.kind == "qdrant" and ep.path:
-            release_hosted_qdrant(ep.path)
+        if ep.kind == "qdrant" and ep.path and release_hosted_qdrant(ep.path):
+            released.append(ep.path)
+    return released

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
-from ray_migrate.catchup import UnitSync, apply_ids
+from ray_migrate.catchup import UnitSync, apply_units
 from ray_migrate.config import MigrationConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import switch_unit
@@ -114,7 +114,8 @@ class UnitWorker:
         return {"index": self.index, "pid": os.getpid()}
 
     def _forward(self, spec: UnitSpec) -> UnitSync:
-        return UnitSync(spec, self.router, self.source, self.target, self.forward)
+        return UnitSync(spec, self.router, self.source, self.target, self.forward,
+                        side="source")
 
     def _phase(self, unit_id: str) -> str:
         return self.router.call("unit", unit_id)["phase"]
@@ -299,11 +300,11 @@ class UnitWorker:
         error: BaseException | None = None
         failed: dict[str, str] = {}
         try:
-            apply_ids(ids, owner, other, transform,
-                      carried=[c for _, _, carried in taken.values() for c in carried])
-            acks = {u: seq for u, (_, seq, _) in taken.items()}
-        except TerminalError:  # find the units it comes from: the others go on
-            acks, failed, error = self._apply_apart(taken, owner, other, transform)
+            try:
+                self._apply_step(taken, owner, other, transform)
+                acks = {u: seq for u, (_, seq, _) in taken.items()}
+            except TerminalError:  # find the units it comes from: the others go on
+                acks, failed, error = self._apply_apart(taken, owner, other, transform)
         except BaseException:
             self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
             raise
@@ -318,8 +319,20 @@ class UnitWorker:
                         "reads are slow (a LanceDB table with many fragments?)", self.index,
                         len(ids), len(taken), took)
 
-    @staticmethod
-    def _apply_apart(taken: dict[str, Any], owner: Backend, other: Backend,
+    def _apply_step(self, taken: dict[str, Any], owner: Backend, other: Backend,
+                    transform: Transform) -> None:
+        """Apply a follower step's units, each within its unit (see ``catchup.apply_units``,
+        in the owner's field names); ids an upsert left go back into their unit's log before
+        the caller acks."""
+        side = (lambda u: u) if owner is self.source else self.forward.target_unit
+        kept: dict[str, list[Any]] = {}
+        apply_units([(side(self._unit_spec(u)), unit_ids, carried)
+                     for u, (unit_ids, _, carried) in taken.items()], owner, other,
+                    transform, kept=kept)
+        for u, left in kept.items():
+            self.router.call("log_ids", u, left)
+
+    def _apply_apart(self, taken: dict[str, Any], owner: Backend, other: Backend,
                      transform: Transform
                      ) -> tuple[dict[str, int], dict[str, str], BaseException | None]:
         """A step's units one by one: (seq to ack per unit, 0 where nothing was applied; the
@@ -330,7 +343,7 @@ class UnitWorker:
         for uid, (ids, seq, carried) in taken.items():
             acks[uid] = 0
             try:
-                apply_ids(ids, owner, other, transform, carried=carried)
+                self._apply_step({uid: (ids, seq, carried)}, owner, other, transform)
                 acks[uid] = seq
             except TerminalError as err:
                 failed[uid] = f"{type(err).__name__}: {err}"
@@ -354,6 +367,14 @@ class UnitWorker:
             self.router.call("set_phase", unit_id, "failed")
         except TransitionError as err:  # a cutover took it meanwhile: the error is shown
             log.warning("unit %s: not marked failed: %s", unit_id, err)
+
+    def _unit_spec(self, unit_id: str) -> UnitSpec:
+        """A unit of the plan, or one the router added for a tenant first seen while running."""
+        spec = next((u for u in self.plan.units if u.unit_id == unit_id), None)
+        if spec is None:
+            row = next(r for r in self.router.call("status")["units"] if r["unit_id"] == unit_id)
+            spec = UnitSpec(unit_id, "tenant", field=unit_id.partition("=")[0], value=row["value"])
+        return spec
 
     @contextmanager
     def _reserved(self, unit_id: str) -> Iterator[bool]:
@@ -400,7 +421,7 @@ class UnitWorker:
 
     def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
-                        self.inverse)
+                        self.inverse, side="target")
 
     def rollback(self, unit: dict[str, Any]) -> dict[str, Any]:
         return self._held(unit, self._rollback)

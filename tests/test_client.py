@@ -38,7 +38,9 @@ def test_router_answers_a_route_watch_at_the_next_change(ray_cluster, tmp_path):
 
 
 def test_reads_use_the_cached_routes_and_a_newer_epoch_seen_by_a_write_refreshes_them(
-        ray_cluster, tmp_path):
+        ray_cluster, tmp_path, monkeypatch):
+    from ray_migrate.routing.watch import RouteCache
+
     source, _ = seed("lancedb", tmp_path, n=40)
     mid = f"cache-{tmp_path.name}"
     m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
@@ -46,43 +48,45 @@ def test_reads_use_the_cached_routes_and_a_newer_epoch_seen_by_a_write_refreshes
     m.start()
     try:
         m.prepare_units()
+        held = threading.Event()  # the watch's answers arrive late, as over a slow network
+        real_once = RouteCache._watch_once
+
+        def slow(self: RouteCache, epoch: int) -> Any:
+            out = real_once(self, epoch)
+            held.wait(60)
+            return out
+
+        monkeypatch.setattr(RouteCache, "_watch_once", slow)
         coll = RoutedCollection.connect(mid)
         calls: Counter[str] = Counter()
-        real_call, real_watch = coll.router.call, coll._watch
+        real_call = coll.router.call
 
         def counting(method: str, *args: Any, **kwargs: Any) -> Any:
             calls[method] += 1
             return real_call(method, *args, **kwargs)
 
-        held = threading.Event()  # a watch that brings nothing, as over a slow network
         coll.router.call = counting  # type: ignore[method-assign]
-        coll._watch = lambda: held.wait(60)  # type: ignore[method-assign]
         q = [0.1] * DIM
-        coll.retrieve([1])
         for _ in range(3):
             coll.retrieve([1, 2])
             coll.search(q, k=3)
             coll.count()
-        assert calls["routes"] == 1, "reads after the first use the cached table"
+        assert calls["routes"] == 0, "reads use the table the client got when it connected"
 
         switch_units(m, ["tenant=t1"], "cutover")  # the watch brings nothing: stale cache
         point = {"id": 9001, "vector": [0.5] * DIM, "payload": {"tenant": "t1", "v": 1}}
         coll.upsert([point])  # its lease comes from the router, with the newer epoch
         assert coll.routes()["tenant=t1"][0] == "target"
-        assert calls["routes"] == 2, "a write saw a newer epoch: the next read asked"
+        assert calls["routes"] == 1, "a write saw a newer epoch: the next read asked"
         assert [r["id"] for r in coll.retrieve([9001])] == [9001], "reads its own write"
 
-        coll._watch = real_watch  # type: ignore[method-assign]
-        held.set()
-        coll._watcher.join(10)
-        coll.routes()  # no watch alive: asks, and starts the real one
-        assert calls["routes"] == 3
+        held.set()  # from now on the watch answers at once
         switch_units(m, ["tenant=t2"], "cutover")
         deadline = time.monotonic() + 10
         while coll.routes()["tenant=t2"][0] != "target":
             assert time.monotonic() < deadline, "the watch never brought the change"
             time.sleep(0.02)
-        assert calls["routes"] == 3, "the watch, not a read, brought the change"
+        assert calls["routes"] == 1, "the watch, not a read, brought the change"
         coll.close()
     finally:
         m.close()

@@ -29,6 +29,24 @@ class Capabilities:
     reads_back_writes: bool = False
 
 
+def in_tenant(unit: UnitSpec | None, payload: dict[str, Any]) -> bool:
+    """Whether a point with this payload is in ``unit`` as the engines' unit filters say: the
+    field holds the unit's value, of the same type, or for the value None is absent or null.
+    Any point is in a unit that is not a tenant (an id range names its ids)."""
+    if unit is None or unit.kind != "tenant":
+        return True
+    v = payload.get(unit.field or "")
+    if unit.value is None:
+        return v is None
+    return type(v) is type(unit.value) and v == unit.value
+
+
+def tenant_units(units: Sequence[UnitSpec] | None) -> list[UnitSpec] | None:
+    """The tenant units among ``units``, or None when there are none (no scope)."""
+    tenants = [u for u in units or () if u.kind == "tenant"]
+    return tenants or None
+
+
 @dataclass(frozen=True)
 class SearchHit:
     id: Any
@@ -95,8 +113,14 @@ class Backend(ABC):
 
     # --- write ----------------------------------------------------------------------------
     @abstractmethod
-    def upsert(self, table: pa.Table) -> None:
-        """Insert or replace by id; replaying the same batch changes nothing."""
+    def upsert(self, table: pa.Table,
+               within: Sequence[UnitSpec] | None = None) -> list[Any] | None:
+        """Insert or replace by id; replaying the same batch changes nothing.
+
+        ``within`` (tenant units, in this side's field names): replace only points that
+        belong to one of them and insert absent ones; a point of any other tenant stays as
+        it is, and its id is returned. A catch-up writes so: between its read of the owner
+        and this write, the point may have moved to a tenant whose owner is this side."""
 
     def append(self, table: pa.Table) -> None:
         """Insert points known to be absent (a fresh unit of a fresh target). Engines where
@@ -104,7 +128,16 @@ class Backend(ABC):
         self.upsert(table)
 
     @abstractmethod
-    def delete(self, ids: Sequence[Any]) -> None: ...
+    def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
+        """Delete these ids. With a tenant ``unit`` (in this side's field names), only where the
+        point belongs to it: a point that has moved to another tenant meanwhile stays. Id-range
+        units need no scope (the id names the unit)."""
+
+    def delete_many(self, parts: Sequence[tuple[Sequence[Any], UnitSpec | None]]) -> None:
+        """``delete`` of several (ids, unit) parts; engines where one call is cheaper (one
+        LanceDB version instead of several) override it."""
+        for ids, unit in parts:
+            self.delete(ids, unit)
 
     def stored_form(self, table: pa.Table) -> pa.Table:
         """The batch as this engine will store it (Qdrant normalizes cosine vectors)."""

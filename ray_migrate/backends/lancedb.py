@@ -16,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
+from ray_migrate.backends.base import (
+    Backend,
+    Capabilities,
+    Cursor,
+    SearchHit,
+    in_tenant,
+    tenant_units,
+)
 from ray_migrate.backends.lance_layout import (
     META,
     NULL_KEYS,
@@ -41,6 +48,7 @@ from ray_migrate.schema import (
     CollectionInfo,
     arrow_schema,
     check_vectors,
+    payload_dicts,
 )
 from ray_migrate.units import UnitSpec
 
@@ -346,13 +354,38 @@ class LanceBackend(Backend):
             canon.column(PAYLOAD).to_pylist(), strict=True)]
 
     # --- write -------------------------------------------------------------------------------
-    def upsert(self, table: pa.Table) -> None:
+    def upsert(self, table: pa.Table,
+               within: Sequence[UnitSpec] | None = None) -> list[Any]:
         if table.num_rows == 0:
-            return
+            return []
         data = self._rows(table)
+        tenants = tenant_units(within)
+        only = None if tenants is None else self._any_of(tenants)
         with _guard(f"merge_insert into {self._where()}"):
-            (self.tbl.merge_insert(ID).when_matched_update_all()
-             .when_not_matched_insert_all().execute(data))
+            done = (self.tbl.merge_insert(ID).when_matched_update_all(where=only)
+                    .when_not_matched_insert_all().execute(data))
+        if only is None or done.num_updated_rows + done.num_inserted_rows >= table.num_rows:
+            return []
+        # Some rows met a point of another tenant (see Backend.upsert): which ones.
+        ids = table.column(ID).to_pylist()
+        found = self.fetch(ids)
+        other = {pid for pid, p in zip(found.column(ID).to_pylist(), payload_dicts(found),
+                                       strict=True)
+                 if not any(in_tenant(u, p) for u in tenants)}
+        return [pid for pid in ids if pid in other]
+
+    def _any_of(self, tenants: list[UnitSpec]) -> str:
+        """A merge's condition on the matched row: it is in one of these tenant units."""
+        self._filter(tenants[0], self._layout())  # checks the field is a plain column
+        parts = []
+        for fld in dict.fromkeys(u.field or "" for u in tenants):
+            col = "target." + quote_ident(fld)
+            values = [u.value for u in tenants if u.field == fld and u.value is not None]
+            if values:
+                parts.append(f"{col} IN ({', '.join(sql_literal(v) for v in values)})")
+            if any(u.field == fld and u.value is None for u in tenants):
+                parts.append(f"{col} IS NULL")
+        return " OR ".join(parts)
 
     def append(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -372,12 +405,34 @@ class LanceBackend(Backend):
         check_vectors(table, lay.canonical_info(self.endpoint.table))
         return to_layout(table, lay)
 
-    def delete(self, ids: Sequence[Any]) -> None:
-        keys = self._id_list(ids, self._layout())
-        with _guard(f"delete from {self._where()}"):
+    def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
+        self.delete_many([(ids, unit)])
+
+    def delete_many(self, parts: Sequence[tuple[Sequence[Any], UnitSpec | None]]) -> None:
+        """One delete (one table version) per CHUNK ids, whatever the number of units: each
+        part's ids, and with a tenant unit only where the row holds its value."""
+        lay = self._layout()
+        clauses = []
+        for ids, unit in parts:
+            keys = self._id_list(ids, lay)
+            scope = self._filter(unit, lay) if unit is not None and unit.kind == "tenant" \
+                else None
             for i in range(0, len(keys), CHUNK):
                 lits = ", ".join(sql_literal(k) for k in keys[i:i + CHUNK])
-                self.tbl.delete(f"{ID} IN ({lits})")
+                clause = f"{ID} IN ({lits})"
+                clauses.append((min(len(keys) - i, CHUNK),
+                                clause if scope is None else f"({clause} AND ({scope}))"))
+        with _guard(f"delete from {self._where()}"):
+            batch: list[str] = []
+            size = 0
+            for n, clause in clauses:
+                if batch and size + n > CHUNK:
+                    self.tbl.delete(" OR ".join(batch))
+                    batch, size = [], 0
+                batch.append(clause)
+                size += n
+            if batch:
+                self.tbl.delete(" OR ".join(batch))
 
     def finalize(self, options: LanceTargetOptions) -> dict[str, Any]:
         from lancedb.index import HnswSq, IvfFlat, IvfPq

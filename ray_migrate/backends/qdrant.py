@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit
+from ray_migrate.backends.base import Backend, Capabilities, Cursor, SearchHit, tenant_units
 from ray_migrate.backends.qdrant_convert import (
     cosine_normalized,
     enum_value,
@@ -415,19 +415,28 @@ class QdrantBackend(Backend):
 
     # --- write ------------------------------------------------------------------------------
     @_guard
-    def upsert(self, table: pa.Table) -> None:
+    def upsert(self, table: pa.Table,
+               within: Sequence[UnitSpec] | None = None) -> list[Any]:
         from qdrant_client import models
 
         if table.num_rows == 0:
-            return
+            return []
         params = self._vector_params()
         info = self._info()
         check_vectors(table, info)
+        tenants = tenant_units(within)
+        kept: list[Any] = []
+        if tenants is not None:  # see Backend.upsert
+            table, kept = self._outside(table, tenants)
+            if table.num_rows == 0:
+                return kept
         pids, payloads = point_ids_and_payloads(table)
         vectors = point_vectors(table, list(params), self._unnamed)
         points = [models.PointStruct(id=pid, vector=vectors[i], payload=payloads[i])
                   for i, pid in enumerate(pids)]
-        self.client.upsert(self.name, points=points, wait=True)
+        guard = None if tenants is None or self.local else \
+            models.Filter(should=[unit_filter(u) for u in tenants])  # a server: atomic too
+        self.client.upsert(self.name, points=points, wait=True, update_filter=guard)
         cosine = [n for n, p in params.items() if enum_value(p.distance) == "Cosine"]
         if self.local and cosine:
             # Local mode normalizes a new point in float32 but an existing one in float64, and
@@ -437,15 +446,45 @@ class QdrantBackend(Backend):
             self.client.update_vectors(self.name, points=[
                 models.PointVectors(id=pid, vector=cosine_vectors[i])
                 for i, pid in enumerate(pids)], wait=True)
+        return kept
+
+    def _outside(self, table: pa.Table, tenants: list[UnitSpec]) -> tuple[pa.Table, list[Any]]:
+        """The rows to write, and the ids left out: those held by a point of another tenant
+        now. Local mode: one process owns the folder, so nothing writes in between."""
+        pids = [physical_id(i) for i in table.column(ID).to_pylist()]
+        recs = self.client.retrieve(self.name, pids, with_payload=True, with_vectors=False)
+        other = set()
+        for r in recs:
+            payload = dict(r.payload or {})
+            if not any(in_unit(u, r.id, payload) for u in tenants):
+                other.add(logical_id(r.id, payload))
+        if not other:
+            return table, []
+        ids = table.column(ID).to_pylist()
+        keep = pa.array([pid not in other for pid in ids], pa.bool_())
+        return table.filter(keep), [pid for pid in ids if pid in other]
 
     @_guard
-    def delete(self, ids: Sequence[Any]) -> None:
+    def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
         from qdrant_client import models
 
         if not ids:
             return
-        self.client.delete(self.name, points_selector=models.PointIdsList(
-            points=[physical_id(i) for i in ids]), wait=True)
+        pids = [physical_id(i) for i in ids]
+        scoped = unit is not None and unit.kind == "tenant"
+        if scoped and self.local:
+            # Local mode evaluates a filter over every point in Python: look the ids up
+            # instead. One process owns the folder, so nothing writes between the two calls.
+            recs = self.client.retrieve(self.name, pids, with_payload=True, with_vectors=False)
+            pids = [r.id for r in recs if in_unit(unit, r.id, dict(r.payload or {}))]
+            if not pids:
+                return
+        if scoped and not self.local:
+            selector: Any = models.FilterSelector(filter=models.Filter(
+                must=[models.HasIdCondition(has_id=pids), unit_filter(unit)]))
+        else:
+            selector = models.PointIdsList(points=pids)
+        self.client.delete(self.name, points_selector=selector, wait=True)
 
     @_guard
     def stored_form(self, table: pa.Table) -> pa.Table:

@@ -16,11 +16,14 @@ from typing import Any
 
 from ray_migrate.priority import process_at_normal_priority
 from ray_migrate.routing.durable import CHANGES_KEY, FLUSH_S, ROUTING_KEY, DurableTable
+from ray_migrate.routing.presence import Presence, stores_of
 from ray_migrate.state import StateStore
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
+PRESENCE_KEY = "presence.json"  # the drivers that run, for a router rebuilt after a crash
+RELEASE_EVERY_S = 1.0  # how often the router looks for stores that no one needs
 __all__ = ["CHANGES_KEY", "FLUSH_S", "NAMESPACE", "ROUTING_KEY", "Router", "RouterHandle",
            "get_router", "router_name", "start_router"]
 
@@ -296,6 +299,88 @@ class Router:
             self.durable.persist()
         return busy
 
+    # --- presence: drivers, clients and the hosted stores' lifetime (``routing.presence``) --
+    def _presence(self) -> Presence:
+        """Made on first use (in the event loop), with the release loop; a rebuilt router
+        trusts the drivers it had written down, a fresh one waits for its driver's word."""
+        p: Presence | None = getattr(self, "_presence_state", None)
+        if p is None:
+            import ray
+
+            drivers = None
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                drivers = (self.store.read(PRESENCE_KEY) or {}).get("drivers")
+            p = self._presence_state = Presence(stores_of(self.info.get("config") or {}),
+                                                drivers)
+            self._releasing = asyncio.Lock()
+            if p.stores:
+                self._release_task = asyncio.get_running_loop().create_task(
+                    self._release_loop())
+        return p
+
+    async def hello(self, client: dict[str, Any]) -> dict[str, Any]:
+        """A client connects: its record, and the routes and the stores' node for it."""
+        self._presence().client(client)
+        return {**await self.routes(),
+                "store_node": self._presence().store_node}
+
+    async def watch_routes(self, client: dict[str, Any], epoch: int,
+                           timeout_s: float = 10.0) -> dict[str, Any]:
+        """``wait_routes`` that is also the client's heartbeat while it is under way."""
+        p = self._presence()
+        p.watch_began(client, epoch)
+        try:
+            return await self.wait_routes(epoch, timeout_s)
+        finally:
+            p.watch_ended(client["client_id"])
+
+    async def goodbye(self, client_id: str) -> list[str]:
+        """A client closes: release what no one needs now; answers once released."""
+        self._presence().goodbye(client_id)
+        return await self._release_unneeded()
+
+    async def driver_started(self, info: dict[str, Any]) -> None:
+        self._presence().driver_started(info)
+        self.store.write(PRESENCE_KEY, {"drivers": self._presence().drivers})
+
+    async def driver_exited(self, info: dict[str, Any], release: bool = True) -> list[str]:
+        """A driver ends. With ``release``, release at once what no live client of another
+        Ray job needs (its own clients end with it); the rest goes when no one needs it."""
+        self._presence().driver_exited(info)
+        self.store.write(PRESENCE_KEY, {"drivers": self._presence().drivers})
+        return await self.release_unneeded(info) if release else []
+
+    async def release_unneeded(self, info: dict[str, Any]) -> list[str]:
+        """Release now what no live client outside ``info``'s Ray job needs."""
+        return await self._release_unneeded([info.get("job_id", "")])
+
+    async def presence(self) -> dict[str, Any]:
+        return self._presence().summary()
+
+    async def _release_unneeded(self, ignore_jobs: list[str] | None = None) -> list[str]:
+        from ray_migrate.backends.qdrant_host import release_hosted_qdrant
+
+        async with self._releasing:
+            table = await self.routes()
+            released = []
+            for path in self._presence().to_release(table["units"], table["epoch"],
+                                                    ignore_jobs=ignore_jobs or ()):
+                if await asyncio.to_thread(release_hosted_qdrant, path):
+                    released.append(path)
+            return released
+
+    async def _release_loop(self) -> None:
+        """Releases what lapsed clients left (and stores called again after a release):
+        only clients call stores once no driver runs, so it looks only while some are known."""
+        while True:
+            await asyncio.sleep(RELEASE_EVERY_S)
+            if not self._presence().clients:
+                continue
+            try:
+                await self._release_unneeded()
+            except Exception as err:  # noqa: BLE001 - looked at again next time
+                log.warning("releasing hosted stores: %s: %s", type(err).__name__, err)
+
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
                  info: dict[str, Any], lease_s: float = 30.0,
@@ -310,6 +395,9 @@ def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
     ).remote(migration_id, state_uri, unit_ids, info, lease_s, freeze_timeout_s)
     handle = RouterHandle(actor)
     handle.call("flush")
+    from ray_migrate.routing.watch import process_info
+
+    handle.call("driver_started", process_info())  # see ``routing.presence``
     return handle
 
 

@@ -1,0 +1,134 @@
+"""Where a client finds the points it writes: the unit that holds each id now.
+
+With tenant units an id's unit is in its payload, so a delete, and an upsert that may move a
+point to another tenant, look the id up first: only on the sides that own units (once every
+unit is on the target the source is never called), and a copy counts only where the owner of
+its unit holds it. Mixed into ``client.RoutedCollection``, whose backends, routes and
+transforms it uses.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+
+from ray_migrate.backends import Backend
+from ray_migrate.config import MigrationConfig
+from ray_migrate.routing.actor import RouterHandle
+from ray_migrate.schema import ID, payload_dicts
+from ray_migrate.transform import Transform
+from ray_migrate.units import UnitSpec
+
+
+class Placement:
+    """Looks ids up on the owners; plain methods over the collection's state."""
+
+    cfg: MigrationConfig
+    backends: dict[str, Backend]
+    units: dict[str, UnitSpec]
+    _seen_units: dict[str, UnitSpec]
+    forward: Transform
+    router: RouterHandle
+    _pool: ThreadPoolExecutor
+
+    def routes(self) -> dict[str, tuple[str, str]]:
+        raise NotImplementedError
+
+    def unit_of(self, pid: Any, payload: dict[str, Any] | None) -> str:
+        raise NotImplementedError
+
+    def _from_target(self, table: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    @staticmethod
+    def _owners(routes: dict[str, tuple[str, str]]) -> list[str]:
+        """The sides that own some unit: the only ones a read needs."""
+        return [side for side in ("source", "target")
+                if any(owner == side for owner, _ in routes.values())]
+
+    def _moves(self, new_unit: dict[Any, str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        """(old unit -> ids that leave it, old unit -> its tenant value)."""
+        moved: dict[str, list[Any]] = defaultdict(list)
+        values: dict[str, Any] = {}
+        for pid, (unit_id, value) in self._homes(new_unit).items():
+            if unit_id != new_unit[pid]:
+                moved[unit_id].append(pid)
+                values[unit_id] = value
+        return dict(moved), values
+
+    def _scope(self, owner: str, unit_id: str) -> UnitSpec:
+        """The unit in ``owner``'s field names, for a unit-scoped delete."""
+        unit = self.units.get(unit_id) or self._seen_units.get(unit_id)
+        if unit is None:  # a tenant first seen while running: ask the router once
+            unit = self._seen_units[unit_id] = self._new_unit(unit_id)
+        return self.forward.target_unit(unit) if owner == "target" else unit
+
+    def _copies(self, ids: list[Any], routes: dict[str, Any],
+                sides: list[str] | None = None) -> list[tuple[str, Any, str, Any]]:
+        """Every copy of these ids on ``sides`` (default: those that own units): (side, id,
+        its unit, the tenant value), read from both sides at once."""
+        fld = self.cfg.units.field or ""
+
+        def read(side: str) -> list[tuple[str, Any, str, Any]]:
+            t = self.backends[side].fetch(ids)
+            if side == "target":
+                t = self._from_target(t)
+            return [(side, pid, self.unit_of(pid, p), p.get(fld))
+                    for pid, p in zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True)]
+
+        sides = self._owners(routes) if sides is None else sides
+        if len(sides) < 2:
+            return [c for side in sides for c in read(side)]
+        return [c for f in [self._pool.submit(read, side) for side in sides] for c in f.result()]
+
+    def _homes(self, new_unit: dict[Any, str]) -> dict[Any, tuple[str, Any]]:
+        """id -> (unit, tenant value) of the copy that the owner of its unit holds. Looked
+        up first on the owner of each id's new unit (an update stays in its tenant: one read),
+        then, for ids not found there in a unit that side owns, on the other owner."""
+        routes = self.routes()
+
+        def owner(unit: str) -> str:
+            return routes.get(unit, ("source",))[0]
+
+        homes: dict[Any, tuple[str, Any]] = {}
+
+        def look(side: str, ids: list[Any]) -> None:
+            for where, pid, unit, value in self._copies(ids, routes, [side]) if ids else []:
+                if owner(unit) == where:
+                    homes[pid] = (unit, value)
+
+        for side in ("source", "target"):
+            look(side, [p for p, u in new_unit.items() if owner(u) == side])
+        rest = [pid for pid in new_unit if pid not in homes]
+        for side in self._owners(routes) if rest else []:
+            look(side, [p for p in rest if owner(new_unit[p]) != side])
+        return homes
+
+    def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:
+        """The unit of each id: by range, or by the tenant of the copy its owner holds (else
+        of every copy found)."""
+        out: dict[str, list[Any]] = defaultdict(list)
+        if self.cfg.units.by != "tenant":
+            for pid in ids:
+                out[self.unit_of(pid, None)].append(pid)
+            return out
+        routes = self.routes()
+        seen: dict[Any, set[str]] = defaultdict(set)  # units of every copy found
+        owned: dict[Any, str] = {}  # the unit of the copy held by that unit's owner
+        for side, pid, unit, _ in self._copies(ids, routes):
+            seen[pid].add(unit)
+            if routes.get(unit, ("source",))[0] == side:
+                owned[pid] = unit
+        for pid in ids:
+            for unit in ({owned[pid]} if pid in owned else seen.get(pid, set())):
+                out[unit].append(pid)
+        return out
+
+    def _new_unit(self, unit_id: str) -> UnitSpec:
+        fld, _, label_ = unit_id.partition("=")
+        value = self.router.call("status")["units"]
+        value = next((r["value"] for r in value if r["unit_id"] == unit_id), label_)
+        return UnitSpec(unit_id, "tenant", field=fld, value=value)
