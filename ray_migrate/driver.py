@@ -1,4 +1,8 @@
-"""The driver: plan, prepare the target, start the router and workers, run the units, report.
+"""The driver: a whole run in order (``run_migration``), and a verify (``verify_migration``).
+
+Its steps are ``migration.Migration``'s (plan, target, router and workers, prepare the units,
+finalize the target), then ``waves``' (cut over wave by wave, hold the rollback window) while
+``upkeep`` compacts the target.
 
 The driver holds no state that matters: the plan, checkpoints, routing table and reports are
 under ``state_uri``, so a driver that dies is replaced by running the same command again.
@@ -11,318 +15,15 @@ work in their own process through the running router, so they never disturb a ru
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
-from ray_migrate.errors import TerminalError
-from ray_migrate.lease import DriverLease
-from ray_migrate.plan import Plan, load_or_make_plan, save_plan
-from ray_migrate.report import RunReport, UnitReport
-from ray_migrate.retry import with_retries
-from ray_migrate.routing.actor import RouterHandle, start_router
-from ray_migrate.state import TARGET_KEY, StateStore
-from ray_migrate.units import UnitSpec
-from ray_migrate.verify import load_verdict
-from ray_migrate.worker import NAMESPACE, UnitWorker, start_workers
+from ray_migrate.migration import Migration, connect, release_local_stores
+from ray_migrate.report import RunReport
+from ray_migrate.upkeep import TargetUpkeep
+from ray_migrate.waves import cutover_in_waves, hold_rollback_window
 
-log = logging.getLogger(__name__)
-
-REPORT_KEY = "report.json"
-FINALIZED_KEY = "finalized.json"
-MAX_UNIT_ATTEMPTS = 3
-FOLLOWER_PAUSE_S = 30.0
-VERDICT_KEYS = ("source_count", "target_count", "source_checksum", "target_checksum", "equal",
-                "differing_buckets", "missing_ids", "extra_ids", "changed_ids", "pending")
-
-
-def connect(address: str | None = None) -> None:
-    """Join the Ray cluster at ``address`` (or RAY_ADDRESS / a running local one), else start one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
-             configure_logging=False)
-
-
-def prepare_target(cfg: MigrationConfig, plan: Plan) -> Backend:
-    """Create the target from the plan, or check that the existing one can hold the source."""
-    target = open_backend(cfg.target, payload_schema=plan.target_info.payload_schema)
-    if target.exists():
-        target.check_compatible(plan.target_info)
-        log.info("target %s exists and can hold the source", cfg.target.name)
-    else:
-        target.create(plan.target_info)
-        StateStore(cfg.state_uri, cfg.migration_id).write(TARGET_KEY, {"created": time.time()})
-        log.info("created target %s", cfg.target.name)
-    return target
-
-
-def run_on_pool(workers: list[Any], method: str, units: list[UnitSpec],
-                on_result: Callable[[UnitSpec, Any], None]) -> dict[str, str]:
-    """Run ``method`` for every unit, each worker one unit at a time; return errors by unit.
-
-    A task whose actor died (after Ray's own restarts and task retries) goes back on the queue,
-    up to MAX_UNIT_ATTEMPTS; other errors are collected, not raised, so every unit is tried.
-    """
-    import ray
-    from ray.exceptions import RayActorError
-
-    queue = deque(units)
-    attempts: dict[str, int] = {}
-    running: dict[Any, tuple[UnitSpec, int]] = {}
-    idle = list(range(len(workers)))
-    errors: dict[str, str] = {}
-    while queue or running:
-        while queue and idle:
-            unit, w = queue.popleft(), idle.pop()
-            attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
-            ref = getattr(workers[w], method).remote(unit.to_dict())
-            running[ref] = (unit, w)
-        done, _ = ray.wait(list(running), num_returns=1)
-        unit, w = running.pop(done[0])
-        idle.append(w)
-        try:
-            on_result(unit, ray.get(done[0]))
-        except RayActorError as err:
-            if attempts[unit.unit_id] < MAX_UNIT_ATTEMPTS:
-                log.warning("unit %s: worker %d died (%s); trying again", unit.unit_id, w, err)
-                queue.append(unit)
-            else:
-                errors[unit.unit_id] = f"worker died {MAX_UNIT_ATTEMPTS} times: {err}"
-        except Exception as err:  # noqa: BLE001 - reported per unit
-            cause = getattr(err, "cause", None) or err
-            log.error("unit %s: %s failed: %s", unit.unit_id, method, cause)
-            errors[unit.unit_id] = f"{type(cause).__name__}: {cause}"
-    return errors
-
-
-class Migration:
-    """One migration's driver-side steps; ``run_migration`` runs them in order."""
-
-    def __init__(self, cfg: MigrationConfig, address: str | None = None,
-                 command: str = "run"):
-        self.cfg = cfg
-        self.address = address
-        self.store = StateStore(cfg.state_uri, cfg.migration_id)
-        self.report = RunReport(migration_id=cfg.migration_id, command=command,
-                                expect_cutover=command == "run" and cfg.cutover.mode == "auto")
-        self.rows: dict[str, UnitReport] = {}
-        self.workers: list[Any] = []
-        self.plan: Plan | None = None
-        self.target: Backend | None = None
-        self.router: RouterHandle | None = None
-        self.lease: DriverLease | None = None
-
-    # --- Steps 1 to 3: plan, target, router and workers -----------------------------------
-    def start(self, workers: bool = True) -> None:
-        """Plan, prepare the target and start (or join) the router; with ``workers``, this is
-        the migration's driver: it takes the driver lease (refusing while another driver
-        runs), then starts the unit workers."""
-        lease = DriverLease(self.store, self.report.command) if workers else None
-        if lease is not None:
-            lease.check()  # at once, before connecting to Ray
-        connect(self.address)
-        self._start(lease)
-
-    def _start(self, lease: DriverLease | None) -> None:
-        cfg = self.cfg
-        # Step 1: plan (or reuse the stored plan, so unit ids and checkpoints stay valid).
-        plan = load_or_make_plan(cfg, open_backend(cfg.source), self.store, save=False)
-        self.plan = plan
-        self.report.warnings = list(plan.warnings)
-        # Step 2: prepare the target before anything is written.
-        self.target = prepare_target(cfg, plan)
-        save_plan(plan, self.store)
-        # Step 3: the routing table (detached, durable) and the worker pool.
-        info = {"config": cfg.model_dump(mode="json", by_alias=True), "plan": plan.to_dict()}
-        self.router = start_router(
-            cfg.migration_id, cfg.state_uri, [u.unit_id for u in plan.units], info,
-            lease_s=cfg.cutover.write_lease_s,
-            freeze_timeout_s=max(10.0, 20 * cfg.cutover.max_freeze_ms / 1000))
-        running_on = self.router.call("describe")["state_uri"]
-        if running_on != self.store.uri:
-            raise TerminalError(
-                f"a router for migration {cfg.migration_id!r} already runs in this cluster with "
-                f"state_uri {running_on!r}; use another migration_id or the same state_uri")
-        for u in self.units():
-            self.rows.setdefault(u.unit_id, UnitReport(unit_id=u.unit_id))
-        self.report.units = list(self.rows.values())
-        log.info("migration %s: %d units, %d points", cfg.migration_id, len(self.rows),
-                 plan.source_info.count)
-        if lease is not None:
-            lease.acquire(self.router)
-            self.lease = lease
-            n = min(cfg.copy_cfg.workers, max(len(self.rows), 1))
-            try:
-                self.workers = start_workers(cfg, plan, n, lease)
-            except BaseException:
-                lease.release()
-                raise
-
-    def check_lease(self) -> None:
-        """Stop driving once another driver took this one's lease over (it took this one for
-        dead): both would cut units over."""
-        if self.lease is not None and self.lease.lost is not None:
-            from ray_migrate.lease import describe
-
-            raise TerminalError(f"this driver lost the lease of migration "
-                                f"{self.cfg.migration_id!r} to {describe(self.lease.lost)}")
-
-    def units(self) -> list[UnitSpec]:
-        """The plan's units, and units the router added for tenants first seen while running."""
-        assert self.plan is not None and self.router is not None
-        known = {u.unit_id: u for u in self.plan.units}
-        for row in self.router.call("status")["units"]:
-            if row["unit_id"] not in known:
-                fld = row["unit_id"].partition("=")[0]
-                known[row["unit_id"]] = UnitSpec(row["unit_id"], "tenant", field=fld,
-                                                 value=row["value"])
-        return list(known.values())
-
-    def _row(self, unit_id: str) -> UnitReport:
-        if unit_id not in self.rows:
-            self.rows[unit_id] = UnitReport(unit_id=unit_id)
-            self.report.units = list(self.rows.values())
-        return self.rows[unit_id]
-
-    # --- Step 4: capture, copy, catch up and verify every unit ----------------------------
-    def prepare_units(self, units: list[UnitSpec] | None = None) -> None:
-        """Take these units (default: all) to ready; units on the target are skipped."""
-        def on_result(unit: UnitSpec, res: dict[str, Any]) -> None:
-            row = self._row(unit.unit_id)
-            row.status = res.get("status", row.status)
-            for key in ("copied", "copied_now", "seconds", "points_per_s"):
-                if key in res:
-                    setattr(row, key, res[key])
-            v = res.get("verdict")
-            if v is not None:
-                self._set_verdict(row, v)
-            elif res.get("phase") in ("target", "done", "ready") and row.equal is None:
-                self._earlier_verdict(row)
-            log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
-                     res.get("copied_now", 0))
-
-        for unit_id, error in run_on_pool(self.workers, "prepare", units or self.units(),
-                                          on_result).items():
-            self._row(unit_id).status, self._row(unit_id).error = "failed", error
-
-    def new_units(self) -> list[UnitSpec]:
-        """Units the router added for tenants first written while the migration ran."""
-        assert self.router is not None
-        fresh = {r["unit_id"] for r in self.router.call("status")["units"]
-                 if r["phase"] == "source"}
-        return [u for u in self.units() if u.unit_id in fresh]
-
-    def _earlier_verdict(self, row: UnitReport) -> None:
-        """A unit this run did not verify: what the last verify of it found, or unverified."""
-        v = load_verdict(self.store, row.unit_id)
-        if v is None or not v.get("equal"):  # a difference found then was repaired since
-            row.unverified = True
-            return
-        self._set_verdict(row, v)
-        row.note = row.note or "verified by an earlier run"
-
-    def _set_verdict(self, row: UnitReport, v: dict[str, Any]) -> None:
-        for key in VERDICT_KEYS:
-            setattr(row, key, v[key])
-        if not v["equal"]:
-            row.status = "failed"
-            row.error = row.error or "source and target differ after repair"
-            log.error("unit %s differs: source %d points, target %d", row.unit_id,
-                      v["source_count"], v["target_count"])
-
-    def verify_units(self) -> None:
-        """Compare every unit, in this process with a plain worker: no actor is started, so
-        a run going on meanwhile keeps its workers (it may show units it is still copying as
-        different)."""
-        assert self.plan is not None
-        worker = UnitWorker(self.cfg, self.plan.to_dict())
-        for unit in self.units():
-            row = self._row(unit.unit_id)
-            try:
-                v = worker.verify(unit.to_dict())
-            except Exception as err:  # noqa: BLE001 - reported per unit
-                log.error("unit %s: verify failed: %s", unit.unit_id, err)
-                row.error, row.equal = f"verify failed: {type(err).__name__}: {err}", False
-                continue
-            for key in VERDICT_KEYS:
-                setattr(row, key, v[key])
-
-    # --- Step 5: compact and index the target after the bulk load -------------------------
-    def finalize_target(self) -> None:
-        copied_now = self.report.total_copied_now
-        if copied_now == 0 and self.store.read(FINALIZED_KEY) is not None:
-            self.report.finalize = {"skipped": "nothing new was copied"}
-            return
-        assert self.target is not None and self.router is not None
-        target, router = self.target, self.router
-        stop = threading.Event()
-
-        def keep_paused() -> None:  # a driver that dies here lets the pause lapse
-            while not stop.is_set():
-                router.call("pause_followers", FOLLOWER_PAUSE_S)
-                stop.wait(FOLLOWER_PAUSE_S / 3)
-
-        holder = threading.Thread(target=keep_paused, daemon=True, name="rm-finalize-pause")
-        holder.start()
-        try:
-            # A catch-up step that began before the pause, or a client writing to a unit
-            # already on the target (a resumed run), makes the compaction conflict: retry.
-            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=5,
-                                  backoff_s=1.0, what="finalize the target")
-        finally:
-            stop.set()
-            holder.join()
-            router.call("pause_followers", 0)
-        self.store.write(FINALIZED_KEY, {"at": time.time(), **result})
-        self.report.finalize = result
-
-    # --- the end --------------------------------------------------------------------------
-    def close(self, release_stores: bool = True) -> RunReport:
-        """Stop the workers, write the report and, last, let go of the driver lease."""
-        import ray
-
-        try:
-            for w in self.workers:
-                ray.kill(w, no_restart=True)
-            self.workers = []
-            if self.router is not None:
-                for row in self.router.call("status")["units"]:
-                    self._final_row(row)
-            # This driver ends: the router releases the Qdrant local stores that no other live
-            # process (a running driver, a client of another job) needs, at once if
-            # ``release_stores``, else when it next looks.
-            release_local_stores(self.cfg, self.router, release=release_stores)
-            self.report.finished_at = time.time()
-            key = REPORT_KEY if self.report.command == "run" else f"{self.report.command}.json"
-            self.store.write(key, self.report.model_dump(mode="json"))
-        finally:
-            if self.lease is not None:
-                self.lease.release()
-        return self.report
-
-    def _final_row(self, row: dict[str, Any]) -> None:
-        """A unit's row as the router has it at the end: phase, owner, why it failed or who
-        rolled it back."""
-        from ray_migrate.waves import switch_note
-
-        r = self._row(row["unit_id"])
-        r.phase, r.owner = row["phase"], row["owner"]
-        if row["longest_freeze_ms"]:  # the router's view; the cutover's may be longer
-            r.freeze_ms = max(r.freeze_ms or 0.0, row["longest_freeze_ms"])
-        if row["phase"] == "failed":  # a follower failed it: its reason comes first
-            r.status, r.error = "failed", row["last_error"] or r.error or "failed"
-        elif row["last_error"] and not r.error:
-            r.error = row["last_error"]
-        if row["phase"] == "rolled_back":
-            r.note = switch_note(self.store, r.unit_id, "rollback", self.report.started_at)
+__all__ = ["Migration", "connect", "release_local_stores", "run_migration", "verify_migration"]
 
 
 def run_migration(cfg: MigrationConfig, address: str | None = None,
@@ -330,19 +31,16 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
                   on_started: Callable[[Migration], None] | None = None) -> RunReport:
     """Migrate every unit; in auto mode cut them over in waves. Safe to run again: it resumes,
     and a finished migration is a no-op. ``on_started`` runs once the router is up."""
-    from ray_migrate.upkeep import TargetUpkeep
-    from ray_migrate.waves import cutover_in_waves, hold_rollback_window
-
     m = Migration(cfg, address)
     try:
-        m.start()
+        m.start()  # steps 1 to 3: plan, target, router, lease and workers
         if on_started is not None:
             on_started(m)
-        m.prepare_units()
-        m.finalize_target()
+        m.prepare_units()  # step 4: capture, copy, catch up and verify every unit
+        m.finalize_target()  # step 5: compact and index the bulk-loaded target
         m.check_lease()
         if cfg.cutover.mode == "auto" and all(r.ok for r in m.rows.values()):
-            with TargetUpkeep(m):
+            with TargetUpkeep(m):  # step 6: the waves, then the rollback window
                 cutover_in_waves(m)
                 for _ in range(3):  # tenants first written during the waves are units too
                     new = m.new_units()
@@ -367,39 +65,3 @@ def verify_migration(cfg: MigrationConfig, address: str | None = None,
     finally:
         report = m.close(release_stores)
     return report
-
-
-def release_local_stores(cfg: MigrationConfig, router: RouterHandle | None = None,
-                         release: bool = True) -> list[str]:
-    """Let go of the migration's Qdrant local folders, so other processes can open them.
-
-    With ``router`` (the one this driver started), tell it that this driver exited: it
-    releases at once (with ``release``) every store that no live client of another process
-    needs, and the others once their last client has gone (``routing.presence``). Without
-    one, ask the migration's router, if any, to release what no other process needs; with no
-    router at all, release every folder. Returns the folders released now."""
-    import ray
-
-    from ray_migrate.backends.qdrant_host import release_hosted_qdrant
-    from ray_migrate.routing.actor import get_router
-    from ray_migrate.routing.watch import process_info
-
-    if not ray.is_initialized():  # the driver never joined a cluster: no store was opened
-        return []
-    me = process_info()
-    try:
-        if router is not None:
-            return router.call("driver_exited", me, release, timeout_s=30)
-        return get_router(cfg.migration_id).call("release_unneeded", me, timeout_s=30)
-    except TerminalError:  # no router: nothing else can need the folders
-        pass
-    except Exception as err:  # noqa: BLE001 - an unreachable router cannot decide for us
-        log.warning("the router could not release the stores (%s: %s); releasing them here",
-                    type(err).__name__, err)
-    if not release:
-        return []
-    released = []
-    for ep in (cfg.source, cfg.target):
-        if ep.kind == "qdrant" and ep.path and release_hosted_qdrant(ep.path):
-            released.append(ep.path)
-    return released

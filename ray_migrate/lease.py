@@ -5,7 +5,7 @@ The driver that runs a migration (``ray-migrate run``, the Ray job) holds
 the router records the same holder, and since it answers one call at a time, two drivers of one
 cluster cannot both win. A second driver refuses while the holder is alive and takes over once
 it is dead: its lease not renewed for ``EXPIRE_S``, or its pid gone on this host. Only the
-holder starts unit workers (``worker.start_workers``), so a second run never kills a live run's
+holder starts unit workers (``pool.start_workers``), so a second run never kills a live run's
 actors. A driver killed with SIGKILL leaves its lease to expire.
 """
 

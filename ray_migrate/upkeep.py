@@ -14,13 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray_migrate.backends import open_backend
 from ray_migrate.errors import TransientError
-
-if TYPE_CHECKING:
-    from ray_migrate.driver import Migration
+from ray_migrate.migration import Migration
 
 log = logging.getLogger(__name__)
 

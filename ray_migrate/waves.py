@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray_migrate.errors import ConfigError
+from ray_migrate.migration import Migration, record_switch
+from ray_migrate.pool import run_on_pool
 from ray_migrate.report import DONE_PHASES
-from ray_migrate.state import StateStore, safe_name
 from ray_migrate.units import UnitSpec
-
-if TYPE_CHECKING:
-    from ray_migrate.driver import Migration
+from ray_migrate.worker import UnitWorker
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +47,6 @@ def _phases(m: Migration) -> dict[str, str]:
 
 def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
     """Cut these units over, retrying aborted freezes; returns the units that did not move."""
-    from ray_migrate.driver import run_on_pool
-
     todo = list(units)
     for attempt in range(1, m.cfg.cutover.max_attempts + 1):
         failed: list[UnitSpec] = []
@@ -142,8 +137,6 @@ def hold_rollback_window(m: Migration) -> None:
 def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[str, Any]:
     """Manual ``cutover`` or ``rollback`` of some units (all eligible ones when None), run in
     this process with a plain worker (the run's worker actors may still be busy)."""
-    from ray_migrate.worker import UnitWorker
-
     assert m.plan is not None
     worker = UnitWorker(m.cfg, m.plan.to_dict())
     units = {u.unit_id: u for u in m.units()}
@@ -174,30 +167,5 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
             row.freeze_ms, row.cutover_how = res["freeze_ms"], res.get("how")
         else:
             row.status, row.error = "failed", res["reason"]
-        _record_switch(m.store, unit.unit_id, method, m.report.command, res)
+        record_switch(m.store, unit.unit_id, method, m.report.command, res)
     return results
-
-
-def _switch_key(unit_id: str) -> str:
-    return f"switches/{safe_name(unit_id)}.json"
-
-
-def _record_switch(store: StateStore, unit_id: str, method: str, command: str,
-                   res: dict[str, Any]) -> None:
-    """Who switched the unit last, and when: a run going on meanwhile reports it."""
-    store.write(_switch_key(unit_id), {
-        "method": method, "ok": res["ok"], "reason": res.get("reason"), "at": time.time(),
-        "command": command, "host": socket.gethostname(), "pid": os.getpid()})
-
-
-def switch_note(store: StateStore, unit_id: str, method: str, since: float) -> str:
-    """'rolled back at 12:00:01 by `ray-migrate rollback` (pid 7 on host h)', for the report
-    of a unit found rolled back at the end of a run."""
-    rec = store.read(_switch_key(unit_id))
-    what = {"rollback": "rolled back", "cutover": "cut over"}[method]
-    if not rec or rec["method"] != method or not rec["ok"]:
-        return f"{what} by a command this run did not see"
-    when = time.strftime("%H:%M:%S" if rec["at"] >= since else "%Y-%m-%d %H:%M:%S",
-                         time.localtime(rec["at"]))  # a date: before this run
-    return (f"{what} at {when} by `ray-migrate {rec['command']}` (pid {rec['pid']} on host "
-            f"{rec['host']})")

@@ -23,7 +23,6 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import switch_unit
 from ray_migrate.errors import TerminalError
-from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.routing.actor import RouterHandle, get_router
@@ -36,7 +35,6 @@ from ray_migrate.verify import save_verdict, verify_unit
 log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
-READY_TIMEOUT_S = 120.0
 FOLLOW_EVERY_S = 0.5  # how often a worker's follower applies the waiting units' changes
 FOLLOW_STEP = 5000  # ids per follower write, over all units
 FOLLOW_URGENT_AGE_S = 0.6  # a follower step runs at normal priority once a change is this old
@@ -449,72 +447,3 @@ class UnitWorker:
 def _result(spec: UnitSpec, ok: bool, reason: str) -> dict[str, Any]:
     """A cutover or rollback that froze nothing: done already, or refused."""
     return {"unit_id": spec.unit_id, "ok": ok, "freeze_ms": 0.0, "drained": 0, "reason": reason}
-
-
-def start_workers(cfg: MigrationConfig, plan: Plan, count: int, lease: DriverLease
-                  ) -> list[Any]:
-    """Start ``count`` named worker actors; a killed one restarts and retries its task. Only
-    the holder of the driver lease starts them: a worker of the same name still there is a
-    leftover of a driver that is dead (its lease lapsed), never of a live one."""
-    import ray
-
-    if not lease.held:
-        raise TerminalError(f"migration {cfg.migration_id!r}: workers are started only by the "
-                            "driver that holds the migration's lease")
-
-    res = cfg.copy_cfg.worker_resources
-    options: dict[str, Any] = {
-        "namespace": NAMESPACE,
-        "num_cpus": res.num_cpus,
-        "max_restarts": 4,
-        "max_task_retries": 4,
-    }
-    if res.memory_mb:
-        options["memory"] = res.memory_mb * 1024 * 1024
-    if res.resources:
-        options["resources"] = dict(res.resources)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if res.num_cpus > 0 and count * res.num_cpus > cpus:
-        fit = max(1, int(cpus // res.num_cpus))
-        log.warning("copy.workers=%d with %.1f CPU each does not fit the cluster's %.0f CPUs; "
-                    "starting %d (lower copy.worker_resources.num_cpus to run more)",
-                    count, res.num_cpus, cpus, fit)
-        count = fit
-    actor_cls = ray.remote(UnitWorker)
-    plan_dict = plan.to_dict()
-    workers = []
-    for i in range(count):
-        name = worker_name(cfg.migration_id, i)
-        stale = _existing(name)
-        if stale is not None:
-            log.warning("killing leftover worker %s of a dead driver%s", name,
-                        f" ({describe(lease.replaced)})" if lease.replaced else "")
-            ray.kill(stale, no_restart=True)
-            _wait_gone(name)
-        workers.append(actor_cls.options(name=name, **options).remote(cfg, plan_dict, i,
-                                                                      follow=True))
-    ready, pending = ray.wait([w.ready.remote() for w in workers], num_returns=len(workers),
-                              timeout=READY_TIMEOUT_S)
-    if pending:
-        for w in workers:
-            ray.kill(w, no_restart=True)
-        raise TerminalError(
-            f"{len(pending)} of {len(workers)} unit workers did not start within "
-            f"{READY_TIMEOUT_S:.0f}s: the cluster lacks the resources in "
-            "copy.worker_resources (see `ray status`)")
-    return workers
-
-
-def _wait_gone(name: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _existing(name) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def _existing(name: str) -> Any:
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        return None
