@@ -13,8 +13,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
@@ -26,7 +27,7 @@ from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.routing.actor import RouterHandle, get_router
-from ray_migrate.routing.records import FOLLOWED, TransitionError
+from ray_migrate.routing.records import FOLLOWED, Owner, TransitionError
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -383,65 +384,87 @@ class UnitWorker:
         finally:
             self.router.call("release", unit_id, holder)
 
-    # --- cutover and rollback -------------------------------------------------------------
-    def _held(self, unit: dict[str, Any], switch: Callable[[UnitSpec], dict[str, Any]]
-              ) -> dict[str, Any]:
+    # --- cutover and rollback: one switch, two directions ---------------------------------
+    def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
+        return self._switch(unit, CUTOVER)
+
+    def rollback(self, unit: dict[str, Any]) -> dict[str, Any]:
+        return self._switch(unit, ROLLBACK)
+
+    def _switch(self, unit: dict[str, Any], way: Direction) -> dict[str, Any]:
+        """Move the unit's ownership ``way``, holding the unit meanwhile; an unsettled log
+        (``needs_repair``) is diffed and repaired first."""
         spec = UnitSpec.from_dict(unit)
-        # Writers of the unit wait for its freeze: the cutover runs at normal CPU priority,
+        # Writers of the unit wait for its freeze: the switch runs at normal CPU priority,
         # while copy and verify keep the low one Ray gives workers.
         with urgent(), self._reserved(spec.unit_id) as held:
             if not held:
-                return _result(spec, False, "another cutover holds the unit, or a catch-up "
-                               "step on it did not end in time")
-            return switch(spec)
+                return _result(spec, False, "another cutover or rollback holds the unit, or a "
+                               "catch-up step on it did not end in time")
+            phase = self._phase(spec.unit_id)
+            if phase in way.already:
+                return _result(spec, True, way.already_says.format(phase=phase))
+            transform = self.forward if way.owner == "source" else self.inverse
+            if transform is None:
+                raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so "
+                                    f"the source was not kept in sync; {way.name} is refused")
+            if phase not in way.start:
+                raise TerminalError(way.refuses.format(unit=spec.unit_id, phase=phase))
+            if not self._repaired(spec, way):
+                return _result(spec, False, way.differs)
+            owner, other = self._sides(spec, way.owner)
+            return switch_unit(self.router, owner, other, transform, way.to_phase,
+                               way.back_phase, self.cfg.cutover.max_freeze_ms,
+                               self.cfg.cutover.ready_lag).to_dict()
 
-    def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
-        return self._held(unit, self._cutover)
+    def _repaired(self, spec: UnitSpec, way: Direction) -> bool:
+        """Wait out leases from before a router restart; then, if the unit's log may lack
+        writes (``needs_repair``: the router restarted while capturing, or the unit came back
+        to capture from a phase that did not), diff and repair it. False: a difference is left."""
+        time.sleep(self.router.call("settling_s"))
+        if not self.router.call("unit", spec.unit_id)["needs_repair"]:
+            return True
+        if not self._verify_live(spec, reverse=way.owner == "target").equal:
+            return False
+        self.router.call("clear_repair", spec.unit_id)
+        return True
 
-    def _cutover(self, spec: UnitSpec) -> dict[str, Any]:
-        phase = self._phase(spec.unit_id)
-        if phase in ("target", "done"):
-            return _result(spec, True, "already on the target")
-        if phase not in ("catching_up", "ready"):
-            raise TerminalError(f"unit {spec.unit_id} is {phase}; only a prepared unit "
-                                "(catching_up or ready) can be cut over")
-        time.sleep(self.router.call("settling_s"))  # leases from before a router restart
-        if self.router.call("unit", spec.unit_id)["needs_repair"]:
-            # The router restarted while capturing: its log may have lost entries.
-            verdict = self._verify_live(spec)
-            if not verdict.equal:
-                return _result(spec, False, "differs from the source after diff-and-repair")
-            self.router.call("clear_repair", spec.unit_id)
-        return switch_unit(self.router, (self.source, spec),
-                           (self.target, self.forward.target_unit(spec)), self.forward,
-                           "target", "ready", self.cfg.cutover.max_freeze_ms,
-                           self.cfg.cutover.ready_lag).to_dict()
+    def _sides(self, spec: UnitSpec, owner: Owner
+               ) -> tuple[tuple[Backend, UnitSpec], tuple[Backend, UnitSpec]]:
+        """(the owner, the other side), each as (backend, the unit in that backend's terms)."""
+        source, target = (self.source, spec), (self.target, self.forward.target_unit(spec))
+        return (source, target) if owner == "source" else (target, source)
 
     def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
                         self.inverse, side="target")
 
-    def rollback(self, unit: dict[str, Any]) -> dict[str, Any]:
-        return self._held(unit, self._rollback)
 
-    def _rollback(self, spec: UnitSpec) -> dict[str, Any]:
-        phase = self._phase(spec.unit_id)
-        if phase in ("rolled_back", "source", "capturing", "copying", "catching_up", "ready"):
-            return _result(spec, True, f"already on the source ({phase})")
-        if self.inverse is None:
-            raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so the "
-                                "source was not kept in sync; rollback is refused")
-        if phase != "target":
-            raise TerminalError(f"unit {spec.unit_id} is {phase}: its rollback window is over")
-        time.sleep(self.router.call("settling_s"))
-        if self.router.call("unit", spec.unit_id)["needs_repair"]:
-            if not self._verify_live(spec, reverse=True).equal:
-                return _result(spec, False,
-                               "the source differs from the target after diff-and-repair")
-            self.router.call("clear_repair", spec.unit_id)
-        return switch_unit(self.router, (self.target, self.forward.target_unit(spec)),
-                           (self.source, spec), self.inverse, "rolled_back", "target",
-                           self.cfg.cutover.max_freeze_ms, self.cfg.cutover.ready_lag).to_dict()
+@dataclass(frozen=True)
+class Direction:
+    """One way a unit's owner switches (``UnitWorker._switch``): cutover or rollback."""
+
+    name: str
+    owner: Owner  # the side that owns the unit before the switch
+    start: frozenset[str]  # the phases a switch may start from
+    to_phase: str  # the phase after the flip
+    back_phase: str  # where a switch that gives up leaves the unit
+    already: frozenset[str]  # phases in which there is nothing to do (ok)
+    already_says: str  # the reason given then ({phase})
+    refuses: str  # why a unit in any other phase cannot switch ({unit}, {phase})
+    differs: str  # the reason given when diff-and-repair leaves a difference
+
+
+CUTOVER = Direction(
+    "cutover", "source", frozenset({"catching_up", "ready"}), "target", "ready",
+    frozenset({"target", "done"}), "already on the target",
+    "unit {unit} is {phase}; only a prepared unit (catching_up or ready) can be cut over",
+    "differs from the source after diff-and-repair")
+ROLLBACK = Direction(
+    "rollback", "target", frozenset({"target"}), "rolled_back", "target",
+    frozenset({"rolled_back", "source", "capturing", "copying", "catching_up", "ready"}),
+    "already on the source ({phase})", "unit {unit} is {phase}: its rollback window is over",
+    "the source differs from the target after diff-and-repair")
 
 
 def _result(spec: UnitSpec, ok: bool, reason: str) -> dict[str, Any]:
