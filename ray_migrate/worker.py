@@ -27,7 +27,7 @@ from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.routing.actor import RouterHandle, get_router
-from ray_migrate.routing.records import FOLLOWED, Owner, TransitionError
+from ray_migrate.routing.records import CAPTURING, FOLLOWED, Owner, TransitionError
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -133,6 +133,10 @@ class UnitWorker:
             return self.prepare(unit)
         if st["phase"] in ("source", "rolled_back", "failed"):
             save_verdict(self.store, uid, None)  # copied again: an earlier verdict is void
+            if st["phase"] not in CAPTURING and self.store.load_checkpoint(uid) is not None:
+                # Its writes since capture stopped are in no log, and its copy (checkpoint)
+                # stands: only a diff finds them. Marked first, so a crash here keeps it.
+                router.call("mark_repair", uid)
             router.call("set_phase", uid, "capturing")
             st = router.call("unit", uid)
         if st["phase"] == "capturing":

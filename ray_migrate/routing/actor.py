@@ -381,6 +381,13 @@ class Router:
             except Exception as err:  # noqa: BLE001 - looked at again next time
                 log.warning("releasing hosted stores: %s: %s", type(err).__name__, err)
 
+    # --- a unit back in capture whose log may lack writes (``worker.prepare``) -------------
+    async def mark_repair(self, unit_id: str) -> None:
+        """The unit's log may lack writes (it comes back to capture from a phase that logged
+        none, over a copy already made): diff and repair it before it is ready or switches."""
+        self.table.unit(unit_id).needs_repair = True
+        self.durable.persist()
+
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
                  info: dict[str, Any], lease_s: float = 30.0,
