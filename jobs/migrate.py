@@ -4,8 +4,10 @@
         -- python jobs/migrate.py --config examples/qdrant_to_lance.yaml
 
 Loads and validates the config, runs the migration on the cluster this job belongs to (or on
-``--address``), prints the report table and exits 0 when every unit succeeded, 1 when the run
-finished with failures, 2 when the config does not validate.
+``--address``), prints the report table and exits as ``ray-migrate run`` does: 0 when every
+unit succeeded, 1 when the run finished with failures (or a transient error stopped it), 2 when
+the config does not validate or the run is refused, e.g. while another driver runs the
+migration (the message names it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # bad input, or refused (another driver runs the migration): as the CLI
 
 log = logging.getLogger("ray_migrate.job")
 
@@ -44,23 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from ray_migrate.config import load_config
-    from ray_migrate.errors import ConfigError
+    from ray_migrate.driver import run_migration
+    from ray_migrate.errors import RayMigrateError, TransientError
 
     try:
         config = load_config(args.config)
-    except ConfigError as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_CONFIG
-
-    from ray_migrate.driver import run_migration
-
-    log.info("migration %s: %s %s -> %s %s", config.migration_id, config.source.kind,
-             config.source.name, config.target.kind, config.target.name)
-    try:
+        log.info("migration %s: %s %s -> %s %s", config.migration_id, config.source.kind,
+                 config.source.name, config.target.kind, config.target.name)
         report = run_migration(config, address=args.address)
-    except ConfigError as err:  # e.g. a plan that no longer matches the stored one
-        print(str(err), file=sys.stderr)
-        return EXIT_CONFIG
+    except RayMigrateError as err:  # e.g. DriverBusyError, or a plan that no longer matches
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED if isinstance(err, TransientError) else EXIT_CONFIG
 
     print(report.to_table(), flush=True)
     if report.ok:

@@ -3,6 +3,9 @@
 The head is ``raycluster.head_process`` (its own temp dir, free ports, token auth; see there).
 JobSubmissionClient sends ``Authorization: Bearer <token>``: it adds it by itself only when
 this process runs in token mode, so the test passes the header explicitly.
+
+The job's exit codes (as ``ray-migrate run``'s: 2 for bad input or a refused run, 1 for
+failures) are checked on its ``main`` in this process: a refused job never reaches Ray.
 """
 
 from __future__ import annotations
@@ -126,3 +129,89 @@ def test_migrate_job_on_a_ray_start_cluster(job_head, tmp_path):
     assert table.count_rows() == N_POINTS, logs[-4000:]
     got = sorted(table.to_arrow().column("id").to_pylist())
     assert got == ids
+
+
+def _job_main():
+    """jobs/migrate.py's ``main`` (a script, not a module of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rm_job_migrate", REPO / "jobs" / "migrate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture
+def job_main():
+    """The job's main; the root logging it sets up (to this test's stderr) is undone after."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield _job_main()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _lance_config(tmp_path: Path, mid: str) -> Path:
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(f"migration_id: {mid}\n"
+                   "source: {kind: lancedb, uri: src, table: docs}\n"
+                   "target: {kind: lancedb, uri: dst, table: docs}\n"
+                   "state_uri: state\n")
+    return cfg
+
+
+def test_a_second_job_for_a_running_migration_exits_2_naming_the_driver(job_main, tmp_path,
+                                                                        capsys):
+    """No Ray needed: the job refuses at its first step, before it connects."""
+    import os
+
+    from ray_migrate.lease import DriverLease
+    from ray_migrate.state import StateStore
+
+    cfg = _lance_config(tmp_path, "job-busy")
+    running = DriverLease(StateStore(str(tmp_path / "state"), "job-busy"))
+    running.acquire(None)  # the first driver, alive and renewing
+    try:
+        assert job_main(["--config", str(cfg)]) == 2
+    finally:
+        running.release()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "migration 'job-busy' is already being run by another driver" in err
+    assert f"pid {os.getpid()} on host" in err and f"kill {os.getpid()}" in err
+
+
+@pytest.mark.parametrize("kind, code", [
+    ("ConfigError", 2), ("IncompatibleTargetError", 2), ("InvalidDataError", 2),
+    ("UnsupportedError", 2), ("TerminalError", 2), ("DriverBusyError", 2),
+    ("TransientError", 1)])
+def test_the_job_exits_as_the_cli_does_for_every_error_kind(job_main, tmp_path, capsys,
+                                                            monkeypatch, kind, code):
+    """The run raises ``kind`` (injected); the job and ``ray-migrate run`` exit alike."""
+    from ray_migrate import driver, errors, lease
+    from ray_migrate.cli import main as cli_main
+
+    error = getattr(errors, kind, None) or getattr(lease, kind)
+    cfg = _lance_config(tmp_path, "job-errors")
+
+    def fails(*args, **kwargs):
+        raise error(f"injected {kind}")
+
+    monkeypatch.setattr(driver, "run_migration", fails)
+    assert job_main(["--config", str(cfg)]) == code
+    assert f"error: injected {kind}" in capsys.readouterr().err
+    assert cli_main(["run", str(cfg)]) == code
+    assert f"error: injected {kind}" in capsys.readouterr().err
+
+
+def test_a_job_with_a_bad_config_exits_2_naming_the_field(job_main, tmp_path, capsys):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("migration_id: bad\nsource: {kind: lancedb, uri: src, table: docs}\n"
+                   "target: {kind: lancedb, uri: dst, table: docs}\ncopy: {workers: 0}\n")
+    assert job_main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "copy.workers" in err and "Traceback" not in err
