@@ -130,8 +130,12 @@ def head_process(log_dir: Path, num_cpus: int = 2, dashboard: bool = True,
         f"--runtime-env-agent-port={rt_env}", f"--ray-client-server-port={client}",
         f"--metrics-export-port={metrics}", "--disable-usage-stats",
     ]
+    # A test's head stops at once: on SIGTERM Ray 2.60 first drains the node, for up to 30 s
+    # while an actor (the detached router) lives, and waits out all of it when the GCS got the
+    # signal too.
+    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", token, env, proc, log_path)
     try:

@@ -2,6 +2,9 @@
 head from `ray start`, `ray-migrate run --address` running, a second `run` refused, `status`,
 `verify` and a `rollback` in the run's rollback window beside it (none of them touching the
 run's workers), the run's report, then a driver killed with SIGKILL and a run that takes over.
+
+The test holds the first run's rollback window open until its commands are done (``HELD_RUN``):
+a window of fixed length would have to outlast them on the slowest machine, and be waited out.
 """
 
 from __future__ import annotations
@@ -21,8 +24,27 @@ from ray_migrate.lease import LEASE_KEY
 from ray_migrate.state import StateStore
 
 MID = "two-drivers"
-WINDOW_S = 60.0  # long enough for the commands run inside the rollback window (they took 23 s)
+WINDOW_S = 1.0  # what is left of the rollback window once the test lets it end
 CLI_TIMEOUT_S = 120
+
+# `ray-migrate run`, whose rollback window begins only once the file argv[1] is gone: the run's
+# end of window (waves.hold_rollback_window, which the driver calls) waits for it first, while
+# its units stay on the target, synced back to the source, as in a longer window.
+HELD_RUN = """
+import sys, time
+from pathlib import Path
+from ray_migrate import cli, driver
+
+hold, window = Path(sys.argv[1]), driver.hold_rollback_window
+
+def held(m):
+    while hold.exists():
+        time.sleep(0.1)
+    window(m)
+
+driver.hold_rollback_window = held
+sys.exit(cli.main(["run", *sys.argv[2:]]))
+"""
 
 PROBE = """
 import json, sys, ray
@@ -53,11 +75,14 @@ def cli(env: dict, *args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_run(env: dict, cfg: Path, address: str, log: Path) -> subprocess.Popen:
+def start_run(env: dict, cfg: Path, address: str, log: Path, hold: Path | None = None
+              ) -> subprocess.Popen:
+    """`ray-migrate run`; with ``hold``, its rollback window stays open while that file is."""
+    run = ["-c", HELD_RUN, str(hold)] if hold else ["-m", "ray_migrate.cli", "run"]
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "ray_migrate.cli", "run", str(cfg),
-                                 "--address", address], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, *run, str(cfg), "--address", address],
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
 
 
 def wait_for(what: str, check, proc: subprocess.Popen, log: Path, timeout: float = 180):
@@ -84,8 +109,9 @@ def test_one_driver_per_migration_across_processes(tmp_path):
     store = StateStore(str(tmp_path / "state"), MID)
     long_cfg = write_config(tmp_path, "window", WINDOW_S)
     with ray_head(tmp_path) as (address, env):
-        log = tmp_path / "run1.log"
-        first = start_run(env, long_cfg, address, log)
+        log, hold = tmp_path / "run1.log", tmp_path / "hold-window"
+        hold.touch()
+        first = start_run(env, long_cfg, address, log, hold)
         try:
             lease = wait_for("driver lease", lambda: (store.read(LEASE_KEY) or {}).get(
                 "pid") == first.pid and store.read(LEASE_KEY), first, log)
@@ -111,10 +137,12 @@ def test_one_driver_per_migration_across_processes(tmp_path):
             assert back.returncode == 0, back.stdout + back.stderr[-3000:]
             assert "tenant=t1: rollback ok" in back.stdout
             assert workers(env, address) == before, "a command replaced the run's workers"
-            assert first.poll() is None, "the rollback window ended before the commands did"
+            assert first.poll() is None, "the run ended in its rollback window"
             # 3. The run ends after its window: the unit stays rolled back, and it says so.
+            hold.unlink()
             first.wait(WINDOW_S + CLI_TIMEOUT_S)
         finally:
+            hold.unlink(missing_ok=True)
             if first.poll() is None:
                 first.kill()
         out = log.read_text()
