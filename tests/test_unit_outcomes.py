@@ -64,11 +64,11 @@ class RefusesIds:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def upsert(self, table):
+    def upsert(self, table, within=None):
         if self.ids & set(table.column("id").to_pylist()):
             self.refused += 1
             raise TerminalError("storage quota of tenant t1 exceeded")
-        return self.real.upsert(table)
+        return self.real.upsert(table, within)
 
 
 def test_a_follower_meeting_a_terminal_error_fails_its_unit_only(ray_cluster, tmp_path,
