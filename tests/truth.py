@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -84,12 +85,13 @@ def seed_lance_native(uri: str, table: str, ids: list[int], dim: int = 8, seed: 
     return out
 
 
-def read_qdrant(path: str, collection: str) -> dict[Any, Point]:
+def qdrant_rows(path: str, collection: str) -> Iterator[tuple[Any, Point]]:
+    """Every stored point as (id, (vectors, payload)), the id from ``_rm_id`` if the target
+    keeps the source's id there."""
     from qdrant_client import QdrantClient
 
     client = QdrantClient(path=path)
     try:
-        out: dict[Any, Point] = {}
         offset = None
         while True:
             recs, offset = client.scroll(collection, limit=500, offset=offset,
@@ -98,18 +100,30 @@ def read_qdrant(path: str, collection: str) -> dict[Any, Point]:
                 payload = dict(r.payload or {})
                 pid = payload.pop("_rm_id", r.id)
                 vec = r.vector if isinstance(r.vector, dict) else {"vector": r.vector}
-                assert pid not in out, f"id {pid} appears twice"
-                out[pid] = ({k: np.asarray(v, np.float32).tobytes() for k, v in vec.items()},
+                yield pid, ({k: np.asarray(v, np.float32).tobytes() for k, v in vec.items()},
                             payload)
             if offset is None:
-                return out
+                return
     finally:
         client.close()
 
 
-def read_lance(uri: str, table: str) -> dict[Any, Point]:
-    """Rebuild points from ray_migrate's documented layout: a column per payload key, json
-    columns as text, ``_rm_null_keys`` for explicit nulls (NULL otherwise means absent)."""
+def read_qdrant(path: str, collection: str) -> dict[Any, Point]:
+    return _unique(qdrant_rows(path, collection))
+
+
+def _unique(rows: Iterable[tuple[Any, Point]]) -> dict[Any, Point]:
+    out: dict[Any, Point] = {}
+    for pid, point in rows:
+        assert pid not in out, f"id {pid} appears twice"
+        out[pid] = point
+    return out
+
+
+def lance_rows(uri: str, table: str) -> Iterator[tuple[Any, Point]]:
+    """Every row as (id, (vectors, payload)), rebuilt from ray_migrate's documented layout: a
+    column per payload key, json columns as text, ``_rm_null_keys`` for explicit nulls (NULL
+    otherwise means absent)."""
     import lancedb
 
     tbl = lancedb.connect(uri).open_table(table)
@@ -117,9 +131,7 @@ def read_lance(uri: str, table: str) -> dict[Any, Point]:
     meta = {k.decode(): v.decode() for k, v in (data.schema.metadata or {}).items()}
     types = json.loads(meta.get("ray_migrate.payload_types", "{}"))
     vector_cols = [f.name for f in data.schema if pa.types.is_fixed_size_list(f.type)]
-    rows = data.to_pylist()
-    out: dict[Any, Point] = {}
-    for row in rows:
+    for row in data.to_pylist():
         nulls = set(row.pop("_rm_null_keys", None) or [])
         pid = row.pop("id")
         vecs = {c: np.asarray(row.pop(c), np.float32).tobytes() for c in vector_cols}
@@ -130,9 +142,11 @@ def read_lance(uri: str, table: str) -> dict[Any, Point]:
                     payload[k] = None
                 continue
             payload[k] = json.loads(v) if types.get(k) == "json" else v
-        assert pid not in out, f"id {pid} appears twice"
-        out[pid] = (vecs, payload)
-    return out
+        yield pid, (vecs, payload)
+
+
+def read_lance(uri: str, table: str) -> dict[Any, Point]:
+    return _unique(lance_rows(uri, table))
 
 
 def assert_same(found: dict[Any, Point], truth: dict[Any, dict[str, Any]],
