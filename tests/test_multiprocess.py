@@ -3,19 +3,21 @@
 A Ray head from `ray start --head` (token auth, tests/raycluster.py); `ray-migrate run CONFIG
 --address` as one subprocess; the application (tests/mp_workload.py) as another, writing one
 point per call through ``RoutedCollection.connect`` from as soon as the router exists, through
-copy, catch-up and every cutover wave, until 3 s after the run has ended; in one case an operator's
-`ray-migrate rollback` of one unit inside the rollback window. Then source and target are read
-with the engines' own clients and compared with the writer's acknowledged operations replayed in
-order (one sequential writer: the final state of every id is known).
+copy, catch-up and every cutover wave, until 3 s after the run has ended; in one case an
+operator's `ray-migrate rollback` of the canary inside its rollback window. Then source and
+target are read with the engines' own clients and compared with the writer's acknowledged
+operations replayed in order (one sequential writer: the final state of every id is known).
 
 What is asserted, per case: no client error; no acknowledged write lost (missing, or another
-value than its last acknowledged one: an older one is "stale"); no deleted point back; no point
-visible twice (a copy left behind under another unit on the other side); vectors bit for bit and
-payloads equal; every search hit alive and in the tenant searched.
+value than its last acknowledged one: an older one is "stale"); no deleted point back; no id
+stored twice in one store or visible on both sides (a copy left behind under another unit);
+vectors bit for bit and payloads equal; every search hit alive and in the tenant searched; every
+unit done on the target (but the one rolled back, shown rolled back).
 
 Run it alone: ``pytest tests/test_multiprocess.py`` (``-k l2q`` for one case, ``-s`` for the
-summaries). ``RM_MP_REPEAT=5`` runs every selected case five times in a row. A failed run's ops
-log and process outputs are kept under ``RM_MP_LOGS`` (default ``$TMPDIR/rm-mp-logs``).
+summaries). ``RM_MP_REPEAT=5`` runs every selected case five times in a row; ``RM_MP_RATE``
+caps the writer's ops/s (default 40). A failed run's ops log and process outputs are kept under
+``RM_MP_LOGS`` (default ``$TMPDIR/rm-mp-logs``).
 """
 
 from __future__ import annotations
