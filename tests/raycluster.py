@@ -214,6 +214,9 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, dashboard: bool = False,
         for marker in extra_kill_markers:
             kill_matching(marker)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if os.path.exists(temp_dir):  # a process that was still ending wrote there meanwhile
+            kill_matching(temp_dir)
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 __all__ = ["Head", "free_ports", "head_env", "kill_matching", "ray_cli", "ray_head",
