@@ -1,24 +1,24 @@
-"""A Ray head started with `ray start` as a process of its own, as users run one; shared by the
-tests that run ray_migrate in other processes.
+"""A Ray head started as users start one: `ray start --head`, its own process, token auth.
 
-    with ray_head(tmp_path) as (address, env):
-        subprocess.run([sys.executable, "-m", "ray_migrate.cli", "run", cfg,
-                        "--address", address], env=env)
-
-Such a head coexists with the session's in-process ``ray_cluster`` (``ray.init()``) because it:
+Tests that run the product as users do (a job submitted to a cluster, `ray-migrate run
+--address`, applications in other processes) need a cluster that is not the pytest process's
+own. This one coexists with the session's in-process ``ray_cluster`` because it:
 
 - uses its own ``--temp-dir``: `ray start` records its address in
   ``<temp-dir>/ray_current_cluster``, so a later ``ray.init()`` in this process does not find it
   and join it by mistake;
 - uses free ports for everything it opens (GCS, dashboard, agents, client server, metrics);
-- is stopped by terminating the process group of its own ``ray start --block`` and then the
-  processes that still run under its temp dir, never with ``ray stop``: ``ray stop`` kills
-  every Ray process on the machine by name, the session's cluster included.
+- is stopped by killing the process group of its own ``ray start --block`` and then the
+  processes that still run under its temp dir, never with ``ray stop``: ``ray stop`` kills every
+  Ray process on the machine by name, the session's cluster and other users' included.
 
 Authentication: Ray 2.60 turns on token authentication for clusters started with `ray start`.
 The head gets RAY_AUTH_MODE=token and a fresh token in RAY_AUTH_TOKEN (so ~/.ray/auth_token is
-neither needed nor touched); processes the cluster starts inherit both, and ``env`` holds both
-for the processes a test starts to join it.
+neither needed nor touched); processes the cluster starts inherit both, and ``Head.env`` holds
+them for the processes a test starts itself (drivers, CLIs, applications).
+
+    with ray_head(tmp_path) as head:
+        subprocess.run(["ray-migrate", "run", cfg, "--address", head.address], env=head.env)
 """
 
 from __future__ import annotations
@@ -37,21 +37,36 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-START_TIMEOUT_S = 120
-STARTED = "Ray runtime started."
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+START_TIMEOUT_S = 90.0
 
 
 @dataclass
 class Head:
-    address: str  # the GCS address, for `ray.init(address=...)` and `--address`
-    dashboard_url: str  # for the job submission client
+    """A running head: ``address`` (GCS, for ``--address`` and ``ray.init``) and ``env`` (for
+    every process that joins it: token auth on, this repo's code first on PYTHONPATH)."""
+
+    address: str
+    env: dict[str, str]
     token: str
-    env: dict[str, str]  # what a process needs to join the cluster
+    dashboard_url: str | None
     proc: subprocess.Popen
     log_path: Path
+    temp_dir: str
 
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:]
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop `ray start` (SIGTERM: it drains the node and ends the processes it started, in
+        about 2 s), kill what is left of its process group, then whatever still runs under its
+        temp dir (workers that left the group)."""
+        stop_group(self.proc, leader_only=True)
+        kill_matching(self.temp_dir)
 
 
 def free_ports(n: int) -> list[int]:
@@ -75,108 +90,137 @@ def ray_cli() -> str:
     return found
 
 
-def kill_leftovers(marker: str) -> None:
-    """Kill the processes whose command line names ``marker`` (ours, by pid)."""
-    import ray  # noqa: F401 - its bundled psutil comes onto the path with it
-
-    # isort: split
-    import psutil
-
-    me = os.getpid()
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+def _cmdlines() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every process we can see, from /proc (psutil may be absent)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-        if marker in cmd and p.info["pid"] != me:
-            procs.append(p)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(procs, timeout=10)
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        yield int(entry), raw.replace(b"\0", b" ").decode(errors="replace")
 
 
-def client_env(token: str) -> dict[str, str]:
+def kill_matching(marker: str, timeout_s: float = 10.0) -> None:
+    """Kill the processes whose command line names ``marker`` (a temp dir of ours), by pid."""
+    me = os.getpid()
+    pids = [pid for pid, cmd in _cmdlines() if marker in cmd and pid != me]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        if pids:
+            time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop_group(proc: subprocess.Popen, term_wait_s: float = 20.0,
+               leader_only: bool = False) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), or only
+    ``proc`` itself; after at most ``term_wait_s``, SIGKILL whatever is left of the group.
+
+    `ray start --block` wants the SIGTERM alone: with its whole group signalled, the GCS is gone
+    before the node drains and it waits 30 s for it."""
+    with contextlib.suppress(ProcessLookupError):
+        if leader_only:
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=term_wait_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def head_env(token: str) -> dict[str, str]:
+    """The environment of a process that joins the head: token auth, no inherited cluster,
+    this repo's ``ray_migrate`` and the tests' helpers importable, the venv's scripts on PATH."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
+    paths = [str(REPO), str(TESTS), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
         RAY_USAGE_STATS_ENABLED="0",
-        # `python` in a job's entrypoint is this interpreter, which can import ray_migrate.
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
     return env
 
 
-@contextlib.contextmanager
-def head_process(log_dir: Path, num_cpus: int = 2, dashboard: bool = True,
-                 wait: bool = True) -> Iterator[Head]:
-    """Start the head; with ``wait``, yield once it is up. Stopped and cleaned up after."""
-    token = secrets.token_hex(32)
-    # Short on purpose: Ray's unix sockets live under it and their paths have a length limit.
-    temp_dir = tempfile.mkdtemp(prefix="rmhead-")
-    gcs, dash, agent_http, agent_grpc, rt_env, client, metrics = free_ports(7)
-    env = client_env(token)
-    log_path = Path(log_dir) / f"ray-start-{gcs}.log"
-    cmd = [
-        ray_cli(), "start", "--head", "--block",
-        f"--port={gcs}", f"--dashboard-port={dash}",
-        f"--include-dashboard={'true' if dashboard else 'false'}",
-        "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-        f"--dashboard-agent-listen-port={agent_http}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--runtime-env-agent-port={rt_env}", f"--ray-client-server-port={client}",
-        f"--metrics-export-port={metrics}", "--disable-usage-stats",
-    ]
-    # A test's head stops at once: on SIGTERM Ray 2.60 first drains the node, for up to 30 s
-    # while an actor (the detached router) lives, and waits out all of it when the GCS got the
-    # signal too.
-    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    head = Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", token, env, proc, log_path)
-    try:
-        if wait:
-            _wait_started(head)
-        yield head
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        kill_leftovers(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_started(head: Head) -> None:
-    """Until `ray start` says the runtime started (GCS, raylet and dashboard are up)."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while STARTED not in head.log_path.read_text(errors="replace"):
+def _wait_ready(head: Head, timeout_s: float) -> None:
+    """Until `ray start` says the runtime started (it prints that once every head process is
+    up); fail with its log if it exits or takes longer than ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while "Ray runtime started" not in head.log_tail(1_000_000):
         if head.proc.poll() is not None:
             raise RuntimeError(f"`ray start` exited with {head.proc.returncode}:\n"
                                f"{head.log_tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"`ray start` did not start in {START_TIMEOUT_S}s:\n"
+            raise RuntimeError(f"`ray start` did not start within {timeout_s:.0f}s:\n"
                                f"{head.log_tail()}")
         time.sleep(0.2)
 
 
 @contextlib.contextmanager
-def ray_head(log_dir: Path | None = None, num_cpus: int = 2
-             ) -> Iterator[tuple[str, dict[str, str]]]:
-    """A running head with token auth: yields (GCS address, environment to join it with)."""
-    own = log_dir is None
-    folder = Path(tempfile.mkdtemp(prefix="rmlog-")) if own else Path(log_dir)
+def ray_head(tmp_path: Path, num_cpus: int = 2, dashboard: bool = False,
+             extra_kill_markers: tuple[str, ...] = ()) -> Iterator[Head]:
+    """Start a head, wait until it is up, yield it, stop it (also when the test fails).
+
+    ``dashboard``: start the dashboard (job submission needs it) on a free port.
+    ``extra_kill_markers``: more strings whose processes are killed at the end (for example
+    ``str(tmp_path)``, for a submitted job's driver that names the test's files).
+    """
+    token = secrets.token_hex(32)
+    # Short on purpose: Ray's unix sockets live under it and their paths have a length limit.
+    temp_dir = tempfile.mkdtemp(prefix="rmhead-")
+    gcs, dash, agent_http, agent_grpc, rt_env, client, metrics = free_ports(7)
+    env = head_env(token)
+    # A test's head stops at once: on SIGTERM Ray 2.60 first drains the node, for up to 30 s
+    # while an actor (the detached router) lives.
+    start_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    log_path = tmp_path / "ray-start.log"
+    cmd = [
+        ray_cli(), "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={num_cpus}",
+        f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_env}",
+        f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}",
+        "--disable-usage-stats", f"--include-dashboard={str(dashboard).lower()}",
+        # A port even without the dashboard: Ray starts a minimal one on 8265 otherwise, which
+        # another cluster on the machine may hold.
+        f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=start_env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    head = Head(address=f"127.0.0.1:{gcs}", env=env, token=token,
+                dashboard_url=f"http://127.0.0.1:{dash}" if dashboard else None, proc=proc,
+                log_path=log_path, temp_dir=temp_dir)
     try:
-        with head_process(folder, num_cpus=num_cpus) as head:
-            yield head.address, head.env
+        _wait_ready(head, START_TIMEOUT_S)
+        yield head
     finally:
-        if own:
-            shutil.rmtree(folder, ignore_errors=True)
+        head.stop()
+        for marker in extra_kill_markers:
+            kill_matching(marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if os.path.exists(temp_dir):  # a process that was still ending wrote there meanwhile
+            kill_matching(temp_dir)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+__all__ = ["Head", "free_ports", "head_env", "kill_matching", "ray_cli", "ray_head",
+           "stop_group"]

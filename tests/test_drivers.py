@@ -108,7 +108,8 @@ def test_one_driver_per_migration_across_processes(tmp_path):
     truth = seed_lance_native(str(tmp_path / "src"), "docs", list(range(400)))
     store = StateStore(str(tmp_path / "state"), MID)
     long_cfg = write_config(tmp_path, "window", WINDOW_S)
-    with ray_head(tmp_path) as (address, env):
+    with ray_head(tmp_path) as head:
+        address, env = head.address, head.env
         log, hold = tmp_path / "run1.log", tmp_path / "hold-window"
         hold.touch()
         first = start_run(env, long_cfg, address, log, hold)

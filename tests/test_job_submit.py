@@ -1,11 +1,9 @@
 """End to end as users run it: a real `ray start` head, `jobs/migrate.py` submitted as a Ray job.
 
-The head is ``raycluster.head_process`` (its own temp dir, free ports, token auth; see there).
-JobSubmissionClient sends ``Authorization: Bearer <token>``: it adds it by itself only when
-this process runs in token mode, so the test passes the header explicitly.
-
-The job's exit codes (as ``ray-migrate run``'s: 2 for bad input or a refused run, 1 for
-failures) are checked on its ``main`` in this process: a refused job never reaches Ray.
+The head (tests/raycluster.py) is its own process with token auth, free ports and its own
+--temp-dir, so it coexists with the session's in-process ``ray_cluster``. JobSubmissionClient
+sends ``Authorization: Bearer <token>``: it adds it by itself only when this process runs in
+token mode, so the test passes the header explicitly.
 """
 
 from __future__ import annotations
@@ -16,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from raycluster import Head, head_process, kill_leftovers
+from raycluster import Head
+from raycluster import ray_head as start_head
 
 REPO = Path(__file__).resolve().parent.parent
 N_POINTS = 600
@@ -26,30 +25,26 @@ JOB_TIMEOUT_S = 180
 
 
 @pytest.fixture
-def job_head(tmp_path):
-    """A head of its own; the processes of its jobs, which run from ``tmp_path``, are
-    killed after the test as well."""
-    with head_process(tmp_path) as head:
-        try:
-            yield head
-        finally:
-            kill_leftovers(str(tmp_path))
+def ray_head(tmp_path):
+    """A Ray head started with `ray start`, token auth on, the dashboard up (jobs need it);
+    the submitted job's driver names the test's files, so whatever names them is killed too."""
+    with start_head(tmp_path, dashboard=True, extra_kill_markers=(str(tmp_path),)) as head:
+        yield head
 
 
 def _client(head: Head):
     from ray.job_submission import JobSubmissionClient
 
+    url = head.dashboard_url
     deadline = time.monotonic() + 90
     while True:
         if head.proc.poll() is not None:
             pytest.fail(f"`ray start` exited with {head.proc.returncode}:\n{head.log_tail()}")
         try:
-            return JobSubmissionClient(head.dashboard_url,
-                                       headers={"Authorization": f"Bearer {head.token}"})
+            return JobSubmissionClient(url, headers={"Authorization": f"Bearer {head.token}"})
         except Exception as err:  # the dashboard is not up yet
             if time.monotonic() > deadline:
-                pytest.fail(f"the dashboard at {head.dashboard_url} did not come up: {err}\n"
-                            f"{head.log_tail()}")
+                pytest.fail(f"the dashboard at {url} did not come up: {err}\n{head.log_tail()}")
             time.sleep(1)
 
 
@@ -78,8 +73,9 @@ def _seed_qdrant(path: Path) -> list[int]:
     return ids
 
 
-def test_migrate_job_on_a_ray_start_cluster(job_head, tmp_path):
-    url = job_head.dashboard_url
+def test_migrate_job_on_a_ray_start_cluster(ray_head, tmp_path):
+    head = ray_head
+    url = head.dashboard_url
     ids = _seed_qdrant(tmp_path / "qdrant")
     cfg = tmp_path / "migration.yaml"
     # Absolute paths: the job runs in a temporary copy of the working dir.
@@ -97,7 +93,7 @@ def test_migrate_job_on_a_ray_start_cluster(job_head, tmp_path):
 
     from ray.job_submission import JobStatus
 
-    client = _client(job_head)
+    client = _client(head)
     from ray.job_submission import JobSubmissionClient
 
     with pytest.raises(Exception, match="(?i)forbidden|unauthori|authenticat|40[13]"):
