@@ -109,6 +109,72 @@ def test_an_apply_never_replaces_a_point_of_another_tenant_and_hands_its_id_back
     assert read(other, xm) == {1: ("b", 9), 2: ("a", 5), 3: ("a", 5)}
 
 
+def test_an_id_whose_blocking_point_is_deleted_after_the_write_is_still_handed_back(tmp_path):
+    """LanceDB: the upsert of 1 in unit b meets 1's old copy in unit a and leaves it; before
+    it looks which ids it left, a's applier deletes that old copy (the move's delete). Found
+    then neither in b nor anywhere, 1 must still be handed back, or its new copy never
+    arrives (seen in the multi-process test: an acknowledged re-insert lost)."""
+    owner, om = open_side("lancedb", tmp_path / "owner", "tenant")
+    other, xm = open_side("lancedb", tmp_path / "other", "tenant")
+    put(owner, om, {1: ("b", 5)})
+    put(other, xm, {1: ("a", 0)})
+    real_fetch = other.fetch
+
+    def a_applier_deletes_first(ids: Any) -> Any:
+        other.delete([1], A)
+        return real_fetch(ids)
+
+    other.fetch = a_applier_deletes_first
+    kept: dict = {}
+    apply_units([(B, [1], None)], owner, other, Transform(TransformConfig()), kept=kept)
+    assert kept == {"tenant=b": [1]}, "handed back, to be applied again"
+    other.fetch = real_fetch
+    apply_units([(B, kept["tenant=b"], None)], owner, other, Transform(TransformConfig()))
+    assert read(other, xm) == {1: ("b", 5)}
+
+
+def test_a_server_upsert_hands_back_an_id_a_point_took_after_its_look(tmp_path):
+    """A Qdrant server: the upsert of 1 in unit b looks first (1 absent), then another writer
+    puts 1 in unit a before the write, whose update filter then skips it without a word. The
+    look after the write hands 1 back; once a's applier has removed that copy, 1 arrives."""
+    owner, om = open_side("lancedb", tmp_path / "owner", "tenant")
+    other, xm = open_side("qdrant", tmp_path / "other", "tenant", filtered=True)
+    put(owner, om, {1: ("b", 5)})
+    real = other.client
+    looks = []
+
+    class Client:  # the real client; another writer acts right after the first look
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def retrieve(self, *args: Any, **kwargs: Any) -> Any:
+            out = real.retrieve(*args, **kwargs)
+            looks.append(1)
+            if len(looks) == 1:
+                other.client = real
+                put(other, xm, {1: ("a", 0)})
+                other.client = self
+            return out
+
+    other.client = Client()
+    kept: dict = {}
+    apply_units([(B, [1], None)], owner, other, Transform(TransformConfig()), kept=kept)
+    other.client = real
+    assert kept == {"tenant=b": [1]}, "handed back, to be applied again"
+    assert read(other, xm) == {1: ("a", 0)}, "the filter kept the other tenant's point"
+    other, xm = open_side_again(xm)
+    other.delete([1], A)
+    apply_units([(B, kept["tenant=b"], None)], owner, other, Transform(TransformConfig()))
+    assert read(other, xm) == {1: ("b", 5)}
+
+
+def open_side_again(meta: dict) -> tuple[Any, dict]:
+    """The Qdrant side again, after ``read`` closed it (as against a server)."""
+    b = QdrantBackend(QdrantEndpoint(**meta["ep"]))
+    b.local = False
+    return b, meta
+
+
 class HeldUpsert:
     """The real backend, whose next upsert waits until the test lets it go on."""
 

@@ -366,13 +366,16 @@ class LanceBackend(Backend):
                     .when_not_matched_insert_all().execute(data))
         if only is None or done.num_updated_rows + done.num_inserted_rows >= table.num_rows:
             return []
-        # Some rows met a point of another tenant (see Backend.upsert): which ones.
+        # Some rows met a point of another tenant (see Backend.upsert): which ones. Every id
+        # not held in one of the units now counts, absent ones too: another unit's applier
+        # may have deleted the point it met between the merge and this read, and the id must
+        # be applied again, not dropped.
         ids = table.column(ID).to_pylist()
         found = self.fetch(ids)
-        other = {pid for pid, p in zip(found.column(ID).to_pylist(), payload_dicts(found),
-                                       strict=True)
-                 if not any(in_tenant(u, p) for u in tenants)}
-        return [pid for pid in ids if pid in other]
+        held = {pid for pid, p in zip(found.column(ID).to_pylist(), payload_dicts(found),
+                                      strict=True)
+                if any(in_tenant(u, p) for u in tenants)}
+        return [pid for pid in ids if pid not in held]
 
     def _any_of(self, tenants: list[UnitSpec]) -> str:
         """A merge's condition on the matched row: it is in one of these tenant units."""

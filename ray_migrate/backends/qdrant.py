@@ -437,6 +437,12 @@ class QdrantBackend(Backend):
         guard = None if tenants is None or self.local else \
             models.Filter(should=[unit_filter(u) for u in tenants])  # a server: atomic too
         self.client.upsert(self.name, points=points, wait=True, update_filter=guard)
+        if guard is not None:
+            # A server skips a point the filter refuses without saying so, and another writer
+            # may have moved one since ``_outside`` looked: every id not held in the units now
+            # is applied again (see Backend.upsert).
+            _, late = self._outside(table, tenants, absent_too=True)
+            kept += late
         cosine = [n for n, p in params.items() if enum_value(p.distance) == "Cosine"]
         if self.local and cosine:
             # Local mode normalizes a new point in float32 but an existing one in float64, and
@@ -448,19 +454,24 @@ class QdrantBackend(Backend):
                 for i, pid in enumerate(pids)], wait=True)
         return kept
 
-    def _outside(self, table: pa.Table, tenants: list[UnitSpec]) -> tuple[pa.Table, list[Any]]:
+    def _outside(self, table: pa.Table, tenants: list[UnitSpec], absent_too: bool = False
+                 ) -> tuple[pa.Table, list[Any]]:
         """The rows to write, and the ids left out: those held by a point of another tenant
-        now. Local mode: one process owns the folder, so nothing writes in between."""
-        pids = [physical_id(i) for i in table.column(ID).to_pylist()]
+        now (and, ``absent_too``, those with no point at all). Local mode: one process owns
+        the folder, so nothing writes in between."""
+        ids = table.column(ID).to_pylist()
+        pids = [physical_id(i) for i in ids]
         recs = self.client.retrieve(self.name, pids, with_payload=True, with_vectors=False)
-        other = set()
+        other = set(ids) if absent_too else set()
         for r in recs:
             payload = dict(r.payload or {})
+            pid = logical_id(r.id, payload)
             if not any(in_unit(u, r.id, payload) for u in tenants):
-                other.add(logical_id(r.id, payload))
+                other.add(pid)
+            else:
+                other.discard(pid)
         if not other:
             return table, []
-        ids = table.column(ID).to_pylist()
         keep = pa.array([pid not in other for pid in ids], pa.bool_())
         return table.filter(keep), [pid for pid in ids if pid in other]
 
