@@ -112,9 +112,10 @@ def record_writes(coll: Any, log: dict[str, list[tuple[float, int]]],
 
     coll._leased, coll.upsert = wrapped, dedup
     coll.router.call, coll._write_owners = timed(("router",), call), timed(("engine",), owners)
-    for side, backend in coll.backends.items():
+    for side in ("source", "target"):  # opened on first use: open both now, to time them
+        backend = coll.backends[side]
         backend.upsert = timed(("db", f"db_{side}"), backend.upsert)
-        backend.delete = timed(("db", f"db_{side}"), backend.delete)
+        backend.delete_many = timed(("db", f"db_{side}"), backend.delete_many)
 
 
 def oldest_age(writes: list[tuple[float, int]], lag: int, now: float) -> float:

@@ -241,3 +241,40 @@ def test_a_client_is_known_to_the_router_from_connect_until_close(ray_cluster, t
         assert coll.cache.client_id not in ids, "gone at its goodbye"
     finally:
         m.close()
+
+
+KILLED_DRIVER = """
+import json, os, signal, sys
+import ray
+from ray_migrate.backends import open_backend
+from ray_migrate.config import MigrationConfig
+from ray_migrate.driver import Migration
+
+ray.init(address=sys.argv[1], namespace="ray_migrate", log_to_driver=False)
+m = Migration(MigrationConfig.model_validate(json.loads(open(sys.argv[2]).read())))
+m.start(workers=False)
+assert open_backend(m.cfg.source).count(m.plan.units[0]) >= 0  # the store is in use
+open(sys.argv[3], "w").close()
+os.kill(os.getpid(), signal.SIGKILL)  # no word to the router, no lease released
+"""
+
+
+def test_a_store_held_by_a_killed_driver_is_released(ray_cluster, tmp_path):
+    """A driver (or command) killed with SIGKILL never tells the router it exited; before,
+    the router kept its hosted stores for good. Its Ray job is seen dead instead."""
+    import ray
+
+    source, _ = seed("qdrant", tmp_path, n=20)
+    mid = f"killed-{tmp_path.name}"
+    cfg = live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                      cutover={"mode": "manual"})
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json(by_alias=True))
+    started = tmp_path / "started"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_DRIVER, ray.get_runtime_context().gcs_address,
+         str(tmp_path / "cfg.json"), str(started)], capture_output=True, text=True,
+        timeout=180)
+    assert proc.returncode == -9 and started.exists(), proc.stderr[-3000:]
+    # The GCS marks the job dead once its driver is gone; the router looks every
+    # RELEASE_EVERY_S.
+    folder_opens(source["path"], within_s=RELEASE_EVERY_S + 15.0)

@@ -5,6 +5,8 @@
 - ``durable``: what of the table is written when, and how a restarted router rebuilds it;
 - ``client_rows``: what clients wrote, kept for the appliers of the change log;
 - ``appliers``: who may apply change logs and when (cutovers, upkeep, followers);
+- ``presence``: drivers and clients, and when a hosted Qdrant store may be released;
+- ``watch``: the client's side of it (``RouteCache``: cached routes, heartbeat, goodbye);
 - ``actor``: the named, detached Ray actor around the table, and ``RouterHandle``.
 
 ``docs/PROTOCOL.md`` states the protocol as numbered invariants.

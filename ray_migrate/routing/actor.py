@@ -370,13 +370,17 @@ class Router:
             return released
 
     async def _release_loop(self) -> None:
-        """Releases what lapsed clients left (and stores called again after a release):
-        only clients call stores once no driver runs, so it looks only while some are known."""
+        """Releases what lapsed clients left (and stores called again after a release), and
+        what a driver killed without a word held: it looks while clients or drivers are
+        known."""
         while True:
             await asyncio.sleep(RELEASE_EVERY_S)
-            if not self._presence().clients:
+            p = self._presence()
+            if not p.clients and not p.drivers:
                 continue
             try:
+                if p.drivers and p.forget_dead(await asyncio.to_thread(dead_jobs)):
+                    self.store.write(PRESENCE_KEY, {"drivers": p.drivers})
                 await self._release_unneeded()
             except Exception as err:  # noqa: BLE001 - looked at again next time
                 log.warning("releasing hosted stores: %s: %s", type(err).__name__, err)
@@ -387,6 +391,19 @@ class Router:
         none, over a copy already made): diff and repair it before it is ready or switches."""
         self.table.unit(unit_id).needs_repair = True
         self.durable.persist()
+
+
+def dead_jobs() -> set[str]:
+    """The Ray jobs of this cluster that have ended (their driver process is gone), as the
+    GCS knows them; empty when it cannot tell (then nobody is taken for dead)."""
+    import ray
+
+    try:
+        jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info()
+        return {job_id.hex() for job_id, info in jobs.items() if info.is_dead}
+    except Exception as err:  # noqa: BLE001 - an internal API: never fatal
+        log.debug("cannot list Ray jobs: %s: %s", type(err).__name__, err)
+        return set()
 
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],

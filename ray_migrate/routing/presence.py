@@ -74,8 +74,17 @@ class Presence:
             self.drivers.pop(key, None)
 
     def driver_runs(self) -> bool:
-        """THE HOOK for the driver lease: for now, some driver started and has not exited."""
+        """Some driver (or command) started and has not exited, nor died (``forget_dead``)."""
         return bool(self.drivers)
+
+    def forget_dead(self, dead_jobs: Iterable[str]) -> bool:
+        """Forget the drivers whose Ray job has ended without their word (killed): otherwise
+        their stores were held for good. Returns whether one was forgotten."""
+        dead = set(dead_jobs)
+        gone = [k for k in self.drivers if k.partition(":")[0] in dead]
+        for k in gone:
+            del self.drivers[k]
+        return bool(gone)
 
     # --- clients --------------------------------------------------------------------------
     def client(self, info: dict[str, Any], now: float | None = None) -> Client:
