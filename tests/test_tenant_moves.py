@@ -328,3 +328,18 @@ def test_points_moved_between_tenants_on_different_owners_exist_once(ray_cluster
     check(found_target, truth, {"t1"}, "target (owner)")
     check(found_source, truth, {"t0", "t1", "t2", "t3"}, "source")
     check(found_target, truth, {"t0", "t1", "t2", "t3"}, "target")
+
+
+def test_a_local_qdrant_scan_leaves_out_a_point_that_left_its_unit_meanwhile(tmp_path):
+    """Local mode lists a unit's ids once per scan and reads the pages by id later. Point 3
+    moves from a to b between the two: read with b's payload, it was copied as a's point and
+    then again by b's copy, into a fresh target that appends (seen in the multi-process
+    test: an id stored twice in the target)."""
+    source, sm = open_side("qdrant", tmp_path / "src", "tenant")
+    put(source, sm, {1: ("a", 0), 2: ("a", 0), 3: ("a", 0), 4: ("a", 0)})
+    pages = source.scan(A, batch_size=2)
+    first, _ = next(pages)
+    assert first.column("id").to_pylist() == [1, 2]
+    put(source, sm, {3: ("b", 1)})  # a client moves 3 to b
+    rest = [pid for batch, _ in pages for pid in batch.column("id").to_pylist()]
+    assert rest == [4], "3 is b's now: b's copy takes it"

@@ -319,6 +319,10 @@ class QdrantBackend(Backend):
                  else bisect.bisect_left(ids, scroll_order(offset), key=scroll_order))
         page = ids[start:start + batch_size]
         recs = self.client.retrieve(self.name, page, with_payload=True, with_vectors=True)
+        # A point that left the unit since the list was made (a client moved it to another
+        # tenant) is not the unit's: copied here too, the other unit's copy would add it
+        # again (a fresh target appends).
+        recs = [r for r in recs if in_unit(unit, r.id, dict(r.payload or {}))]
         recs.sort(key=lambda r: scroll_order(r.id))
         nxt = ids[start + batch_size] if start + batch_size < len(ids) else None
         if nxt is None:
