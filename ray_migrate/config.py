@@ -273,8 +273,11 @@ def _format_errors(err: ValidationError) -> str:
             msg = "unknown key; remove it or check its spelling"
         elif e["type"] == "missing":
             msg = "is required"
-        elif e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
-            msg = "kind must be one of: qdrant, lancedb"
+        elif e["type"] == "union_tag_invalid":
+            msg = (f"kind {e.get('ctx', {}).get('tag')!r} is not supported; kind must be one "
+                   "of: qdrant, lancedb")
+        elif e["type"] == "union_tag_not_found":
+            msg = "kind is required; kind must be one of: qdrant, lancedb"
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "invalid migration config:\n  " + "\n  ".join(lines)
 
@@ -305,9 +308,26 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path = ".") -> MigrationCo
     if not isinstance(raw, dict):
         raise ConfigError("invalid migration config: the top level must be a mapping of keys")
     try:
-        return MigrationConfig.model_validate(_resolve_paths(raw, Path(base_dir)))
+        cfg = MigrationConfig.model_validate(_resolve_paths(raw, Path(base_dir)))
     except ValidationError as err:
         raise ConfigError(_format_errors(err)) from None
+    _check_state_folder(cfg.state_uri)
+    return cfg
+
+
+def _check_state_folder(uri: str) -> None:
+    """A local ``state_uri`` must be a folder or become one: refuse, before anything is
+    written, one that lies under a regular file (the state's writes would fail half-way)."""
+    if "://" in uri:
+        return
+    p = Path(uri)
+    for at in (p, *p.parents):
+        if at.exists():
+            if not at.is_dir():
+                raise ConfigError(f"invalid migration config:\n  state_uri: {str(at)!r} is a "
+                                  "file, not a folder; point state_uri at a folder (it is "
+                                  "created if missing)")
+            return
 
 
 def load_config(path: str | Path) -> MigrationConfig:

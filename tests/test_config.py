@@ -107,3 +107,25 @@ def test_cli_refuses_bad_config_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "units.field is required when units.by is tenant" in err
     assert sorted(os.listdir(tmp_path)) == before, "nothing may be written for a bad config"
+
+
+@pytest.mark.parametrize("over, named", [
+    ({"target": {"kind": "pinecone2", "uri": "./data/lance", "table": "docs"}},
+     "target: kind 'pinecone2' is not supported; kind must be one of: qdrant, lancedb"),
+    ({"target": {"uri": "./data/lance", "table": "docs"}},
+     "target: kind is required; kind must be one of: qdrant, lancedb"),
+    ({"state_uri": "./plain-file/state"},
+     "is a file, not a folder; point state_uri at a folder"),
+], ids=["unknown-kind", "no-kind", "state-under-a-file"])
+def test_cli_names_the_value_at_fault_with_no_traceback(tmp_path, capsys, over, named):
+    """Before: an unknown kind was not named, and a state_uri under a regular file printed a
+    Python traceback and exited 1."""
+    (tmp_path / "plain-file").write_text("not a folder")
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(base(**over)))
+    before = sorted(os.listdir(tmp_path))
+    for verb in ("plan", "run", "verify"):
+        assert main([verb, str(path)]) == 2, verb
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == before, "nothing may be written for a bad config"
