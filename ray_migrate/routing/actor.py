@@ -73,6 +73,8 @@ class Router:
         self._changed = Signal()  # fired on every new epoch
         self._ended = Signal()  # fired when writes end
         self.table.on_change = self._changed.fire
+        self._driver: dict[str, Any] | None = None  # the lease holder (``claim_driver``)
+        self._presence_state: Presence | None = None  # made in the event loop (``_presence``)
 
     async def describe(self) -> dict[str, Any]:
         return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri,
@@ -265,21 +267,21 @@ class Router:
         drivers never both win. ``replace``: the token of a driver the caller knows is dead
         (its pid is gone). A restarted router knows no driver until the holder's next beat."""
         now = time.time()
-        held = getattr(self, "_driver", None)
+        held = self._driver
         if (held is not None and held["token"] not in (info["token"], replace)
                 and now - held["seen_at"] <= expire_s):
             return held
-        self._driver: dict[str, Any] | None = {**info, "seen_at": now}
+        self._driver = {**info, "seen_at": now}
         return None
 
     async def release_driver(self, token: str) -> None:
-        held = getattr(self, "_driver", None)
+        held = self._driver
         if held is not None and held["token"] == token:
             self._driver = None
 
     async def running_driver(self, expire_s: float) -> dict[str, Any] | None:
         """The driver that holds the lease, as it last renewed it, or None."""
-        held = getattr(self, "_driver", None)
+        held = self._driver
         return held if held is not None and time.time() - held["seen_at"] <= expire_s else None
 
     async def finish_units(self, unit_ids: list[str]) -> list[str]:
@@ -303,7 +305,7 @@ class Router:
     def _presence(self) -> Presence:
         """Made on first use (in the event loop), with the release loop; a rebuilt router
         trusts the drivers it had written down, a fresh one waits for its driver's word."""
-        p: Presence | None = getattr(self, "_presence_state", None)
+        p = self._presence_state
         if p is None:
             import ray
 
