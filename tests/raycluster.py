@@ -177,18 +177,21 @@ def _wait_ready(head: Head, timeout_s: float) -> None:
 
 @contextlib.contextmanager
 def ray_head(tmp_path: Path, num_cpus: int = 2, dashboard: bool = False,
-             extra_kill_markers: tuple[str, ...] = ()) -> Iterator[Head]:
+             extra_kill_markers: tuple[str, ...] = (),
+             env: dict[str, str] | None = None) -> Iterator[Head]:
     """Start a head, wait until it is up, yield it, stop it (also when the test fails).
 
     ``dashboard``: start the dashboard (job submission needs it) on a free port.
     ``extra_kill_markers``: more strings whose processes are killed at the end (for example
     ``str(tmp_path)``, for a submitted job's driver that names the test's files).
+    ``env``: more environment for the head (so for every process the cluster starts) and for
+    ``Head.env`` (the processes the test starts), e.g. a fault to inject.
     """
     token = secrets.token_hex(32)
     # Short on purpose: Ray's unix sockets live under it and their paths have a length limit.
     temp_dir = tempfile.mkdtemp(prefix="rmhead-")
     gcs, dash, agent_http, agent_grpc, rt_env, client, metrics = free_ports(7)
-    env = head_env(token)
+    env = {**head_env(token), **(env or {})}
     # A test's head stops at once: on SIGTERM Ray 2.60 first drains the node, for up to 30 s
     # while an actor (the detached router) lives.
     start_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
