@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -62,7 +63,10 @@ def main() -> int:
     name, _, amount = args.node_resource.partition("=")
 
     import ray
+    from ray._common.utils import get_default_ray_temp_dir
     from ray.cluster_utils import Cluster
+
+    os.makedirs(get_default_ray_temp_dir(), exist_ok=True)  # its ray_current_cluster goes there
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "temp_dir": args.temp_dir, "include_dashboard": False})
