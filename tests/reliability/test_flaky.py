@@ -150,6 +150,22 @@ def test_a_broken_scan_goes_on_from_its_last_cursor(tmp_path, monkeypatch):
     assert counts(tmp_path / "faults")[("transient", "scan")] > 0
 
 
+def test_the_hook_wraps_every_opened_backend_inside_the_retries(tmp_path, monkeypatch):
+    from ray_migrate.backends import WRAPPER_ENV, open_backend
+    from ray_migrate.errors import ConfigError
+
+    _lance(tmp_path)
+    ep = LanceEndpoint(kind="lancedb", uri=str(tmp_path), table="docs")
+    monkeypatch.setenv("RM_FLAKY_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv(WRAPPER_ENV, "flaky_backend:wrap")
+    backend = open_backend(ep)
+    assert isinstance(backend, RetryingBackend) and isinstance(backend.inner, FlakyBackend)
+    assert backend.count(UnitSpec("all", "all")) == 50
+    monkeypatch.setenv(WRAPPER_ENV, "no_such_module_here:wrap")
+    with pytest.raises(ConfigError, match=WRAPPER_ENV):
+        open_backend(ep)
+
+
 # --- live ---------------------------------------------------------------------------------
 FAILING = "tenant-2"
 CASE = Case("flaky-q2l", "qdrant", n_points=2000,
