@@ -165,9 +165,9 @@ print(json.dumps({"actors": names, "configs": configs}, default=str))
 
 
 class Snapshot:
-    """on_poll (of both migrations): once both runs are past their copy's start and still
-    running, list the cluster's live actors and what each router serves, from a process of
-    its own (this one runs the session's in-process Ray)."""
+    """on_poll (of both migrations): once both runs copy or catch up a unit, list the
+    cluster's live actors and what each router serves, from a process of its own (this one
+    runs the session's in-process Ray)."""
 
     def __init__(self, lives: list[LiveRun]):
         self.lives = lives
@@ -187,8 +187,10 @@ class Snapshot:
     def _going(live: LiveRun) -> bool:
         table = routing(live.tmp, live.mid)
         run = live.procs.get("run")
+        # Early in the copy: the snapshot's own process needs a few seconds to connect, and
+        # a small migration's workers end with its run.
         return bool(table) and run is not None and run.poll() is None and any(
-            r["phase"] not in ("source", "capturing") for r in table["units"].values())
+            r["phase"] in ("copying", "catching_up") for r in table["units"].values())
 
     @staticmethod
     def _take(head: Head) -> dict[str, Any]:
