@@ -116,9 +116,7 @@ class RoutedCollection(Placement):
     def _open(self, side: str) -> Backend:
         ep = self.cfg.source if side == "source" else self.cfg.target
         if ep.kind == "qdrant" and ep.path:  # its store lives on the node of the folder
-            from ray_migrate.backends.qdrant_host import hosted_qdrant
-
-            return hosted_qdrant(ep, node_id=self.cache.store_node)
+            return open_backend(ep, hosted=True, node_id=self.cache.store_node)
         schema = self.plan.target_info.payload_schema if side == "target" else None
         return open_backend(ep, payload_schema=schema)
 

@@ -76,9 +76,14 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
 
 
 def cutover_in_waves(m: Migration) -> None:
-    """Auto mode: cut every ready unit over, wave by wave."""
+    """Auto mode: cut every ready unit over, wave by wave. A unit this run found failed or
+    differing is left where it is: it stops alone, the others go on."""
     cfg = m.cfg.cutover
     units = sorted(m.units(), key=lambda u: (u.estimated_count, u.unit_id))
+    left_out = [u.unit_id for u in units if not m._row(u.unit_id).ok]
+    if left_out:
+        log.warning("units %s failed or differ: they stay on the source", left_out)
+        units = [u for u in units if u.unit_id not in left_out]
     sizes = wave_sizes(list(cfg.waves), len(units))
     for i, size in enumerate(sizes, start=1):
         m.check_lease()

@@ -26,6 +26,7 @@ from ray_migrate.cutover import switch_unit
 from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
+from ray_migrate.retry import RetryPolicy
 from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.routing.records import CAPTURING, FOLLOWED, Owner, TransitionError
 from ray_migrate.state import TARGET_KEY, StateStore
@@ -48,15 +49,17 @@ STEP_NICED_S = 0.3  # or once it has run this long at low priority
 BACK_EVERY_S = 2.0
 
 
-FOLLOW_BACKOFF_S = 0.5  # a follower's wait after a failed step, doubled per failure in a row
+# A follower's wait after a failed step: from 0.5 s, doubled per failure in a row, up to 15 s.
+# It never gives up (an unapplied change stays in the log), so ``attempts`` is unused.
+FOLLOW_BACKOFF_S = 0.5
 FOLLOW_BACKOFF_MAX_S = 15.0
+FOLLOW_BACKOFF = RetryPolicy(attempts=0, first_s=FOLLOW_BACKOFF_S, max_s=FOLLOW_BACKOFF_MAX_S)
 
 
 def backoff_s(failures: int, rng: random.Random | None = None) -> float:
     """The wait after ``failures`` failed steps in a row: doubling up to a cap, jittered over
     its upper half, so workers that failed together do not all retry together."""
-    cap = min(FOLLOW_BACKOFF_MAX_S, FOLLOW_BACKOFF_S * 2 ** min(max(failures, 1) - 1, 16))
-    return cap * (0.5 + 0.5 * (rng or random).random())
+    return FOLLOW_BACKOFF.delay(failures, rng)
 
 
 def worker_name(migration_id: str, index: int) -> str:
