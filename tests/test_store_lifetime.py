@@ -285,3 +285,41 @@ def test_a_store_held_by_a_killed_driver_is_released(ray_cluster, tmp_path):
     # The GCS marks the job dead once its driver is gone; the router looks every
     # RELEASE_EVERY_S.
     folder_opens(source["path"], within_s=RELEASE_EVERY_S + 15.0)
+
+
+def test_a_release_waits_for_a_write_under_way_on_the_store(ray_cluster, tmp_path):
+    """A client's write begun on a unit's source just before its flip (fenced, still under
+    way there) when the driver exits and no unit routes to the source any more. Before, the
+    router released the store under the call: Ray's retries of it met a dead actor and the
+    client's store proxy hosted the folder again (a write held 10-17 s in the two-migrations
+    test). Now the release waits for the lease (bounded by RELEASE_DRAIN_S)."""
+    from ray_migrate.backends.qdrant_host import hosted_path
+    from ray_migrate.driver import Migration
+
+    source, _ = seed("qdrant", tmp_path, n=20)
+    mid = f"drain-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                              cutover={"mode": "manual", "write_lease_s": 60.0}))
+    m.start(workers=False)
+    units = [u.unit_id for u in m.plan.units]
+    for phase in ("capturing", "copying", "catching_up", "ready"):
+        m.router.call("set_phases", units, phase)
+    lease = m.router.call("begin_writes", [(units[0], [1], None)])[0]
+    assert lease["owner"] == "source"
+    m.router.call("set_phases", units, "frozen")
+    for u in units:
+        assert m.router.call("flip", u, "target")
+    m.router.call("set_phases", units, "done")
+    assert hosted_path(source["path"])
+    closer = threading.Thread(target=m.close, daemon=True)
+    closer.start()
+    closer.join(3.0)
+    assert closer.is_alive() and hosted_path(source["path"]), \
+        "the store was released under a write still under way on it"
+    m.router.call("end_writes", [lease["token"]])  # fenced: held for the client's retry
+    retry = m.router.call("begin_writes", [(units[0], [1], None)])[0]
+    assert retry["owner"] == "target"
+    m.router.call("end_writes", [retry["token"], lease["token"]])
+    closer.join(30)
+    assert not closer.is_alive()
+    folder_opens(source["path"], within_s=FREE_BOUND_S)

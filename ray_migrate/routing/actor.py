@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "ray_migrate"
 PRESENCE_KEY = "presence.json"  # the drivers that run, for a router rebuilt after a crash
 RELEASE_EVERY_S = 1.0  # how often the router looks for stores that no one needs
+RELEASE_DRAIN_S = 10.0  # at most this long a release waits for writes under way on the store
 __all__ = ["CHANGES_KEY", "FLUSH_S", "NAMESPACE", "ROUTING_KEY", "Router", "RouterHandle",
            "get_router", "router_name", "start_router"]
 
@@ -365,11 +366,22 @@ class Router:
         async with self._releasing:
             table = await self.routes()
             released = []
-            for path in self._presence().to_release(table["units"], table["epoch"],
-                                                    ignore_jobs=ignore_jobs or ()):
+            presence = self._presence()
+            for path in presence.to_release(table["units"], table["epoch"],
+                                            ignore_jobs=ignore_jobs or ()):
+                await self._writes_drained(presence.stores[path])
                 if await asyncio.to_thread(release_hosted_qdrant, path):
                     released.append(path)
             return released
+
+    async def _writes_drained(self, sides: set[str]) -> None:
+        """Wait (bounded) until no open lease writes to ``sides``. A client's write begun on
+        a unit's old owner just before its flip (a fenced lease) may still be under way there
+        when no unit routes to it any more: releasing the store under it would kill the call,
+        and the client's store proxy would host the folder again to retry it."""
+        deadline = time.monotonic() + RELEASE_DRAIN_S
+        while sides & self.table.written_sides() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _release_loop(self) -> None:
         """Releases what lapsed clients left (and stores called again after a release), and

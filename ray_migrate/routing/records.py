@@ -118,3 +118,4 @@ class Lease:
     issued_at: float
     ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
     fenced: bool = False  # ended after a flip: held open until the client's retry ends
+    owner: str = ""  # the side the client writes under this lease (the owner at its grant)

@@ -229,7 +229,7 @@ class RoutingTable(ApplierGate):
         if self._frozen(unit_id, now):
             return {"status": "wait", "epoch": self.epoch}
         lease = Lease(self._check_numbers(next(self._tokens)), unit_id, self.epoch, u.flips,
-                      now)
+                      now, owner=u.owner)
         if u.phase in CAPTURING:
             lease.ids = list(ids)
             if ids:
@@ -294,6 +294,16 @@ class RoutingTable(ApplierGate):
         if self.restarted_at is not None and now - self.restarted_at < self.lease_s:
             n += 1  # leases given out before the restart are unknown: wait them out
         return n
+
+    def written_sides(self, now: float | None = None) -> set[str]:
+        """Sides some open lease's client may be writing now (the owner at its grant: a
+        fenced lease's write may still be under way on the old owner). Both, for a while
+        after a restart: leases given out before it are unknown."""
+        now = time.time() if now is None else now
+        self._expire(now)
+        if self.restarted_at is not None and now - self.restarted_at < self.lease_s:
+            return {"source", "target"}
+        return {le.owner for le in self.leases.values()}
 
     def _expire(self, now: float) -> None:
         for tok in [t for t, le in self.leases.items() if now - le.issued_at > self.lease_s]:
