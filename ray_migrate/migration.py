@@ -26,6 +26,7 @@ from ray_migrate.preflight import preflight
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.retry import with_retries
 from ray_migrate.routing.actor import RouterHandle, get_router, start_router
+from ray_migrate.routing.records import TransitionError
 from ray_migrate.routing.watch import process_info
 from ray_migrate.state import TARGET_KEY, StateStore, safe_name
 from ray_migrate.units import UnitSpec
@@ -185,6 +186,17 @@ class Migration:
         for unit_id, error in run_on_pool(self.workers, "prepare", units or self.units(),
                                           on_result).items():
             self._row(unit_id).status, self._row(unit_id).error = "failed", error
+            self._fail(unit_id, error)
+
+    def _fail(self, unit_id: str, error: str) -> None:
+        """Mark a unit whose prepare raised failed, with the reason, in the routing table:
+        ``status`` shows it, and the next run prepares it again."""
+        assert self.router is not None
+        self.router.call("update_progress", unit_id, error=error)
+        try:
+            self.router.call("set_phase", unit_id, "failed")
+        except TransitionError as err:  # on the target already, say: the error is shown
+            log.warning("unit %s: not marked failed: %s", unit_id, err)
 
     def new_units(self) -> list[UnitSpec]:
         """Units the router added for tenants first written while the migration ran."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray_migrate.backends.base import Backend
 from ray_migrate.config import MigrationConfig
-from ray_migrate.errors import ConfigError
+from ray_migrate.errors import ConfigError, TerminalError
 from ray_migrate.schema import CollectionInfo
 from ray_migrate.state import StateStore
 from ray_migrate.transform import Transform
@@ -116,7 +116,11 @@ def make_plan(cfg: MigrationConfig, source: Backend) -> Plan:
     check_renames(cfg, info)
     transform = Transform(cfg.transform)
     sample = next((b for b, _ in source.scan(UnitSpec("sample", "all"), 64)), None)
-    target_info = transform.target_info(info, sample) if sample is not None else info
+    try:
+        target_info = transform.target_info(info, sample) if sample is not None else info
+    except TerminalError as err:  # before anything is written: the config names a bad function
+        raise ConfigError(f"{err} (on a sample of the source, while planning); fix the "
+                          "function or its input before running") from None
     if cfg.payload_schema:
         target_info = replace(target_info, payload_schema={
             **target_info.payload_schema, **cfg.payload_schema})

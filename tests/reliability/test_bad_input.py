@@ -13,6 +13,7 @@ written), and exit 3 (the cluster could not run it).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -27,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from truth import make_points, seed_lance_native, seed_qdrant
+from truth import make_points, read_lance, seed_lance_native, seed_qdrant
 
 from ray_migrate.cli import main
 
@@ -215,6 +216,10 @@ BAD: dict[str, tuple[Callable[[Path], Any], list[str]]] = {
     "rename-onto-existing-vector": (lambda r: config(r, qdrant_src(r), lance_dst(r), transform={
         "rename_vectors": {"image": "text"}}), ["transform.rename_vectors: 'image' -> 'text'",
                                                 "the source already has a vector 'text'"]),
+    "transform-raises-on-the-sample": (lambda r: config(r, transform={
+        "function": "rm_test_transforms:refuse_all"}),
+        ["transform.function: rm_test_transforms:refuse_all raised ValueError: the embedding "
+         "service is not configured", "fix the function"]),
     "rollback-without-inverse": (lambda r: config(r, rollback={"window_s": 60}, transform={
         "function": "rm_test_transforms:scale_up"}),
         ["rollback.window_s: the transform cannot be inverted",
@@ -285,4 +290,133 @@ def test_bad_input_through_the_console_script(tmp_path, kind):
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and all(t in proc.stderr for t in said), \
             proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+# --- exit 1: a transform function that raises on a batch --------------------------------------
+def test_a_transform_that_raises_fails_its_unit_with_the_reason(ray_cluster, tmp_path, capsys):
+    """Its unit is failed in ``status`` and the report, with the exception's message; the
+    batch it raised on is not written; the other unit finishes; ``run`` exits 1."""
+    seed_lance_native(str(tmp_path / "src"), "docs", list(range(200)))
+    src = {"kind": "lancedb", "uri": str(tmp_path / "src"), "table": "docs"}
+    raw = config(tmp_path, src, migration_id="refuse", transform={
+        "function": "rm_test_transforms:refuse_113"}, copy={"batch_size": 10, "workers": 2})
+    path = write_config(tmp_path, lambda r: raw)
+    reason = "the embedding service refused point 113: quota exceeded"
+    assert main(["run", str(path)]) == 1
+    out = capsys.readouterr()
+    assert reason in out.out and "Traceback" not in out.err, out.out
+    report = json.loads((tmp_path / "state" / "refuse" / "report.json").read_text())
+    failed = [u for u in report["units"] if u["status"] == "failed"]
+    assert len(failed) == 1 and reason in failed[0]["error"], report["units"]
+    assert main(["status", str(path), "--json"]) == 0
+    rows = {r["unit"]: r for r in json.loads(capsys.readouterr().out)["units"]}
+    bad = rows[failed[0]["unit_id"]]
+    assert bad["phase"] == "failed" and reason in bad["last_error"], bad
+    assert main(["status", str(path)]) == 0
+    assert reason in capsys.readouterr().out
+    found = read_lance(str(tmp_path / "dst"), "docs")
+    assert set(range(110, 120)).isdisjoint(found), "the batch it raised on is not written"
+    other = [u for u in rows.values() if u["unit"] != bad["unit"]]
+    assert [u["phase"] for u in other] == ["ready"] and set(range(100)) <= set(found)
+
+
+# --- the client's bad points ------------------------------------------------------------------
+GOOD = {"tenant": "t0"}
+BAD_POINTS = {
+    "wrong-dimension": ([{"id": 100, "vector": [0.1] * 5, "payload": GOOD}],
+                        ["point 100", "shape (5,); expected (8,)"]),
+    "nan-vector": ([{"id": 101, "vector": [float("nan")] + [0.1] * 7, "payload": GOOD}],
+                   ["point 101", "NaN"]),
+    "nan-beside-a-good-point": ([{"id": 102, "vector": [0.1] * 8, "payload": GOOD},
+                                 {"id": 103, "vector": [0.1] * 7 + [float("inf")]}],
+                                ["point 103", "NaN or infinity"]),
+    "negative-id": ([{"id": -3, "vector": [0.1] * 8}], ["id -3", "0..2**64-1"]),
+    "id-over-uint64": ([{"id": 2**64, "vector": [0.1] * 8}],
+                       [f"id {2**64}", "0..2**64-1"]),
+    "string-id-for-integer-ids": ([{"id": "doc-7", "vector": [0.1] * 8}],
+                                  ["id 'doc-7'", "unsigned integer ids"]),
+    "missing-vector": ([{"id": 104, "payload": GOOD}], ["point 104", "vector 'vector' is "
+                                                                    "missing"]),
+}
+
+
+def test_bad_points_are_refused_before_anything_is_written(ray_cluster, tmp_path):
+    """Each bad upsert raises InvalidPointError (a ValueError) naming the id and the fault,
+    and writes nothing to either side (read with LanceDB's own client); the write lease is
+    not held: a good write goes through and the unit still cuts over."""
+    from ray_migrate.client import RoutedCollection
+    from ray_migrate.config import parse_config
+    from ray_migrate.errors import InvalidPointError
+    from ray_migrate.migration import Migration
+    from ray_migrate.waves import switch_units
+
+    mid = f"points-{tmp_path.name}"[:60]
+    cfg = parse_config(config(tmp_path, migration_id=mid,  # 20 points, ids 0..19 units={"by": "id_range", "count": 1},
+                              cutover={"mode": "manual", "pause_s": 0}))
+    m = Migration(cfg)
+    m.start()
+    try:
+        m.prepare_units()
+        coll = RoutedCollection.connect(mid)
+        try:
+            for kind, (points, said) in BAD_POINTS.items():
+                with pytest.raises(InvalidPointError) as exc:
+                    coll.upsert(points)
+                assert isinstance(exc.value, ValueError)
+                assert all(t in str(exc.value) for t in said), (kind, str(exc.value))
+            coll.upsert([{"id": 500, "vector": [0.5] * 8, "payload": GOOD}])
+            assert switch_units(m, None, "cutover")["range-0000"]["ok"]
+            coll.upsert([{"id": 501, "vector": [0.5] * 8, "payload": GOOD}])
+        finally:
+            coll.close()
+    finally:
+        m.close()
+    src, dst = read_lance(str(tmp_path / "src"), "docs"), read_lance(str(tmp_path / "dst"),
+                                                                     "docs")
+    assert set(src) == set(range(20)) | {500}, "bad points are not on the source"
+    assert set(dst) == set(range(20)) | {500, 501}, "bad points are not on the target"
+
+
+# --- exit 3: the cluster could not run it -----------------------------------------------------
+def _no_ray_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def test_no_ray_cluster_at_the_address_exits_3_naming_it(tmp_path):
+    """Through the console script: within a bound, not Ray's minutes of retries."""
+    path = write_config(tmp_path, lambda r: config(r))
+    address = f"127.0.0.1:{free_port()}"
+    for verb in ("run", "plan", "verify"):
+        began = time.monotonic()
+        proc = subprocess.run([CLI, verb, str(path), "--address", address], capture_output=True,
+                              text=True, timeout=120, env=_no_ray_env())
+        assert proc.returncode == 3, (verb, proc.stderr[-2000:])
+        assert f"no Ray cluster at --address '{address}'" in proc.stderr, proc.stderr
+        assert "ray start --head" in proc.stderr and "Traceback" not in proc.stderr
+        assert time.monotonic() - began < 60, verb
+    assert not (tmp_path / "dst").exists()
+
+
+def test_workers_no_node_can_start_exit_3_naming_the_resource(ray_cluster, tmp_path, capsys):
+    """Found before the target, the router or a worker is made."""
+    path = write_config(tmp_path, lambda r: config(r, migration_id="nogpu", copy={
+        "workers": 1, "worker_resources": {"resources": {"no_such_gpu": 1}}}))
+    began = time.monotonic()
+    assert main(["run", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "no node of the Ray cluster can start a unit worker" in err, err
+    assert "no_such_gpu=1" in err and "lower copy.worker_resources" in err
+    assert time.monotonic() - began < 60
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("verb", ["cutover", "rollback"])
+def test_a_switch_with_no_router_and_no_state_exits_3(tmp_path, capsys, verb):
+    """No router runs and no routing table is stored to start one from: nothing to switch."""
+    path = write_config(tmp_path, lambda r: config(r))
+    before = snapshot(tmp_path)
+    assert main([verb, str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "no router runs for migration 'bad-input'" in err and "ray-migrate run" in err, err
     assert snapshot(tmp_path) == before
