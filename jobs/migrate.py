@@ -7,7 +7,8 @@ Loads and validates the config, runs the migration on the cluster this job belon
 ``--address``), prints the report table and exits as ``ray-migrate run`` does: 0 when every
 unit succeeded, 1 when the run finished with failures (or a transient error stopped it), 2 when
 the config does not validate or the run is refused, e.g. while another driver runs the
-migration (the message names it).
+migration (the message names it), 3 when the cluster could not run it (``ClusterError``: no
+node has the resources of ``copy.worker_resources``, say).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2  # bad input, or refused (another driver runs the migration): as the CLI
+EXIT_CLUSTER = 3  # the cluster could not run it: as the CLI
 
 log = logging.getLogger("ray_migrate.job")
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ray_migrate.config import load_config
     from ray_migrate.driver import run_migration
-    from ray_migrate.errors import RayMigrateError, TransientError
+    from ray_migrate.errors import ClusterError, RayMigrateError, TransientError
 
     try:
         config = load_config(args.config)
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_migration(config, address=args.address)
     except RayMigrateError as err:  # e.g. DriverBusyError, or a plan that no longer matches
         print(f"error: {err}", file=sys.stderr)
+        if isinstance(err, ClusterError):
+            return EXIT_CLUSTER
         return EXIT_FAILED if isinstance(err, TransientError) else EXIT_CONFIG
 
     print(report.to_table(), flush=True)

@@ -1,9 +1,13 @@
 """``ray-migrate``: plan, run, verify, status, cutover, rollback and demo. The one place that
 prints.
 
-Exit codes: 0 success (and, for verify, equal); 1 a unit failed or differs, or (run in auto
-mode) a unit is not on the target at the end, e.g. rolled back during the run; 2 bad input, or
-another driver runs the migration.
+Exit codes (``exit_code``): 0 success (and, for verify, equal); 1 a unit failed or differs, a
+transient error stopped the command, or (run in auto mode) a unit is not on the target at the
+end, e.g. rolled back during the run; 2 bad input (the config, the source or target it names,
+found out before anything is written), or another driver runs the migration; 3 the cluster
+could not run it: no Ray cluster at ``--address``, no node with the resources of
+``copy.worker_resources``, or (cutover, rollback) no router, and no routing table under
+``state_uri`` to start one from.
 
 One driver per migration: ``run`` holds the migration's driver lease (``lease``) and owns the
 unit workers; a second ``run`` while it lives exits 2, naming it. The other verbs never start,
@@ -36,14 +40,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ray_migrate.backends import open_backend
     from ray_migrate.config import load_config
     from ray_migrate.driver import connect
-    from ray_migrate.plan import load_or_make_plan
+    from ray_migrate.plan import PLAN_KEY, load_or_make_plan, save_plan
+    from ray_migrate.preflight import preflight
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
+    store = StateStore(cfg.state_uri, cfg.migration_id)
+    plan = preflight(cfg, store)  # the checks of run and verify, before anything is written
     if args.address:
         connect(args.address)
-    plan = load_or_make_plan(cfg, open_backend(cfg.source), StateStore(cfg.state_uri,
-                                                                       cfg.migration_id))
+    if plan is None:  # a Qdrant local folder held by a running migration's store host
+        plan = load_or_make_plan(cfg, open_backend(cfg.source), store)
+    elif store.read(PLAN_KEY) is None:
+        save_plan(plan, store)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=1, default=str))
         return 0
@@ -127,11 +136,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _switch(args: argparse.Namespace, method: str) -> int:
     from ray_migrate.config import load_config
     from ray_migrate.driver import Migration
+    from ray_migrate.errors import ClusterError
+    from ray_migrate.routing.actor import ROUTING_KEY
+    from ray_migrate.state import StateStore
     from ray_migrate.waves import switch_units
 
+    cfg = load_config(args.config)
+    if StateStore(cfg.state_uri, cfg.migration_id).read(ROUTING_KEY) is None:
+        # A router writes its table before it serves: none was ever started on this state.
+        raise ClusterError(
+            f"no router runs for migration {cfg.migration_id!r} and none can be started: no "
+            f"routing table under state_uri {cfg.state_uri!r}; run `ray-migrate run "
+            f"{args.config}` first (with cutover.mode: manual it stops when the units are ready)")
     # No lease and no workers: the switch runs here, through the router, so it works while a
     # run goes on (in its rollback window, say) without disturbing it.
-    m = Migration(load_config(args.config), args.address, command=method)
+    m = Migration(cfg, args.address, command=method)
     try:
         m.start(workers=False)
         results = switch_units(m, args.units, method)
@@ -224,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exit_code(err: RayMigrateError) -> int:
+    """3 the cluster could not run it, 1 a transient error stopped it, 2 any other (bad
+    input, or refused: another driver runs the migration). The Ray job exits alike."""
+    from ray_migrate.errors import ClusterError, TransientError
+
+    if isinstance(err, ClusterError):
+        return 3
+    return 1 if isinstance(err, TransientError) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -231,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except RayMigrateError as err:
         print(f"error: {err}", file=sys.stderr)
-        from ray_migrate.errors import TransientError
-
-        return 1 if isinstance(err, TransientError) else 2
+        return exit_code(err)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig
-from ray_migrate.errors import InvalidDataError, TransientError
+from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
 from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.routing.actor import RouterHandle, get_router
@@ -95,7 +95,13 @@ class _Backends(dict):
 
 
 class RoutedCollection(Placement):
-    """Upsert, delete, retrieve, search and count, routed per unit to its current owner."""
+    """Upsert, delete, retrieve, search and count, routed per unit to its current owner.
+
+    Bad points raise ``errors.InvalidPointError``, a ``ValueError``, naming the id and the
+    fault (a wrong dimension, NaN or infinity, a missing vector, an id the collection cannot
+    hold: a negative or too large integer, a string for integer ids, or the reverse), before
+    any lease is taken or anything is written to either side: the whole call writes nothing.
+    """
 
     def __init__(self, cfg: MigrationConfig, plan: Plan, router: RouterHandle):
         self.cfg, self.plan, self.router = cfg, plan, router
@@ -154,7 +160,7 @@ class RoutedCollection(Placement):
             fld = self.cfg.units.field or ""
             value = (payload or {}).get(fld)
             if isinstance(value, (list, dict)):
-                raise InvalidDataError(f"point {pid!r}: payload field {fld!r} (units.field) "
+                raise InvalidPointError(f"point {pid!r}: payload field {fld!r} (units.field) "
                                        "must hold one scalar value, not a list or object")
             return f"{fld}={label(value)}"
         i = bisect.bisect_right(self._range_los, pid) if self._range_los else 0
@@ -170,12 +176,12 @@ class RoutedCollection(Placement):
     def _check_id(self, pid: Any) -> Any:
         if self.info.id_type == "int":
             if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
-                raise InvalidDataError(f"id {pid!r}: this collection has unsigned integer ids")
+                raise InvalidPointError(f"id {pid!r}: this collection has unsigned integer ids")
             if not 0 <= int(pid) <= UINT64_MAX:
-                raise InvalidDataError(f"id {pid!r}: ids must be in 0..2**64-1")
+                raise InvalidPointError(f"id {pid!r}: ids must be in 0..2**64-1")
             return int(pid)
         if not isinstance(pid, (str, uuid.UUID)):
-            raise InvalidDataError(f"id {pid!r}: this collection has string (UUID) ids")
+            raise InvalidPointError(f"id {pid!r}: this collection has string (UUID) ids")
         return str(pid)
 
     def to_table(self, points: Iterable[dict[str, Any]] | pa.Table) -> pa.Table:
@@ -188,29 +194,32 @@ class RoutedCollection(Placement):
             vecs: dict[str, list[Any]] = {v.name: [] for v in self.info.vectors}
             for p in pts:
                 if not isinstance(p, dict) or "id" not in p:
-                    raise InvalidDataError(f"each point must be a dict with 'id': got {p!r}"[:200])
+                    raise InvalidPointError(f"each point must be a dict with 'id': got {p!r}"[:200])
                 ids.append(self._check_id(p["id"]))
                 v = p.get("vector")
                 named = v if isinstance(v, dict) else {self.info.vectors[0].name: v}
                 for spec in self.info.vectors:
                     if named.get(spec.name) is None:
-                        raise InvalidDataError(f"point {p['id']!r}: vector {spec.name!r} is "
+                        raise InvalidPointError(f"point {p['id']!r}: vector {spec.name!r} is "
                                                "missing")
                     arr = np.asarray(named[spec.name], dtype=np.float32)
                     if arr.shape != (spec.dim,):
-                        raise InvalidDataError(f"point {p['id']!r}: vector {spec.name!r} has "
+                        raise InvalidPointError(f"point {p['id']!r}: vector {spec.name!r} has "
                                                f"shape {arr.shape}; expected ({spec.dim},)")
                     vecs[spec.name].append(arr)
                 payload = p.get("payload") or {}
                 try:
                     canonical_json(payload)
                 except (TypeError, ValueError) as err:
-                    raise InvalidDataError(f"point {p['id']!r}: payload is not JSON: {err}") from None
+                    raise InvalidPointError(f"point {p['id']!r}: payload is not JSON: {err}") from None
                 payloads.append(payload)
             table = make_batch(self.info, ids,
                                {k: np.stack(v) if v else np.zeros((0, 1), np.float32)
                                 for k, v in vecs.items()}, payloads)
-        check_vectors(table, self.info)
+        try:
+            check_vectors(table, self.info)
+        except InvalidDataError as err:
+            raise InvalidPointError(str(err)) from None
         ids = table.column(ID).to_pylist()
         if len(set(ids)) < len(ids):  # the last write of an id wins, as in one engine call
             last = {pid: i for i, pid in enumerate(ids)}

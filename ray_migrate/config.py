@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ray_migrate.config_checks import check_state_uri, check_waves, format_errors, yaml_message
 from ray_migrate.errors import ConfigError
 
 PayloadType = Literal["bool", "int", "float", "string", "json"]
@@ -185,17 +186,7 @@ class CutoverConfig(_Model):
     @field_validator("waves")
     @classmethod
     def _waves(cls, v: list[int | str]) -> list[int | str]:
-        if not v:
-            raise ValueError("give at least one wave, for example [1, \"25%\", \"100%\"]")
-        for w in v:
-            if isinstance(w, int) and w >= 1:
-                continue
-            if isinstance(w, str) and re.fullmatch(r"(100|[1-9]?[0-9](\.[0-9]+)?)%", w) \
-                    and float(w[:-1]) > 0:
-                continue
-            raise ValueError(f"wave {w!r} must be a unit count (1, 2, ...) or a share of "
-                             "the units (\"25%\")")
-        return v
+        return check_waves(v)
 
 
 class RollbackConfig(_Model):
@@ -263,25 +254,6 @@ class MigrationConfig(_Model):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged")))
-        loc = loc.replace("copy_", "copy")
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        elif e["type"] == "missing":
-            msg = "is required"
-        elif e["type"] == "union_tag_invalid":
-            msg = (f"kind {e.get('ctx', {}).get('tag')!r} is not supported; kind must be one "
-                   "of: qdrant, lancedb")
-        elif e["type"] == "union_tag_not_found":
-            msg = "kind is required; kind must be one of: qdrant, lancedb"
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "invalid migration config:\n  " + "\n  ".join(lines)
-
-
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make local paths relative to the config file's folder, not to the current directory."""
 
@@ -310,24 +282,9 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path = ".") -> MigrationCo
     try:
         cfg = MigrationConfig.model_validate(_resolve_paths(raw, Path(base_dir)))
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-    _check_state_folder(cfg.state_uri)
+        raise ConfigError(format_errors(err)) from None
+    check_state_uri(cfg.state_uri)
     return cfg
-
-
-def _check_state_folder(uri: str) -> None:
-    """A local ``state_uri`` must be a folder or become one: refuse, before anything is
-    written, one that lies under a regular file (the state's writes would fail half-way)."""
-    if "://" in uri:
-        return
-    p = Path(uri)
-    for at in (p, *p.parents):
-        if at.exists():
-            if not at.is_dir():
-                raise ConfigError(f"invalid migration config:\n  state_uri: {str(at)!r} is a "
-                                  "file, not a folder; point state_uri at a folder (it is "
-                                  "created if missing)")
-            return
 
 
 def load_config(path: str | Path) -> MigrationConfig:
@@ -338,5 +295,8 @@ def load_config(path: str | Path) -> MigrationConfig:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-    return parse_config(raw or {}, p.parent)
+        raise ConfigError(yaml_message(str(path), err)) from None
+    if raw is None:
+        raise ConfigError(f"config file {str(path)!r} is empty; write the migration in it "
+                          "(migration_id, source, target, state_uri: see examples/)")
+    return parse_config(raw, p.parent)

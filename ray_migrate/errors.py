@@ -1,4 +1,5 @@
-"""The two roots of errors: terminal (stop, report) and transient (retry with backoff).
+"""The two roots of errors: terminal (stop, report) and transient (retry with backoff); and
+``ClusterError``, for a cluster that could not run the command at all.
 
 Adapters convert SDK errors at their boundary. Every exception here is picklable, because Ray
 re-raises them in another process: they keep their message in ``args``.
@@ -33,3 +34,14 @@ class InvalidDataError(TerminalError):
 
 class UnsupportedError(TerminalError):
     """A feature of the source that ray_migrate does not move (for example sparse vectors)."""
+
+
+class InvalidPointError(InvalidDataError, ValueError):
+    """A point given to ``RoutedCollection`` cannot be written (wrong dimension, NaN, an id the
+    collection cannot hold). Raised to the application before anything is written to either
+    side; a ``ValueError`` too, as the application's own argument checks would be."""
+
+
+class ClusterError(RayMigrateError):
+    """The Ray cluster could not run the command: none listens at ``--address``, no node has
+    the resources the unit workers need, or no router runs (the CLI exits 3)."""

@@ -16,11 +16,13 @@ import time
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
+from ray_migrate.cluster import check_feasible, probe_address
 from ray_migrate.config import MigrationConfig
-from ray_migrate.errors import TerminalError
+from ray_migrate.errors import ClusterError, TerminalError
 from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.pool import run_on_pool, start_workers
+from ray_migrate.preflight import preflight
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.retry import with_retries
 from ray_migrate.routing.actor import RouterHandle, get_router, start_router
@@ -41,13 +43,22 @@ VERDICT_KEYS = ("source_count", "target_count", "source_checksum", "target_check
 
 
 def connect(address: str | None = None) -> None:
-    """Join the Ray cluster at ``address`` (or RAY_ADDRESS / a running local one), else start one."""
+    """Join the Ray cluster at ``address`` (or RAY_ADDRESS / a running local one), else start
+    one. ClusterError, within ``cluster.PROBE_S``, when nothing listens at the address: ``ray.init``
+    itself would retry for minutes."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
-             configure_logging=False)
+    given = address or os.environ.get("RAY_ADDRESS")
+    probe_address(given)
+    try:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=True,
+                 configure_logging=False)
+    except ConnectionError as err:
+        raise ClusterError(f"could not join a Ray cluster at {given or 'auto'!r}: {err}; "
+                           "start one (`ray start --head`) or fix --address / RAY_ADDRESS"
+                           ) from None
 
 
 def prepare_target(cfg: MigrationConfig, plan: Plan) -> Backend:
@@ -88,13 +99,18 @@ class Migration:
         lease = DriverLease(self.store, self.report.command) if workers else None
         if lease is not None:
             lease.check()  # at once, before connecting to Ray
+        # Before Ray starts and before anything is written: the source, the plan, the target.
+        self.plan = preflight(self.cfg, self.store)
         connect(self.address)
+        if lease is not None:
+            check_feasible(self.cfg)  # before the target, the router and the workers
         self._start(lease)
 
     def _start(self, lease: DriverLease | None) -> None:
         cfg = self.cfg
         # Step 1: plan (or reuse the stored plan, so unit ids and checkpoints stay valid).
-        plan = load_or_make_plan(cfg, open_backend(cfg.source), self.store, save=False)
+        plan = self.plan or load_or_make_plan(cfg, open_backend(cfg.source), self.store,
+                                              save=False)
         self.plan = plan
         self.report.warnings = list(plan.warnings)
         # Step 2: prepare the target before anything is written.
@@ -271,8 +287,10 @@ class Migration:
             # ``release_stores``, else when it next looks.
             release_local_stores(self.cfg, self.router, release=release_stores)
             self.report.finished_at = time.time()
-            key = REPORT_KEY if self.report.command == "run" else f"{self.report.command}.json"
-            self.store.write(key, self.report.model_dump(mode="json"))
+            if self.router is not None:  # refused before it started: nothing is written
+                key = REPORT_KEY if self.report.command == "run" else \
+                    f"{self.report.command}.json"
+                self.store.write(key, self.report.model_dump(mode="json"))
         finally:
             if self.lease is not None:
                 self.lease.release()

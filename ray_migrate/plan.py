@@ -14,7 +14,7 @@ from typing import Any
 
 from ray_migrate.backends.base import Backend
 from ray_migrate.config import MigrationConfig
-from ray_migrate.errors import ConfigError
+from ray_migrate.errors import ConfigError, TerminalError
 from ray_migrate.schema import CollectionInfo
 from ray_migrate.state import StateStore
 from ray_migrate.transform import Transform
@@ -109,9 +109,18 @@ def make_plan(cfg: MigrationConfig, source: Backend) -> Plan:
     info = source.describe()
     if not info.vectors:
         raise ConfigError(f"source.collection: {info.name!r} has no dense vector to migrate")
+    if info.count == 0:
+        raise ConfigError(f"source: {cfg.source.name!r} at {cfg.source.location!r} is empty "
+                          "(0 points), so there is nothing to migrate; check source's "
+                          "collection or table and its path, url or uri")
+    check_renames(cfg, info)
     transform = Transform(cfg.transform)
     sample = next((b for b, _ in source.scan(UnitSpec("sample", "all"), 64)), None)
-    target_info = transform.target_info(info, sample) if sample is not None else info
+    try:
+        target_info = transform.target_info(info, sample) if sample is not None else info
+    except TerminalError as err:  # before anything is written: the config names a bad function
+        raise ConfigError(f"{err} (on a sample of the source, while planning); fix the "
+                          "function or its input before running") from None
     if cfg.payload_schema:
         target_info = replace(target_info, payload_schema={
             **target_info.payload_schema, **cfg.payload_schema})
@@ -133,21 +142,46 @@ def make_plan(cfg: MigrationConfig, source: Backend) -> Plan:
     return Plan(cfg.migration_id, cfg.fingerprint(), info, target_info, units, warnings)
 
 
+def check_renames(cfg: MigrationConfig, info: CollectionInfo) -> None:
+    """A rename onto a name the source already uses would merge two fields (or vectors) into
+    one: refuse it before anything is written. ``info.payload_schema`` holds the keys of a
+    sample of the source."""
+    t = cfg.transform
+    for kind, renames, names in (("rename_fields", t.rename_fields, set(info.payload_schema)),
+                                 ("rename_vectors", t.rename_vectors, set(info.vector_names))):
+        kept = names - set(renames) - (set(t.drop_fields) if kind == "rename_fields" else set())
+        for old, new in sorted(renames.items()):
+            if new in kept:
+                what = "field" if kind == "rename_fields" else "vector"
+                raise ConfigError(
+                    f"transform.{kind}: {old!r} -> {new!r}, but the source already has a "
+                    f"{what} {new!r}; rename onto a name the source does not use, or also "
+                    f"rename{' or drop' if what == 'field' else ''} {new!r}")
+
+
+def stored_plan(cfg: MigrationConfig, store: StateStore) -> Plan | None:
+    """The plan stored by an earlier command, if any; refuse a config changed since then."""
+    stored = store.read(PLAN_KEY)
+    if stored is None:
+        return None
+    plan = Plan.from_dict(stored)
+    if plan.fingerprint != cfg.fingerprint():
+        raise ConfigError(
+            f"the config changed since migration {cfg.migration_id!r} was planned "
+            f"(state in {store.uri}): source, target, units, transform or payload_schema "
+            "differ. Use a new migration_id, or delete that migration's state folder to "
+            "start over.")
+    return plan
+
+
 def load_or_make_plan(cfg: MigrationConfig, source: Backend, store: StateStore,
                       save: bool = True) -> Plan:
     """Reuse the stored plan when the config still matches it; refuse a changed config.
 
     ``save=False`` leaves a new plan unsaved: the driver saves it once the target is ready,
     so a refused target leaves nothing behind."""
-    stored = store.read(PLAN_KEY)
-    if stored is not None:
-        plan = Plan.from_dict(stored)
-        if plan.fingerprint != cfg.fingerprint():
-            raise ConfigError(
-                f"the config changed since migration {cfg.migration_id!r} was planned "
-                f"(state in {store.uri}): source, target, units, transform or payload_schema "
-                "differ. Use a new migration_id, or delete that migration's state folder to "
-                "start over.")
+    plan = stored_plan(cfg, store)
+    if plan is not None:
         return plan
     plan = make_plan(cfg, source)
     if save:

@@ -12,8 +12,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ray_migrate.cluster import worker_needs
 from ray_migrate.config import MigrationConfig
-from ray_migrate.errors import TerminalError
+from ray_migrate.errors import ClusterError, TerminalError
 from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan
 from ray_migrate.units import UnitSpec
@@ -55,10 +56,10 @@ def start_workers(cfg: MigrationConfig, plan: Plan, count: int, lease: DriverLea
     if pending:
         for w in workers:
             ray.kill(w, no_restart=True)
-        raise TerminalError(
+        raise ClusterError(
             f"{len(pending)} of {len(workers)} unit workers did not start within "
             f"{READY_TIMEOUT_S:.0f}s: the cluster lacks the resources in "
-            "copy.worker_resources (see `ray status`)")
+            f"copy.worker_resources ({worker_needs(cfg)}; see `ray status`)")
     return workers
 
 

@@ -124,6 +124,9 @@ class RunReport(BaseModel):
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                  for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        # The reason a unit failed, whole: the note column shows its first 80 characters.
+        lines += [f"{u.unit_id} failed: {u.error}" for u in self.units
+                  if u.status == "failed" and u.error and len(u.error) > 80]
         elapsed = (self.finished_at or time.time()) - self.started_at
         rate = self.total_copied_now / elapsed if elapsed > 0 else 0.0
         verdict = "OK" if self.ok else "NOT OK: " + "; ".join(self.why_not_ok())

@@ -93,7 +93,11 @@ class Transform:
 
     def _call(self, table: pa.Table) -> pa.Table:
         name = self.cfg.inverse_function if self.inverse else self.cfg.function
-        out = self.function(table)
+        field = "transform.inverse_function" if self.inverse else "transform.function"
+        try:
+            out = self.function(table)
+        except Exception as err:  # noqa: BLE001 - the user's code: its unit fails, named
+            raise TerminalError(f"{field}: {name} raised {type(err).__name__}: {err}") from None
         if not isinstance(out, pa.Table) or ID not in out.column_names or PAYLOAD not in out.column_names:
             raise TerminalError(f"transform function {name} must return a pyarrow.Table with "
                                 "the columns id, payload and the vectors")

@@ -25,3 +25,16 @@ def scale_up(table: pa.Table) -> pa.Table:
 def scale_down(table: pa.Table) -> pa.Table:
     vecs = vectors_to_numpy(table.column("vector")) / np.float32(2)
     return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))
+
+
+def refuse_113(table: pa.Table) -> pa.Table:
+    """A re-embedding service that refuses the batch holding point 113 (past the plan's
+    sample of 64 points)."""
+    if 113 in table.column("id").to_pylist():
+        raise ValueError("the embedding service refused point 113: quota exceeded")
+    return table
+
+
+def refuse_all(table: pa.Table) -> pa.Table:
+    """A re-embedding service that refuses every batch, the plan's sample too."""
+    raise ValueError("the embedding service is not configured: no API key")

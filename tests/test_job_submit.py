@@ -184,7 +184,7 @@ def test_a_second_job_for_a_running_migration_exits_2_naming_the_driver(job_main
 @pytest.mark.parametrize("kind, code", [
     ("ConfigError", 2), ("IncompatibleTargetError", 2), ("InvalidDataError", 2),
     ("UnsupportedError", 2), ("TerminalError", 2), ("DriverBusyError", 2),
-    ("TransientError", 1)])
+    ("TransientError", 1), ("ClusterError", 3)])
 def test_the_job_exits_as_the_cli_does_for_every_error_kind(job_main, tmp_path, capsys,
                                                             monkeypatch, kind, code):
     """The run raises ``kind`` (injected); the job and ``ray-migrate run`` exit alike."""
