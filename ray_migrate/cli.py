@@ -42,8 +42,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.address:
         connect(args.address)
-    plan = load_or_make_plan(cfg, open_backend(cfg.source), StateStore(cfg.state_uri,
-                                                                       cfg.migration_id))
+    plan = load_or_make_plan(cfg, open_backend(cfg.source), StateStore.of(cfg))
     if args.json:
         print(json.dumps(plan.to_dict(), indent=1, default=str))
         return 0
@@ -87,7 +86,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
-    store = StateStore(cfg.state_uri, cfg.migration_id)
+    store = StateStore.of(cfg)
     driver = running_driver(store)
     table = store.read(ROUTING_KEY)
     if table is None:
