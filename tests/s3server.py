@@ -94,8 +94,9 @@ def _wait_up(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def s3_server(log_dir: Path) -> Iterator[S3Server]:
-    """Start moto's S3 server on a free port of 127.0.0.1; stop it at the end."""
+def s3_server(log_dir: Path, secret_key: str | None = None) -> Iterator[S3Server]:
+    """Start moto's S3 server on a free port of 127.0.0.1; stop it at the end. Its clients
+    use ``secret_key`` (default: a random one)."""
     port = free_ports(1)[0]
     exe = Path(sys.executable).parent / "moto_server"
     log = log_dir / "moto.log"
@@ -107,7 +108,7 @@ def s3_server(log_dir: Path) -> Iterator[S3Server]:
         _wait_up(port, proc, log)
         yield S3Server(endpoint=f"http://127.0.0.1:{port}",
                        access_key="AKIA" + secrets.token_hex(8).upper(),
-                       secret_key=secrets.token_urlsafe(30), proc=proc, log=log)
+                       secret_key=secret_key or secrets.token_urlsafe(30), proc=proc, log=log)
     finally:
         stop_group(proc, term_wait_s=5)
 
