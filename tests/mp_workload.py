@@ -75,14 +75,14 @@ def connect(address: str, migration_id: str, log: Log, storage_options: str | No
     from ray_migrate import RoutedCollection
     from ray_migrate.errors import TerminalError
 
-    opts = json.loads(open(storage_options).read()) if storage_options else None
+    creds = {"storage_options": json.loads(open(storage_options).read())} \
+        if storage_options else {}
     t0 = time.monotonic()
     tries = 0
     while True:
         tries += 1
         try:
-            coll = RoutedCollection.connect(migration_id, address=address,
-                                            storage_options=opts)
+            coll = RoutedCollection.connect(migration_id, address=address, **creds)
             break
         except TerminalError as err:  # no router yet
             if time.monotonic() - t0 > CONNECT_TIMEOUT_S:
