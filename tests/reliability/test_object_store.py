@@ -231,3 +231,32 @@ def test_lance_on_s3_to_lance_on_s3(s3: S3Server, head: Head, tmp_path: Path) ->
     check_truth(tmp_path, initial, 0.0, sides, rows)
     check_state_objects(s3, bucket, mid, list(rows), tmp_path)
     assert not s3.keys(src_bucket, "state/"), "state written next to the source"
+
+
+def test_state_options_from_environment_and_bad_options(s3: S3Server, monkeypatch: Any,
+                                                        tmp_path: Path) -> None:
+    """Without state_storage_options the state's endpoint and credentials come from the
+    process's AWS environment; an unknown option, or options with a local state_uri, are
+    refused naming them (and nothing is written)."""
+    from ray_migrate.config import parse_config
+    from ray_migrate.errors import ConfigError
+    from ray_migrate.state import StateStore
+
+    bucket = s3.make_bucket("env-state")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    store = StateStore(f"s3://{bucket}/state", "env")
+    store.save_checkpoint("tenant=a/b", {"copied": 3})
+    assert store.load_checkpoint("tenant=a/b") == {"copied": 3}
+    assert store.read("absent.json", "default") == "default"
+    assert s3.keys(bucket) == ["state/env/checkpoints/tenant%3Da%2Fb.json"]
+    base = {"migration_id": "m", "source": {"kind": "qdrant", "collection": "c", "path": "x"},
+            "target": {"kind": "lancedb", "uri": "y", "table": "t"}}
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['aws_regon'\]"):
+        parse_config({**base, "state_uri": f"s3://{bucket}/s",
+                      "state_storage_options": {"aws_regon": "x"}}, tmp_path)
+    with pytest.raises(ConfigError, match="only an s3:// state_uri takes options"):
+        parse_config({**base, "state_uri": "state", "state_storage_options": {
+            "aws_region": "x"}}, tmp_path)
+    assert not list(tmp_path.iterdir())
