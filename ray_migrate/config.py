@@ -316,7 +316,8 @@ class MigrationConfig(_Model):
 Credential = str | dict[str, str] | None  # one for every side, or {"source": .., "target": ..}
 
 
-def with_credentials(cfg: MigrationConfig, api_key: Any = None, storage_options: Any = None,
+def with_credentials(cfg: MigrationConfig, api_key: Credential = None,
+                     storage_options: dict[str, Any] | None = None,
                      redacted: list[str] | tuple[str, ...] = ()) -> MigrationConfig:
     """A client's config (``public_dump``, from the router) with its own credentials: ``api_key``
     (default: ``QDRANT_API_KEY`` of this process) for a Qdrant server, ``storage_options``
