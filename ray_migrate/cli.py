@@ -45,7 +45,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
-    store = StateStore(cfg.state_uri, cfg.migration_id)
+    store = StateStore.of(cfg)
     plan = preflight(cfg, store)  # the checks of run and verify, before anything is written
     if args.address:
         connect(args.address)
@@ -96,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
-    store = StateStore(cfg.state_uri, cfg.migration_id)
+    store = StateStore.of(cfg)
     driver = running_driver(store)
     table = store.read(ROUTING_KEY)
     if table is None:
@@ -142,7 +142,7 @@ def _switch(args: argparse.Namespace, method: str) -> int:
     from ray_migrate.waves import switch_units
 
     cfg = load_config(args.config)
-    if StateStore(cfg.state_uri, cfg.migration_id).read(ROUTING_KEY) is None:
+    if StateStore.of(cfg).read(ROUTING_KEY) is None:
         # A router writes its table before it serves: none was ever started on this state.
         raise ClusterError(
             f"no router runs for migration {cfg.migration_id!r} and none can be started: no "

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
-from ray_migrate.config import MigrationConfig
+from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
 from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
@@ -127,8 +127,15 @@ class RoutedCollection(Placement):
         return open_backend(ep, payload_schema=schema)
 
     @classmethod
-    def connect(cls, migration_id: str, address: str | None = None) -> RoutedCollection:
-        """Attach to a running migration from any process that can reach the Ray cluster."""
+    def connect(cls, migration_id: str, address: str | None = None, *,
+                api_key: str | dict[str, str] | None = None,
+                storage_options: dict[str, Any] | None = None) -> RoutedCollection:
+        """Attach to a running migration from any process that can reach the Ray cluster.
+
+        The router hands out the config without credentials: a Qdrant server's ``api_key``
+        comes from ``api_key`` (default: ``QDRANT_API_KEY``), a LanceDB store's from
+        ``storage_options`` (default: the ``AWS_*`` environment LanceDB reads); either may be
+        ``{"source": ..., "target": ...}`` (``config.with_credentials``)."""
         import ray
 
         if not ray.is_initialized():
@@ -136,7 +143,8 @@ class RoutedCollection(Placement):
                      log_to_driver=False, configure_logging=False)
         router = get_router(migration_id)
         info = router.call("describe")
-        cfg = MigrationConfig.model_validate(info["config"])
+        cfg = with_credentials(MigrationConfig.model_validate(info["config"]), api_key,
+                               storage_options, info.get("redacted", ()))
         return cls(cfg, Plan.from_dict(info["plan"]), router)
 
     def close(self) -> None:

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ray_migrate.config_checks import check_state_uri, check_waves, format_errors, yaml_message
 from ray_migrate.errors import ConfigError
+from ray_migrate.state import S3_OPTIONS
 
+# An option whose name says it is a credential: never stored where others read it (the router
+# hands the config to every client), never printed.
+SECRET_OPTION = re.compile(r"secret|token|key|password|passwd|credential|sas|signature|auth",
+                           re.IGNORECASE)
 PayloadType = Literal["bool", "int", "float", "string", "json"]
 Distance = Literal["cosine", "l2", "dot", "manhattan"]
 
@@ -211,6 +216,11 @@ class MigrationConfig(_Model):
     cutover: CutoverConfig = CutoverConfig()
     rollback: RollbackConfig = RollbackConfig()
     state_uri: str
+    state_storage_options: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="Endpoint and credentials of an s3:// "
+        "state_uri, in LanceDB's storage_options names (aws_access_key_id, "
+        "aws_secret_access_key, aws_endpoint, aws_region, allow_http); default: the AWS "
+        "environment of each process that opens the state")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -223,6 +233,18 @@ class MigrationConfig(_Model):
                 "(it names Ray actors and the state folder)"
             )
         return v
+
+    @model_validator(mode="after")
+    def _state_options(self) -> MigrationConfig:
+        opts = self.state_storage_options
+        if opts and not self.state_uri.startswith("s3://"):
+            raise ValueError("state_storage_options: only an s3:// state_uri takes options; "
+                             "remove them or point state_uri at s3://bucket/prefix")
+        unknown = sorted(k for k in opts if k.lower() not in S3_OPTIONS)
+        if unknown:
+            raise ValueError(f"state_storage_options: unknown option(s) {unknown}; use "
+                             f"{', '.join(sorted(set(S3_OPTIONS)))}")
+        return self
 
     @model_validator(mode="after")
     def _not_same(self) -> MigrationConfig:
@@ -248,10 +270,84 @@ class MigrationConfig(_Model):
         return self.copy_
 
     def fingerprint(self) -> str:
-        """A hash of what decides the plan; a resumed run must match the stored plan's."""
+        """A hash of what decides the plan; a resumed run must match the stored plan's.
+        Credentials are left out: a rotated key is not another migration (and a hash of a
+        short key could be searched for)."""
         keys = {"source", "target", "units", "transform", "payload_schema"}
         data = self.model_dump(mode="json", include=keys)
+        for side in ("source", "target"):
+            data[side] = public_endpoint(data[side])
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def public_dump(self) -> dict[str, Any]:
+        """The config as JSON without credentials: ``api_key``, the secret entries of
+        ``storage_options`` and every ``state_storage_options``. This is what the router keeps
+        and hands to clients (``RoutedCollection.connect``), which take credentials from their
+        own arguments or environment."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for side in ("source", "target"):
+            data[side] = public_endpoint(data[side])
+        data["state_storage_options"] = {}
+        return data
+
+    def redacted(self) -> list[str]:
+        """The credentials ``public_dump`` leaves out, by name (``source.api_key``,
+        ``target.storage_options.aws_secret_access_key``), so a client can say what it lacks."""
+        out = []
+        for side in ("source", "target"):
+            ep = getattr(self, side)
+            if isinstance(ep, QdrantEndpoint) and ep.api_key:
+                out.append(f"{side}.api_key")
+            if isinstance(ep, LanceEndpoint):
+                out += [f"{side}.storage_options.{k}" for k in ep.storage_options
+                        if SECRET_OPTION.search(k)]
+        return out
+
+
+Credential = str | dict[str, str] | None  # one for every side, or {"source": .., "target": ..}
+
+
+def with_credentials(cfg: MigrationConfig, api_key: Credential = None,
+                     storage_options: dict[str, Any] | None = None,
+                     redacted: list[str] | tuple[str, ...] = ()) -> MigrationConfig:
+    """A client's config (``public_dump``, from the router) with its own credentials: ``api_key``
+    (default: ``QDRANT_API_KEY`` of this process) for a Qdrant server, ``storage_options``
+    merged over the non-secret ones for LanceDB (LanceDB reads ``AWS_*`` itself). Each may be
+    one value for both sides or ``{"source": ..., "target": ...}``. A Qdrant server whose
+    migration had an api_key and gets none here is refused at once, naming the fix."""
+    def per_side(value: Any, side: str, is_map: bool) -> Any:
+        if isinstance(value, dict) and set(value) <= {"source", "target"} and value and (
+                not is_map or all(isinstance(v, dict) for v in value.values())):
+            return value.get(side)
+        return value
+
+    update = {}
+    for side in ("source", "target"):
+        ep = getattr(cfg, side)
+        if isinstance(ep, QdrantEndpoint) and ep.url:
+            key = per_side(api_key, side, False) or os.environ.get("QDRANT_API_KEY") \
+                or ep.api_key
+            if not key and f"{side}.api_key" in redacted:
+                raise ConfigError(f"the {side} of migration {cfg.migration_id!r} is a Qdrant "
+                                  f"server that needs an api_key: pass RoutedCollection.connect"
+                                  f"(..., api_key=...) or set QDRANT_API_KEY in this process")
+            update[side] = ep.model_copy(update={"api_key": key})
+        elif isinstance(ep, LanceEndpoint):
+            own = per_side(storage_options, side, True) or {}
+            update[side] = ep.model_copy(
+                update={"storage_options": {**ep.storage_options, **own}})
+    return cfg.model_copy(update=update)
+
+
+def public_endpoint(ep: dict[str, Any]) -> dict[str, Any]:
+    """An endpoint's JSON without its credentials (``api_key``, secret storage options)."""
+    ep = dict(ep)
+    if ep.get("api_key") is not None:
+        ep["api_key"] = None
+    if "storage_options" in ep:
+        ep["storage_options"] = {k: v for k, v in ep["storage_options"].items()
+                                 if not SECRET_OPTION.search(k)}
+    return ep
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def prepare_target(cfg: MigrationConfig, plan: Plan) -> Backend:
         log.info("target %s exists and can hold the source", cfg.target.name)
     else:
         target.create(plan.target_info)
-        StateStore(cfg.state_uri, cfg.migration_id).write(TARGET_KEY, {"created": time.time()})
+        StateStore.of(cfg).write(TARGET_KEY, {"created": time.time()})
         log.info("created target %s", cfg.target.name)
     return target
 
@@ -81,7 +81,7 @@ class Migration:
                  command: str = "run"):
         self.cfg = cfg
         self.address = address
-        self.store = StateStore(cfg.state_uri, cfg.migration_id)
+        self.store = StateStore.of(cfg)
         self.report = RunReport(migration_id=cfg.migration_id, command=command,
                                 expect_cutover=command == "run" and cfg.cutover.mode == "auto")
         self.rows: dict[str, UnitReport] = {}
@@ -117,11 +117,13 @@ class Migration:
         self.target = prepare_target(cfg, plan)
         save_plan(plan, self.store)
         # Step 3: the routing table (detached, durable) and the worker pool.
-        info = {"config": cfg.model_dump(mode="json", by_alias=True), "plan": plan.to_dict()}
+        # Clients get the config from the router: without credentials (``public_dump``).
+        info = {"config": cfg.public_dump(), "redacted": cfg.redacted(), "plan": plan.to_dict()}
         self.router = start_router(
             cfg.migration_id, cfg.state_uri, [u.unit_id for u in plan.units], info,
             lease_s=cfg.cutover.write_lease_s,
-            freeze_timeout_s=max(10.0, 20 * cfg.cutover.max_freeze_ms / 1000))
+            freeze_timeout_s=max(10.0, 20 * cfg.cutover.max_freeze_ms / 1000),
+            state_options=cfg.state_storage_options)
         running_on = self.router.call("describe")["state_uri"]
         if running_on != self.store.uri:
             raise TerminalError(

@@ -81,7 +81,7 @@ class UnitWorker:
         self.cfg = cfg
         self.plan = Plan.from_dict(plan)
         self.index = index
-        self.store = StateStore(cfg.state_uri, cfg.migration_id)
+        self.store = StateStore.of(cfg)
         self.forward = Transform(cfg.transform)
         self.inverse = Transform(cfg.transform, inverse=True) if cfg.transform.invertible \
             else None

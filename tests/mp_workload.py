@@ -67,18 +67,22 @@ class Stop:
         return now >= self.hard or (self.at is not None and now >= self.at)
 
 
-def connect(address: str, migration_id: str, log: Log) -> Any:
-    """``RoutedCollection.connect`` as soon as the router exists; how long that took is logged."""
+def connect(address: str, migration_id: str, log: Log, storage_options: str | None = None
+            ) -> Any:
+    """``RoutedCollection.connect`` as soon as the router exists; how long that took is logged.
+    ``storage_options``: a JSON file of LanceDB storage options (this client's credentials)."""
     import ray_migrate
     from ray_migrate import RoutedCollection
     from ray_migrate.errors import TerminalError
 
+    creds = {"storage_options": json.loads(open(storage_options).read())} \
+        if storage_options else {}
     t0 = time.monotonic()
     tries = 0
     while True:
         tries += 1
         try:
-            coll = RoutedCollection.connect(migration_id, address=address)
+            coll = RoutedCollection.connect(migration_id, address=address, **creds)
             break
         except TerminalError as err:  # no router yet
             if time.monotonic() - t0 > CONNECT_TIMEOUT_S:
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     with open(args.initial) as f:
         initial = json.load(f)
     stop = Stop(args.max_s)
-    coll = connect(args.address, args.migration_id, log)
+    coll = connect(args.address, args.migration_id, log, args.storage_options)
     work = Workload(initial, args.seed, args.tenant_moves, args.dim)
     period = 1.0 / args.max_rate if args.max_rate > 0 else 0.0
     i, next_at = 0, time.monotonic()
@@ -229,6 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tenant-moves", action="store_true")
     ap.add_argument("--max-rate", type=float, default=0.0, help="ops/s at most; 0: no cap")
     ap.add_argument("--max-s", type=float, default=600.0)
+    ap.add_argument("--storage-options", default=None,
+                    help="a JSON file of LanceDB storage_options for RoutedCollection.connect")
     return ap.parse_args(argv)
 
 

@@ -123,13 +123,14 @@ def _unique(rows: Iterable[tuple[Any, Point]]) -> dict[Any, Point]:
     return out
 
 
-def lance_rows(uri: str, table: str) -> Iterator[tuple[Any, Point]]:
+def lance_rows(uri: str, table: str, storage_options: dict[str, str] | None = None
+               ) -> Iterator[tuple[Any, Point]]:
     """Every row as (id, (vectors, payload)), rebuilt from ray_migrate's documented layout: a
     column per payload key, json columns as text, ``_rm_null_keys`` for explicit nulls (NULL
-    otherwise means absent)."""
+    otherwise means absent). ``storage_options``: LanceDB's, for an object-store ``uri``."""
     import lancedb
 
-    tbl = lancedb.connect(uri).open_table(table)
+    tbl = lancedb.connect(uri, storage_options=storage_options).open_table(table)
     data = tbl.to_arrow()
     meta = {k.decode(): v.decode() for k, v in (data.schema.metadata or {}).items()}
     types = json.loads(meta.get("ray_migrate.payload_types", "{}"))
@@ -148,8 +149,9 @@ def lance_rows(uri: str, table: str) -> Iterator[tuple[Any, Point]]:
         yield pid, (vecs, payload)
 
 
-def read_lance(uri: str, table: str) -> dict[Any, Point]:
-    return _unique(lance_rows(uri, table))
+def read_lance(uri: str, table: str, storage_options: dict[str, str] | None = None
+               ) -> dict[Any, Point]:
+    return _unique(lance_rows(uri, table, storage_options))
 
 
 def assert_same(found: dict[Any, Point], truth: dict[Any, dict[str, Any]],
@@ -259,9 +261,12 @@ def _search(exp: Expected, op: dict, end: dict, run_ended_at: float) -> None:
 Row = tuple[bytes, dict[str, Any]]  # one stored row: vector bytes, payload
 
 
-def read_side(kind: str, path: Path, name: str = "docs") -> dict[int, list[Row]]:
-    """id -> every row the store holds for it (more than one is a finding, not a crash)."""
-    rows = qdrant_rows(str(path), name) if kind == "qdrant" else lance_rows(str(path), name)
+def read_side(kind: str, path: Path | str, name: str = "docs",
+              storage_options: dict[str, str] | None = None) -> dict[int, list[Row]]:
+    """id -> every row the store holds for it (more than one is a finding, not a crash).
+    ``path``: a folder, or an object-store URI of a LanceDB database (``storage_options``)."""
+    rows = qdrant_rows(str(path), name) if kind == "qdrant" \
+        else lance_rows(str(path), name, storage_options)
     out: dict[int, list[Row]] = {}
     for pid, (vecs, payload) in rows:
         assert len(vecs) == 1, f"point {pid}: one vector expected, found {sorted(vecs)}"

@@ -58,11 +58,13 @@ class Router:
     """The actor's body. Async, so waits (leases, freezes) never block other callers."""
 
     def __init__(self, migration_id: str, state_uri: str, unit_ids: list[str],
-                 info: dict[str, Any], lease_s: float = 30.0, freeze_timeout_s: float = 10.0):
+                 info: dict[str, Any], lease_s: float = 30.0, freeze_timeout_s: float = 10.0,
+                 state_options: dict[str, str] | None = None):
         import ray
 
-        self.store = StateStore(state_uri, migration_id)
-        self.info = info  # config and plan, for clients that connect by migration id
+        self.store = StateStore(state_uri, migration_id, state_options)
+        # Config (without credentials) and plan, for clients that connect by migration id.
+        self.info = info
         # A fresh actor in a new cluster has no old clients; a reconstructed one may.
         again = ray.get_runtime_context().was_current_actor_reconstructed
         self.durable = DurableTable.open(self.store, unit_ids, lease_s, freeze_timeout_s,
@@ -422,15 +424,18 @@ def dead_jobs() -> set[str]:
 
 def start_router(migration_id: str, state_uri: str, unit_ids: list[str],
                  info: dict[str, Any], lease_s: float = 30.0,
-                 freeze_timeout_s: float = 10.0) -> RouterHandle:
-    """Get or create the detached router; it outlives the driver and restarts when killed."""
+                 freeze_timeout_s: float = 10.0,
+                 state_options: dict[str, str] | None = None) -> RouterHandle:
+    """Get or create the detached router; it outlives the driver and restarts when killed.
+    ``info`` is handed to every client: no credentials in it. ``state_options``: the
+    credentials of an ``s3://`` ``state_uri`` (actor arguments, never printed)."""
     import ray
 
     actor = ray.remote(Router).options(
         name=router_name(migration_id), namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0,
         max_concurrency=1000,
-    ).remote(migration_id, state_uri, unit_ids, info, lease_s, freeze_timeout_s)
+    ).remote(migration_id, state_uri, unit_ids, info, lease_s, freeze_timeout_s, state_options)
     handle = RouterHandle(actor)
     handle.call("flush")
     from ray_migrate.routing.watch import process_info
