@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ray_migrate import failpoints
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync, apply_units
 from ray_migrate.config import MigrationConfig
@@ -305,6 +306,8 @@ class UnitWorker:
         try:
             try:
                 self._apply_step(taken, owner, other, transform)
+                for uid in taken:  # applied, not acknowledged
+                    failpoints.hit("catchup.applied", unit=uid)
                 acks = {u: seq for u, (_, seq, _) in taken.items()}
             except TerminalError:  # find the units it comes from: the others go on
                 acks, failed, error = self._apply_apart(taken, owner, other, transform)
