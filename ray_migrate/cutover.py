@@ -109,7 +109,8 @@ def rows_of(reads: list[tuple[list[Any], pa.Table]], ids: set[Any]) -> pa.Table 
 
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                 other: tuple[Backend, UnitSpec], transform: Transform, to_phase: str,
-                back_phase: str, max_freeze_ms: int, ready_lag: int) -> CutoverResult:
+                back_phase: str, max_freeze_ms: int, ready_lag: int,
+                holder: str | None = None) -> CutoverResult:
     """Move ownership of a unit from ``owner`` to ``other``, each given as (backend, the unit
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
@@ -118,10 +119,13 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     switch applies and confirms only the writes of its last moments. Confirming uses the owner rows as the apply
     read them (or the clients' rows that stood in for them): the other side holds what this
     applier wrote, and nobody else applies a reserved unit. An id written again since is in
-    the log again, so the switch waits until it is applied and confirmed too."""
+    the log again, so the switch waits until it is applied and confirmed too. ``holder``: who
+    holds the unit's log meanwhile (the switch's reservation holder; default a fresh one)."""
     unit = owner[1]
     sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[],
                     side="source" if to_phase == "target" else "target")
+    if holder is not None:
+        sync.holder = holder
     # Apply every write that has ended (not waiting for a moment with none under way: under
     # steady writes there may be none for seconds, and each look is a router call; step 1
     # below waits for such a moment, with a budget).

@@ -34,6 +34,7 @@ from raycluster import ray_head
 from ray_migrate.failpoints import ENV
 
 N = 1500
+STALE_FREEZE_MS = 10_000  # the router lifts a freeze this old (freeze_timeout_s)
 FAST = {"cutover": {"pause_s": 1}}
 
 
@@ -89,6 +90,14 @@ def live_run(tmp: Path, mid: str, case: Case, env: dict[str, str],
         yield live
 
 
+def report_row(live: LiveRun, unit_id: str) -> dict[str, Any]:
+    """The unit's row in the run's report (report.json under state_uri)."""
+    report = json.loads((live.tmp / "state" / live.mid / "report.json").read_text())
+    row = next(r for r in report["units"] if r["unit_id"] == unit_id)
+    print(f"{unit_id}: {row}")
+    return row
+
+
 def unit(tenant: int) -> str:
     return f"tenant=tenant-{tenant}"
 
@@ -108,6 +117,13 @@ def test_worker_killed_in_copy_catch_up_verify_and_freeze(tmp_path: Path) -> Non
     })
     case = Case("kill-workers", "qdrant", config=FAST, n_points=N)
     with live_run(tmp_path, "kill-workers", case, env) as live:
+        frozen = report_row(live, unit(3))
+        # The restarted worker lifts the dead switch's freeze and cuts the unit over in the
+        # same attempt; before, the freeze lasted until the router's stale-freeze timeout
+        # (10 s: every write of the unit waited that long) and the next attempts were refused
+        # until the dead switch's reservation lapsed (write_lease_s, 30 s).
+        assert frozen["freeze_ms"] < STALE_FREEZE_MS and frozen["cutover_attempts"] == 1, \
+            frozen
         assert_fired(live, {k: v for k, v in markers.items() if k != "freeze-forced"}, {
             "copy": "copy.batch_written", "catchup": "catchup.applied",
             "verify": "verify.checksum", "freeze": "cutover.frozen"})
