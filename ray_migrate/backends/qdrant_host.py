@@ -103,7 +103,8 @@ class QdrantHost:
             return backend.kind, backend.capabilities, ray.get_runtime_context().get_node_id()
         if method == "create" and kwargs.pop("if_missing", False) and backend.exists():
             return None  # a retry of a create that went through before the actor died
-        failpoints.hit("qdrant_host.call", method=method, path=self.path)
+        failpoints.hit("qdrant_host.call", method=method, path=self.path,
+                       unit=args[0].unit_id if args and isinstance(args[0], UnitSpec) else None)
         return getattr(backend, method)(*args, **kwargs)
 
     def close(self) -> bool:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from livecase import Case, LiveRun, judged_or_fail, seed, write_config
+from livecase import Case, LiveRun, judged_or_fail, logs_dir, seed, write_config
 from raycluster import ray_head
 
 from ray_migrate.failpoints import ENV
@@ -85,9 +86,24 @@ def live_run(tmp: Path, mid: str, case: Case, env: dict[str, str],
     with ray_head(tmp, num_cpus=4, env=env) as head:
         live = LiveRun(head, tmp, mid, case, cfg, initial)
         live.reruns_after_kill = rerun
-        live.drive()
-        judged_or_fail(live)
-        yield live
+        try:
+            live.drive()
+            judged_or_fail(live)
+            yield live
+        except BaseException:
+            keep_ray_logs(live)
+            raise
+
+
+def keep_ray_logs(live: LiveRun) -> None:
+    """The cluster's process logs of a failed run, next to its outputs (the head's temp dir
+    goes with the head)."""
+    logs = Path(live.head.temp_dir, "session_latest", "logs")
+    kept = logs_dir(live.mid) / "ray-logs"
+    kept.mkdir(parents=True, exist_ok=True)
+    for f in logs.glob("*"):
+        if f.is_file() and f.suffix in (".out", ".err", ".log") and f.stat().st_size:
+            shutil.copy(f, kept / f.name)
 
 
 def report_row(live: LiveRun, unit_id: str) -> dict[str, Any]:
@@ -137,7 +153,7 @@ def test_router_killed_before_it_persisted(tmp_path: Path) -> None:
     cutover meets a restored router and goes on from there."""
     env, markers = faults(tmp_path, {
         "router.changed": {
-            "write": {"action": "kill", "what": "begin_writes", "after": 150},
+            "write": {"action": "kill", "what": "begin_writes", "after": 30},
             "switch": {"action": "kill", "what": "settle", "phase": "switched"},
         },
     })
@@ -161,13 +177,19 @@ def test_qdrant_host_killed_mid_scan_and_mid_upsert(tmp_path: Path) -> None:
     again) and call again: every hosted call is idempotent."""
     env, markers = faults(tmp_path, {
         "qdrant_host.call": {
-            "scan": {"action": "kill", "method": "scan_page", "after": 4},
-            "upsert": {"action": "kill", "method": "upsert", "after": 60},
+            # The second page of the largest unit: its copy reads pages of 200 points, its
+            # verify one of 1000.
+            "scan": {"action": "kill", "method": "scan_page", "unit": unit(0), "after": 1},
+            "upsert": {"action": "kill", "method": "upsert", "after": 10},
         },
     })
     case = Case("kill-host", "qdrant", config=FAST, n_points=N)
     with live_run(tmp_path, "kill-host", case, env) as live:
         assert_fired(live, markers, {"scan": "qdrant_host.call", "upsert": "qdrant_host.call"})
+        at = json.loads(markers["scan"].read_text())["at"]
+        before = [phases.get(unit(0)) for t, phases in live.out.timeline if t <= at]
+        assert before and before[-1] in ("capturing", "copying"), \
+            f"the scan kill came after {unit(0)}'s copy: {before[-1:]}"
 
 
 def test_driver_killed_mid_wave_and_run_again(tmp_path: Path) -> None:
