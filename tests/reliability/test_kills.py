@@ -15,7 +15,8 @@ point back, no id twice, no client error (a client waits, bounded, while a proce
 - the router killed twice in one run: at a client's write (its ids logged, the log not yet
   written) and at the first cutover (the owner flipped in memory, routing.json not yet
   written);
-- the actor hosting the Qdrant source killed mid-scan of a copy and at a client's upsert;
+- the actor hosting a Qdrant folder (the source, or the target) killed in a copy (its read,
+  or its write) and at a client's upsert;
 - the driver killed in the middle of a wave; the same command run again finishes.
 """
 
@@ -170,25 +171,34 @@ def test_router_killed_before_it_persisted(tmp_path: Path) -> None:
         assert logged(live, "router kill-router recovered"), "no restored router logged"
 
 
-def test_qdrant_host_killed_mid_scan_and_mid_upsert(tmp_path: Path) -> None:
-    """The actor that hosts the Qdrant source folder dies twice: in a scan of a unit's copy,
-    and at a client's upsert. Callers get it again (Ray restarts it; the proxy gets or makes it
-    again) and call again: every hosted call is idempotent."""
-    env, markers = faults(tmp_path, {
-        "qdrant_host.call": {
-            # The second page of the largest unit: its copy reads pages of 200 points, its
-            # verify one of 1000.
-            "scan": {"action": "kill", "method": "scan_page", "unit": unit(0), "after": 1},
-            "upsert": {"action": "kill", "method": "upsert", "after": 10},
-        },
-    })
-    case = Case("kill-host", "qdrant", config=FAST, n_points=N)
-    with live_run(tmp_path, "kill-host", case, env) as live:
-        assert_fired(live, markers, {"scan": "qdrant_host.call", "upsert": "qdrant_host.call"})
-        at = json.loads(markers["scan"].read_text())["at"]
-        before = [phases.get(unit(0)) for t, phases in live.out.timeline if t <= at]
-        assert before and before[-1] in ("capturing", "copying"), \
-            f"the scan kill came after {unit(0)}'s copy: {before[-1:]}"
+# Where the hosting actor dies, per direction: the copy's read (Qdrant source) or write
+# (Qdrant target), and then a client's write through it.
+HOST_KILLS = {
+    # The second page of the largest unit: its copy reads pages of 200 points, its verify
+    # one of 1000.
+    "qdrant": {"copy": {"action": "kill", "method": "scan_page", "unit": unit(0), "after": 1},
+               "client": {"action": "kill", "method": "upsert", "after": 10}},
+    # The copy writes in calls of 128 points (HOSTED_WRITE_ROWS); clients write to the target
+    # once their units are on it.
+    "lancedb": {"copy": {"action": "kill", "method": "upsert", "after": 2},
+                "client": {"action": "kill", "method": "upsert", "after": 40}},
+}
+
+
+@pytest.mark.parametrize("source", ["qdrant", "lancedb"], ids=["q2l", "l2q"])
+def test_qdrant_host_killed_mid_copy_and_mid_client_write(tmp_path: Path, source: str) -> None:
+    """The actor that hosts the Qdrant folder (the source, or the target) dies twice: in a
+    unit's copy, and at a client's upsert. Callers get it again (Ray restarts it; the proxy
+    gets or makes it again) and call again: every hosted call is idempotent."""
+    env, markers = faults(tmp_path, {"qdrant_host.call": HOST_KILLS[source]})
+    case = Case(f"kill-host-{source}", source, config=FAST, n_points=N)
+    with live_run(tmp_path, case.name, case, env) as live:
+        assert_fired(live, markers, {"copy": "qdrant_host.call", "client": "qdrant_host.call"})
+        at = json.loads(markers["copy"].read_text())["at"]
+        before = [phases for t, phases in live.out.timeline if t <= at]
+        copying = {u for u, p in (before or [{}])[-1].items() if p in ("capturing", "copying")}
+        assert copying if source == "lancedb" else unit(0) in copying, \
+            f"the copy's kill came when no unit copied: {before[-1:]}"
 
 
 @pytest.mark.parametrize("source", ["lancedb", "qdrant"], ids=["l2q", "q2l"])
