@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_migrate import failpoints
 from ray_migrate.backends.base import Backend, in_tenant, tenant_units
 from ray_migrate.routing.actor import RouterHandle
 from ray_migrate.schema import ID, payload_dicts
@@ -214,6 +215,7 @@ class UnitSync:
                       carried, unit=self.unit, kept=kept)
             if kept:  # before the ack: never a moment when they are in no log
                 self.router.call("log_ids", uid, [p for ps in kept.values() for p in ps])
+            failpoints.hit("catchup.applied", unit=uid)  # applied, not acknowledged
         except BaseException:
             self.router.call("ack_changes", uid, 0, self.holder)  # let go, acking nothing
             raise

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ray_migrate import failpoints
 from ray_migrate.backends.base import Backend, Cursor
 from ray_migrate.config import CopyConfig
 from ray_migrate.retry import with_retries
@@ -140,6 +141,7 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
 
         with_retries(put, attempts=cfg.max_retries, backoff_s=cfg.retry_backoff_s,
                      what=f"unit {unit.unit_id}: write of {table.num_rows} points")
+        failpoints.hit("copy.batch_written", unit=unit.unit_id)  # written, not checkpointed
         state["may_exist"] = not fresh_target
         state["copied"] += table.num_rows
         state["now"] += table.num_rows

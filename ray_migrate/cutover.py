@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ray_migrate import failpoints
 from ray_migrate.backends.base import Backend
 from ray_migrate.catchup import UnitSync
 from ray_migrate.checksum import Digest, point_hashes
@@ -108,7 +109,8 @@ def rows_of(reads: list[tuple[list[Any], pa.Table]], ids: set[Any]) -> pa.Table 
 
 def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
                 other: tuple[Backend, UnitSpec], transform: Transform, to_phase: str,
-                back_phase: str, max_freeze_ms: int, ready_lag: int) -> CutoverResult:
+                back_phase: str, max_freeze_ms: int, ready_lag: int,
+                holder: str | None = None) -> CutoverResult:
     """Move ownership of a unit from ``owner`` to ``other``, each given as (backend, the unit
     in that backend's terms); ``transform`` maps owner rows to the other side.
 
@@ -117,10 +119,13 @@ def switch_unit(router: RouterHandle, owner: tuple[Backend, UnitSpec],
     switch applies and confirms only the writes of its last moments. Confirming uses the owner rows as the apply
     read them (or the clients' rows that stood in for them): the other side holds what this
     applier wrote, and nobody else applies a reserved unit. An id written again since is in
-    the log again, so the switch waits until it is applied and confirmed too."""
+    the log again, so the switch waits until it is applied and confirmed too. ``holder``: who
+    holds the unit's log meanwhile (the switch's reservation holder; default a fresh one)."""
     unit = owner[1]
     sync = UnitSync(unit, router, owner[0], other[0], transform, seen=[],
                     side="source" if to_phase == "target" else "target")
+    if holder is not None:
+        sync.holder = holder
     # Apply every write that has ended (not waiting for a moment with none under way: under
     # steady writes there may be none for seconds, and each look is a router call; step 1
     # below waits for such a moment, with a budget).
@@ -195,6 +200,8 @@ class _Switch:
         waiting = 1  # ended writes not applied yet, as the router last said
         quiet = force = False
         budget = self.max_freeze_ms / 1000
+        # A test that needs the freeze (to fault it) skips the switch at a quiet moment.
+        no_quiet = bool(failpoints.hit("cutover.no_quiet_switch", unit=self.unit_id))
         while True:
             if waiting:
                 applied.update(sync.step(DRAIN_STEP, lag=False)[0])
@@ -206,7 +213,7 @@ class _Switch:
                 # when nothing waits), and a unit with a change older than YIELD_MAX_AGE_S is
                 # followed anyway.
                 router.call("quiet_followers", budget + FORCE_GRACE_S + 0.5, timeout_s=budget)
-            force = waited > IDLE_WAIT_S
+            force = waited > IDLE_WAIT_S or no_quiet
             if applied and (force or quiet):
                 try:
                     _confirm(sync, applied, rows_of(sync.seen, applied), "before the freeze")
@@ -222,8 +229,9 @@ class _Switch:
             # too, and then reads it back (measured: 60 to 150 ms for 20 to 40 ids, against
             # 15 ms for a freeze with none).
             wait_s = 0.0 if force else max(IDLE_WAIT_S - (self.start - called), 0.0)
-            out = router.call("settle", self.unit_id, self.to_phase, not applied, force,
-                              wait_s, waited <= IDLE_WAIT_S + FORCE_GRACE_S)
+            out = router.call("settle", self.unit_id, self.to_phase,
+                              not (applied or no_quiet), force, wait_s,
+                              waited <= IDLE_WAIT_S + FORCE_GRACE_S)
             if out.get("needs_repair"):  # the router restarted during the switch (P13)
                 if out["state"] == "frozen":
                     router.call("lift_freeze", self.unit_id, self.back_phase)
@@ -276,6 +284,7 @@ class _Switch:
             self.over("after the confirm")
             # Step 4: flip, unless a write ended meanwhile (then drain it too). This lifts the
             # freeze.
+            failpoints.hit("cutover.frozen", unit=self.unit_id)  # frozen, drained, not flipped
             if stop.is_set() or self.router.call("flip", self.unit_id, self.to_phase):
                 return
             self.lap("flip")

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ray_migrate import failpoints
 from ray_migrate.backends.base import Backend
 from ray_migrate.checksum import Digest, bucket_of, point_hashes
 from ray_migrate.state import StateStore, safe_name
@@ -94,6 +95,7 @@ def verify_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
                 batch_size: int = 2000, max_ids: int = 100) -> UnitVerdict:
     start = time.perf_counter()
     s = source_digest(unit, source, target, transform, batch_size)
+    failpoints.hit("verify.checksum", unit=unit.unit_id)  # one side summed, not the other
     t = target.checksum(transform.target_unit(unit), batch_size)
     verdict = UnitVerdict(unit.unit_id, s.count, t.count, s.hexdigest, t.hexdigest,
                           equal=(s.count == t.count and s.total == t.total), seconds=0.0)

@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any
 
+from ray_migrate import failpoints
 from ray_migrate.errors import ConfigError
 from ray_migrate.migration import Migration, record_switch
 from ray_migrate.pool import run_on_pool
@@ -53,6 +54,7 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
 
         def on_result(unit: UnitSpec, res: dict[str, Any], failed: list = failed,
                       attempt: int = attempt) -> None:
+            failpoints.hit("driver.cut", unit=unit.unit_id)  # a unit of the wave answered
             row = m._row(unit.unit_id)
             row.cutover_attempts += 1
             if res["ok"]:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ray_migrate import failpoints
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync, apply_units
 from ray_migrate.config import MigrationConfig
@@ -62,6 +63,19 @@ def backoff_s(failures: int, rng: random.Random | None = None) -> float:
     return FOLLOW_BACKOFF.delay(failures, rng)
 
 
+def _actor_id() -> str | None:
+    """This worker actor's id, the same after Ray restarts it: what its switches and its
+    follower hold (a unit's reservation, its log, the follower's turn) a task that Ray runs
+    again after the kill takes back at once, instead of waiting a lease time
+    (``cutover.write_lease_s``) for the dead holder's hold to lapse. None outside an actor."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - then a fresh holder, as before
+        return None
+
+
 def worker_name(migration_id: str, index: int) -> str:
     return f"rm:{migration_id}:worker:{index}"
 
@@ -90,6 +104,7 @@ class UnitWorker:
         self._router: RouterHandle | None = None
         self._stopped = threading.Event()  # ends the follower (tests; an actor just dies)
         self._back_broken: set[str] = set()  # units whose back-sync failed for good
+        self.who = _actor_id() or uuid.uuid4().hex[:12]  # see ``_actor_id``
         if follow:
             threading.Thread(target=self._follow, daemon=True, name="rm-follower").start()
 
@@ -117,7 +132,7 @@ class UnitWorker:
 
     def _forward(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(spec, self.router, self.source, self.target, self.forward,
-                        side="source")
+                        holder=f"sync:{self.who}", side="source")
 
     def _phase(self, unit_id: str) -> str:
         return self.router.call("unit", unit_id)["phase"]
@@ -241,7 +256,7 @@ class UnitWorker:
         none while a cutover has reserved or frozen the unit, so a cutover never waits behind
         a follower. A terminal error fails the unit it came from (``_fail``); other errors are
         logged and retried after a jittered backoff: an unapplied change stays in the log."""
-        holder = f"follower:{self.index}:{uuid.uuid4().hex[:8]}"
+        holder = f"follower:{self.index}:{self.who}"
         # Workers take turns, evenly spread over the interval: with n workers a change waits
         # at most FOLLOW_EVERY_S / n for some follower to look.
         turns = max(1, self.cfg.copy_cfg.workers)
@@ -308,6 +323,8 @@ class UnitWorker:
         try:
             try:
                 self._apply_step(taken, owner, other, transform)
+                for uid in taken:  # applied, not acknowledged
+                    failpoints.hit("catchup.applied", unit=uid)
                 acks = {u: seq for u, (_, seq, _) in taken.items()}
             except TerminalError:  # find the units it comes from: the others go on
                 acks, failed, error = self._apply_apart(taken, owner, other, transform)
@@ -382,10 +399,16 @@ class UnitWorker:
             spec = UnitSpec(unit_id, "tenant", field=unit_id.partition("=")[0], value=row["value"])
         return spec
 
+    @property
+    def _switch_holder(self) -> str:
+        """Who holds a unit for a switch (its reservation and its log): one switch at a time
+        runs in a worker (its tasks run one by one)."""
+        return f"switch:{self.who}"
+
     @contextmanager
     def _reserved(self, unit_id: str) -> Iterator[bool]:
         """Hold the unit for a cutover or rollback: followers step aside meanwhile."""
-        holder = f"switch:{uuid.uuid4().hex}"
+        holder = self._switch_holder
         try:
             yield bool(self.router.call("reserve", unit_id, holder))
         finally:
@@ -409,6 +432,8 @@ class UnitWorker:
                 return _result(spec, False, "another cutover or rollback holds the unit, or a "
                                "catch-up step on it did not end in time")
             phase = self._phase(spec.unit_id)
+            if phase == "frozen":
+                phase = self._lift_orphaned(spec.unit_id)
             if phase in way.already:
                 return _result(spec, True, way.already_says.format(phase=phase))
             transform = self.forward if way.owner == "source" else self.inverse
@@ -422,7 +447,18 @@ class UnitWorker:
             owner, other = self._sides(spec, way.owner)
             return switch_unit(self.router, owner, other, transform, way.to_phase,
                                way.back_phase, self.cfg.cutover.max_freeze_ms,
-                               self.cfg.cutover.ready_lag).to_dict()
+                               self.cfg.cutover.ready_lag, self._switch_holder).to_dict()
+
+    def _lift_orphaned(self, unit_id: str) -> str:
+        """The unit is frozen while this switch holds it: the switch that froze it died (a
+        freeze lasts ``max_freeze_ms``, far less than a reservation). Lift the freeze now,
+        rather than let the unit's writers wait for the router's stale-freeze timeout; the
+        unit stays with its owner and this switch goes on from there. Returns the phase."""
+        st = self.router.call("unit", unit_id)
+        back = "catching_up" if st["owner"] == "source" else "target"
+        if self.router.call("lift_freeze", unit_id, back):
+            log.warning("unit %s: lifted the freeze of a switch that died in it", unit_id)
+        return self._phase(unit_id)
 
     def _repaired(self, spec: UnitSpec, way: Direction) -> bool:
         """Wait out leases from before a router restart; then, if the unit's log may lack
@@ -444,7 +480,7 @@ class UnitWorker:
 
     def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
-                        self.inverse, side="target")
+                        self.inverse, holder=f"sync:{self.who}", side="target")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,9 @@ class LiveRun:
         self.procs: dict[str, subprocess.Popen] = {}
         self.out = Outcome()
         self.outputs: list[str] = []
+        # `ray-migrate run` killed by SIGKILL from inside (a fail point in the driver) is
+        # started again this many times, as an operator would run the same command again.
+        self.reruns_after_kill = 0
 
     def spawn(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen:
         """A process of its own group joined to the head, its output in ``<name>.out``."""
@@ -238,11 +242,26 @@ class LiveRun:
                     stop_group(proc, term_wait_s=5)
         return self.out
 
+    def _running(self) -> bool:
+        """Whether `ray-migrate run` runs; one that died of SIGKILL is started again while
+        ``reruns_after_kill`` allows (its exit code goes to ``run_rcs``)."""
+        run = self.procs["run"]
+        if run.poll() is None:
+            return True
+        if run.returncode != -signal.SIGKILL or self.reruns_after_kill <= 0:
+            return False
+        self.reruns_after_kill -= 1
+        self.out.run_rcs.append(self.procs.pop("run").returncode)
+        self.out.notes.append(f"`ray-migrate run` was killed (exit {run.returncode}); "
+                              "the same command runs again")
+        self.start_run()
+        return True
+
     def _watch(self, on_poll: OnPoll | None) -> None:
         """Until `ray-migrate run` ends (the last one started): follow the phases in
         routing.json and let ``on_poll`` act."""
         t0 = time.monotonic()
-        while self.procs["run"].poll() is None:
+        while self._running():
             if time.monotonic() - t0 > RUN_TIMEOUT_S:
                 pytest.fail(f"`ray-migrate run` did not end within {RUN_TIMEOUT_S:.0f}s; its "
                             f"output ({self.tmp / 'run.out'}):\n{tail(self.tmp, 'run')}")

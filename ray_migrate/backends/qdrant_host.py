@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ray_migrate import failpoints
 from ray_migrate.backends.base import Backend, Cursor, SearchHit
 from ray_migrate.backends.qdrant import scan_by_pages
 from ray_migrate.checksum import Digest
@@ -102,6 +103,8 @@ class QdrantHost:
             return backend.kind, backend.capabilities, ray.get_runtime_context().get_node_id()
         if method == "create" and kwargs.pop("if_missing", False) and backend.exists():
             return None  # a retry of a create that went through before the actor died
+        failpoints.hit("qdrant_host.call", method=method, path=self.path,
+                       unit=args[0].unit_id if args and isinstance(args[0], UnitSpec) else None)
         return getattr(backend, method)(*args, **kwargs)
 
     def close(self) -> bool:

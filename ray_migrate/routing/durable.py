@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ray_migrate import failpoints
 from ray_migrate.routing.records import CAPTURING, Phase, UnitRoute
 from ray_migrate.routing.table import RoutingTable
 
@@ -102,6 +103,7 @@ class DurableTable:
                      now: float | None = None) -> list[dict[str, Any]]:
         epoch = self.table.epoch
         out = self.table.begin_writes(requests, whole, now)
+        failpoints.hit("router.changed", what="begin_writes")  # logged, not persisted
         if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
             self.persist()
         elif any(ids and self.table.units[u].phase in CAPTURING for u, ids, _ in requests):
@@ -116,6 +118,7 @@ class DurableTable:
 
     def set_phase(self, unit_id: str, phase: Phase, now: float | None = None) -> int:
         epoch = self.table.set_phase(unit_id, phase, now)
+        failpoints.hit("router.changed", what="set_phase", unit=unit_id, phase=phase)
         self.persist()
         return epoch
 
@@ -134,6 +137,7 @@ class DurableTable:
     def settle(self, unit_id: str, phase: Phase, may_switch: bool, force: bool,
                strict: bool = False, now: float | None = None) -> dict[str, Any]:
         out = self.table.settle(unit_id, phase, may_switch, force, strict, now)
+        failpoints.hit("router.changed", what="settle", unit=unit_id, phase=out["state"])
         if out["state"] in ("switched", "frozen"):
             self.persist()
         return out
@@ -141,6 +145,7 @@ class DurableTable:
     def flip(self, unit_id: str, phase: Phase, now: float | None = None) -> bool:
         if not self.table.flip(unit_id, phase, now):
             return False
+        failpoints.hit("router.changed", what="flip", unit=unit_id, phase=phase)
         self.persist()
         return True
 
