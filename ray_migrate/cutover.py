@@ -36,6 +36,7 @@ from ray_migrate.backends.base import Backend
 from ray_migrate.catchup import UnitSync
 from ray_migrate.checksum import Digest, point_hashes
 from ray_migrate.routing.actor import RouterHandle
+from ray_migrate.routing.records import Owner
 from ray_migrate.schema import ID
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -341,3 +342,35 @@ class _Switch:
             else:
                 raise Abort(f"the freeze reached max_freeze_ms ({self.max_freeze_ms}) with a "
                             "step still under way; it was lifted then") from None
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One way a unit's owner switches (``UnitWorker._switch``): cutover or rollback."""
+
+    name: str
+    owner: Owner  # the side that owns the unit before the switch
+    start: frozenset[str]  # the phases a switch may start from
+    to_phase: str  # the phase after the flip
+    back_phase: str  # where a switch that gives up leaves the unit
+    already: frozenset[str]  # phases in which there is nothing to do (ok)
+    already_says: str  # the reason given then ({phase})
+    refuses: str  # why a unit in any other phase cannot switch ({unit}, {phase})
+    differs: str  # the reason given when diff-and-repair leaves a difference
+
+
+CUTOVER = Direction(
+    "cutover", "source", frozenset({"catching_up", "ready"}), "target", "ready",
+    frozenset({"target", "done"}), "already on the target",
+    "unit {unit} is {phase}; only a prepared unit (catching_up or ready) can be cut over",
+    "differs from the source after diff-and-repair")
+ROLLBACK = Direction(
+    "rollback", "target", frozenset({"target"}), "rolled_back", "target",
+    frozenset({"rolled_back", "source", "capturing", "copying", "catching_up", "ready"}),
+    "already on the source ({phase})", "unit {unit} is {phase}: its rollback window is over",
+    "the source differs from the target after diff-and-repair")
+
+
+def switch_result(spec: UnitSpec, ok: bool, reason: str) -> dict[str, Any]:
+    """A cutover or rollback that froze nothing: done already, or refused."""
+    return {"unit_id": spec.unit_id, "ok": ok, "freeze_ms": 0.0, "drained": 0, "reason": reason}

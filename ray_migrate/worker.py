@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from ray_migrate import failpoints
@@ -23,7 +22,7 @@ from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync, apply_units
 from ray_migrate.config import MigrationConfig
 from ray_migrate.copy import copy_unit
-from ray_migrate.cutover import switch_unit
+from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction, switch_result, switch_unit
 from ray_migrate.errors import TerminalError
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
@@ -429,13 +428,13 @@ class UnitWorker:
         # while copy and verify keep the low one Ray gives workers.
         with urgent(), self._reserved(spec.unit_id) as held:
             if not held:
-                return _result(spec, False, "another cutover or rollback holds the unit, or a "
+                return switch_result(spec, False, "another cutover or rollback holds the unit, or a "
                                "catch-up step on it did not end in time")
             phase = self._phase(spec.unit_id)
             if phase == "frozen":
                 phase = self._lift_orphaned(spec.unit_id)
             if phase in way.already:
-                return _result(spec, True, way.already_says.format(phase=phase))
+                return switch_result(spec, True, way.already_says.format(phase=phase))
             transform = self.forward if way.owner == "source" else self.inverse
             if transform is None:
                 raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so "
@@ -443,7 +442,7 @@ class UnitWorker:
             if phase not in way.start:
                 raise TerminalError(way.refuses.format(unit=spec.unit_id, phase=phase))
             if not self._repaired(spec, way):
-                return _result(spec, False, way.differs)
+                return switch_result(spec, False, way.differs)
             owner, other = self._sides(spec, way.owner)
             return switch_unit(self.router, owner, other, transform, way.to_phase,
                                way.back_phase, self.cfg.cutover.max_freeze_ms,
@@ -481,35 +480,3 @@ class UnitWorker:
     def _back(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
                         self.inverse, holder=f"sync:{self.who}", side="target")
-
-
-@dataclass(frozen=True)
-class Direction:
-    """One way a unit's owner switches (``UnitWorker._switch``): cutover or rollback."""
-
-    name: str
-    owner: Owner  # the side that owns the unit before the switch
-    start: frozenset[str]  # the phases a switch may start from
-    to_phase: str  # the phase after the flip
-    back_phase: str  # where a switch that gives up leaves the unit
-    already: frozenset[str]  # phases in which there is nothing to do (ok)
-    already_says: str  # the reason given then ({phase})
-    refuses: str  # why a unit in any other phase cannot switch ({unit}, {phase})
-    differs: str  # the reason given when diff-and-repair leaves a difference
-
-
-CUTOVER = Direction(
-    "cutover", "source", frozenset({"catching_up", "ready"}), "target", "ready",
-    frozenset({"target", "done"}), "already on the target",
-    "unit {unit} is {phase}; only a prepared unit (catching_up or ready) can be cut over",
-    "differs from the source after diff-and-repair")
-ROLLBACK = Direction(
-    "rollback", "target", frozenset({"target"}), "rolled_back", "target",
-    frozenset({"rolled_back", "source", "capturing", "copying", "catching_up", "ready"}),
-    "already on the source ({phase})", "unit {unit} is {phase}: its rollback window is over",
-    "the source differs from the target after diff-and-repair")
-
-
-def _result(spec: UnitSpec, ok: bool, reason: str) -> dict[str, Any]:
-    """A cutover or rollback that froze nothing: done already, or refused."""
-    return {"unit_id": spec.unit_id, "ok": ok, "freeze_ms": 0.0, "drained": 0, "reason": reason}
