@@ -173,8 +173,7 @@ class Router:
 
     async def client_stats(self, since: float | None = None, until: float | None = None
                            ) -> dict[str, Any]:
-        """Clients' requests, errors, latency and copy progress over time, and per op and
-        per unit and side over ``[since, until)`` (``StatsSeries.summary``)."""
+        """``StatsSeries.summary``: the series, and per op, unit and side, over a window."""
         return self.stats.summary(since, until)
 
     async def clear_repair(self, unit_id: str) -> None:
