@@ -191,6 +191,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"longest freeze: {longest:.0f} ms (per unit in the table's 'freeze ms' column)")
     print(f"LanceDB target: {workdir / 'lance'} (table docs); state and reports: "
           f"{workdir / 'state'}")
+    folder = workdir / "state" / report.migration_id / "report"
+    print(f"run report: {folder / 'report.md'} (plot: {folder / 'report.png'}, data: "
+          f"{folder / 'report.json'})")
     return 0 if report.ok and not traffic.errors else 1
 
 

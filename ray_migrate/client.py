@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
+from ray_migrate.client_stats import ClientStats, timed
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
 from ray_migrate.placement import Placement
@@ -116,7 +117,8 @@ class RoutedCollection(Placement):
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
-        self.cache = RouteCache(router, cfg.migration_id)  # registers; the watch starts now
+        self.stats = ClientStats()  # what this client sees; the watch hands it to the router
+        self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
         self.backends: dict[str, Backend] = _Backends(self._open)
 
     def _open(self, side: str) -> Backend:
@@ -269,6 +271,7 @@ class RoutedCollection(Placement):
             by_owner: dict[str, list[str]] = defaultdict(list)
             for u, le in granted.items():
                 by_owner[le["owner"]].append(u)
+                self.stats.tag(le["owner"], [u])
             written: dict[str, tuple[Any, int]] = {}
             try:
                 # Only writes the router logs (capturing units) hand in what they wrote.
@@ -317,6 +320,7 @@ class RoutedCollection(Placement):
         if errors:
             raise errors[0]
 
+    @timed("upsert")
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Insert or replace points by id. With tenant units, an id that lives in another
         tenant now is moved there: its old copy is deleted under a lease on its old unit.
@@ -378,6 +382,7 @@ class RoutedCollection(Placement):
                  for u in {*rows, *moved}}
         self._leased(parts, write)
 
+    @timed("delete")
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [self._check_id(i) for i in ids]
         located = self._locate(ids)
@@ -393,11 +398,13 @@ class RoutedCollection(Placement):
         return len(ids)
 
     # --- reads ----------------------------------------------------------------------------
+    @timed("retrieve")
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
         ids = [self._check_id(i) for i in ids]
         routes = self.routes()
         result: dict[Any, dict[str, Any]] = {}
         for side in self._owners(routes):
+            self.stats.tag(side)
             t = self.backends[side].fetch(ids)
             if side == "target":
                 t = self._from_target(t)
@@ -418,6 +425,7 @@ class RoutedCollection(Placement):
             out.append({"id": pid, "vector": vector, "payload": p})
         return out
 
+    @timed("search")
     def search(self, vector: Sequence[float], k: int = 10,
                filter: dict[str, Any] | None = None, vector_name: str | None = None
                ) -> list[dict[str, Any]]:
@@ -458,6 +466,7 @@ class RoutedCollection(Placement):
         owned = {u for u, (owner, _) in routes.items() if owner == side}
         if not owned:
             return []  # never opened: a side that owns no unit is not called
+        self.stats.tag(side, [unit.unit_id] if unit is not None else owned)
         backend = self.backends[side]
         within = None
         if unit is None and len(owned) < len(routes) and all(u in self.units for u in owned) \
@@ -488,11 +497,13 @@ class RoutedCollection(Placement):
     def _inverse_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {self.inverse.rename_fields.get(key, key): v for key, v in payload.items()}
 
+    @timed("count")
     def count(self) -> int:
         routes = self.routes()
         total = 0
         for unit_id, (owner, _) in routes.items():
             unit = self.units.get(unit_id) or self._new_unit(unit_id)
+            self.stats.tag(owner, [unit_id])
             if owner == "target":
                 unit = self.forward.target_unit(unit)
             total += self.backends[owner].count(unit)

@@ -24,6 +24,7 @@ from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.pool import run_on_pool, start_workers
 from ray_migrate.preflight import preflight
 from ray_migrate.report import RunReport, UnitReport
+from ray_migrate.report_files import write_report_files
 from ray_migrate.retry import with_retries
 from ray_migrate.routing.actor import RouterHandle, get_router, start_router
 from ray_migrate.routing.records import TransitionError
@@ -85,6 +86,7 @@ class Migration:
         self.report = RunReport(migration_id=cfg.migration_id, command=command,
                                 expect_cutover=command == "run" and cfg.cutover.mode == "auto")
         self.rows: dict[str, UnitReport] = {}
+        self.events: list[dict[str, Any]] = []  # waves, cutovers, rollbacks: for the report
         self.workers: list[Any] = []
         self.plan: Plan | None = None
         self.target: Backend | None = None
@@ -161,6 +163,10 @@ class Migration:
                 known[row["unit_id"]] = UnitSpec(row["unit_id"], "tenant", field=fld,
                                                  value=row["value"])
         return list(known.values())
+
+    def event(self, kind: str, **what: Any) -> None:
+        """Something the run's report marks on its time line (``report_files``)."""
+        self.events.append({"t": time.time(), "kind": kind, **what})
 
     def _row(self, unit_id: str) -> UnitReport:
         if unit_id not in self.rows:
@@ -293,6 +299,8 @@ class Migration:
                 key = REPORT_KEY if self.report.command == "run" else \
                     f"{self.report.command}.json"
                 self.store.write(key, self.report.model_dump(mode="json"))
+                if self.report.command == "run":
+                    write_report_files(self)
         finally:
             if self.lease is not None:
                 self.lease.release()

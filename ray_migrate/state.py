@@ -95,9 +95,17 @@ class StateStore:
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
+    def uri_of(self, key: str) -> str:
+        """Where a document is, as users name it (a folder path or an object URI)."""
+        base = self.uri if "://" in self.uri else os.path.abspath(self.uri)
+        return f"{base.rstrip('/')}/{self.migration_id}/{key}"
+
     def write(self, key: str, doc: Any) -> None:
+        self.write_bytes(key, json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Any document (a report's plot, its text), replaced whole like ``write``'s."""
         path = self._path(key)
-        data = json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
         if not self._flat:  # an object store has no folders to make
             self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if self._local:
@@ -110,15 +118,20 @@ class StateStore:
                 f.write(data)
 
     def read(self, key: str, default: Any = None) -> Any:
+        data = self.read_bytes(key)
+        return default if data is None else json.loads(data)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """A document's bytes, None if there is none."""
         path = self._path(key)
         try:
             with self.fs.open_input_stream(path) as f:
-                return json.loads(f.read())
+                return f.read()
         except FileNotFoundError:
-            return default
+            return None
         except OSError as err:
             if "not found" in str(err).lower() or "no such file" in str(err).lower():
-                return default
+                return None
             raise
 
     # --- the documents ------------------------------------------------------------------

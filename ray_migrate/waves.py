@@ -57,6 +57,8 @@ def _cut(m: Migration, units: list[UnitSpec]) -> list[UnitSpec]:
             failpoints.hit("driver.cut", unit=unit.unit_id)  # a unit of the wave answered
             row = m._row(unit.unit_id)
             row.cutover_attempts += 1
+            m.event("cutover", unit=unit.unit_id, ok=res["ok"], freeze_ms=res.get("freeze_ms"),
+                    reason=res.get("reason"))
             if res["ok"]:
                 row.freeze_ms = max(row.freeze_ms or 0.0, res["freeze_ms"])
                 row.cutover_how = res.get("how")
@@ -96,6 +98,7 @@ def cutover_in_waves(m: Migration) -> None:
         if not wave:
             continue
         log.info("wave %d/%d: cutting over %s", i, len(sizes), [u.unit_id for u in wave])
+        m.event("wave", wave=i, units=[u.unit_id for u in wave])
         left = _cut(m, wave)
         for u in left:
             m._row(u.unit_id).status = "failed"
@@ -169,6 +172,8 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
                 break
             worker.catch_up(unit.to_dict())
         results[unit.unit_id] = res
+        m.event(method, unit=unit.unit_id, ok=res["ok"], freeze_ms=res.get("freeze_ms"),
+                reason=res.get("reason"))
         row = m._row(unit.unit_id)
         if res["ok"]:
             row.freeze_ms, row.cutover_how = res["freeze_ms"], res.get("how")

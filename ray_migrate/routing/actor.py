@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ray_migrate.priority import process_at_normal_priority
+from ray_migrate.routing.client_stats import StatsSeries
 from ray_migrate.routing.durable import CHANGES_KEY, FLUSH_S, ROUTING_KEY, DurableTable
 from ray_migrate.routing.presence import Presence, stores_of
 from ray_migrate.state import StateStore
@@ -70,6 +71,7 @@ class Router:
         self.durable = DurableTable.open(self.store, unit_ids, lease_s, freeze_timeout_s,
                                          clients_may_remain=again, name=migration_id)
         self.table = self.durable.table
+        self.stats = StatsSeries.open(self.store)  # clients' requests, copy progress
         # Every client write waits for this actor twice: it must not get the CPU last.
         process_at_normal_priority()
         self._prioritized = False
@@ -158,7 +160,21 @@ class Router:
 
     async def update_progress(self, unit_id: str, copied: int | None = None,
                               total: int | None = None, error: str | None = None) -> None:
+        unit = self.table.units.get(unit_id)
+        if copied is not None and unit is not None:
+            self.stats.add_copied(unit_id, copied - unit.copied)
+            self.stats.maybe_persist(self.store)
         self.durable.update_progress(unit_id, copied, total, error)
+
+    async def push_client_stats(self, client_id: str, rows: list[list[Any]]) -> None:
+        """A client's request statistics since its last push (``routing.client_stats``)."""
+        self.stats.add_client(client_id, rows)
+        self.stats.maybe_persist(self.store)
+
+    async def client_stats(self, since: float | None = None, until: float | None = None
+                           ) -> dict[str, Any]:
+        """``StatsSeries.summary``: the series, and per op, unit and side, over a window."""
+        return self.stats.summary(since, until)
 
     async def clear_repair(self, unit_id: str) -> None:
         self.durable.clear_repair(unit_id)
@@ -261,6 +277,7 @@ class Router:
 
     async def flush(self) -> None:
         self.durable.flush()
+        self.stats.persist(self.store)
 
     # --- the witness of the driver lease (``ray_migrate.lease``), and the run's last step ---
     async def claim_driver(self, info: dict[str, Any], expire_s: float,

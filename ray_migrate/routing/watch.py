@@ -8,6 +8,8 @@ Every write's answer carries the table's epoch as well: a client that sees a new
 for the table again before its next read, so it always reads its own writes. While the watch
 fails (the router restarts), reads ask the router every time and the watch keeps trying.
 ``close`` and an atexit hook say goodbye, so the router can release what no one needs.
+While it waits, the watch thread also hands the client's request statistics
+(``client_stats.ClientStats``) to the router about every ``STATS_EVERY_S``, fire and forget.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 WATCH_S = 10.0  # how long one wait for a change of the routing table lasts
 RETRY_MAX_S = 1.0  # the longest pause between failed watches (under presence.LAPSE_S)
 GOODBYE_S = 30.0  # a goodbye waits this long, at most, for the router's releases
+STATS_EVERY_S = 1.0  # how often the client's request statistics go to the router
 
 
 def process_info() -> dict[str, Any]:
@@ -45,8 +48,10 @@ def process_info() -> dict[str, Any]:
 class RouteCache:
     """The routes of one client, kept current by its watch."""
 
-    def __init__(self, router: RouterHandle, migration_id: str):
+    def __init__(self, router: RouterHandle, migration_id: str, stats: Any = None):
         self.router = router
+        self.stats = stats  # a ``client_stats.ClientStats``, or None
+        self._stats_at = time.monotonic()
         self.migration_id = migration_id
         self.me = {"client_id": uuid.uuid4().hex, **process_info()}
         self._lock = threading.Lock()
@@ -126,6 +131,25 @@ class RouteCache:
             except concurrent.futures.TimeoutError:
                 if self._closed or not ray.is_initialized():
                     return None
+                if time.monotonic() - self._stats_at >= STATS_EVERY_S:
+                    self.push_stats()
+
+    def push_stats(self, wait_s: float = 0.0) -> None:
+        """Hand the statistics recorded since the last time to the router: fire and forget,
+        or waiting up to ``wait_s`` (at close). Rows of a failed hand-over go with the next."""
+        self._stats_at = time.monotonic()
+        rows = self.stats.take() if self.stats is not None else []
+        if not rows:
+            return
+        ref = self.router.actor.push_client_stats.remote(self.client_id, rows)
+        if wait_s <= 0:
+            return
+        import ray
+
+        try:
+            ray.get(ref, timeout=wait_s)
+        except Exception as err:  # noqa: BLE001 - statistics are never worth failing for
+            log.debug("client statistics not handed over: %s: %s", type(err).__name__, err)
 
     def _refresh_handle(self) -> None:
         try:
@@ -144,6 +168,7 @@ class RouteCache:
         if not ray.is_initialized():
             return
         try:
+            self.push_stats(wait_s=5.0)
             released = ray.get(self.router.actor.goodbye.remote(self.client_id),
                                timeout=GOODBYE_S)
             if released:

@@ -1,0 +1,162 @@
+"""What clients experience, counted where it happens: requests, errors and latency per op.
+
+Every ``RoutedCollection`` call adds one sample to a bucket of its own process, keyed by the
+second it began (wall clock), the op (upsert, delete, search, retrieve, count), the side that
+served it (``source``, ``target``, ``both``) and its unit (``*`` when it spans several). A
+bucket holds a count, an error count and a fixed-size latency histogram of log-spaced bins, so
+percentiles come out of any merge of buckets and merging is adding. Recording takes a lock and
+a dict update: no remote call. The route watcher (``routing.watch.RouteCache``) hands the
+buckets to the router about once a second, fire and forget (``routing.client_stats``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from ray_migrate.errors import InvalidDataError
+
+MIN_MS = 0.05  # the first bin's upper edge; faster calls land in it
+GROWTH = 2 ** 0.25  # each bin 19% wider than the one before: a percentile is off by < 19%
+BINS = 96  # up to MIN_MS * GROWTH**95, about 710 s; slower calls land in the last bin
+OPS = ("upsert", "delete", "search", "retrieve", "count")
+ANY_UNIT = "*"
+
+Key = tuple[int, str, str, str]  # (second, op, side, unit)
+Row = list[Any]  # [second, op, side, unit, count, errors, {bin: count}]
+
+
+def bin_of(ms: float) -> int:
+    """The histogram bin of a latency: bin i holds (edge(i-1), edge(i)]."""
+    if ms <= MIN_MS:
+        return 0
+    return min(BINS - 1, math.ceil(math.log(ms / MIN_MS) / math.log(GROWTH)))
+
+
+def edge(i: int) -> float:
+    """The upper edge of bin ``i``, in ms."""
+    return MIN_MS * GROWTH ** i
+
+
+def merge_hist(into: dict[int, int], other: dict[Any, int]) -> dict[int, int]:
+    """Add ``other`` (whose keys may be strings, after JSON) into ``into``."""
+    for b, n in other.items():
+        into[int(b)] = into.get(int(b), 0) + n
+    return into
+
+
+def percentile(hist: dict[int, int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram, as its bin's upper edge; None when empty."""
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= rank:
+            return round(edge(b), 3)
+    return round(edge(max(hist)), 3)
+
+
+class Bucket:
+    """Counts, errors and the latency histogram of one key."""
+
+    __slots__ = ("count", "errors", "hist")
+
+    def __init__(self, count: int = 0, errors: int = 0, hist: dict[int, int] | None = None):
+        self.count, self.errors, self.hist = count, errors, hist or {}
+
+    def add(self, ms: float, error: bool) -> None:
+        self.count += 1
+        self.errors += error
+        b = bin_of(ms)
+        self.hist[b] = self.hist.get(b, 0) + 1
+
+    def merge(self, count: int, errors: int, hist: dict[Any, int]) -> None:
+        self.count += count
+        self.errors += errors
+        merge_hist(self.hist, hist)
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests": self.count, "errors": self.errors,
+                "error_rate": self.errors / self.count if self.count else 0.0,
+                "p50_ms": percentile(self.hist, 0.50), "p95_ms": percentile(self.hist, 0.95),
+                "p99_ms": percentile(self.hist, 0.99)}
+
+
+class ClientStats:
+    """One process's buckets since they were last taken. ``clock``: wall time, injectable."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[Key, Bucket] = {}
+        self._tags = threading.local()
+
+    def tag(self, side: str | None = None, units: Iterable[str] | None = None) -> None:
+        """What the call under way on this thread touches (sides and units), for its sample."""
+        t = self._tags
+        if side is not None:
+            was = getattr(t, "side", None)
+            t.side = side if was in (None, side) else "both"
+        if units is not None:
+            seen = set(getattr(t, "units", ())) | set(units)
+            t.units = seen
+
+    def _begin(self) -> None:
+        self._tags.side, self._tags.units = None, set()
+
+    def _finish(self, op: str, began: float, t0: float, error: bool) -> None:
+        t = self._tags
+        side, units = getattr(t, "side", None) or "none", getattr(t, "units", set())
+        unit = next(iter(units)) if len(units) == 1 else ANY_UNIT
+        self.record(op, began, (time.perf_counter() - t0) * 1000, error, side, unit)
+
+    def record(self, op: str, began: float, ms: float, error: bool,
+               side: str = "none", unit: str = ANY_UNIT) -> None:
+        key = (int(began), op, side, unit)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = Bucket()
+            bucket.add(ms, error)
+
+    def take(self) -> list[Row]:
+        """Every bucket recorded since the last take, as plain rows (for the router)."""
+        with self._lock:
+            buckets, self._buckets = self._buckets, {}
+        return [[*key, b.count, b.errors, b.hist] for key, b in sorted(buckets.items())]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def timed(op: str) -> Callable[[F], F]:
+    """Record each call of a ``RoutedCollection`` method in its ``stats``. Bad input is not
+    counted at all: it is refused before any engine sees a request."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            stats: ClientStats = self.stats
+            stats._begin()
+            began, t0 = stats.clock(), time.perf_counter()
+            try:
+                out = fn(self, *args, **kwargs)
+            except (ValueError, InvalidDataError):  # bad input, refused before any engine call
+                raise
+            except BaseException:
+                stats._finish(op, began, t0, error=True)
+                raise
+            stats._finish(op, began, t0, error=False)
+            return out
+        return call  # type: ignore[return-value]
+    return wrap
+
+
+__all__ = ["ANY_UNIT", "BINS", "OPS", "Bucket", "ClientStats", "bin_of", "edge", "merge_hist",
+           "percentile", "timed"]
