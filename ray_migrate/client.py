@@ -26,7 +26,6 @@ import heapq
 import logging
 import math
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
+from ray_migrate.client_points import check_id, points_table
 from ray_migrate.client_stats import ClientStats, timed
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
@@ -47,10 +47,6 @@ from ray_migrate.routing.records import CAPTURING
 from ray_migrate.routing.watch import RouteCache
 from ray_migrate.schema import (
     ID,
-    UINT64_MAX,
-    canonical_json,
-    check_vectors,
-    make_batch,
     payload_dicts,
     vectors_to_numpy,
 )
@@ -183,58 +179,9 @@ class RoutedCollection(Placement):
         return self.inverse.apply(table) if self.inverse is not None else table
 
     # --- input ----------------------------------------------------------------------------
-    def _check_id(self, pid: Any) -> Any:
-        if self.info.id_type == "int":
-            if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
-                raise InvalidPointError(f"id {pid!r}: this collection has unsigned integer ids")
-            if not 0 <= int(pid) <= UINT64_MAX:
-                raise InvalidPointError(f"id {pid!r}: ids must be in 0..2**64-1")
-            return int(pid)
-        if not isinstance(pid, (str, uuid.UUID)):
-            raise InvalidPointError(f"id {pid!r}: this collection has string (UUID) ids")
-        return str(pid)
-
     def to_table(self, points: Iterable[dict[str, Any]] | pa.Table) -> pa.Table:
         """Validate points (ids, dimensions, NaN) and make a canonical table in source terms."""
-        if isinstance(points, pa.Table):
-            table = points
-        else:
-            pts = list(points)
-            ids, payloads = [], []
-            vecs: dict[str, list[Any]] = {v.name: [] for v in self.info.vectors}
-            for p in pts:
-                if not isinstance(p, dict) or "id" not in p:
-                    raise InvalidPointError(f"each point must be a dict with 'id': got {p!r}"[:200])
-                ids.append(self._check_id(p["id"]))
-                v = p.get("vector")
-                named = v if isinstance(v, dict) else {self.info.vectors[0].name: v}
-                for spec in self.info.vectors:
-                    if named.get(spec.name) is None:
-                        raise InvalidPointError(f"point {p['id']!r}: vector {spec.name!r} is "
-                                               "missing")
-                    arr = np.asarray(named[spec.name], dtype=np.float32)
-                    if arr.shape != (spec.dim,):
-                        raise InvalidPointError(f"point {p['id']!r}: vector {spec.name!r} has "
-                                               f"shape {arr.shape}; expected ({spec.dim},)")
-                    vecs[spec.name].append(arr)
-                payload = p.get("payload") or {}
-                try:
-                    canonical_json(payload)
-                except (TypeError, ValueError) as err:
-                    raise InvalidPointError(f"point {p['id']!r}: payload is not JSON: {err}") from None
-                payloads.append(payload)
-            table = make_batch(self.info, ids,
-                               {k: np.stack(v) if v else np.zeros((0, 1), np.float32)
-                                for k, v in vecs.items()}, payloads)
-        try:
-            check_vectors(table, self.info)
-        except InvalidDataError as err:
-            raise InvalidPointError(str(err)) from None
-        ids = table.column(ID).to_pylist()
-        if len(set(ids)) < len(ids):  # the last write of an id wins, as in one engine call
-            last = {pid: i for i, pid in enumerate(ids)}
-            table = table.take(sorted(last.values()))
-        return table
+        return points_table(self.info, points)
 
     # --- writes ---------------------------------------------------------------------------
     def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
@@ -384,7 +331,7 @@ class RoutedCollection(Placement):
 
     @timed("delete")
     def delete(self, ids: Sequence[Any]) -> int:
-        ids = [self._check_id(i) for i in ids]
+        ids = [check_id(self.info, i) for i in ids]
         located = self._locate(ids)
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
@@ -400,7 +347,7 @@ class RoutedCollection(Placement):
     # --- reads ----------------------------------------------------------------------------
     @timed("retrieve")
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
-        ids = [self._check_id(i) for i in ids]
+        ids = [check_id(self.info, i) for i in ids]
         routes = self.routes()
         result: dict[Any, dict[str, Any]] = {}
         for side in self._owners(routes):

@@ -44,6 +44,7 @@ RUN_TIMEOUT_S = 300.0
 WRITER_EXIT_TIMEOUT_S = 120.0
 RELEASE_WAIT_S = 10.0  # a hosted target (LanceDB -> Qdrant) may rightly stay up
 POLL_S = 0.2
+ROLLBACK_WINDOW_S = 20.0
 RATE = float(os.environ.get("RM_MP_RATE", "40"))  # writer ops/s at most
 HERE = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent / "ray-migrate")
@@ -127,7 +128,10 @@ def write_config(tmp: Path, mid: str, case: Case) -> Path:
         "units": {"by": "tenant", "field": "tenant"},
         "copy": {"batch_size": 200, "workers": 2},
         "cutover": {"mode": "auto", "waves": [1, "50%", "100%"], "pause_s": 3},
-        "rollback": {"window_s": 8 if case.rollback else 0},
+        # Room for the operator's `ray-migrate rollback` (its own process: start, connect,
+        # check the config) to reach the canary in its window on a loaded 2-core machine: at 8 s
+        # it took 14 s once and the window had closed.
+        "rollback": {"window_s": ROLLBACK_WINDOW_S if case.rollback else 0},
         "state_uri": str(tmp / "state"),
     }, case.config)
     path = tmp / "migration.yaml"
