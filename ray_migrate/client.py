@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
+from ray_migrate.metrics import TimedBackend, timed
 from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.routing.actor import RouterHandle, get_router
@@ -85,12 +86,12 @@ class _Backends(dict):
     """The client's backends by side, each opened on first use: a side no unit routes to is
     never opened (a Qdrant local store released after the run is not created again)."""
 
-    def __init__(self, opener: Callable[[str], Backend]):
+    def __init__(self, opener: Callable[[str], Backend], migration_id: str):
         super().__init__()
-        self._open = opener
+        self._open, self._migration_id = opener, migration_id
 
-    def __missing__(self, side: str) -> Backend:
-        backend = self[side] = self._open(side)
+    def __missing__(self, side: str) -> Backend:  # its engine calls counted and timed
+        backend = self[side] = TimedBackend(self._open(side), self._migration_id, side)
         return backend
 
 
@@ -117,7 +118,7 @@ class RoutedCollection(Placement):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
         self.cache = RouteCache(router, cfg.migration_id)  # registers; the watch starts now
-        self.backends: dict[str, Backend] = _Backends(self._open)
+        self.backends: dict[str, Backend] = _Backends(self._open, cfg.migration_id)
 
     def _open(self, side: str) -> Backend:
         ep = self.cfg.source if side == "source" else self.cfg.target
@@ -317,6 +318,7 @@ class RoutedCollection(Placement):
         if errors:
             raise errors[0]
 
+    @timed("upsert")
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Insert or replace points by id. With tenant units, an id that lives in another
         tenant now is moved there: its old copy is deleted under a lease on its old unit.
@@ -378,6 +380,7 @@ class RoutedCollection(Placement):
                  for u in {*rows, *moved}}
         self._leased(parts, write)
 
+    @timed("delete")
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [self._check_id(i) for i in ids]
         located = self._locate(ids)
@@ -393,6 +396,7 @@ class RoutedCollection(Placement):
         return len(ids)
 
     # --- reads ----------------------------------------------------------------------------
+    @timed("retrieve")
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
         ids = [self._check_id(i) for i in ids]
         routes = self.routes()
@@ -418,6 +422,7 @@ class RoutedCollection(Placement):
             out.append({"id": pid, "vector": vector, "payload": p})
         return out
 
+    @timed("search")
     def search(self, vector: Sequence[float], k: int = 10,
                filter: dict[str, Any] | None = None, vector_name: str | None = None
                ) -> list[dict[str, Any]]:
@@ -488,6 +493,7 @@ class RoutedCollection(Placement):
     def _inverse_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {self.inverse.rename_fields.get(key, key): v for key, v in payload.items()}
 
+    @timed("count")
     def count(self) -> int:
         routes = self.routes()
         total = 0
