@@ -40,8 +40,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ray_migrate.backends import open_backend
     from ray_migrate.config import load_config
     from ray_migrate.driver import connect
+    from ray_migrate.estimate import ESTIMATE_KEY, estimate_run
     from ray_migrate.plan import PLAN_KEY, load_or_make_plan, save_plan
     from ray_migrate.preflight import preflight
+    from ray_migrate.progress import fmt_s
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
@@ -49,12 +51,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = preflight(cfg, store)  # the checks of run and verify, before anything is written
     if args.address:
         connect(args.address)
-    if plan is None:  # a Qdrant local folder held by a running migration's store host
-        plan = load_or_make_plan(cfg, open_backend(cfg.source), store)
-    elif store.read(PLAN_KEY) is None:
-        save_plan(plan, store)
+    source = open_backend(cfg.source)
+    try:
+        if plan is None:  # a Qdrant local folder held by a running migration's store host
+            plan = load_or_make_plan(cfg, source, store)
+        elif store.read(PLAN_KEY) is None:
+            save_plan(plan, store)
+        est = None if args.no_estimate else estimate_run(cfg, plan, source, args.estimate_s)
+    finally:
+        source.close()
+    if est is not None:  # beside the plan: the run's report shows it next to the actual
+        store.write(ESTIMATE_KEY, est.to_dict())
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
+        doc = {**plan.to_dict(), "estimate": est.to_dict() if est else None}
+        print(json.dumps(doc, indent=1, default=str))
         return 0
     info = plan.source_info
     vecs = ", ".join(f"{v.name}[{v.dim}, {v.distance}]" for v in info.vectors)
@@ -63,6 +73,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{'unit':<40} {'points':>10}")
     for u in plan.units:
         print(f"{u.unit_id:<40} {u.estimated_count:>10}")
+    if est is not None:
+        print(f"estimated duration: {fmt_s(est.seconds)} (read {est.read_points_per_s:,.0f} "
+              f"points/s, write {est.write_points_per_s:,.0f} points/s, from "
+              f"{est.sampled_points} sampled points, {est.parallel} workers at once)")
     for w in plan.warnings:
         print(f"warning: {w}")
     return 0
@@ -188,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("config")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: none)")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--no-estimate", action="store_true",
+                    help="skip the sampled read and write rates and the duration estimate")
+    sp.add_argument("--estimate-s", type=float, default=3.0,
+                    help="at most this long sampling the read and write rates")
     sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("run", help="copy and verify every unit (resumes where it stopped)")
