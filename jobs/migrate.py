@@ -50,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     from ray_migrate.config import load_config
     from ray_migrate.driver import run_migration
     from ray_migrate.errors import ClusterError, RayMigrateError, TransientError
+    from ray_migrate.progress import RunProgress
 
     try:
         config = load_config(args.config)
         log.info("migration %s: %s %s -> %s %s", config.migration_id, config.source.kind,
                  config.source.name, config.target.kind, config.target.name)
-        report = run_migration(config, address=args.address)
+        with RunProgress(config.migration_id, tty=False) as progress:  # lines in the job's log
+            report = run_migration(config, address=args.address, on_started=progress.attach)
     except RayMigrateError as err:  # e.g. DriverBusyError, or a plan that no longer matches
         print(f"error: {err}", file=sys.stderr)
         if isinstance(err, ClusterError):

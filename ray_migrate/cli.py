@@ -40,8 +40,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ray_migrate.backends import open_backend
     from ray_migrate.config import load_config
     from ray_migrate.driver import connect
+    from ray_migrate.estimate import ESTIMATE_KEY, estimate_run
     from ray_migrate.plan import PLAN_KEY, load_or_make_plan, save_plan
     from ray_migrate.preflight import preflight
+    from ray_migrate.progress import fmt_s
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
@@ -49,12 +51,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = preflight(cfg, store)  # the checks of run and verify, before anything is written
     if args.address:
         connect(args.address)
-    if plan is None:  # a Qdrant local folder held by a running migration's store host
-        plan = load_or_make_plan(cfg, open_backend(cfg.source), store)
-    elif store.read(PLAN_KEY) is None:
-        save_plan(plan, store)
+    source = open_backend(cfg.source)
+    try:
+        if plan is None:  # a Qdrant local folder held by a running migration's store host
+            plan = load_or_make_plan(cfg, source, store)
+        elif store.read(PLAN_KEY) is None:
+            save_plan(plan, store)
+        est = None if args.no_estimate else estimate_run(cfg, plan, source, args.estimate_s)
+    finally:
+        source.close()
+    if est is not None:  # beside the plan: the run's report shows it next to the actual
+        store.write(ESTIMATE_KEY, est.to_dict())
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=1, default=str))
+        doc = {**plan.to_dict(), "estimate": est.to_dict() if est else None}
+        print(json.dumps(doc, indent=1, default=str))
         return 0
     info = plan.source_info
     vecs = ", ".join(f"{v.name}[{v.dim}, {v.distance}]" for v in info.vectors)
@@ -63,6 +73,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"{'unit':<40} {'points':>10}")
     for u in plan.units:
         print(f"{u.unit_id:<40} {u.estimated_count:>10}")
+    if est is not None:
+        print(f"estimated duration: {fmt_s(est.seconds)} (read {est.read_points_per_s:,.0f} "
+              f"points/s, write {est.write_points_per_s:,.0f} points/s, from "
+              f"{est.sampled_points} sampled points, {est.parallel} workers at once)")
     for w in plan.warnings:
         print(f"warning: {w}")
     return 0
@@ -71,8 +85,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ray_migrate.config import load_config
     from ray_migrate.driver import run_migration
+    from ray_migrate.progress import RunProgress
 
-    report = run_migration(load_config(args.config), address=args.address)
+    cfg = load_config(args.config)
+    with RunProgress(cfg.migration_id, interval_s=args.progress_s,
+                     enabled=not args.no_progress) as progress:
+        report = run_migration(cfg, address=args.address, on_started=progress.attach)
     print(report.to_table())
     return 0 if report.ok else 1
 
@@ -91,45 +109,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ray_migrate.config import load_config
-    from ray_migrate.lease import describe, running_driver
-    from ray_migrate.routing.actor import CHANGES_KEY, ROUTING_KEY
+    from ray_migrate.progress import status_rows, status_text, watch_status
     from ray_migrate.state import StateStore
 
     cfg = load_config(args.config)
     store = StateStore.of(cfg)
-    driver = running_driver(store)
-    table = store.read(ROUTING_KEY)
-    if table is None:
-        if driver:
-            print(f"migration {cfg.migration_id} is starting; driver: {describe(driver)}")
-            return 0
+    if args.watch:  # until Ctrl-C, or --count times
+        watch_status(lambda: status_rows(cfg, store), args.interval, args.count,
+                     sys.stdout.isatty())
+        return 0
+    doc = status_rows(cfg, store)
+    if doc["units"] is None and not doc["driver"]:
         print(f"migration {cfg.migration_id} has not started (no routing table in "
               f"{cfg.state_uri})", file=sys.stderr)
         return 1
-    logs = store.read(CHANGES_KEY) or {}  # written at most every 0.2 s while running
-    rows = []
-    for unit_id, u in sorted(table["units"].items()):
-        ckpt = store.load_checkpoint(unit_id) or {}
-        copied = max(u.get("copied") or 0, ckpt.get("copied", 0))
-        plan_n = next((p["estimated_count"] for p in (store.read("plan.json") or {}).get(
-            "units", []) if p["unit_id"] == unit_id), None)
-        rows.append({"unit": unit_id, "phase": u["phase"], "owner": u["owner"],
-                     "copied": copied, "total": u.get("total") or plan_n, "lag": len(logs.get(unit_id, [])),
-                     "longest_freeze_ms": round(u["longest_freeze_ms"], 1),
-                     "needs_repair": u["needs_repair"], "last_error": u["last_error"]})
-    if args.json:
-        print(json.dumps({"migration_id": cfg.migration_id, "epoch": table["epoch"],
-                          "driver": driver, "units": rows}, indent=1))
-        return 0
-    print(f"migration {cfg.migration_id}, routing epoch {table['epoch']}")
-    print(f"driver: {describe(driver)}" if driver else "driver: none running")
-    print(f"{'unit':<28} {'phase':<12} {'owner':<7} {'copied/total':>16} {'lag':>6} "
-          f"{'freeze ms':>9}  last error")
-    for r in rows:
-        total = "?" if r["total"] is None else r["total"]
-        print(f"{r['unit']:<28} {r['phase']:<12} {r['owner']:<7} "
-              f"{str(r['copied']) + '/' + str(total):>16} {r['lag']:>6} "
-              f"{r['longest_freeze_ms']:>9}  {r['last_error'] or ''}")
+    if args.json and doc["units"] is not None:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(status_text(doc))
     return 0
 
 
@@ -208,11 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("config")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: none)")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--no-estimate", action="store_true",
+                    help="skip the sampled read and write rates and the duration estimate")
+    sp.add_argument("--estimate-s", type=float, default=3.0,
+                    help="at most this long sampling the read and write rates")
     sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("run", help="copy and verify every unit (resumes where it stopped)")
     sp.add_argument("config")
     sp.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    sp.add_argument("--progress-s", type=float, default=5.0,
+                    help="seconds between progress lines when stdout is not a terminal")
+    sp.add_argument("--no-progress", action="store_true", help="no progress display")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("verify", help="compare counts and checksums of every unit")
@@ -224,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="units, phases, owners, progress and lag")
     sp.add_argument("config")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    sp.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    sp.add_argument("--count", type=int, default=None, help="stop after this many refreshes")
     sp.set_defaults(fn=cmd_status)
 
     for name, fn, what in (("cutover", cmd_cutover, "cut prepared units over to the target"),

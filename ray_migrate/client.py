@@ -37,9 +37,12 @@ import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.client_points import check_id, points_table
-from ray_migrate.client_stats import ClientStats, timed
+from ray_migrate.client_stats import ClientStats
+from ray_migrate.client_stats import timed as counted
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
+from ray_migrate.metrics import TimedBackend
+from ray_migrate.metrics import timed as metered
 from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.routing.actor import RouterHandle, get_router
@@ -54,6 +57,13 @@ from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
 log = logging.getLogger(__name__)
+
+
+def observed(op: str) -> Callable[[Any], Any]:
+    """Each call of a ``RoutedCollection`` method counted and timed twice: in the client's
+    statistics, which go to the router (the report, the gates), and as Ray metrics."""
+    return lambda fn: counted(op)(metered(op)(fn))
+
 
 FREEZE_WAIT_S = 30.0
 # A write spanning several units waits this long, at most, for the moment none of them is
@@ -82,12 +92,12 @@ class _Backends(dict):
     """The client's backends by side, each opened on first use: a side no unit routes to is
     never opened (a Qdrant local store released after the run is not created again)."""
 
-    def __init__(self, opener: Callable[[str], Backend]):
+    def __init__(self, opener: Callable[[str], Backend], migration_id: str):
         super().__init__()
-        self._open = opener
+        self._open, self._migration_id = opener, migration_id
 
-    def __missing__(self, side: str) -> Backend:
-        backend = self[side] = self._open(side)
+    def __missing__(self, side: str) -> Backend:  # its engine calls counted and timed
+        backend = self[side] = TimedBackend(self._open(side), self._migration_id, side)
         return backend
 
 
@@ -115,7 +125,7 @@ class RoutedCollection(Placement):
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
         self.stats = ClientStats()  # what this client sees; the watch hands it to the router
         self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
-        self.backends: dict[str, Backend] = _Backends(self._open)
+        self.backends: dict[str, Backend] = _Backends(self._open, cfg.migration_id)
 
     def _open(self, side: str) -> Backend:
         ep = self.cfg.source if side == "source" else self.cfg.target
@@ -267,7 +277,7 @@ class RoutedCollection(Placement):
         if errors:
             raise errors[0]
 
-    @timed("upsert")
+    @observed("upsert")
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Insert or replace points by id. With tenant units, an id that lives in another
         tenant now is moved there: its old copy is deleted under a lease on its old unit.
@@ -329,7 +339,7 @@ class RoutedCollection(Placement):
                  for u in {*rows, *moved}}
         self._leased(parts, write)
 
-    @timed("delete")
+    @observed("delete")
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [check_id(self.info, i) for i in ids]
         located = self._locate(ids)
@@ -345,7 +355,7 @@ class RoutedCollection(Placement):
         return len(ids)
 
     # --- reads ----------------------------------------------------------------------------
-    @timed("retrieve")
+    @observed("retrieve")
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
         ids = [check_id(self.info, i) for i in ids]
         routes = self.routes()
@@ -372,7 +382,7 @@ class RoutedCollection(Placement):
             out.append({"id": pid, "vector": vector, "payload": p})
         return out
 
-    @timed("search")
+    @observed("search")
     def search(self, vector: Sequence[float], k: int = 10,
                filter: dict[str, Any] | None = None, vector_name: str | None = None
                ) -> list[dict[str, Any]]:
@@ -444,7 +454,7 @@ class RoutedCollection(Placement):
     def _inverse_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {self.inverse.rename_fields.get(key, key): v for key, v in payload.items()}
 
-    @timed("count")
+    @observed("count")
     def count(self) -> int:
         routes = self.routes()
         total = 0

@@ -19,6 +19,7 @@ from ray_migrate.backends import Backend, open_backend
 from ray_migrate.cluster import check_feasible, probe_address
 from ray_migrate.config import MigrationConfig
 from ray_migrate.errors import ClusterError, TerminalError
+from ray_migrate.estimate import ESTIMATE_KEY
 from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.pool import run_on_pool, start_workers
@@ -115,6 +116,7 @@ class Migration:
                                               save=False)
         self.plan = plan
         self.report.warnings = list(plan.warnings)
+        self.report.estimate = self.store.read(ESTIMATE_KEY)  # `ray-migrate plan`'s, if any
         # Step 2: prepare the target before anything is written.
         self.target = prepare_target(cfg, plan)
         save_plan(plan, self.store)

@@ -65,6 +65,13 @@ class RunReport(BaseModel):
     finalize: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     expect_cutover: bool = False  # auto mode: every unit must end on the target
+    estimate: dict[str, Any] | None = None  # ``ray-migrate plan``'s (``estimate.Estimate``)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def seconds(self) -> float | None:
+        """The actual duration, beside ``estimate.seconds``."""
+        return None if self.finished_at is None else round(self.finished_at - self.started_at, 2)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +137,9 @@ class RunReport(BaseModel):
         elapsed = (self.finished_at or time.time()) - self.started_at
         rate = self.total_copied_now / elapsed if elapsed > 0 else 0.0
         verdict = "OK" if self.ok else "NOT OK: " + "; ".join(self.why_not_ok())
+        if self.estimate:
+            lines.append(f"took {elapsed:.0f}s; `ray-migrate plan` estimated "
+                         f"{self.estimate['seconds']:.0f}s")
         lines.append(f"{len(self.units)} units, {self.total_copied_now} points copied in "
                      f"{elapsed:.1f}s ({rate:,.0f} points/s overall): {verdict}")
         return "\n".join(lines)

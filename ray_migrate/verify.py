@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ray_migrate import failpoints
+from ray_migrate import failpoints, metrics
 from ray_migrate.backends.base import Backend
 from ray_migrate.checksum import Digest, bucket_of, point_hashes
 from ray_migrate.state import StateStore, safe_name
@@ -50,6 +50,8 @@ def save_verdict(store: StateStore, unit_id: str, verdict: UnitVerdict | None) -
     run that skips the unit reports what was found, not a guess."""
     doc = None
     if verdict is not None:
+        n = len(verdict.missing_ids) + len(verdict.extra_ids) + len(verdict.changed_ids)
+        metrics.verified(store.migration_id, unit_id, n if verdict.equal else max(n, 1))
         doc = {**verdict.to_dict(), "at": time.time()}
         for key in ("missing_ids", "extra_ids", "changed_ids"):
             doc[key] = doc[key][:KEPT_IDS]

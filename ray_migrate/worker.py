@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ray_migrate import failpoints
+from ray_migrate import failpoints, metrics
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync, apply_units
 from ray_migrate.config import MigrationConfig
@@ -168,6 +168,7 @@ class UnitWorker:
                                fresh_target=fresh)
             out.update(result.to_dict(), points_per_s=result.points_per_s)
             router.call("update_progress", uid, copied=result.copied)
+            metrics.copy_ended(self.cfg.migration_id, uid)
             router.call("set_phase", uid, "catching_up")
         else:
             out["status"] = "skipped"
@@ -184,8 +185,15 @@ class UnitWorker:
         return {**out, "phase": "ready"}
 
     def _progress(self, unit_id: str) -> Any:
+        mid = self.cfg.migration_id  # metrics count the points this copy writes, from its start
+        last = [(self.store.load_checkpoint(unit_id) or {}).get("copied", 0), time.monotonic()]
+
         def on_batch(copied: int) -> None:  # fire and forget: progress is only shown
             self.router.actor.update_progress.remote(unit_id, copied)
+            now = time.monotonic()
+            metrics.points_copied(mid, unit_id, copied - last[0],
+                                  (copied - last[0]) / max(now - last[1], 1e-6))
+            last[:] = [copied, now]
 
         return on_batch
 

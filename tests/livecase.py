@@ -180,9 +180,10 @@ class LiveRun:
     joined to ``head``; every process's output in ``<tmp>/<name>.out``."""
 
     def __init__(self, head: Head, tmp: Path, mid: str, case: Case, cfg: Path,
-                 initial: dict[int, tuple[bytes, dict]], writer_args: tuple[str, ...] = ()):
+                 initial: dict[int, tuple[bytes, dict]], writer_args: tuple[str, ...] = (),
+                 run_args: tuple[str, ...] = ()):
         self.head, self.tmp, self.mid, self.case, self.cfg = head, tmp, mid, case, cfg
-        self.initial, self.writer_args = initial, writer_args
+        self.initial, self.writer_args, self.run_args = initial, writer_args, run_args
         self.procs: dict[str, subprocess.Popen] = {}
         self.out = Outcome()
         self.outputs: list[str] = []
@@ -207,7 +208,7 @@ class LiveRun:
     def start_run(self) -> None:
         """`ray-migrate run` (again, after a killed one: output ``run-2.out`` and so on)."""
         n = len(self.out.run_rcs) + ("run" in self.procs)
-        proc = self.cli("run", name="run" if n == 0 else f"run-{n + 1}")
+        proc = self.cli("run", *self.run_args, name="run" if n == 0 else f"run-{n + 1}")
         self.procs["run"] = proc
 
     def kill_run(self) -> int:

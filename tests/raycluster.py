@@ -54,6 +54,11 @@ class Head:
     proc: subprocess.Popen
     log_path: Path
     temp_dir: str
+    metrics_port: int | None = None  # the node's Prometheus export (``--metrics-export-port``)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}"
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -211,7 +216,7 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, dashboard: bool = False,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     head = Head(address=f"127.0.0.1:{gcs}", env=env, token=token,
                 dashboard_url=f"http://127.0.0.1:{dash}" if dashboard else None, proc=proc,
-                log_path=log_path, temp_dir=temp_dir)
+                log_path=log_path, temp_dir=temp_dir, metrics_port=metrics)
     try:
         _wait_ready(head, START_TIMEOUT_S)
         yield head

@@ -9,11 +9,13 @@ retries while the actor restarts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from typing import Any
 
+from ray_migrate import metrics
 from ray_migrate.priority import process_at_normal_priority
 from ray_migrate.routing.client_stats import StatsSeries
 from ray_migrate.routing.durable import CHANGES_KEY, FLUSH_S, ROUTING_KEY, DurableTable
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "ray_migrate"
 PRESENCE_KEY = "presence.json"  # the drivers that run, for a router rebuilt after a crash
 RELEASE_EVERY_S = 1.0  # how often the router looks for stores that no one needs
+METRICS_EVERY_S = 1.0  # how often the units' phases and lags go to the metrics
 RELEASE_DRAIN_S = 10.0  # at most this long a release waits for writes under way on the store
 __all__ = ["CHANGES_KEY", "FLUSH_S", "NAMESPACE", "ROUTING_KEY", "Router", "RouterHandle",
            "get_router", "router_name", "start_router"]
@@ -78,14 +81,29 @@ class Router:
         self._changed = Signal()  # fired on every new epoch
         self._ended = Signal()  # fired when writes end
         self.table.on_change = self._changed.fire
+        self.table.on_freeze = functools.partial(metrics.freeze, migration_id)
+        self._metrics_task: asyncio.Task | None = None  # started with the event loop
         self._driver: dict[str, Any] | None = None  # the lease holder (``claim_driver``)
         self._presence_state: Presence | None = None  # made in the event loop (``_presence``)
+
+    async def _metrics_loop(self) -> None:
+        """Every unit's phase and catch-up lag to the metrics, every METRICS_EVERY_S."""
+        mid = self.store.migration_id
+        while True:
+            for unit_id, (phase, lag, _reserved, age) in self.table.lags().items():
+                metrics.unit_state(mid, unit_id, phase, lag, age)
+            await asyncio.sleep(METRICS_EVERY_S)
+
+    def _start_metrics(self) -> None:
+        if self._metrics_task is None:
+            self._metrics_task = asyncio.get_running_loop().create_task(self._metrics_loop())
 
     async def describe(self) -> dict[str, Any]:
         return {**self.info, "epoch": self.table.epoch, "state_uri": self.store.uri,
                 "pid": os.getpid()}
 
     async def routes(self) -> dict[str, Any]:
+        self._start_metrics()
         return {"epoch": self.table.epoch,
                 "units": {k: (u.owner, u.phase) for k, u in self.table.units.items()}}
 
@@ -126,6 +144,7 @@ class Router:
         return out
 
     async def set_phase(self, unit_id: str, phase: str) -> int:
+        self._start_metrics()
         return self.durable.set_phase(unit_id, phase)  # type: ignore[arg-type]
 
     async def lift_freeze(self, unit_id: str, phase: str) -> bool:
@@ -252,6 +271,7 @@ class Router:
         return True
 
     async def lags(self) -> dict[str, tuple[str, int, bool, float]]:
+        self._start_metrics()
         return self.table.lags()
 
     async def peek_changes(self, unit_id: str) -> list[Any]:
@@ -267,6 +287,7 @@ class Router:
         return self.durable.ack_changes(unit_id, seq, holder)
 
     async def unit(self, unit_id: str) -> dict[str, Any]:
+        self._start_metrics()
         u = self.table.unit(unit_id)
         return {"owner": u.owner, "phase": u.phase, "lag": len(u.log), "flips": u.flips,
                 "capture_epoch": u.capture_epoch, "needs_repair": u.needs_repair,

@@ -61,6 +61,7 @@ class RoutingTable(ApplierGate):
         self.epoch = 1
         self.incarnation = incarnation
         self.on_change: Callable[[], None] | None = None  # told of every new epoch
+        self.on_freeze: Callable[[str, float], None] | None = None  # (unit, ms) as one ends
         self.units: dict[str, UnitRoute] = {u: UnitRoute(u) for u in unit_ids}
         self.lease_s = lease_s
         self.freeze_timeout_s = freeze_timeout_s
@@ -106,6 +107,8 @@ class RoutingTable(ApplierGate):
             raise TransitionError(f"unit {unit_id}: cannot go from {u.phase} to {phase}")
         if u.phase == "frozen" and u.frozen_at is not None:
             u.longest_freeze_ms = max(u.longest_freeze_ms, (now - u.frozen_at) * 1000)
+            if self.on_freeze is not None:
+                self.on_freeze(unit_id, (now - u.frozen_at) * 1000)
             u.frozen_at = None
         if phase == "frozen":
             u.frozen_at = now
