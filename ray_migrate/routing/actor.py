@@ -19,6 +19,7 @@ from ray_migrate import metrics
 from ray_migrate.priority import process_at_normal_priority
 from ray_migrate.routing.client_stats import StatsSeries
 from ray_migrate.routing.durable import CHANGES_KEY, FLUSH_S, ROUTING_KEY, DurableTable
+from ray_migrate.routing.handle import RouterHandle, Signal
 from ray_migrate.routing.presence import Presence, stores_of
 from ray_migrate.state import StateStore
 
@@ -36,27 +37,6 @@ __all__ = ["CHANGES_KEY", "FLUSH_S", "NAMESPACE", "ROUTING_KEY", "Router", "Rout
 def router_name(migration_id: str) -> str:
     return f"rm:{migration_id}:router"
 
-
-class Signal:
-    """Wakes everyone waiting at the moment it fires, once: an asyncio.Event made by the first
-    waiter and dropped when set, so a later waiter waits for the next firing."""
-
-    def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
-
-    def fire(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self, timeout_s: float) -> None:
-        """Until the next firing, or ``timeout_s``."""
-        if self._event is None:
-            self._event = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
 
 class Router:
     """The actor's body. Async, so waits (leases, freezes) never block other callers."""
@@ -494,28 +474,3 @@ def get_router(migration_id: str) -> RouterHandle:
             f"no router for migration {migration_id!r} in this Ray cluster: start the "
             "migration with `ray-migrate run CONFIG` (or connect to the cluster that runs it)"
         ) from None
-
-
-class RouterHandle:
-    """Calls the router and waits for the answer; retries while a killed router restarts."""
-
-    def __init__(self, actor: Any):
-        self.actor = actor
-
-    def call(self, method: str, *args: Any, timeout_s: float = 60.0, **kwargs: Any) -> Any:
-        import ray
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return ray.get(getattr(self.actor, method).remote(*args, **kwargs))
-            except (RayActorError, ActorUnavailableError):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        import ray
-
-        ray.kill(self.actor, no_restart=True)
