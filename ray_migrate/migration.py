@@ -39,7 +39,8 @@ REPORT_KEY = "report.json"
 FINALIZED_KEY = "finalized.json"
 FOLLOWER_PAUSE_S = 30.0
 VERDICT_KEYS = ("source_count", "target_count", "source_checksum", "target_checksum", "equal",
-                "differing_buckets", "missing_ids", "extra_ids", "changed_ids", "pending")
+                "differing_buckets", "missing_ids", "extra_ids", "changed_ids", "pending",
+                "missing_count", "extra_count", "changed_count", "ids_file")
 
 
 def connect(address: str | None = None) -> None:
@@ -219,7 +220,8 @@ class Migration:
 
     def _set_verdict(self, row: UnitReport, v: dict[str, Any]) -> None:
         for key in VERDICT_KEYS:
-            setattr(row, key, v[key])
+            if key in v:  # a verdict stored by an older version lacks the counts
+                setattr(row, key, v[key])
         if not v["equal"]:
             row.status = "failed"
             row.error = row.error or "source and target differ after repair"
@@ -242,6 +244,7 @@ class Migration:
                 continue
             for key in VERDICT_KEYS:
                 setattr(row, key, v[key])
+            row.unverified = False
 
     # --- Step 5: compact and index the target after the bulk load -------------------------
     def finalize_target(self) -> None:

@@ -95,6 +95,12 @@ class StateStore:
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
+    def path_of(self, key: str) -> str:
+        """Where a document is, as a user opens it: a local path, or ``s3://bucket/...``."""
+        if self._local:
+            return self._path(key)
+        return f"{self.uri.split('://')[0]}://{self._path(key)}"
+
     def write(self, key: str, doc: Any) -> None:
         path = self._path(key)
         data = json.dumps(doc, indent=1, sort_keys=True, default=str).encode()

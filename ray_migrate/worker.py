@@ -32,7 +32,7 @@ from ray_migrate.routing.records import CAPTURING, FOLLOWED, Owner, TransitionEr
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
-from ray_migrate.verify import save_verdict, verify_unit
+from ray_migrate.verify import save_verdict, spill_ids, verify_unit
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ class UnitWorker:
             self._forward(spec).until(cut.ready_lag, timeout_s=60)
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
-            out["verdict"] = verdict.to_dict()
             save_verdict(self.store, uid, verdict)
+            out["verdict"] = spill_ids(self.store, verdict).to_dict()
             if not verdict.equal:
                 return {**out, "phase": self._phase(uid)}
             router.call("clear_repair", uid)
@@ -204,8 +204,7 @@ class UnitWorker:
         for _ in range(self.cfg.verify.max_repair_rounds + 1):
             name = f"verify:{uuid.uuid4().hex}"
             self.router.call("watch", spec.unit_id, name)
-            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch,
-                                  max_ids=1_000_000)
+            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch)
             touched = self.router.call("watched", spec.unit_id, name)
             if touched is None:  # the router restarted meanwhile: look again
                 log.warning("unit %s: the router lost the verify's watch; verifying again",
@@ -242,7 +241,7 @@ class UnitWorker:
         spec = UnitSpec.from_dict(unit)
         verdict = verify_unit(spec, self.source, self.target, self.forward,
                               batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
-        return verdict.to_dict()
+        return spill_ids(self.store, verdict).to_dict()
 
     # --- the follower: keeps waiting units caught up ---------------------------------------
     def _follow(self) -> None:
