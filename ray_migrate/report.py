@@ -38,6 +38,7 @@ class UnitReport(BaseModel):
     extra_count: int = 0
     changed_count: int = 0
     ids_file: str | None = None  # the full lists, when longer than verify.INLINE_IDS
+    parity: dict[str, Any] | None = None  # query parity (``ray_migrate.parity``), if measured
     phase: str | None = None
     owner: str | None = None
     freeze_ms: float | None = None
@@ -131,6 +132,7 @@ class RunReport(BaseModel):
         # The reason a unit failed, whole: the note column shows its first 80 characters.
         lines += [f"{u.unit_id} failed: {u.error}" for u in self.units
                   if u.status == "failed" and u.error and len(u.error) > 80]
+        lines += [_parity_line(u.unit_id, u.parity) for u in self.units if u.parity]
         lines += [f"{u.unit_id}: every differing id ({u.missing_count} missing, "
                   f"{u.extra_count} extra, {u.changed_count} changed) is in {u.ids_file}"
                   for u in self.units if u.ids_file]
@@ -140,6 +142,13 @@ class RunReport(BaseModel):
         lines.append(f"{len(self.units)} units, {self.total_copied_now} points copied in "
                      f"{elapsed:.1f}s ({rate:,.0f} points/s overall): {verdict}")
         return "\n".join(lines)
+
+
+def _parity_line(unit_id: str, p: dict[str, Any]) -> str:
+    return (f"{unit_id}: parity over {p['queries']} queries: recall@{p['k']} source "
+            f"{p['recall_at_k_source']:.3f}, target {p['recall_at_k_target']:.3f}; overlap "
+            f"{p['overlap_at_k']:.3f}; p95 {p['p95_ms_source']:.1f} ms source, "
+            f"{p['p95_ms_target']:.1f} ms target")
 
 
 def _n(v: int | None) -> str:

@@ -20,10 +20,11 @@ from typing import Any
 from ray_migrate import failpoints
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync, apply_units
-from ray_migrate.config import MigrationConfig
+from ray_migrate.config import MigrationConfig, ParityConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction, switch_result, switch_unit
 from ray_migrate.errors import TerminalError
+from ray_migrate.parity import plan_parity, recall_gate
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.retry import RetryPolicy
@@ -180,6 +181,13 @@ class UnitWorker:
             if not verdict.equal:
                 return {**out, "phase": self._phase(uid)}
             router.call("clear_repair", uid)
+        if self.cfg.verify.parity is not None:  # the recall gate, before the unit is ready
+            out["parity"] = self.parity(unit)
+            why = recall_gate(out["parity"], self.cfg.cutover.gates.min_recall)
+            if why:
+                log.error("unit %s: %s", uid, why)
+                router.call("update_progress", uid, error=why)
+                return {**out, "phase": self._phase(uid), "gate": why}
         router.call("set_phase", uid, "ready")
         return {**out, "phase": "ready"}
 
@@ -242,6 +250,13 @@ class UnitWorker:
         verdict = verify_unit(spec, self.source, self.target, self.forward,
                               batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
         return spill_ids(self.store, verdict).to_dict()
+
+    def parity(self, unit: dict[str, Any], cfg: ParityConfig | None = None
+               ) -> dict[str, Any] | None:
+        """Query parity of the unit (``ray_migrate.parity``), from source to target."""
+        return plan_parity(self.plan, UnitSpec.from_dict(unit), self.source, self.target,
+                           self.forward, cfg or self.cfg.verify.parity or ParityConfig(),
+                           batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
 
     # --- the follower: keeps waiting units caught up ---------------------------------------
     def _follow(self) -> None:
