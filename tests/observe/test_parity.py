@@ -157,3 +157,17 @@ def test_gates_parse_and_min_recall_needs_parity():
         MigrationConfig(**base, cutover={"gates": {"min_recall": 0.9}})
     with pytest.raises(ValidationError, match="min_recall"):
         MigrationConfig(**base, verify={"parity": {}}, cutover={"gates": {"min_recall": 1.5}})
+
+
+def test_parity_searches_through_the_targets_index(ray_cluster, tmp_path, capsys):
+    """A LanceDB target indexed with IVF_PQ after the copy: parity goes through the index, so
+    the target's recall is what its users get (below the exact source's), and min_recall
+    keeps such a unit on the source."""
+    seed_qdrant(str(tmp_path / "src"), "docs", make_points(600, tenants=1))
+    cfg = write_cfg(tmp_path, cutover={"mode": "manual"}, verify={"parity": {"queries": 30}},
+                    lance={"index_min_rows": 256, "index_type": "IVF_PQ"})
+    assert main(["run", cfg]) == 0
+    capsys.readouterr()
+    assert main(["verify", cfg, "--json"]) == 0
+    p = units_of(capsys)["tenant=t0"]["parity"]
+    assert p["recall_at_k_source"] == 1.0 and p["recall_at_k_target"] < 1.0, p
