@@ -29,6 +29,7 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 MAX_EXACT_POINTS = 200_000  # brute force reads at most this many points of a unit
+MAX_EXACT_FLOATS = 25_000_000  # and at most this many floats per side (100 MB): 32k at 768-d
 
 
 @dataclass
@@ -118,16 +119,17 @@ def _recall_in_unit(hits: list[Any], truth: Side, q: np.ndarray, members: set[An
 
 def unit_parity(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
                 vector: tuple[str, str, str], queries: int, k: int, batch_size: int = 2000,
-                seed: int = 0) -> ParityResult | None:
+                seed: int = 0, limit: int = MAX_EXACT_POINTS) -> ParityResult | None:
     """Parity of one unit; None when it has no points. ``vector``: (source name, source
-    distance, target distance) of the vector searched."""
+    distance, target distance) of the vector searched; ``limit``: points read at most."""
     name, src_dist, dst_dist = vector
-    src_vecs, dst_vecs, ids, bounded = read_unit(unit, source, transform, name, batch_size)
+    src_vecs, dst_vecs, ids, bounded = read_unit(unit, source, transform, name, batch_size,
+                                                 limit)
     if not ids:
         return None
     if bounded:
         log.warning("unit %s: parity's brute force reads only the first %d points; its "
-                    "recall is a lower bound", unit.unit_id, MAX_EXACT_POINTS)
+                    "recall is a lower bound", unit.unit_id, limit)
     sides = {"source": Side(ids, src_vecs, src_dist), "target": Side(ids, dst_vecs, dst_dist)}
     picks = np.random.default_rng(seed).choice(len(ids), size=min(queries, len(ids)),
                                                replace=False)
@@ -176,7 +178,8 @@ def plan_parity(plan: Plan, unit: UnitSpec, source: Backend, target: Backend,
     tvec = plan.target_info.vector(transform.rename_vectors.get(name, name))
     res = unit_parity(unit, source, target, transform,
                       (name, vec.distance, tvec.distance if tvec else vec.distance),
-                      cfg.queries, cfg.k, batch_size=batch_size)
+                      cfg.queries, cfg.k, batch_size=batch_size,
+                      limit=max(1, min(MAX_EXACT_POINTS, MAX_EXACT_FLOATS // vec.dim)))
     return None if res is None else res.to_dict()
 
 

@@ -171,3 +171,25 @@ def test_parity_searches_through_the_targets_index(ray_cluster, tmp_path, capsys
     assert main(["verify", cfg, "--json"]) == 0
     p = units_of(capsys)["tenant=t0"]["parity"]
     assert p["recall_at_k_source"] == 1.0 and p["recall_at_k_target"] < 1.0, p
+
+
+def test_a_unit_larger_than_the_bound_is_measured_on_its_first_points(tmp_path):
+    """No Ray: the bound on the brute force is reported (``bounded``), with the points read."""
+    from truth import seed_lance_native
+
+    from ray_migrate.backends import open_backend
+    from ray_migrate.config import LanceEndpoint, TransformConfig
+    from ray_migrate.parity import unit_parity
+    from ray_migrate.transform import Transform
+    from ray_migrate.units import UnitSpec
+
+    seed_lance_native(str(tmp_path / "l"), "docs", list(range(1, 301)))
+    side = open_backend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "l"), table="docs"))
+    unit = UnitSpec("tenant=t0", "tenant", field="tenant", value="t0")
+    whole = unit_parity(unit, side, side, Transform(TransformConfig()), ("vector", "l2", "l2"),
+                        queries=10, k=5)
+    assert whole is not None and not whole.bounded and whole.exact_points == 150
+    assert whole.recall_at_k_source == whole.recall_at_k_target == whole.overlap_at_k == 1.0
+    part = unit_parity(unit, side, side, Transform(TransformConfig()), ("vector", "l2", "l2"),
+                       queries=10, k=5, limit=60)
+    assert part is not None and part.bounded and part.exact_points == 60
