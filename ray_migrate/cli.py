@@ -99,7 +99,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ray_migrate.config import load_config
     from ray_migrate.driver import verify_migration
 
-    report = verify_migration(load_config(args.config), address=args.address)
+    report = verify_migration(load_config(args.config), address=args.address,
+                              parity=args.parity)
     if args.json:
         print(json.dumps(report.model_dump(mode="json"), indent=1))
     else:
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("config")
     sp.add_argument("--address", default=None)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--parity", action="store_true", help="also measure query parity: recall@k "
+                    "of both sides against brute force, overlap, latency (verify.parity)")
     sp.set_defaults(fn=cmd_verify)
 
     sp = sub.add_parser("status", help="units, phases, owners, progress and lag")

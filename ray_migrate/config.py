@@ -169,9 +169,31 @@ class LanceTargetOptions(_Model):
         "each slows later reads and the cutover's drain); 0 turns it off")
 
 
+class ParityConfig(_Model):
+    """Query parity (``ray_migrate.parity``): recall@k of both sides against brute force."""
+
+    queries: int = Field(default=50, ge=1, le=10_000, description="points sampled from each "
+                         "unit and searched on both sides")
+    k: int = Field(default=10, ge=1, le=1000)
+    vector: str | None = Field(default=None, description="the source vector searched "
+                               "(default: the first)")
+
+
 class VerifyConfig(_Model):
     enabled: bool = True
     max_repair_rounds: int = Field(default=3, ge=0)
+    parity: ParityConfig | None = Field(default=None, description="measure query parity of "
+                                        "every unit before its cutover (off by default)")
+
+
+class GatesConfig(_Model):
+    """What a unit or a wave must meet to go on. ``min_recall`` is applied before each unit's
+    cutover (needs ``verify.parity``); the other two are parsed and applied by the SLO-gated
+    waves (not yet)."""
+
+    min_recall: float | None = Field(default=None, ge=0, le=1)
+    max_p95_ratio: float | None = Field(default=None, gt=0)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
 
 
 class CutoverConfig(_Model):
@@ -187,6 +209,7 @@ class CutoverConfig(_Model):
     write_lease_s: float = Field(default=30.0, gt=0)
     concurrency: int = Field(default=1, ge=1, description="units cut over at the same time; "
                              "one at a time keeps each freeze short on a small cluster")
+    gates: GatesConfig = GatesConfig()
 
     @field_validator("waves")
     @classmethod
@@ -263,6 +286,14 @@ class MigrationConfig(_Model):
                 "rollback.window_s: the transform cannot be inverted (it drops fields or has "
                 "a function without transform.inverse_function), so target writes cannot be "
                 "synced back; set rollback.window_s: 0 or declare the inverse")
+        return self
+
+    @model_validator(mode="after")
+    def _recall_needs_parity(self) -> MigrationConfig:
+        if self.cutover.gates.min_recall is not None and self.verify.parity is None:
+            raise ValueError(
+                "cutover.gates.min_recall: recall is measured by query parity, which is off; "
+                "add verify: {parity: {queries: 50, k: 10}} or remove min_recall")
         return self
 
     @property

@@ -55,13 +55,14 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
 
 
 def verify_migration(cfg: MigrationConfig, address: str | None = None,
-                     release_stores: bool = True) -> RunReport:
+                     release_stores: bool = True, parity: bool = False) -> RunReport:
     """Verify every unit of a planned migration without copying anything; a run going on
-    meanwhile is not disturbed (no lease, no actor started)."""
+    meanwhile is not disturbed (no lease, no actor started). ``parity``: measure query
+    parity too (also when ``verify.parity`` is set)."""
     m = Migration(cfg, address, command="verify")
     try:
         m.start(workers=False)
-        m.verify_units()
+        m.verify_units(parity=parity)
     finally:
         report = m.close(release_stores)
     return report

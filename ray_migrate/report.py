@@ -34,6 +34,11 @@ class UnitReport(BaseModel):
     extra_ids: list[Any] = Field(default_factory=list)
     changed_ids: list[Any] = Field(default_factory=list)
     pending: int = 0
+    missing_count: int = 0  # every differing id is counted; the lists may be cut (ids_file)
+    extra_count: int = 0
+    changed_count: int = 0
+    ids_file: str | None = None  # the full lists, when longer than verify.INLINE_IDS
+    parity: dict[str, Any] | None = None  # query parity (``ray_migrate.parity``), if measured
     phase: str | None = None
     owner: str | None = None
     freeze_ms: float | None = None
@@ -121,8 +126,8 @@ class RunReport(BaseModel):
                 note = "writes during the verify, since caught up" + (
                     f" ({u.pending} ids)" if u.pending else "")
             if u.equal is False:
-                note = (f"missing {len(u.missing_ids)}, extra {len(u.extra_ids)}, "
-                        f"changed {len(u.changed_ids)}; e.g. "
+                note = (f"missing {u.missing_count}, extra {u.extra_count}, "
+                        f"changed {u.changed_count}; e.g. "
                         f"{(u.missing_ids + u.extra_ids + u.changed_ids)[:3]}")
             rows.append((u.unit_id, u.status, str(u.copied), f"{u.points_per_s:,.0f}",
                          _n(u.source_count), _n(u.target_count), check, u.phase or "-",
@@ -134,6 +139,10 @@ class RunReport(BaseModel):
         # The reason a unit failed, whole: the note column shows its first 80 characters.
         lines += [f"{u.unit_id} failed: {u.error}" for u in self.units
                   if u.status == "failed" and u.error and len(u.error) > 80]
+        lines += [_parity_line(u.unit_id, u.parity) for u in self.units if u.parity]
+        lines += [f"{u.unit_id}: every differing id ({u.missing_count} missing, "
+                  f"{u.extra_count} extra, {u.changed_count} changed) is in {u.ids_file}"
+                  for u in self.units if u.ids_file]
         elapsed = (self.finished_at or time.time()) - self.started_at
         rate = self.total_copied_now / elapsed if elapsed > 0 else 0.0
         verdict = "OK" if self.ok else "NOT OK: " + "; ".join(self.why_not_ok())
@@ -143,6 +152,13 @@ class RunReport(BaseModel):
         lines.append(f"{len(self.units)} units, {self.total_copied_now} points copied in "
                      f"{elapsed:.1f}s ({rate:,.0f} points/s overall): {verdict}")
         return "\n".join(lines)
+
+
+def _parity_line(unit_id: str, p: dict[str, Any]) -> str:
+    return (f"{unit_id}: parity over {p['queries']} queries: recall@{p['k']} source "
+            f"{p['recall_at_k_source']:.3f}, target {p['recall_at_k_target']:.3f}; overlap "
+            f"{p['overlap_at_k']:.3f}; p95 {p['p95_ms_source']:.1f} ms source, "
+            f"{p['p95_ms_target']:.1f} ms target")
 
 
 def _n(v: int | None) -> str:

@@ -2,7 +2,9 @@
 
 The source side is hashed as the target should hold it (transform applied, then the target's
 own stored form, e.g. Qdrant's cosine normalization), so equal data gives equal digests. When
-digests differ, a second pass over only the differing buckets lists the ids at fault.
+digests differ, a second pass reads the unit again and hashes only the points of the differing
+buckets, listing every id at fault (no cap); a long list goes to a file under ``state_uri``
+(``spill_ids``) and the verdict keeps counts, the first ids and the file's path.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from ray_migrate import failpoints, metrics
 from ray_migrate.backends.base import Backend
 from ray_migrate.checksum import Digest, bucket_of, point_hashes
+from ray_migrate.schema import ID
 from ray_migrate.state import StateStore, safe_name
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -33,12 +38,38 @@ class UnitVerdict:
     extra_ids: list[Any] = field(default_factory=list)  # on the target, not on the source
     changed_ids: list[Any] = field(default_factory=list)  # on both, with other content
     pending: int = 0  # differences of ids logged during the verify: catch-up applies them
+    missing_count: int = 0  # the lists' lengths, also when the lists are cut (``spill_ids``)
+    extra_count: int = 0
+    changed_count: int = 0
+    ids_file: str | None = None  # every differing id, when there were more than INLINE_IDS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 KEPT_IDS = 20  # differing ids kept in a stored verdict, as examples
+INLINE_IDS = 1000  # up to this many differing ids a verdict lists them all; above, in a file
+ID_LISTS = ("missing_ids", "extra_ids", "changed_ids")
+
+
+def ids_key(unit_id: str) -> str:
+    return f"verify/{safe_name(unit_id)}.json"
+
+
+def spill_ids(store: StateStore, verdict: UnitVerdict, inline: int | None = None) -> UnitVerdict:
+    """Keep a verdict small enough for Ray, the report and ``--json``: past ``inline`` ids
+    (default ``INLINE_IDS``) the full lists go to ``verify/<unit>.json`` under the migration's
+    state, and the verdict keeps the counts, the first ``KEPT_IDS`` ids of each and the path."""
+    limit = INLINE_IDS if inline is None else inline
+    lists = {key: getattr(verdict, key) for key in ID_LISTS}
+    if sum(len(v) for v in lists.values()) <= limit:
+        return verdict
+    key = ids_key(verdict.unit_id)
+    store.write(key, {"unit_id": verdict.unit_id, "at": time.time(), **lists})
+    verdict.ids_file = store.uri_of(key)
+    for name, ids in lists.items():
+        setattr(verdict, name, ids[:KEPT_IDS])
+    return verdict
 
 
 def verdict_key(unit_id: str) -> str:
@@ -52,10 +83,10 @@ def save_verdict(store: StateStore, unit_id: str, verdict: UnitVerdict | None) -
     if verdict is not None:
         # An equal verdict may list ids that differed while live writes went on (``pending``:
         # catch-up applies them): they are no mismatch.
-        n = len(verdict.missing_ids) + len(verdict.extra_ids) + len(verdict.changed_ids)
+        n = verdict.missing_count + verdict.extra_count + verdict.changed_count
         metrics.verified(store.migration_id, unit_id, 0 if verdict.equal else max(n, 1))
         doc = {**verdict.to_dict(), "at": time.time()}
-        for key in ("missing_ids", "extra_ids", "changed_ids"):
+        for key in ID_LISTS:
             doc[key] = doc[key][:KEPT_IDS]
     store.write(verdict_key(unit_id), doc)
 
@@ -73,18 +104,24 @@ def source_digest(unit: UnitSpec, source: Backend, target: Backend, transform: T
 
 
 def _hashes_in(tables: Any, buckets: set[int]) -> dict[Any, int]:
+    """Content hashes of the points in ``buckets`` only: the others are not hashed."""
     out: dict[Any, int] = {}
     for t in tables:
-        ids, hashes = point_hashes(t)
-        for pid, h in zip(ids, hashes, strict=True):
-            if bucket_of(pid) in buckets:
-                out[pid] = h
+        keep = [bucket_of(pid) in buckets for pid in t.column(ID).to_pylist()]
+        if not any(keep):
+            continue
+        ids, hashes = point_hashes(t.filter(pa.array(keep)) if not all(keep) else t)
+        out.update(zip(ids, hashes, strict=True))
     return out
 
 
 def diff_ids(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
-             buckets: list[int], batch_size: int, limit: int) -> tuple[list, list, list]:
-    """Ids missing on the target, extra on the target, and changed, within ``buckets``."""
+             buckets: list[int], batch_size: int, limit: int | None = None
+             ) -> tuple[list, list, list]:
+    """Ids missing on the target, extra on the target, and changed, within ``buckets``
+    (every one of them unless ``limit``). The backends cannot select points by bucket (a
+    bucket is a hash of the id), so both sides are scanned whole once more, but only the
+    points of ``buckets`` are hashed and kept."""
     wanted = set(buckets)
     src = _hashes_in((target.stored_form(transform.apply(b))
                       for b, _ in source.scan(unit, batch_size)), wanted)
@@ -96,7 +133,9 @@ def diff_ids(unit: UnitSpec, source: Backend, target: Backend, transform: Transf
 
 
 def verify_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
-                batch_size: int = 2000, max_ids: int = 100) -> UnitVerdict:
+                batch_size: int = 2000, max_ids: int | None = None) -> UnitVerdict:
+    """Count and checksum the unit on both sides; when they differ, list every differing id
+    (at most ``max_ids`` of each kind, if given)."""
     start = time.perf_counter()
     s = source_digest(unit, source, target, transform, batch_size)
     failpoints.hit("verify.checksum", unit=unit.unit_id)  # one side summed, not the other
@@ -107,5 +146,8 @@ def verify_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
         verdict.differing_buckets = s.differing_buckets(t)
         verdict.missing_ids, verdict.extra_ids, verdict.changed_ids = diff_ids(
             unit, source, target, transform, verdict.differing_buckets, batch_size, max_ids)
+        verdict.missing_count = len(verdict.missing_ids)
+        verdict.extra_count = len(verdict.extra_ids)
+        verdict.changed_count = len(verdict.changed_ids)
     verdict.seconds = time.perf_counter() - start
     return verdict

@@ -16,6 +16,7 @@ from typing import Any
 from ray_migrate import failpoints
 from ray_migrate.errors import ConfigError
 from ray_migrate.migration import Migration, record_switch
+from ray_migrate.parity import recall_gate
 from ray_migrate.pool import run_on_pool
 from ray_migrate.report import DONE_PHASES
 from ray_migrate.units import UnitSpec
@@ -144,6 +145,20 @@ def hold_rollback_window(m: Migration) -> None:
             time.sleep(POLL_S)
 
 
+def _recall_gate(m: Migration, worker: UnitWorker, unit: UnitSpec) -> str | None:
+    """Why a manual cutover of this unit is refused: its target recall is below
+    ``cutover.gates.min_recall`` (measured now), else None. The reason is shown by status."""
+    if m.cfg.cutover.gates.min_recall is None:
+        return None
+    row = m._row(unit.unit_id)
+    row.parity = worker.parity(unit.to_dict())
+    why = recall_gate(row.parity, m.cfg.cutover.gates.min_recall)
+    if why:
+        assert m.router is not None
+        m.router.call("update_progress", unit.unit_id, error=why)
+    return why
+
+
 def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[str, Any]:
     """Manual ``cutover`` or ``rollback`` of some units (all eligible ones when None), run in
     this process with a plain worker (the run's worker actors may still be busy)."""
@@ -166,11 +181,14 @@ def switch_units(m: Migration, unit_ids: list[str] | None, method: str) -> dict[
         # first, so the attempts below only have the last changes to take.
         worker.catch_up(unit.to_dict(), timeout_s=MANUAL_CATCH_UP_S)
         res: dict[str, Any] = {}
-        for _ in range(m.cfg.cutover.max_attempts):
+        why = _recall_gate(m, worker, unit) if method == "cutover" else None
+        for _ in range(0 if why else m.cfg.cutover.max_attempts):
             res = getattr(worker, method)(unit.to_dict())
             if res["ok"]:
                 break
             worker.catch_up(unit.to_dict())
+        if why:
+            res = {"ok": False, "reason": why, "freeze_ms": 0.0, "drained": 0}
         results[unit.unit_id] = res
         m.event(method, unit=unit.unit_id, ok=res["ok"], freeze_ms=res.get("freeze_ms"),
                 reason=res.get("reason"))

@@ -20,10 +20,11 @@ from typing import Any
 from ray_migrate import failpoints, metrics
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync, apply_units
-from ray_migrate.config import MigrationConfig
+from ray_migrate.config import MigrationConfig, ParityConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction, switch_result, switch_unit
 from ray_migrate.errors import TerminalError
+from ray_migrate.parity import plan_parity, recall_gate
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent, urgent_after
 from ray_migrate.retry import RetryPolicy
@@ -32,7 +33,7 @@ from ray_migrate.routing.records import CAPTURING, FOLLOWED, Owner, TransitionEr
 from ray_migrate.state import TARGET_KEY, StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
-from ray_migrate.verify import save_verdict, verify_unit
+from ray_migrate.verify import save_verdict, spill_ids, verify_unit
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,18 @@ class UnitWorker:
             self._forward(spec).until(cut.ready_lag, timeout_s=60)
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
-            out["verdict"] = verdict.to_dict()
             save_verdict(self.store, uid, verdict)
+            out["verdict"] = spill_ids(self.store, verdict).to_dict()
             if not verdict.equal:
                 return {**out, "phase": self._phase(uid)}
             router.call("clear_repair", uid)
+        if self.cfg.verify.parity is not None:  # the recall gate, before the unit is ready
+            out["parity"] = self.parity(unit)
+            why = recall_gate(out["parity"], self.cfg.cutover.gates.min_recall)
+            if why:
+                log.error("unit %s: %s", uid, why)
+                router.call("update_progress", uid, error=why)
+                return {**out, "phase": self._phase(uid), "gate": why}
         router.call("set_phase", uid, "ready")
         return {**out, "phase": "ready"}
 
@@ -212,8 +220,7 @@ class UnitWorker:
         for _ in range(self.cfg.verify.max_repair_rounds + 1):
             name = f"verify:{uuid.uuid4().hex}"
             self.router.call("watch", spec.unit_id, name)
-            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch,
-                                  max_ids=1_000_000)
+            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch)
             touched = self.router.call("watched", spec.unit_id, name)
             if touched is None:  # the router restarted meanwhile: look again
                 log.warning("unit %s: the router lost the verify's watch; verifying again",
@@ -250,7 +257,14 @@ class UnitWorker:
         spec = UnitSpec.from_dict(unit)
         verdict = verify_unit(spec, self.source, self.target, self.forward,
                               batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
-        return verdict.to_dict()
+        return spill_ids(self.store, verdict).to_dict()
+
+    def parity(self, unit: dict[str, Any], cfg: ParityConfig | None = None
+               ) -> dict[str, Any] | None:
+        """Query parity of the unit (``ray_migrate.parity``), from source to target."""
+        return plan_parity(self.plan, UnitSpec.from_dict(unit), self.source, self.target,
+                           self.forward, cfg or self.cfg.verify.parity or ParityConfig(),
+                           batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
 
     # --- the follower: keeps waiting units caught up ---------------------------------------
     def _follow(self) -> None:

@@ -38,3 +38,12 @@ def refuse_113(table: pa.Table) -> pa.Table:
 def refuse_all(table: pa.Table) -> pa.Table:
     """A re-embedding service that refuses every batch, the plan's sample too."""
     raise ValueError("the embedding service is not configured: no API key")
+
+
+TOY_MODEL = np.random.default_rng(11).standard_normal((8, 8)).astype(np.float32)
+
+
+def toy_embed(table: pa.Table) -> pa.Table:
+    """A deterministic toy re-embedding: another space, where neighbours are not the same."""
+    vecs = np.tanh(vectors_to_numpy(table.column("vector")) @ TOY_MODEL).astype(np.float32)
+    return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))

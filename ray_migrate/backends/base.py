@@ -106,10 +106,11 @@ class Backend(ABC):
 
     @abstractmethod
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
-               ) -> list[SearchHit]:
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None,
+               exact: bool = True) -> list[SearchHit]:
         """Exact (brute-force) top-k, optionally restricted to a unit, or to the points of any
-        of the tenant units ``within`` (the units a backend owns during a migration)."""
+        of the tenant units ``within`` (the units a backend owns during a migration).
+        ``exact=False``: through the engine's vector index, if it has one (query parity)."""
 
     # --- write ----------------------------------------------------------------------------
     @abstractmethod

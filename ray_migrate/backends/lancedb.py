@@ -329,8 +329,8 @@ class LanceBackend(Backend):
         return pa.concat_tables(parts)
 
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
-               ) -> list[SearchHit]:
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None,
+               exact: bool = True) -> list[SearchHit]:
         lay = self._layout()
         spec = next((v for v in lay.vectors if v.name == vector_name), None)
         if spec is None:
@@ -338,8 +338,10 @@ class LanceBackend(Backend):
         if spec.distance not in METRICS:
             raise UnsupportedError(f"LanceDB cannot search with distance {spec.distance!r}")
         q = (self.tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name=vector_name)
-             .distance_type(METRICS[spec.distance]).bypass_vector_index().limit(k)
+             .distance_type(METRICS[spec.distance]).limit(k)
              .select([*lay.columns, "_distance"]))
+        if exact:
+            q = q.bypass_vector_index()
         parts = [self._filter(unit, lay)]
         if within is not None:
             parts.append(" OR ".join(f"({self._filter(u, lay)})" for u in within) or "FALSE")

@@ -355,8 +355,8 @@ class QdrantBackend(Backend):
 
     @_guard
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
-               ) -> list[SearchHit]:
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None,
+               exact: bool = True) -> list[SearchHit]:
         from qdrant_client import models
 
         params = self._vector_params()
@@ -380,7 +380,7 @@ class QdrantBackend(Backend):
         res = self.client.query_points(
             self.name, query=[float(x) for x in vector],
             using=None if self._unnamed else vector_name, query_filter=flt, limit=k,
-            search_params=None if self.local else models.SearchParams(exact=True),  # local: exact
+            search_params=None if self.local else models.SearchParams(exact=exact),  # local: exact
             with_payload=True, with_vectors=False)
         hits = []
         for p in res.points:

@@ -223,10 +223,10 @@ class HostedBackend(Backend):
         return self._call("checksum", unit, batch_size)  # computed next to the data
 
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
-               ) -> list[SearchHit]:
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None,
+               exact: bool = True) -> list[SearchHit]:
         return self._call("search", [float(x) for x in vector], k, vector_name, unit,
-                          None if within is None else list(within))
+                          None if within is None else list(within), exact)
 
     def upsert(self, table: pa.Table,
                within: Sequence[UnitSpec] | None = None) -> list[Any]:

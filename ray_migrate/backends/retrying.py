@@ -89,9 +89,9 @@ class RetryingBackend(Backend):
         return self._retried("checksum", unit, batch_size)
 
     def search(self, vector: Sequence[float], k: int, vector_name: str,
-               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None
-               ) -> list[SearchHit]:
-        return self._retried("search", vector, k, vector_name, unit, within)
+               unit: UnitSpec | None = None, within: Sequence[UnitSpec] | None = None,
+               exact: bool = True) -> list[SearchHit]:
+        return self._retried("search", vector, k, vector_name, unit, within, exact)
 
     def upsert(self, table: pa.Table,
                within: Sequence[UnitSpec] | None = None) -> list[Any] | None:
