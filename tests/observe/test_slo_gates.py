@@ -4,7 +4,7 @@ then a live run whose target is slowed so the canary's p95 breaches ``max_p95_ra
 Live: Qdrant -> LanceDB the way users run it (tests/livecase.py), waves [1, "100%"], the
 application writing and searching as its own process, and ``slow_target.py`` (installed through
 ``RAY_MIGRATE_BACKEND_WRAPPER`` in every process) making every search, upsert and delete of the
-target sleep 200 ms from the start. After the first wave the canary's p95 on the target is many
+target sleep 600 ms from the start. After the first wave the canary's p95 on the target is many
 times its p95 on the source before: the run rolls the canary back by itself, the second wave
 never runs, `run` exits 1, `status` and the report say why, and nothing is lost.
 """
@@ -12,11 +12,12 @@ never runs, `run` exits 1, `status` and the report say why, and nothing is lost.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from livecase import Case, Judged, LiveRun, judged_or_fail, seed, write_config
+from livecase import DIM, TENANTS, Case, Judged, LiveRun, judged_or_fail, seed, write_config
 from raycluster import ray_head
 from slow_target import env
 
@@ -139,6 +140,11 @@ def test_wave_gates_need_an_invertible_transform(tmp_path: Path) -> None:
 
 
 # --- live ---------------------------------------------------------------------------------
+HERE = Path(__file__).resolve().parent
+# Searches of the source took up to 170 ms at p95 on a loaded 2-core machine right after the
+# target's finalize: the target's must be well over twice that.
+SLOW_MS = 600.0
+CANARY = TENANTS[-1]  # the smallest tenant (livecase.seed): the canary
 CASE = Case("slo-q2l", "qdrant", n_points=1500, config={
     "cutover": {"waves": [1, "100%"], "pause_s": 5, "max_freeze_ms": 3000,
                 "gates": {"max_p95_ratio": 2.0}},
@@ -149,10 +155,20 @@ def test_a_slow_target_breaches_the_gate_and_the_wave_is_rolled_back(tmp_path: P
     mid = "slo-q2l"
     initial = seed(CASE.source, tmp_path / "source", CASE.n_points)
     cfg = write_config(tmp_path, mid, CASE)
-    with ray_head(tmp_path, num_cpus=4, env=env("target", 200.0)) as head:
+    with ray_head(tmp_path, num_cpus=4, env=env("target", SLOW_MS)) as head:
         live = LiveRun(head, tmp_path, mid, CASE, cfg, initial)
-        live.drive()
+        live.drive(on_poll=start_canary_reader)
         judged_or_fail(live, run_rc=1, extra=lambda j: canary_rolled_back(live, j))
+
+
+def start_canary_reader(live: LiveRun, table: dict[str, Any] | None) -> None:
+    """on_poll: start an application that searches the canary's tenant (the smallest unit,
+    which the writer's few calls seldom touch), so its p95 has requests to judge; LiveRun
+    stops it at the end."""
+    if "reader" not in live.procs:
+        live.spawn([sys.executable, str(HERE / "canary_reader.py"), "--address",
+                    live.head.address, "--migration-id", live.mid, "--tenant", CANARY,
+                    "--log", str(live.tmp / "reader.jsonl"), "--dim", str(DIM)], "reader")
 
 
 def canary_rolled_back(live: LiveRun, j: Judged) -> list[str]:
@@ -165,6 +181,11 @@ def canary_rolled_back(live: LiveRun, j: Judged) -> list[str]:
     if len(breached) != 1 or breached[0]["wave"] != 1 or len(breached[0]["units"]) != 1:
         return [f"one breach after wave 1 expected, the report has {gates}"]
     canary = breached[0]["units"][0]
+    if canary != f"tenant={CANARY}":
+        bad.append(f"the canary is {canary}, not tenant={CANARY}: the reader searched another")
+    errors = (live.tmp / "reader.jsonl").read_text().count('"kind":"error"')
+    if errors:
+        bad.append(f"the canary's reader saw {errors} failed searches")
     print("gate:", breached[0]["reason"], breached[0]["measured"])
     row = j.units.get(canary, {})
     why = row.get("last_error") or ""
