@@ -188,8 +188,8 @@ class VerifyConfig(_Model):
 
 class GatesConfig(_Model):
     """What a unit or a wave must meet to go on. ``min_recall`` is applied before each unit's
-    cutover (needs ``verify.parity``); the other two are parsed and applied by the SLO-gated
-    waves (not yet)."""
+    cutover (needs ``verify.parity``); the other two after each wave, over its pause (and the
+    last wave over the rollback window): a breach rolls the wave back (``slo``, ``waves``)."""
 
     min_recall: float | None = Field(default=None, ge=0, le=1)
     max_p95_ratio: float | None = Field(default=None, gt=0)
@@ -286,6 +286,17 @@ class MigrationConfig(_Model):
                 "rollback.window_s: the transform cannot be inverted (it drops fields or has "
                 "a function without transform.inverse_function), so target writes cannot be "
                 "synced back; set rollback.window_s: 0 or declare the inverse")
+        return self
+
+    @model_validator(mode="after")
+    def _wave_gates_need_inverse(self) -> MigrationConfig:
+        g = self.cutover.gates
+        if (g.max_p95_ratio is not None or g.max_error_rate is not None) \
+                and not self.transform.invertible:
+            raise ValueError(
+                "cutover.gates: a breach of max_p95_ratio or max_error_rate rolls the wave back, "
+                "but the transform cannot be inverted (it drops fields or has a function "
+                "without transform.inverse_function); declare the inverse or remove those gates")
         return self
 
     @model_validator(mode="after")

@@ -43,6 +43,8 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
             with TargetUpkeep(m):  # step 6: the waves, then the rollback window
                 cutover_in_waves(m)
                 for _ in range(3):  # tenants first written during the waves are units too
+                    if m.stopped_by_gate:  # an SLO breach stopped the rollout (``slo``)
+                        break
                     new = m.new_units()
                     if not new:
                         break

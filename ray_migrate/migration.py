@@ -94,6 +94,8 @@ class Migration:
         self.target: Backend | None = None
         self.router: RouterHandle | None = None
         self.lease: DriverLease | None = None
+        self.last_wave: Any = None  # the last wave not yet judged (``slo.WaveSpan``)
+        self.stopped_by_gate: str | None = None  # an SLO breach stopped the rollout
 
     # --- Steps 1 to 3: plan, target, router and workers -----------------------------------
     def start(self, workers: bool = True) -> None:

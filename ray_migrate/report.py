@@ -71,6 +71,8 @@ class RunReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     expect_cutover: bool = False  # auto mode: every unit must end on the target
     estimate: dict[str, Any] | None = None  # ``ray-migrate plan``'s (``estimate.Estimate``)
+    gates: list[dict[str, Any]] = Field(default_factory=list)  # SLO checks (``slo``)
+    stopped: str | None = None  # why the rollout stopped: an SLO gate's breach
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -82,6 +84,8 @@ class RunReport(BaseModel):
     def ok(self) -> bool:
         if not all(u.ok and (u.equal is not None or u.unverified) for u in self.units):
             return False
+        if self.stopped:
+            return False
         return not self.expect_cutover or all(u.phase in DONE_PHASES for u in self.units)
 
     def why_not_ok(self) -> list[str]:
@@ -90,7 +94,7 @@ class RunReport(BaseModel):
             more = f" and {len(us) - 3} more" if len(us) > 3 else ""
             return ", ".join(u.unit_id for u in us[:3]) + more
 
-        why = []
+        why = [f"the rollout stopped: {self.stopped}"] if self.stopped else []
         failed = [u for u in self.units if u.status == "failed"]
         differ = [u for u in self.units if u.equal is False and u.status != "failed"]
         unknown = [u for u in self.units
@@ -140,6 +144,8 @@ class RunReport(BaseModel):
         lines += [f"{u.unit_id} failed: {u.error}" for u in self.units
                   if u.status == "failed" and u.error and len(u.error) > 80]
         lines += [_parity_line(u.unit_id, u.parity) for u in self.units if u.parity]
+        lines += [f"{g['reason']}: rolled back {', '.join(g['units'])}; later waves did not run"
+                  for g in self.gates if not g["ok"]]
         lines += [f"{u.unit_id}: every differing id ({u.missing_count} missing, "
                   f"{u.extra_count} extra, {u.changed_count} changed) is in {u.ids_file}"
                   for u in self.units if u.ids_file]

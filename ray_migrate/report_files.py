@@ -108,6 +108,10 @@ def markdown(doc: dict[str, Any]) -> str:
 def _event(e: dict[str, Any]) -> str:
     if e["kind"] == "wave":
         return f"wave {e['wave']}: {', '.join(e['units'])}"
+    if e["kind"] == "gate":  # an SLO check after a wave (``slo``)
+        verdict = "passed" if e.get("ok", True) else "BREACHED, rolled back"
+        return f"SLO gate after wave {e['wave']} ({', '.join(e['units'])}) {verdict}" + (
+            f": {e['reason']}" if e.get("reason") else "")
     what = f"{e['kind']} of {e.get('unit')}"
     if not e.get("ok", True):
         return f"{what} did not happen: {e.get('reason')}"

@@ -12,7 +12,8 @@ from typing import Any
 
 WIDTH_IN, HEIGHT_IN, DPI = 10.0, 8.0, 100  # a 1000 x 800 PNG
 MARKS = {"wave": ("0.5", ":"), "cutover": ("tab:green", "-"), "rollback": ("tab:red", "-"),
-         "cutover_failed": ("tab:orange", "--")}
+         "cutover_failed": ("tab:orange", "--"), "gate": ("tab:blue", ":"),
+         "gate_failed": ("tab:red", "--")}
 
 
 def render_png(doc: dict[str, Any]) -> bytes:

@@ -13,7 +13,7 @@ import math
 import time
 from typing import Any
 
-from ray_migrate import failpoints
+from ray_migrate import failpoints, slo
 from ray_migrate.errors import ConfigError
 from ray_migrate.migration import Migration, record_switch
 from ray_migrate.parity import recall_gate
@@ -91,6 +91,8 @@ def cutover_in_waves(m: Migration) -> None:
         units = [u for u in units if u.unit_id not in left_out]
     sizes = wave_sizes(list(cfg.waves), len(units))
     for i, size in enumerate(sizes, start=1):
+        if m.stopped_by_gate:
+            return
         m.check_lease()
         phases = _phases(m)
         done = [u for u in units if phases.get(u.unit_id) in DONE_PHASES]
@@ -100,11 +102,58 @@ def cutover_in_waves(m: Migration) -> None:
             continue
         log.info("wave %d/%d: cutting over %s", i, len(sizes), [u.unit_id for u in wave])
         m.event("wave", wave=i, units=[u.unit_id for u in wave])
+        started = time.time()
         left = _cut(m, wave)
         for u in left:
             m._row(u.unit_id).status = "failed"
+        m.last_wave = slo.WaveSpan(i, [u.unit_id for u in wave if u not in left], started,
+                                   time.time())
         if i < len(sizes):
             _pause(m, cfg.pause_s)
+            gate_wave(m)
+
+
+def gate_wave(m: Migration) -> bool:
+    """Judge the last wave by what the clients saw since it (``slo``); on a breach roll its
+    units back, as ``ray-migrate rollback`` does, and stop the rollout. Whether it passed."""
+    span, m.last_wave = m.last_wave, None
+    gates = m.cfg.cutover.gates
+    if span is None or not span.units or not slo.active(gates) or m.stopped_by_gate:
+        return True
+    assert m.router is not None
+    router = m.router
+    until = time.time()
+    if not slo.wait_for_buckets(lambda: router.call("client_newest"), until):
+        log.info("no client statistics arrived after the wave's window (no client, or a "
+                 "late one): judging what the router has")
+    verdict = slo.judge(gates, lambda *a: router.call("client_window", *a), span, until)
+    m.report.gates.append(verdict.to_dict())
+    m.event("gate", wave=span.wave, units=span.units, ok=verdict.ok,
+            reason=verdict.reason or "; ".join(verdict.notes) or None, **verdict.measured)
+    for note in verdict.notes:
+        log.info("wave %d: %s", span.wave, note)
+    if verdict.ok:
+        log.info("wave %d passed the SLO gates: %s", span.wave, verdict.measured)
+        return True
+    log.error("%s: rolling back %s and stopping the rollout", verdict.reason, span.units)
+    m.stopped_by_gate = m.report.stopped = verdict.reason
+    _roll_back(m, span.units, f"{verdict.reason}; rolled back automatically")
+    return False
+
+
+def _roll_back(m: Migration, unit_ids: list[str], why: str) -> None:
+    """Roll these units back the way ``ray-migrate rollback`` does (``switch_units``), the
+    reason in each unit's ``last_error`` (``status``) and report row."""
+    assert m.router is not None
+    for uid in unit_ids:  # before the flip, which writes the routing table out
+        m.router.call("update_progress", uid, error=why)
+    results = switch_units(m, unit_ids, "rollback")
+    for uid, res in results.items():
+        row = m._row(uid)
+        row.error = why if res["ok"] else f"{why}, but the rollback failed: {res['reason']}"
+        if not res["ok"]:
+            log.error("unit %s: %s", uid, row.error)
+            m.router.call("update_progress", uid, error=row.error)
 
 
 def _pause(m: Migration, seconds: float) -> None:
@@ -128,6 +177,7 @@ def hold_rollback_window(m: Migration) -> None:
     if window > 0:
         log.info("rollback window: syncing target writes back to the source for %.0fs", window)
         _pause(m, window)
+        gate_wave(m)  # the last wave, judged over the window: before its units are done
     assert m.router is not None
     m.check_lease()
     # A unit that an operator rolls back now (``ray-migrate rollback``) stays rolled back:

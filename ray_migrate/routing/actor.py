@@ -175,6 +175,15 @@ class Router:
         """``StatsSeries.summary``: the series, and per op, unit and side, over a window."""
         return self.stats.summary(since, until)
 
+    async def client_window(self, since: float, until: float, units: list[str] | None = None,
+                            side: str | None = None) -> dict[str, Any]:
+        """``StatsSeries.window``: one merged summary, for the SLO gates."""
+        return self.stats.window(since, until, units, side)
+
+    async def client_newest(self) -> int | None:
+        """The second of the newest client bucket handed in (``StatsSeries.newest``)."""
+        return self.stats.newest()
+
     async def clear_repair(self, unit_id: str) -> None:
         self.durable.clear_repair(unit_id)
 

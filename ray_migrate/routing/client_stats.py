@@ -131,6 +131,23 @@ class StatsSeries:
                       for u, sides in sorted(units.items())},
         }
 
+    def window(self, since: float, until: float, units: list[str] | None = None,
+               side: str | None = None) -> dict[str, Any]:
+        """Requests, errors, error rate and percentiles over ``[since, until)`` of these units
+        (all when None) served by this side (any when None), merged: the SLO gates (``slo``)
+        compare a wave's units as one."""
+        wanted = None if units is None else set(units)
+        total = Bucket()
+        for (t, _op, s, unit), b in self.buckets.items():
+            if since <= t < until and (wanted is None or unit in wanted) \
+                    and (side is None or s == side):
+                total.merge(b.count, b.errors, b.hist)
+        return total.summary()
+
+    def newest(self) -> int | None:
+        """The second of the newest bucket any client handed in (None: none yet)."""
+        return max((k[0] for k in self.buckets), default=None)
+
     # --- durable -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"buckets": [[*k, b.count, b.errors, b.hist] for k, b in self.buckets.items()],
