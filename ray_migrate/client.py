@@ -392,7 +392,7 @@ class RoutedCollection(Placement):
         if k < 1:
             raise InvalidDataError("k must be at least 1")
         flt = filter or {}
-        scope = self._scope(flt, self.routes())
+        scope = self._search_scope(flt, self.routes())
         began, t0 = self.stats.clock(), time.perf_counter()
         top = self._search_routes(q, k, name, spec.distance, flt, scope)
         if self.shadow.percent:
@@ -404,7 +404,7 @@ class RoutedCollection(Placement):
                                      (time.perf_counter() - t0) * 1000, k, began)
         return [{"id": pid, "score": s, "payload": p} for s, pid, p in top]
 
-    def _scope(self, flt: dict[str, Any], routes: dict[str, tuple[str, str]]
+    def _search_scope(self, flt: dict[str, Any], routes: dict[str, tuple[str, str]]
                ) -> dict[str, tuple[str, str]]:
         """The routes of the units a search covers: its tenant's, or every unit's."""
         if self.cfg.units.by == "tenant" and self.cfg.units.field in flt:
