@@ -22,9 +22,7 @@ that unit (``Backend.delete`` with the unit). Deletes are unit-scoped the same w
 from __future__ import annotations
 
 import bisect
-import heapq
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -45,14 +43,12 @@ from ray_migrate.metrics import TimedBackend
 from ray_migrate.metrics import timed as metered
 from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
+from ray_migrate.reembed import merge_hits, side_query, similarity
 from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.routing.records import CAPTURING
 from ray_migrate.routing.watch import RouteCache
-from ray_migrate.schema import (
-    ID,
-    payload_dicts,
-    vectors_to_numpy,
-)
+from ray_migrate.schema import ID, payload_dicts, vectors_to_numpy
+from ray_migrate.shadow import Shadow
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
@@ -71,16 +67,6 @@ FREEZE_WAIT_S = 30.0
 WHOLE_WAIT_S = 1.0
 # write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
 Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
-
-
-def similarity(score: float, distance: str, higher_is_better: bool) -> float:
-    """One scale for both engines: higher is better. Qdrant reports similarity for cosine and
-    dot and a distance for l2/manhattan; LanceDB reports 1 - cos, 1 - dot and squared l2."""
-    if distance in ("cosine", "dot"):
-        return score if higher_is_better else 1.0 - score
-    if distance == "l2":
-        return -score if higher_is_better else -math.sqrt(max(score, 0.0))
-    return -score
 
 
 class _Moved(Exception):
@@ -126,6 +112,7 @@ class RoutedCollection(Placement):
         self.stats = ClientStats()  # what this client sees; the watch hands it to the router
         self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
         self.backends: dict[str, Backend] = _Backends(self._open, cfg.migration_id)
+        self.shadow = Shadow(cfg.reads.shadow_percent, self.stats, cfg.migration_id)
 
     def _open(self, side: str) -> Backend:
         ep = self.cfg.source if side == "source" else self.cfg.target
@@ -159,6 +146,7 @@ class RoutedCollection(Placement):
         """Stop watching the routing table and say goodbye to the router, which releases at
         once the stores no live client needs any more (see ``routing.presence``)."""
         self.cache.close()
+        self.shadow.close()
         self._pool.shutdown(wait=False)
         self._lookups.shutdown(wait=False)
 
@@ -389,7 +377,9 @@ class RoutedCollection(Placement):
         """Exact top-k over the current data of every unit, whichever backend owns it.
 
         ``filter`` is an equality filter on payload keys (source names). Scores are on one
-        scale where higher is better (see ``similarity``).
+        scale where higher is better (see ``similarity``). With a re-embedding transform the
+        target is searched in its own space and a scope on both sides is merged by rank
+        (``reembed``). A share of searches is shadowed on the other side (``shadow``).
         """
         name = vector_name or self.info.vectors[0].name
         spec = self.info.vector(name)
@@ -401,15 +391,39 @@ class RoutedCollection(Placement):
             raise InvalidDataError(f"query vector must be {spec.dim} finite floats")
         if k < 1:
             raise InvalidDataError("k must be at least 1")
-        routes = self.routes()
-        hits: list[tuple[float, Any, dict[str, Any]]] = []
-        for side in ("source", "target"):
-            hits += self._search_side(side, q, k, name, spec.distance, filter or {}, routes)
-        top = heapq.nlargest(k, hits, key=lambda h: (h[0], str(h[1])))
+        flt = filter or {}
+        scope = self._search_scope(flt, self.routes())
+        began, t0 = self.stats.clock(), time.perf_counter()
+        top = self._search_routes(q, k, name, spec.distance, flt, scope)
+        if self.shadow.percent:
+            def again(routes: dict[str, tuple[str, str]]) -> list[Any]:
+                self.stats._begin()  # the shadow's thread: its tags are never recorded
+                hits = self._search_routes(q, k, name, spec.distance, flt, routes, raw=True)
+                return [h[1] for h in hits]
+            self.shadow.after_search(again, scope, [h[1] for h in top],
+                                     (time.perf_counter() - t0) * 1000, k, began)
         return [{"id": pid, "score": s, "payload": p} for s, pid, p in top]
 
+    def _search_scope(self, flt: dict[str, Any], routes: dict[str, tuple[str, str]]
+               ) -> dict[str, tuple[str, str]]:
+        """The routes of the units a search covers: its tenant's, or every unit's."""
+        if self.cfg.units.by == "tenant" and self.cfg.units.field in flt:
+            uid = self.unit_of(None, flt)
+            return {uid: routes.get(uid, ("source", "source"))}
+        return routes
+
+    def _search_routes(self, q: np.ndarray, k: int, name: str, distance: str,
+                       flt: dict[str, Any], routes: dict[str, tuple[str, str]],
+                       raw: bool = False) -> list[tuple]:
+        per_side = {side: self._search_side(side, q, k, name, distance, flt, routes, raw)
+                    for side in ("source", "target")}
+        shares = {side: sum(owner == side for owner, _ in routes.values()) / max(len(routes), 1)
+                  for side in per_side}
+        return merge_hits(per_side, k, shares, self.forward.query_function is not None)
+
     def _search_side(self, side: str, q: np.ndarray, k: int, name: str, distance: str,
-                     flt: dict[str, Any], routes: dict[str, Any]) -> list[tuple]:
+                     flt: dict[str, Any], routes: dict[str, Any], raw: bool = False
+                     ) -> list[tuple]:
         tname = self.forward.rename_vectors.get(name, name) if side == "target" else name
         unit = None
         if self.cfg.units.by == "tenant" and self.cfg.units.field in flt:
@@ -423,16 +437,24 @@ class RoutedCollection(Placement):
         owned = {u for u, (owner, _) in routes.items() if owner == side}
         if not owned:
             return []  # never opened: a side that owns no unit is not called
+        q = side_query(self.forward, self.plan, side, q, name)
         self.stats.tag(side, [unit.unit_id] if unit is not None else owned)
         backend = self.backends[side]
+        if raw and isinstance(backend, TimedBackend):  # a shadow: not a client engine call
+            backend = backend._backend
         within = None
-        if unit is None and len(owned) < len(routes) and all(u in self.units for u in owned) \
-                and self.cfg.units.by == "tenant":
+        if unit is None and len(owned) < max(len(routes), len(self.units)) \
+                and all(u in self.units for u in owned) and self.cfg.units.by == "tenant":
             # Search only the units this side owns, rather than top-k of all and then more
             # of all until k are owned: one scan of each side, not several.
             within = [self.units[u] for u in sorted(owned)]
             if side == "target":
                 within = [self.forward.target_unit(u) for u in within]
+        return self._hits(backend, side, q, k, tname, unit, within, distance, flt, owned)
+
+    def _hits(self, backend: Backend, side: str, q: np.ndarray, k: int, tname: str,
+              unit: UnitSpec | None, within: list[UnitSpec] | None, distance: str,
+              flt: dict[str, Any], owned: set[str]) -> list[tuple]:
         fetch_k = k
         while True:
             raw = backend.search(q.tolist(), fetch_k, tname, unit, within)

@@ -4,7 +4,10 @@ Every ``RoutedCollection`` call adds one sample to a bucket of its own process, 
 second it began (wall clock), the op (upsert, delete, search, retrieve, count), the side that
 served it (``source``, ``target``, ``both``) and its unit (``*`` when it spans several). A
 bucket holds a count, an error count and a fixed-size latency histogram of log-spaced bins, so
-percentiles come out of any merge of buckets and merging is adding. Recording takes a lock and
+percentiles come out of any merge of buckets and merging is adding. Shadow reads
+(``ray_migrate.shadow``) are buckets of op ``shadow`` (side: the owner that answered): count,
+shadow errors, the shadow's latency histogram, and in ``extra`` the sum of overlap@k, the
+owner's latency histogram and the reads skipped because too many shadows were under way. Recording takes a lock and
 a dict update: no remote call. The route watcher (``routing.watch.RouteCache``) hands the
 buckets to the router about once a second, fire and forget (``routing.client_stats``).
 """
@@ -27,7 +30,8 @@ OPS = ("upsert", "delete", "search", "retrieve", "count")
 ANY_UNIT = "*"
 
 Key = tuple[int, str, str, str]  # (second, op, side, unit)
-Row = list[Any]  # [second, op, side, unit, count, errors, {bin: count}]
+Row = list[Any]  # [second, op, side, unit, count, errors, {bin: count}(, extra)]
+SHADOW = "shadow"  # the op of shadow-read buckets; never counted as a client request
 
 
 def bin_of(ms: float) -> int:
@@ -64,12 +68,17 @@ def percentile(hist: dict[int, int], q: float) -> float | None:
 
 
 class Bucket:
-    """Counts, errors and the latency histogram of one key."""
+    """Counts, errors and the latency histogram of one key; for a shadow bucket also the
+    overlap sum, the owner's latency histogram and the skipped reads (``extra``)."""
 
-    __slots__ = ("count", "errors", "hist")
+    __slots__ = ("count", "errors", "hist", "overlap", "owner_hist", "skipped")
 
-    def __init__(self, count: int = 0, errors: int = 0, hist: dict[int, int] | None = None):
+    def __init__(self, count: int = 0, errors: int = 0, hist: dict[int, int] | None = None,
+                 extra: dict[str, Any] | None = None):
         self.count, self.errors, self.hist = count, errors, hist or {}
+        self.overlap, self.owner_hist, self.skipped = 0.0, {}, 0
+        if extra:
+            self.merge_extra(extra)
 
     def add(self, ms: float, error: bool) -> None:
         self.count += 1
@@ -77,10 +86,40 @@ class Bucket:
         b = bin_of(ms)
         self.hist[b] = self.hist.get(b, 0) + 1
 
-    def merge(self, count: int, errors: int, hist: dict[Any, int]) -> None:
+    def merge(self, count: int, errors: int, hist: dict[Any, int],
+              extra: dict[str, Any] | None = None) -> None:
         self.count += count
         self.errors += errors
         merge_hist(self.hist, hist)
+        if extra:
+            self.merge_extra(extra)
+
+    def merge_extra(self, extra: dict[str, Any]) -> None:
+        self.overlap += extra.get("overlap", 0.0)
+        merge_hist(self.owner_hist, extra.get("owner_hist", {}))
+        self.skipped += extra.get("skipped", 0)
+
+    def merge_bucket(self, other: Bucket) -> None:
+        self.merge(other.count, other.errors, other.hist, other.extra())
+
+    def extra(self) -> dict[str, Any] | None:
+        """The shadow fields, None for a plain bucket (its row keeps 7 elements)."""
+        if not (self.overlap or self.owner_hist or self.skipped):
+            return None
+        return {"overlap": self.overlap, "owner_hist": self.owner_hist,
+                "skipped": self.skipped}
+
+    def row(self, key: Key) -> Row:
+        extra = self.extra()
+        return [*key, self.count, self.errors, self.hist, *([extra] if extra else [])]
+
+    def shadow_summary(self) -> dict[str, Any]:
+        """Shadow reads: how many, mean overlap@k of those that answered, p95 of each side."""
+        answered = self.count - self.errors
+        return {"reads": self.count, "errors": self.errors, "skipped": self.skipped,
+                "overlap_at_k": self.overlap / answered if answered else None,
+                "p95_ms_owner": percentile(self.owner_hist, 0.95),
+                "p95_ms_shadow": percentile(self.hist, 0.95)}
 
     def summary(self) -> dict[str, Any]:
         return {"requests": self.count, "errors": self.errors,
@@ -126,11 +165,28 @@ class ClientStats:
                 bucket = self._buckets[key] = Bucket()
             bucket.add(ms, error)
 
+    def shadow(self, began: float, owner: str, unit: str, owner_ms: float,
+               shadow_ms: float | None, overlap: float | None, skipped: bool = False) -> None:
+        """One shadow read of ``unit`` answered by ``owner``: its overlap@k and both
+        latencies; ``overlap`` None: the shadow failed (an error); ``skipped``: not run."""
+        key = (int(began), SHADOW, owner, unit)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = Bucket()
+            if skipped:
+                bucket.skipped += 1
+                return
+            bucket.add(owner_ms if shadow_ms is None else shadow_ms, overlap is None)
+            bucket.overlap += overlap or 0.0
+            b = bin_of(owner_ms)
+            bucket.owner_hist[b] = bucket.owner_hist.get(b, 0) + 1
+
     def take(self) -> list[Row]:
         """Every bucket recorded since the last take, as plain rows (for the router)."""
         with self._lock:
             buckets, self._buckets = self._buckets, {}
-        return [[*key, b.count, b.errors, b.hist] for key, b in sorted(buckets.items())]
+        return [b.row(key) for key, b in sorted(buckets.items())]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,5 +214,5 @@ def timed(op: str) -> Callable[[F], F]:
     return wrap
 
 
-__all__ = ["ANY_UNIT", "BINS", "OPS", "Bucket", "ClientStats", "bin_of", "edge", "merge_hist",
+__all__ = ["ANY_UNIT", "BINS", "OPS", "SHADOW", "Bucket", "ClientStats", "bin_of", "edge", "merge_hist",
            "percentile", "timed"]

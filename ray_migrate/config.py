@@ -128,8 +128,12 @@ class TransformConfig(_Model):
     rename_vectors: dict[str, str] = Field(default_factory=dict)
     function: str | None = None
     inverse_function: str | None = None
+    query_function: str | None = Field(
+        default=None, description="module:function taking a query vector in the source's "
+        "space (a 1-d float32 numpy array) and returning it in the target's: searches of "
+        "units on the target embed the query with it when transform.function re-embeds")
 
-    @field_validator("function", "inverse_function")
+    @field_validator("function", "inverse_function", "query_function")
     @classmethod
     def _module_function(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[\w.]+:[\w]+", v):
@@ -144,6 +148,10 @@ class TransformConfig(_Model):
         targets = list(self.rename_fields.values())
         if len(set(targets)) != len(targets):
             raise ValueError("two fields in rename_fields are renamed to the same name")
+        if self.query_function and not self.function:
+            raise ValueError("query_function embeds queries for a target whose vectors "
+                             "transform.function changes; set transform.function (the "
+                             "re-embedding) or remove query_function")
         return self
 
     @property
@@ -217,6 +225,15 @@ class CutoverConfig(_Model):
         return check_waves(v)
 
 
+class ReadsConfig(_Model):
+    """How client reads are observed (``ray_migrate.shadow``)."""
+
+    shadow_percent: float = Field(
+        default=0, ge=0, le=100, description="share of client searches of units on the "
+        "target (or ready on the source) also run on the other side, to compare answers; "
+        "the client always returns the owner's")
+
+
 class RollbackConfig(_Model):
     window_s: float = Field(default=0.0, ge=0, description="how long after the last cutover "
                             "writes to the target are synced back to the source")
@@ -238,6 +255,7 @@ class MigrationConfig(_Model):
     verify: VerifyConfig = VerifyConfig()
     cutover: CutoverConfig = CutoverConfig()
     rollback: RollbackConfig = RollbackConfig()
+    reads: ReadsConfig = ReadsConfig()
     state_uri: str
     state_storage_options: dict[str, str] = Field(
         default_factory=dict, repr=False, description="Endpoint and credentials of an s3:// "
@@ -317,6 +335,7 @@ class MigrationConfig(_Model):
         short key could be searched for)."""
         keys = {"source", "target", "units", "transform", "payload_schema"}
         data = self.model_dump(mode="json", include=keys)
+        data["transform"].pop("query_function", None)  # reads only: not part of the plan
         for side in ("source", "target"):
             data[side] = public_endpoint(data[side])
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

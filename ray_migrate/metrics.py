@@ -37,6 +37,8 @@ FREEZE_MS_BOUNDS = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 RUN = ("migration",)
 UNIT = ("migration", "unit")
 CLIENT = ("migration", "op", "backend")
+SHADOW = ("migration", "unit", "backend")  # backend: the owner whose answer was returned
+OVERLAP_BOUNDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 # name (without PREFIX) -> (kind, description, tag keys, histogram boundaries)
 DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
@@ -57,6 +59,13 @@ DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "client_requests": ("counter", "client calls", CLIENT, None),
     "client_errors": ("counter", "client calls that raised", CLIENT, None),
     "client_latency_ms": ("histogram", "client call latency, ms", CLIENT, LATENCY_MS_BOUNDS),
+    "shadow_reads": ("counter", "client searches also run on the side that does not own "
+                     "the unit (reads.shadow_percent)", SHADOW, None),
+    "shadow_errors": ("counter", "shadow reads that failed (never seen by the application)",
+                      SHADOW, None),
+    "shadow_overlap": ("histogram", "overlap@k of a shadow read with the owner's answer",
+                       SHADOW, OVERLAP_BOUNDS),
+    "shadow_latency_ms": ("histogram", "shadow read latency, ms", SHADOW, LATENCY_MS_BOUNDS),
 }
 
 _lock = threading.Lock()
@@ -168,6 +177,18 @@ def client_call(migration: str, op: str, backend: str, ms: float, error: bool) -
         _record("client_errors", 1, tags)
 
 
+def shadow_read(migration: str, unit: str, owner: str, overlap: float | None,
+                ms: float) -> None:
+    """One shadow read (``ray_migrate.shadow``): its overlap@k, None if it failed."""
+    tags = {"migration": str(migration), "unit": str(unit), "backend": owner}
+    _record("shadow_reads", 1, tags)
+    _record("shadow_latency_ms", ms, tags)
+    if overlap is None:
+        _record("shadow_errors", 1, tags)
+    else:
+        _record("shadow_overlap", overlap, tags)
+
+
 # --- the client's instrumentation ---------------------------------------------------------
 ENGINE_OPS = {"upsert": "upsert", "append": "upsert", "delete_many": "delete",
               "fetch": "retrieve", "search": "search", "count": "count"}
@@ -212,4 +233,5 @@ def timed(op: str) -> Callable[[F], F]:
 
 
 __all__ = ["DEFINITIONS", "PHASE_NUMBERS", "TimedBackend", "client_call", "copy_ended",
-           "exported_name", "freeze", "points_copied", "run_units", "timed", "unit_state", "verified"]
+           "exported_name", "freeze", "points_copied", "run_units", "shadow_read", "timed",
+           "unit_state", "verified"]

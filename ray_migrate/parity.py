@@ -6,7 +6,10 @@ over the whole collection. Each side's answers are scored against exact brute fo
 unit: the source's in the source's space, the target's in its own space (the transform
 applied to the unit's source points, so a ``transform.function`` that re-embeds is judged in
 the new model's space and a target missing true neighbours shows it). Runs in a unit worker,
-next to the data, like verify.
+next to the data, like verify. With ``transform.query_function`` the target is searched with
+the query as clients send it (the source vector through that function, ``reembed``), and
+``recall_at_k_new_vs_old`` says how many of the old model's exact top-k the new model's
+answers keep, on the same queries.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class ParityResult:
     exact_points: int  # points of the unit the brute force ran over
     bounded: bool  # the unit had more than MAX_EXACT_POINTS: recall is then a lower bound
     unfiltered: dict[str, float] = field(default_factory=dict)
+    recall_at_k_new_vs_old: float | None = None  # with transform.query_function only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,11 +142,11 @@ def unit_parity(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
     members = set(ids)
     recall = {s: [] for s in sides} | {f"u_{s}": [] for s in sides}
     ms: dict[str, list[float]] = {s: [] for s in sides} | {f"u_{s}": [] for s in sides}
-    overlap = []
+    overlap, vs_old = [], []
     for i in picks:
         got = {}
         for side, (backend, vname, scope) in how.items():
-            q = (src_vecs if side == "source" else dst_vecs)[i]
+            q = _query(side, i, src_vecs, dst_vecs, transform)
             truth = sides[side].top(q, k)
             got[side], t = _timed(backend, q, k, vname, scope)
             recall[side].append(len(set(got[side]) & set(truth)) / len(truth))
@@ -151,6 +155,8 @@ def unit_parity(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
             recall[f"u_{side}"].append(_recall_in_unit(wide, sides[side], q, members))
             ms[f"u_{side}"].append(t)
         overlap.append(len(set(got["source"]) & set(got["target"])) / k)
+        old = sides["source"].top(src_vecs[i], k)
+        vs_old.append(len(set(got["target"]) & set(old)) / len(old))
     mean = {key: float(np.mean(v)) for key, v in recall.items()}
     return ParityResult(
         k=k, queries=len(picks), recall_at_k_source=mean["source"],
@@ -161,7 +167,20 @@ def unit_parity(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
         unfiltered={"recall_at_k_source": mean["u_source"],
                     "recall_at_k_target": mean["u_target"],
                     "p95_ms_source": _pct(ms["u_source"], 95),
-                    "p95_ms_target": _pct(ms["u_target"], 95)})
+                    "p95_ms_target": _pct(ms["u_target"], 95)},
+        recall_at_k_new_vs_old=(float(np.mean(vs_old)) if transform.query_function is not None
+                                else None))
+
+
+def _query(side: str, i: int, src_vecs: np.ndarray, dst_vecs: np.ndarray,
+           transform: Transform) -> np.ndarray:
+    """Point ``i`` as a query of ``side``: with a query function, the target gets the source
+    vector through it (as a client's search does), else the point's own target vector."""
+    if side == "source":
+        return src_vecs[i]
+    if transform.query_function is not None:
+        return transform.embed_query(src_vecs[i], dst_vecs.shape[1])
+    return dst_vecs[i]
 
 
 def plan_parity(plan: Plan, unit: UnitSpec, source: Backend, target: Backend,

@@ -51,6 +51,7 @@ def build(m: Migration) -> dict[str, Any]:
         "why_not_ok": report.why_not_ok(), "since": since, "until": until,
         "copy": client.get("copy", []), "copied_by_unit": client.get("copied_by_unit", {}),
         "client": {k: client.get(k) for k in ("series", "totals", "by_op", "units", "clients")},
+        "shadow": client.get("shadow"),
         "events": events,
         "files": {k: m.store.uri_of(key) for k, key in
                   (("json", JSON_KEY), ("md", MD_KEY), ("png", PNG_KEY))},
@@ -84,7 +85,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"({copied / elapsed if elapsed > 0 else 0:,.0f} points/s overall)",
         f"- clients: {totals.get('requests', 0)} requests, {totals.get('errors', 0)} errors, "
         f"p50 {_ms(totals.get('p50_ms'))}, p95 {_ms(totals.get('p95_ms'))}, "
-        f"p99 {_ms(totals.get('p99_ms'))}", "",
+        f"p99 {_ms(totals.get('p99_ms'))}",
+        *_shadow_line(doc.get("shadow")), "",
         "![copy throughput, client latency and errors](report.png)", "",
         "| unit | status | copied | points/s | check | phase | freeze ms | note |",
         "|---|---|---:|---:|---|---|---:|---|",
@@ -103,6 +105,16 @@ def markdown(doc: dict[str, Any]) -> str:
     for e in doc["events"]:
         lines.append(f"- +{e['t'] - doc['since']:.1f} s: {_event(e)}")
     return "\n".join(lines) + "\n"
+
+
+def _shadow_line(s: dict[str, Any] | None) -> list[str]:
+    """The shadow reads' line (``reads.shadow_percent``), none when there were none."""
+    if not s or not (s.get("reads") or s.get("skipped")):
+        return []
+    overlap = "-" if s.get("overlap_at_k") is None else f"{s['overlap_at_k']:.3f}"
+    return [f"- shadow reads: {s['reads']} ({s['errors']} failed, {s['skipped']} skipped), "
+            f"mean overlap@k {overlap}, p95 owner {_ms(s.get('p95_ms_owner'))}, "
+            f"shadow {_ms(s.get('p95_ms_shadow'))}"]
 
 
 def _event(e: dict[str, Any]) -> str:

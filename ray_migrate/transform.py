@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
 
 from ray_migrate.config import TransformConfig
@@ -61,6 +62,23 @@ class Transform:
             self.drop_fields = set(cfg.drop_fields)
             ref, field = cfg.function, "transform.function"
         self.function = load_function(ref, field) if ref else None
+        qref = None if inverse else cfg.query_function
+        self.query_function = load_function(qref, "transform.query_function") if qref else None
+
+    def embed_query(self, q: np.ndarray, dim: int) -> np.ndarray:
+        """A source-space query vector in the target's space (``transform.query_function``),
+        checked: ``dim`` finite floats. The function takes the vector, not text: an app whose
+        new model embeds text embeds it itself and searches the target directly."""
+        name = self.cfg.query_function
+        try:
+            out = np.asarray(self.query_function(q), dtype=np.float32)
+        except Exception as err:  # noqa: BLE001 - the user's code, named
+            raise TerminalError(f"transform.query_function: {name} raised "
+                                f"{type(err).__name__}: {err}") from None
+        if out.shape != (dim,) or not np.isfinite(out).all():
+            raise TerminalError(f"transform.query_function: {name} must return {dim} finite "
+                                f"floats (the target's dimension), got shape {out.shape}")
+        return out
 
     @property
     def is_identity(self) -> bool:

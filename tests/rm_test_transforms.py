@@ -47,3 +47,14 @@ def toy_embed(table: pa.Table) -> pa.Table:
     """A deterministic toy re-embedding: another space, where neighbours are not the same."""
     vecs = np.tanh(vectors_to_numpy(table.column("vector")) @ TOY_MODEL).astype(np.float32)
     return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))
+
+
+def toy_query(q: np.ndarray) -> np.ndarray:
+    """``toy_embed``'s model for one query vector (``transform.query_function``)."""
+    return np.tanh(np.asarray(q, np.float32) @ TOY_MODEL).astype(np.float32)
+
+
+def toy_embed_4d(table: pa.Table) -> pa.Table:
+    """A re-embedding into 4 dimensions."""
+    vecs = np.tanh(vectors_to_numpy(table.column("vector")) @ TOY_MODEL[:, :4]).astype(np.float32)
+    return table.set_column(table.column_names.index("vector"), "vector", vectors_to_arrow(vecs))

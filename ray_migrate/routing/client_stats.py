@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ray_migrate.client_stats import Bucket, Key, Row, merge_hist
+from ray_migrate.client_stats import SHADOW, Bucket, Key, Row, merge_hist
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ class StatsSeries:
     def add_client(self, client_id: str, rows: list[Row]) -> None:
         """Merge one client's buckets (``ClientStats.take``)."""
         self.clients.add(client_id)
-        for t, op, side, unit, count, errors, hist in rows:
+        for t, op, side, unit, count, errors, hist, *extra in rows:
             key = (self._slot(int(t)), op, side, unit)
             bucket = self.buckets.get(key)
             if bucket is None:
                 bucket = self.buckets[key] = Bucket()
-            bucket.merge(count, errors, hist)
+            bucket.merge(count, errors, hist, extra[0] if extra else None)
         self._changed()
 
     def add_copied(self, unit_id: str, points: int, now: float | None = None) -> None:
@@ -84,7 +84,7 @@ class StatsSeries:
             b = self.buckets.pop(key)
             if key[0] >= now - KEEP_S:
                 into = (key[0] - key[0] % COARSE_S, *key[1:])
-                self.buckets.setdefault(into, Bucket()).merge(b.count, b.errors, b.hist)
+                self.buckets.setdefault(into, Bucket()).merge_bucket(b)
         for key in [k for k in self.buckets if k[0] < now - KEEP_S]:
             del self.buckets[key]
         for (t, unit) in [k for k in self.copied if k[0] < now - FINE_S and k[0] % COARSE_S]:
@@ -98,16 +98,23 @@ class StatsSeries:
     def summary(self, since: float | None = None, until: float | None = None
                 ) -> dict[str, Any]:
         """The merged series over ``[since, until)`` (wall time), and per op and per unit and
-        side, requests, errors, error rate and p50/p95/p99 over that window."""
+        side, requests, errors, error rate and p50/p95/p99 over that window. Shadow reads are
+        not requests: they are under ``shadow`` (all units), each unit's ``shadow`` and each
+        second's ``shadow_reads`` and ``shadow_overlap``."""
         lo, hi = since or float("-inf"), until or float("inf")
         horizon = self.clock() - FINE_S
         per_t: dict[int, Bucket] = defaultdict(Bucket)
         ops: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         by_op: dict[str, Bucket] = defaultdict(Bucket)
         units: dict[str, dict[str, Bucket]] = defaultdict(lambda: defaultdict(Bucket))
-        total = Bucket()
+        total, shadow = Bucket(), Bucket()
+        shadow_t: dict[int, Bucket] = defaultdict(Bucket)
         for (t, op, side, unit), b in self.buckets.items():
             if not lo <= t < hi:
+                continue
+            if op == SHADOW:
+                for into in (shadow_t[t], units[unit][SHADOW], shadow):
+                    into.merge_bucket(b)
                 continue
             for into in (per_t[t], by_op[op], units[unit][side], total):
                 into.merge(b.count, b.errors, b.hist)
@@ -121,14 +128,17 @@ class StatsSeries:
         return {
             "since": since, "until": until, "clients": len(self.clients),
             "series": [{"t": t, "span_s": COARSE_S if t < horizon else 1,
-                        **per_t[t].summary(), "ops": dict(ops[t])} for t in sorted(per_t)],
+                        **per_t[t].summary(), "ops": dict(ops[t]),
+                        **_shadow_point(shadow_t.get(t))} for t in sorted(per_t)],
             "copy": [{"t": t, "span_s": COARSE_S if t < horizon else 1, "points": copy[t]}
                      for t in sorted(copy)],
             "copied_by_unit": dict(copy_units),
             "totals": total.summary(),
             "by_op": {op: b.summary() for op, b in sorted(by_op.items())},
-            "units": {u: {side: b.summary() for side, b in sorted(sides.items())}
+            "units": {u: {side: b.shadow_summary() if side == SHADOW else b.summary()
+                          for side, b in sorted(sides.items())}
                       for u, sides in sorted(units.items())},
+            "shadow": shadow.shadow_summary(),
         }
 
     def window(self, since: float, until: float, units: list[str] | None = None,
@@ -150,7 +160,7 @@ class StatsSeries:
 
     # --- durable -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"buckets": [[*k, b.count, b.errors, b.hist] for k, b in self.buckets.items()],
+        return {"buckets": [b.row(k) for k, b in self.buckets.items()],
                 "copied": [[t, u, n] for (t, u), n in self.copied.items()],
                 "clients": sorted(self.clients)}
 
@@ -158,8 +168,9 @@ class StatsSeries:
     def from_dict(cls, doc: dict[str, Any], clock: Callable[[], float] = time.time
                   ) -> StatsSeries:
         s = cls(clock)
-        for t, op, side, unit, count, errors, hist in doc.get("buckets", []):
-            s.buckets[(t, op, side, unit)] = Bucket(count, errors, merge_hist({}, hist))
+        for t, op, side, unit, count, errors, hist, *extra in doc.get("buckets", []):
+            s.buckets[(t, op, side, unit)] = Bucket(count, errors, merge_hist({}, hist),
+                                                    extra[0] if extra else None)
         for t, unit, n in doc.get("copied", []):
             s.copied[(t, unit)] += n
         s.clients = set(doc.get("clients", []))
@@ -189,6 +200,14 @@ class StatsSeries:
                 self.persist(store)
             except Exception as err:  # noqa: BLE001 - tried again at the next change
                 log.warning("client statistics not written: %s: %s", type(err).__name__, err)
+
+
+def _shadow_point(b: Bucket | None) -> dict[str, Any]:
+    """A second's shadow reads and their mean overlap, for the series (empty: none)."""
+    if b is None or not b.count:
+        return {}
+    s = b.shadow_summary()
+    return {"shadow_reads": s["reads"], "shadow_overlap": s["overlap_at_k"]}
 
 
 __all__ = ["FINE_S", "KEEP_S", "PERSIST_S", "STATS_KEY", "StatsSeries"]
