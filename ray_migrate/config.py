@@ -202,6 +202,9 @@ class GatesConfig(_Model):
     min_recall: float | None = Field(default=None, ge=0, le=1)
     max_p95_ratio: float | None = Field(default=None, gt=0)
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    min_shadow_overlap: float | None = Field(
+        default=None, ge=0, le=1, description="after each wave, the mean overlap@k of the "
+        "shadow reads of its units (needs reads.shadow_percent) must reach this")
 
 
 class CutoverConfig(_Model):
@@ -309,10 +312,11 @@ class MigrationConfig(_Model):
     @model_validator(mode="after")
     def _wave_gates_need_inverse(self) -> MigrationConfig:
         g = self.cutover.gates
-        if (g.max_p95_ratio is not None or g.max_error_rate is not None) \
-                and not self.transform.invertible:
+        wave_gates = (g.max_p95_ratio, g.max_error_rate, g.min_shadow_overlap)
+        if any(x is not None for x in wave_gates) and not self.transform.invertible:
             raise ValueError(
-                "cutover.gates: a breach of max_p95_ratio or max_error_rate rolls the wave back, "
+                "cutover.gates: a breach of max_p95_ratio, max_error_rate or min_shadow_overlap "
+                "rolls the wave back, "
                 "but the transform cannot be inverted (it drops fields or has a function "
                 "without transform.inverse_function); declare the inverse or remove those gates")
         return self
@@ -323,6 +327,10 @@ class MigrationConfig(_Model):
             raise ValueError(
                 "cutover.gates.min_recall: recall is measured by query parity, which is off; "
                 "add verify: {parity: {queries: 50, k: 10}} or remove min_recall")
+        if self.cutover.gates.min_shadow_overlap is not None and self.reads.shadow_percent == 0:
+            raise ValueError(
+                "cutover.gates.min_shadow_overlap: overlap is measured by shadow reads, which "
+                "are off; add reads: {shadow_percent: 10} or remove min_shadow_overlap")
         return self
 
     @property

@@ -95,7 +95,25 @@ def judge(gates: GatesConfig, window: Window, span: WaveSpan, until: float) -> G
                           f"max_error_rate {gates.max_error_rate}")
     if gates.max_p95_ratio is not None:
         _p95_ratio(gates.max_p95_ratio, window, span, until, v)
+    if gates.min_shadow_overlap is not None:
+        _shadow_overlap(gates.min_shadow_overlap, window, span, until, v)
     return v
+
+
+def _shadow_overlap(limit: float, window: Window, span: WaveSpan, until: float,
+                    v: GateVerdict) -> None:
+    """The mean overlap@k of the wave's units' shadow reads (owner: the target now; shadow:
+    the source) against ``min_shadow_overlap``."""
+    s = window(span.ended, until, span.units, "shadow")
+    answered = s["reads"] - s["errors"]
+    if answered < MIN_REQUESTS:
+        v.notes.append(f"shadow overlap not checked: {answered} shadow reads of the wave's "
+                       f"units answered (fewer than {MIN_REQUESTS})")
+        return
+    v.measured.update(shadow_reads=answered, shadow_overlap=round(s["overlap_at_k"], 4))
+    if s["overlap_at_k"] < limit:
+        v.breaches.append(f"shadow overlap@k {s['overlap_at_k']:.3f} of the wave's units "
+                          f"({answered} reads) < min_shadow_overlap {limit}")
 
 
 def _p95_ratio(limit: float, window: Window, span: WaveSpan, until: float,

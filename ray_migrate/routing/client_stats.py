@@ -145,14 +145,19 @@ class StatsSeries:
                side: str | None = None) -> dict[str, Any]:
         """Requests, errors, error rate and percentiles over ``[since, until)`` of these units
         (all when None) served by this side (any when None), merged: the SLO gates (``slo``)
-        compare a wave's units as one."""
+        compare a wave's units as one. Shadow reads are no requests; ``side="shadow"`` gives
+        their summary instead (reads, mean overlap@k, p95 of each side)."""
         wanted = None if units is None else set(units)
         total = Bucket()
-        for (t, _op, s, unit), b in self.buckets.items():
-            if since <= t < until and (wanted is None or unit in wanted) \
-                    and (side is None or s == side):
+        for (t, op, s, unit), b in self.buckets.items():
+            if not (since <= t < until and (wanted is None or unit in wanted)):
+                continue
+            if side == SHADOW:
+                if op == SHADOW:
+                    total.merge_bucket(b)
+            elif op != SHADOW and (side is None or s == side):
                 total.merge(b.count, b.errors, b.hist)
-        return total.summary()
+        return total.shadow_summary() if side == SHADOW else total.summary()
 
     def newest(self) -> int | None:
         """The second of the newest bucket any client handed in (None: none yet)."""

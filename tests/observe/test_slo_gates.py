@@ -117,6 +117,38 @@ def test_the_window_merges_units_and_sides_and_newest_is_the_last_second() -> No
     assert s.newest() == int(T0) and StatsSeries().newest() is None
 
 
+def test_shadow_overlap_of_the_moved_units_is_gated_and_shadows_are_no_requests() -> None:
+    """Before, ``window`` counted shadow reads as client requests (a failed shadow was a
+    client error for max_error_rate); and shadow overlap was not gated."""
+    stats, s = ClientStats(), StatsSeries(clock=lambda: T0 + 100)
+    for i in range(10):
+        stats.record("search", T0 + 11 + i * 0.2, 2.0, False, "target", "a")
+        stats.shadow(T0 + 11 + i * 0.2, "target", "a", 2.0, 3.0, 0.6 if i % 2 else None)
+    stats.shadow(T0 + 11, "target", "b", 2.0, 3.0, 0.1)  # another unit: not the wave's
+    s.add_client("c1", stats.take())
+    v = judge(GatesConfig(max_error_rate=0.0, min_shadow_overlap=0.9), window(s), SPAN, UNTIL)
+    assert v.measured["requests"] == 10 and v.measured["errors"] == 0
+    assert not v.ok and "shadow overlap@k 0.600" in v.reason and "min_shadow_overlap" in v.reason
+    assert v.measured["shadow_reads"] == 5
+    assert judge(GatesConfig(min_shadow_overlap=0.5), window(s), SPAN, UNTIL).ok
+    few = judge(GatesConfig(min_shadow_overlap=0.9), window(s), SPAN, T0 + 11.5)
+    assert few.ok and "shadow overlap not checked" in few.notes[0]
+
+
+def test_min_shadow_overlap_needs_shadow_reads(tmp_path: Path) -> None:
+    from ray_migrate.config import parse_config
+    from ray_migrate.errors import ConfigError
+
+    raw = {"migration_id": "m", "state_uri": str(tmp_path / "s"),
+           "source": {"kind": "lancedb", "uri": str(tmp_path / "a"), "table": "t"},
+           "target": {"kind": "lancedb", "uri": str(tmp_path / "b"), "table": "t"},
+           "cutover": {"gates": {"min_shadow_overlap": 0.9}}}
+    with pytest.raises(ConfigError, match="add reads: {shadow_percent: 10}"):
+        parse_config(raw)
+    assert parse_config({**raw, "reads": {"shadow_percent": 10}}).cutover.gates \
+        .min_shadow_overlap == 0.9
+
+
 def test_waiting_for_the_push_is_bounded() -> None:
     now = [0.0]
     got: list[float | None] = [None, None, T0 + 3]
