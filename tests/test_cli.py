@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from truth import assert_same, make_points, read_lance, seed_qdrant
+from truth import assert_same, make_points, read_lance, seed_qdrant, write_q2l_config
 
 from ray_migrate.cli import main
 
@@ -13,15 +13,9 @@ from ray_migrate.cli import main
 def test_manual_cutover_and_rollback_through_the_cli(ray_cluster, tmp_path, capsys):
     truth = make_points(60)
     seed_qdrant(str(tmp_path / "src"), "docs", truth)
-    cfg = tmp_path / "m.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "migration_id": f"cli-{tmp_path.name}",
-        "source": {"kind": "qdrant", "path": "src", "collection": "docs"},
-        "target": {"kind": "lancedb", "uri": "dst", "table": "docs"},
-        "units": {"by": "tenant", "field": "tenant"},
-        "copy": {"batch_size": 25, "workers": 2},
-        "cutover": {"mode": "manual", "max_freeze_ms": 3000},
-        "state_uri": "state"}))
+    cfg = write_q2l_config(tmp_path, f"cli-{tmp_path.name}",
+                           copy={"batch_size": 25, "workers": 2},
+                           cutover={"mode": "manual", "max_freeze_ms": 3000})
 
     def status() -> dict:
         capsys.readouterr()

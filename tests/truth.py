@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import yaml
 
 Point = tuple[dict[str, bytes], dict[str, Any]]  # vectors as raw float32 bytes, payload
 NAMED = {"text": 8, "image": 4}
@@ -346,3 +347,18 @@ def _classify(f: Findings, pid: int, want: tuple, row: Row, versions: list,
         f.add("vector differs", msg)
     if row[1] != want[2]:
         f.add("payload differs", msg)
+
+
+def write_q2l_config(tmp_path: Path, migration_id: str, **over: Any) -> Path:
+    """``m.yaml`` of a migration from the Qdrant local folder ``src`` to the LanceDB table at
+    ``dst`` (paths relative to ``tmp_path``, the config's folder), by tenant, with ``over``'s
+    top-level keys replaced."""
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "migration_id": migration_id,
+        "source": {"kind": "qdrant", "path": "src", "collection": "docs"},
+        "target": {"kind": "lancedb", "uri": "dst", "table": "docs"},
+        "units": {"by": "tenant", "field": "tenant"},
+        "copy": {"batch_size": 200, "workers": 1},
+        "state_uri": "state"} | over))
+    return cfg

@@ -14,8 +14,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
-from truth import make_points, seed_qdrant
+from truth import make_points, seed_qdrant, write_q2l_config
 
 from ray_migrate.cli import main
 
@@ -24,15 +23,7 @@ PARITY_KEYS = {"recall_at_k_source", "recall_at_k_target", "overlap_at_k", "p95_
 
 
 def write_cfg(tmp_path, **extra) -> str:
-    cfg = tmp_path / "m.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "migration_id": f"parity-{tmp_path.name}",
-        "source": {"kind": "qdrant", "path": "src", "collection": "docs"},
-        "target": {"kind": "lancedb", "uri": "dst", "table": "docs"},
-        "units": {"by": "tenant", "field": "tenant"},
-        "copy": {"batch_size": 200, "workers": 1},
-        "state_uri": "state"} | extra))
-    return str(cfg)
+    return str(write_q2l_config(tmp_path, f"parity-{tmp_path.name}", **extra))
 
 
 def perturb(uri: str, tenant: str, share: float = 0.5) -> None:

@@ -11,8 +11,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
-from truth import make_points, seed_qdrant
+from truth import make_points, seed_qdrant, write_q2l_config
 
 from ray_migrate import verify
 from ray_migrate.cli import main
@@ -58,15 +57,7 @@ def damage(uri: str) -> dict[str, dict[str, list[int]]]:
 
 def test_verify_names_every_differing_id(ray_cluster, tmp_path, capsys, monkeypatch):
     seed_qdrant(str(tmp_path / "src"), "docs", make_points(600))
-    cfg = tmp_path / "m.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "migration_id": f"diffs-{tmp_path.name}",
-        "source": {"kind": "qdrant", "path": "src", "collection": "docs"},
-        "target": {"kind": "lancedb", "uri": "dst", "table": "docs"},
-        "units": {"by": "tenant", "field": "tenant"},
-        "copy": {"batch_size": 200, "workers": 1},
-        "cutover": {"mode": "manual"},
-        "state_uri": "state"}))
+    cfg = write_q2l_config(tmp_path, f"diffs-{tmp_path.name}", cutover={"mode": "manual"})
     assert main(["run", str(cfg)]) == 0
     want = damage(str(tmp_path / "dst"))
     capsys.readouterr()
