@@ -117,7 +117,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = StateStore.of(cfg)
     if args.watch:  # until Ctrl-C, or --count times
         watch_status(lambda: status_rows(cfg, store), args.interval, args.count,
-                     sys.stdout.isatty())
+                     sys.stdout.isatty(), out=sys.stdout)
         return 0
     doc = status_rows(cfg, store)
     if doc["units"] is None and not doc["driver"]:

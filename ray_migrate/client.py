@@ -35,12 +35,10 @@ import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.client_points import check_id, points_table
-from ray_migrate.client_stats import ClientStats
-from ray_migrate.client_stats import timed as counted
+from ray_migrate.client_stats import ClientStats, timed
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
 from ray_migrate.metrics import TimedBackend
-from ray_migrate.metrics import timed as metered
 from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.reembed import merge_hits, side_query, similarity
@@ -53,12 +51,6 @@ from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
 log = logging.getLogger(__name__)
-
-
-def observed(op: str) -> Callable[[Any], Any]:
-    """Each call of a ``RoutedCollection`` method counted and timed twice: in the client's
-    statistics, which go to the router (the report, the gates), and as Ray metrics."""
-    return lambda fn: counted(op)(metered(op)(fn))
 
 
 FREEZE_WAIT_S = 30.0
@@ -109,7 +101,8 @@ class RoutedCollection(Placement):
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
-        self.stats = ClientStats()  # what this client sees; the watch hands it to the router
+        # What this client sees; the watch hands it to the router.
+        self.stats = ClientStats(migration_id=cfg.migration_id)
         self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
         self.backends: dict[str, Backend] = _Backends(self._open, cfg.migration_id)
         self.shadow = Shadow(cfg.reads.shadow_percent, self.stats, cfg.migration_id)
@@ -265,7 +258,7 @@ class RoutedCollection(Placement):
         if errors:
             raise errors[0]
 
-    @observed("upsert")
+    @timed("upsert")
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Insert or replace points by id. With tenant units, an id that lives in another
         tenant now is moved there: its old copy is deleted under a lease on its old unit.
@@ -327,7 +320,7 @@ class RoutedCollection(Placement):
                  for u in {*rows, *moved}}
         self._leased(parts, write)
 
-    @observed("delete")
+    @timed("delete")
     def delete(self, ids: Sequence[Any]) -> int:
         ids = [check_id(self.info, i) for i in ids]
         located = self._locate(ids)
@@ -343,7 +336,7 @@ class RoutedCollection(Placement):
         return len(ids)
 
     # --- reads ----------------------------------------------------------------------------
-    @observed("retrieve")
+    @timed("retrieve")
     def retrieve(self, ids: Sequence[Any]) -> list[dict[str, Any]]:
         ids = [check_id(self.info, i) for i in ids]
         routes = self.routes()
@@ -370,7 +363,7 @@ class RoutedCollection(Placement):
             out.append({"id": pid, "vector": vector, "payload": p})
         return out
 
-    @observed("search")
+    @timed("search")
     def search(self, vector: Sequence[float], k: int = 10,
                filter: dict[str, Any] | None = None, vector_name: str | None = None
                ) -> list[dict[str, Any]]:
@@ -476,7 +469,7 @@ class RoutedCollection(Placement):
     def _inverse_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {self.inverse.rename_fields.get(key, key): v for key, v in payload.items()}
 
-    @observed("count")
+    @timed("count")
     def count(self) -> int:
         routes = self.routes()
         total = 0

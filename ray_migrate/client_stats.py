@@ -129,10 +129,11 @@ class Bucket:
 
 
 class ClientStats:
-    """One process's buckets since they were last taken. ``clock``: wall time, injectable."""
+    """One process's buckets since they were last taken. ``clock``: wall time, injectable;
+    ``migration_id``: the migration whose Ray metrics the calls also go to (None: none)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time):
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float] = time.time, migration_id: str | None = None):
+        self.clock, self.migration_id = clock, migration_id
         self._lock = threading.Lock()
         self._buckets: dict[Key, Bucket] = {}
         self._tags = threading.local()
@@ -150,11 +151,14 @@ class ClientStats:
     def _begin(self) -> None:
         self._tags.side, self._tags.units = None, set()
 
-    def _finish(self, op: str, began: float, t0: float, error: bool) -> None:
+    def _finish(self, op: str, began: float, t0: float, error: bool) -> float:
+        """Record the call under way on this thread; returns its ms."""
         t = self._tags
         side, units = getattr(t, "side", None) or "none", getattr(t, "units", set())
         unit = next(iter(units)) if len(units) == 1 else ANY_UNIT
-        self.record(op, began, (time.perf_counter() - t0) * 1000, error, side, unit)
+        ms = (time.perf_counter() - t0) * 1000
+        self.record(op, began, ms, error, side, unit)
+        return ms
 
     def record(self, op: str, began: float, ms: float, error: bool,
                side: str = "none", unit: str = ANY_UNIT) -> None:
@@ -193,23 +197,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def timed(op: str) -> Callable[[F], F]:
-    """Record each call of a ``RoutedCollection`` method in its ``stats``. Bad input is not
-    counted at all: it is refused before any engine sees a request."""
+    """Record each call of a ``RoutedCollection`` method, timed once: in its ``stats`` (for
+    the router: the report, the gates) and as a Ray metric (``backend`` ``routed``). Bad input
+    is not counted at all: it is refused before any engine sees a request."""
+    from ray_migrate import metrics
+
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             stats: ClientStats = self.stats
             stats._begin()
             began, t0 = stats.clock(), time.perf_counter()
+            error = True
             try:
                 out = fn(self, *args, **kwargs)
+                error = False
+                return out
             except (ValueError, InvalidDataError):  # bad input, refused before any engine call
+                error = None
                 raise
-            except BaseException:
-                stats._finish(op, began, t0, error=True)
-                raise
-            stats._finish(op, began, t0, error=False)
-            return out
+            finally:
+                if error is not None:
+                    ms = stats._finish(op, began, t0, error=error)
+                    if stats.migration_id is not None:
+                        metrics.client_call(stats.migration_id, op, "routed", ms, error)
         return call  # type: ignore[return-value]
     return wrap
 

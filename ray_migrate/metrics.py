@@ -221,17 +221,6 @@ def _timed_call(fn: Callable[..., Any], migration: str, op: str, backend: str,
         client_call(migration, op, backend, (time.perf_counter() - t0) * 1000, error)
 
 
-def timed(op: str) -> Callable[[F], F]:
-    """Count and time a ``RoutedCollection`` method as a whole (``backend`` ``routed``)."""
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return _timed_call(functools.partial(fn, self), self.cfg.migration_id, op,
-                               "routed", *args, **kwargs)
-        return call  # type: ignore[return-value]
-    return wrap
-
-
 __all__ = ["DEFINITIONS", "PHASE_NUMBERS", "TimedBackend", "client_call", "copy_ended",
-           "exported_name", "freeze", "points_copied", "run_units", "shadow_read", "timed",
-           "unit_state", "verified"]
+           "exported_name", "freeze", "points_copied", "run_units", "shadow_read", "unit_state",
+           "verified"]

@@ -229,7 +229,8 @@ def watch_status(read: Callable[[], dict[str, Any] | None], interval_s: float,
                  count: int | None, tty: bool, out: Any = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
     """Show ``read()`` every ``interval_s`` until Ctrl-C, or ``count`` times: in place on a
-    terminal (rich Live), else each one printed after a time stamp."""
+    terminal (rich Live), else each one written to ``out`` (the CLI's stdout) after a time
+    stamp."""
     out = out or sys.stdout
     n = 0
 
@@ -252,8 +253,8 @@ def watch_status(read: Callable[[], dict[str, Any] | None], interval_s: float,
         while count is None or n < count:
             if n:
                 sleep(interval_s)
-            print(f"--- {time.strftime('%H:%M:%S')}", file=out)
-            print(shown(), file=out, flush=True)
+            out.write(f"--- {time.strftime('%H:%M:%S')}\n{shown()}\n")
+            out.flush()
             n += 1
     except KeyboardInterrupt:
         return

@@ -70,14 +70,16 @@ class Case:
 
 
 # --- the source, seeded with the engine's own client --------------------------------------
-def seed(kind: str, path: Path, n: int = N_POINTS) -> dict[int, tuple[bytes, dict[str, Any]]]:
-    """``n`` points over 6 tenants of uneven sizes; returns id -> (vector bytes, payload).
+def seed(kind: str, path: Path | str, n: int = N_POINTS, tenant_names: list[str] = TENANTS,
+         storage_options: dict[str, str] | None = None
+         ) -> dict[int, tuple[bytes, dict[str, Any]]]:
+    """``n`` points over the tenants, of uneven sizes; returns id -> (vector bytes, payload).
     Dot product: Qdrant stores cosine vectors normalized, so they would not read back bit for
-    bit."""
+    bit. ``path`` of a LanceDB source may be an object-store URI (``storage_options``)."""
     rng = np.random.default_rng(2024)
     vecs = rng.standard_normal((n, DIM)).astype(np.float32)
-    weights = 1.0 / np.arange(1, len(TENANTS) + 1)
-    tenants = rng.choice(TENANTS, size=n, p=weights / weights.sum())
+    weights = 1.0 / np.arange(1, len(tenant_names) + 1)
+    tenants = rng.choice(tenant_names, size=n, p=weights / weights.sum())
     payloads = [{"tenant": str(tenants[i]), "title": f"seed {i}", "rank": i} for i in range(n)]
     if kind == "qdrant":
         from qdrant_client import QdrantClient, models
@@ -94,7 +96,8 @@ def seed(kind: str, path: Path, n: int = N_POINTS) -> dict[int, tuple[bytes, dic
     else:
         import lancedb
 
-        lancedb.connect(str(path)).create_table("docs", pa.table({
+        db = lancedb.connect(str(path), storage_options=storage_options)
+        db.create_table("docs", pa.table({
             "id": pa.array(range(n), pa.int64()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), DIM),
             "tenant": [p["tenant"] for p in payloads],

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
+from livecase import DIM, seed
 from raycluster import Head, stop_group
 
 N_POINTS = 2400
-DIM = 16
 TENANTS = [f"tenant-{i}" for i in range(4)]
 FIRST_NEW_ID = 1_000_000
 TESTS = Path(__file__).resolve().parent.parent
@@ -32,41 +30,12 @@ WRITE_RATE = 8.0
 Initial = dict[int, tuple[bytes, dict[str, Any]]]
 
 
-def _points() -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Points over the tenants, of uneven sizes. Dot product: Qdrant stores cosine vectors
-    normalized, so they would not read back bit for bit."""
-    rng = np.random.default_rng(2025)
-    vecs = rng.standard_normal((N_POINTS, DIM)).astype(np.float32)
-    weights = 1.0 / np.arange(1, len(TENANTS) + 1)
-    tenants = rng.choice(TENANTS, size=N_POINTS, p=weights / weights.sum())
-    return vecs, [{"tenant": str(tenants[i]), "title": f"seed {i}", "rank": i}
-                  for i in range(N_POINTS)]
-
-
 def seed_qdrant(path: Path) -> Initial:
-    from qdrant_client import QdrantClient, models
-
-    vecs, payloads = _points()
-    client = QdrantClient(path=str(path))
-    client.create_collection("docs", vectors_config=models.VectorParams(
-        size=DIM, distance=models.Distance.DOT))
-    client.upsert("docs", models.Batch(ids=list(range(N_POINTS)), vectors=vecs.tolist(),
-                                       payloads=payloads))
-    client.close()
-    return {i: (vecs[i].tobytes(), payloads[i]) for i in range(N_POINTS)}
+    return seed("qdrant", path, N_POINTS, TENANTS)
 
 
 def seed_lance(uri: str, storage_options: dict[str, str]) -> Initial:
-    import lancedb
-
-    vecs, payloads = _points()
-    lancedb.connect(uri, storage_options=storage_options).create_table("docs", pa.table({
-        "id": pa.array(range(N_POINTS), pa.int64()),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), DIM),
-        "tenant": [p["tenant"] for p in payloads],
-        "title": [p["title"] for p in payloads],
-        "rank": pa.array([p["rank"] for p in payloads], pa.int64())}))
-    return {i: (vecs[i].tobytes(), payloads[i]) for i in range(N_POINTS)}
+    return seed("lancedb", uri, N_POINTS, TENANTS, storage_options)
 
 
 def write_config(tmp: Path, mid: str, source: dict[str, Any], target: dict[str, Any],
