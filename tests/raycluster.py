@@ -24,6 +24,7 @@ them for the processes a test starts itself (drivers, CLIs, applications).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -39,7 +40,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
+log = logging.getLogger(__name__)
+
 START_TIMEOUT_S = 90.0
+START_ATTEMPTS = 2
 
 
 @dataclass
@@ -192,6 +196,45 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, dashboard: bool = False,
     ``env``: more environment for the head (so for every process the cluster starts) and for
     ``Head.env`` (the processes the test starts), e.g. a fault to inject.
     """
+    head = _started_head(tmp_path, num_cpus, dashboard, env)
+    try:
+        yield head
+    finally:
+        _remove_head(head, extra_kill_markers)
+
+
+def _remove_head(head: Head, extra_kill_markers: tuple[str, ...] = ()) -> None:
+    head.stop()
+    for marker in extra_kill_markers:
+        kill_matching(marker)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+    if os.path.exists(head.temp_dir):  # a process that was still ending wrote there meanwhile
+        kill_matching(head.temp_dir)
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+def _started_head(tmp_path: Path, num_cpus: int, dashboard: bool,
+                  env: dict[str, str] | None) -> Head:
+    """A head that is up. On a loaded 2-core machine `ray start` now and then gives up on its
+    own GCS ("Failed to get node info ... Deadline Exceeded", the node "timed out during
+    startup"): that is the harness failing to set up, not the code under test, so it gets one
+    more try on fresh ports and a fresh folder."""
+    for attempt in range(START_ATTEMPTS):
+        head = _launch_head(tmp_path, num_cpus, dashboard, env)
+        try:
+            _wait_ready(head, START_TIMEOUT_S)
+            return head
+        except RuntimeError as exc:
+            _remove_head(head)
+            if attempt + 1 == START_ATTEMPTS:
+                raise
+            log.warning("ray start failed (attempt %d of %d), starting again: %s",
+                        attempt + 1, START_ATTEMPTS, exc)
+    raise AssertionError("unreachable")
+
+
+def _launch_head(tmp_path: Path, num_cpus: int, dashboard: bool,
+                 env: dict[str, str] | None) -> Head:
     token = secrets.token_hex(32)
     # Short on purpose: Ray's unix sockets live under it and their paths have a length limit.
     temp_dir = tempfile.mkdtemp(prefix="rmhead-")
@@ -217,17 +260,7 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, dashboard: bool = False,
     head = Head(address=f"127.0.0.1:{gcs}", env=env, token=token,
                 dashboard_url=f"http://127.0.0.1:{dash}" if dashboard else None, proc=proc,
                 log_path=log_path, temp_dir=temp_dir, metrics_port=metrics)
-    try:
-        _wait_ready(head, START_TIMEOUT_S)
-        yield head
-    finally:
-        head.stop()
-        for marker in extra_kill_markers:
-            kill_matching(marker)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if os.path.exists(temp_dir):  # a process that was still ending wrote there meanwhile
-            kill_matching(temp_dir)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    return head
 
 
 __all__ = ["Head", "free_ports", "head_env", "kill_matching", "ray_cli", "ray_head",
