@@ -20,7 +20,9 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, namespace="ray_migrate",
+        # address="local": always a cluster of its own, never one that `ray start` left on
+        # the machine (ray.init would join the newest otherwise).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="ray_migrate",
                  log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
