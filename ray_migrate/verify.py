@@ -10,6 +10,7 @@ buckets, listing every id at fault (no cap); a long list goes to a file under ``
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 
 from ray_migrate import failpoints, metrics
 from ray_migrate.backends.base import Backend
-from ray_migrate.checksum import Digest, buckets_of, row_hashes
+from ray_migrate.checksum import Digest, buckets_of, digest_of, row_hashes
 from ray_migrate.schema import ID
 from ray_migrate.state import StateStore, safe_name
 from ray_migrate.transform import Transform
@@ -97,12 +98,20 @@ def load_verdict(store: StateStore, unit_id: str) -> dict[str, Any] | None:
     return store.read(verdict_key(unit_id))
 
 
+def as_target_holds(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
+                    batch_size: int) -> Iterator[pa.Table]:
+    """The unit's source batches as the target should hold them. The target's stored form is
+    skipped where it is the identity (``keeps_canonical``) on canonical batches: a
+    transform's function may return non-canonical payload text, so not after one."""
+    same = transform.function is None and target.keeps_canonical()
+    for batch, _ in source.scan(unit, batch_size):
+        out = transform.apply(batch)
+        yield out if same else target.stored_form(out)
+
+
 def source_digest(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
                   batch_size: int) -> Digest:
-    digest = Digest()
-    for batch, _ in source.scan(unit, batch_size):
-        digest.add(target.stored_form(transform.apply(batch)))
-    return digest
+    return digest_of(as_target_holds(unit, source, target, transform, batch_size))
 
 
 def _hashes_in(tables: Any, buckets: set[int]) -> pa.Table:
@@ -145,8 +154,7 @@ def diff_ids(unit: UnitSpec, source: Backend, target: Backend, transform: Transf
     bucket is a hash of the id), so both sides are scanned whole once more, but only the
     points of ``buckets`` are hashed and kept, and compared by a join, not per id."""
     wanted = set(buckets)
-    src = _hashes_in((target.stored_form(transform.apply(b))
-                      for b, _ in source.scan(unit, batch_size)), wanted)
+    src = _hashes_in(as_target_holds(unit, source, target, transform, batch_size), wanted)
     dst = _hashes_in((b for b, _ in target.scan(transform.target_unit(unit), batch_size)), wanted)
     return _compare(src, dst, limit)
 
