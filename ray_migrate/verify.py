@@ -10,14 +10,17 @@ buckets, listing every id at fault (no cap); a long list goes to a file under ``
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_migrate import failpoints, metrics
 from ray_migrate.backends.base import Backend
-from ray_migrate.checksum import Digest, bucket_of, point_hashes
+from ray_migrate.checksum import Digest, buckets_of, digest_of, row_hashes
 from ray_migrate.schema import ID
 from ray_migrate.state import StateStore, safe_name
 from ray_migrate.transform import Transform
@@ -95,24 +98,52 @@ def load_verdict(store: StateStore, unit_id: str) -> dict[str, Any] | None:
     return store.read(verdict_key(unit_id))
 
 
+def as_target_holds(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
+                    batch_size: int) -> Iterator[pa.Table]:
+    """The unit's source batches as the target should hold them. The target's stored form is
+    skipped where it is the identity (``keeps_canonical``) on canonical batches: a
+    transform's function may return non-canonical payload text, so not after one."""
+    same = transform.function is None and target.keeps_canonical()
+    for batch, _ in source.scan(unit, batch_size):
+        out = transform.apply(batch)
+        yield out if same else target.stored_form(out)
+
+
 def source_digest(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
                   batch_size: int) -> Digest:
-    digest = Digest()
-    for batch, _ in source.scan(unit, batch_size):
-        digest.add(target.stored_form(transform.apply(batch)))
-    return digest
+    return digest_of(as_target_holds(unit, source, target, transform, batch_size))
 
 
-def _hashes_in(tables: Any, buckets: set[int]) -> dict[Any, int]:
-    """Content hashes of the points in ``buckets`` only: the others are not hashed."""
-    out: dict[Any, int] = {}
+def _hashes_in(tables: Any, buckets: set[int]) -> pa.Table:
+    """(id, h0, h1) of the points in ``buckets`` only, columnar: the others are not hashed."""
+    wanted = np.fromiter(buckets, dtype=np.int64, count=len(buckets))
+    parts = []
     for t in tables:
-        keep = [bucket_of(pid) in buckets for pid in t.column(ID).to_pylist()]
-        if not any(keep):
+        keep = np.isin(buckets_of(t.column(ID)), wanted)
+        if not keep.any():
             continue
-        ids, hashes = point_hashes(t.filter(pa.array(keep)) if not all(keep) else t)
-        out.update(zip(ids, hashes, strict=True))
-    return out
+        t = t if keep.all() else t.filter(pa.array(keep))
+        h = row_hashes(t)
+        parts.append(pa.table({ID: t.column(ID), "h0": h[:, 0], "h1": h[:, 1]}))
+    return pa.concat_tables(parts) if parts else None
+
+
+def _ids(table: pa.Table | None, limit: int | None) -> list[Any]:
+    return [] if table is None else sorted(table.column(ID).to_pylist(), key=str)[:limit]
+
+
+def _compare(src: pa.Table | None, dst: pa.Table | None, limit: int | None
+             ) -> tuple[list, list, list]:
+    """Missing, extra and changed ids between two (id, h0, h1) tables, by an Arrow join."""
+    if src is None or dst is None:
+        return _ids(src, limit), _ids(dst, limit), []
+    both = src.join(dst.rename_columns([ID, "d0", "d1"]), ID, join_type="full outer")
+    lost, new = pc.is_null(both.column("d0")), pc.is_null(both.column("h0"))
+    differ = pc.and_(pc.and_(pc.invert(lost), pc.invert(new)), pc.or_(
+        pc.not_equal(both.column("h0"), both.column("d0")),
+        pc.not_equal(both.column("h1"), both.column("d1"))))
+    return (_ids(both.filter(lost), limit), _ids(both.filter(new), limit),
+            _ids(both.filter(differ), limit))
 
 
 def diff_ids(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
@@ -121,15 +152,11 @@ def diff_ids(unit: UnitSpec, source: Backend, target: Backend, transform: Transf
     """Ids missing on the target, extra on the target, and changed, within ``buckets``
     (every one of them unless ``limit``). The backends cannot select points by bucket (a
     bucket is a hash of the id), so both sides are scanned whole once more, but only the
-    points of ``buckets`` are hashed and kept."""
+    points of ``buckets`` are hashed and kept, and compared by a join, not per id."""
     wanted = set(buckets)
-    src = _hashes_in((target.stored_form(transform.apply(b))
-                      for b, _ in source.scan(unit, batch_size)), wanted)
+    src = _hashes_in(as_target_holds(unit, source, target, transform, batch_size), wanted)
     dst = _hashes_in((b for b, _ in target.scan(transform.target_unit(unit), batch_size)), wanted)
-    missing = sorted((i for i in src if i not in dst), key=str)[:limit]
-    extra = sorted((i for i in dst if i not in src), key=str)[:limit]
-    changed = sorted((i for i in src if i in dst and src[i] != dst[i]), key=str)[:limit]
-    return missing, extra, changed
+    return _compare(src, dst, limit)
 
 
 def verify_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
@@ -141,7 +168,7 @@ def verify_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
     failpoints.hit("verify.checksum", unit=unit.unit_id)  # one side summed, not the other
     t = target.checksum(transform.target_unit(unit), batch_size)
     verdict = UnitVerdict(unit.unit_id, s.count, t.count, s.hexdigest, t.hexdigest,
-                          equal=(s.count == t.count and s.total == t.total), seconds=0.0)
+                          equal=s.same_as(t), seconds=0.0)
     if not verdict.equal:
         verdict.differing_buckets = s.differing_buckets(t)
         verdict.missing_ids, verdict.extra_ids, verdict.changed_ids = diff_ids(

@@ -144,6 +144,11 @@ class Backend(ABC):
         """The batch as this engine will store it (Qdrant normalizes cosine vectors)."""
         return table
 
+    def keeps_canonical(self) -> bool:
+        """Whether ``stored_form`` returns every canonical batch it accepts unchanged (then
+        verify need not compute it); False unless a backend knows it."""
+        return False
+
     def finalize(self, options: Any) -> dict[str, Any]:
         """After the bulk copy: compact, build indexes. Returns what it did."""
         return {}

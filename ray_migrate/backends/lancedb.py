@@ -405,6 +405,16 @@ class LanceBackend(Backend):
         lay = self._layout()
         return to_canonical(to_layout(table, lay), lay)
 
+    def keeps_canonical(self) -> bool:
+        """A table made by ray_migrate stores every canonical value exactly (int64, float64,
+        bool, string and JSON-text payload columns, fixed-size float32 vectors), so
+        ``stored_form`` gives back what it accepts; a foreign one may not (float32 columns)."""
+        lay = self._layout()
+        vectors_exact = all(lay.schema.field(v.name).type == pa.list_(pa.float32(), v.dim)
+                            for v in lay.vectors)
+        return lay.own and vectors_exact and all(
+            lay.schema.field(k).type == PAYLOAD_ARROW[kind] for k, kind in lay.payload.items())
+
     def _rows(self, table: pa.Table) -> pa.Table:
         lay = self._layout()
         check_vectors(table, lay.canonical_info(self.endpoint.table))

@@ -111,6 +111,9 @@ class RetryingBackend(Backend):
     def stored_form(self, table: pa.Table) -> pa.Table:
         return self._retried("stored_form", table)
 
+    def keeps_canonical(self) -> bool:
+        return self._retried("keeps_canonical")
+
     def finalize(self, options: Any) -> dict[str, Any]:
         return self._retried("finalize", options)
 
