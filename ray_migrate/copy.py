@@ -108,24 +108,26 @@ class Throttle:
 def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
               store: StateStore, cfg: CopyConfig,
               on_batch: Callable[[int], None] | None = None,
-              fresh_target: bool = False) -> CopyResult:
+              fresh_target: bool = False, start_at: Cursor | None = None) -> CopyResult:
     """Copy one unit from its checkpoint on; return when the whole unit is on the target.
 
     Scan batches are gathered up to the target's preferred write size, then written and
     checkpointed. ``fresh_target``: the run created the target, so this unit's points can
     only be there if an earlier attempt wrote them; then every write but the first after a
     resume appends instead of merging by id (LanceDB appends in constant time, while its
-    merge joins against the whole table). ``on_batch`` gets the copied count per write."""
+    merge joins against the whole table). ``on_batch`` gets the copied count per write.
+    ``start_at``: the cursor a scan with no checkpointed cursor starts from (the source's listing
+    of the unit, ``Backend.list_units``), else the start."""
     start = time.perf_counter()
     ckpt = store.load_checkpoint(unit.unit_id)
     if ckpt and ckpt.get("status") == "copied":
         return CopyResult(unit.unit_id, "skipped", ckpt.get("copied", 0), 0, 0.0)
     state: dict[str, Any] = {"copied": (ckpt or {}).get("copied", 0),
-                             "cursor": (ckpt or {}).get("cursor"), "now": 0,
+                             "cursor": (ckpt or {}).get("cursor") or start_at, "now": 0,
                              "may_exist": ckpt is not None or not fresh_target}
     if ckpt is None:  # marks that writes may begin: a later attempt merges its first write
         _save(store, unit, "copying", None, 0)
-    elif state["cursor"] is not None:
+    elif ckpt.get("cursor") is not None:
         log.info("unit %s: resuming after %d points", unit.unit_id, state["copied"])
     write_rows = max(cfg.batch_size, target.capabilities.preferred_write_rows)
     throttle = Throttle(cfg.max_points_per_s / max(cfg.workers, 1))

@@ -92,6 +92,7 @@ class Migration:
         self.workers: list[Any] = []
         self.plan: Plan | None = None
         self.target: Backend | None = None
+        self.source: Backend | None = None
         self.router: RouterHandle | None = None
         self.lease: DriverLease | None = None
         self.last_wave: Any = None  # the last wave not yet judged (``slo.WaveSpan``)
@@ -200,10 +201,56 @@ class Migration:
             log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
                      res.get("copied_now", 0))
 
-        for unit_id, error in run_on_pool(self.workers, "prepare", units or self.units(),
-                                          on_result).items():
+        units = units or self.units()
+        listing = self.list_source(self.capture_for_copy(units))
+        for unit_id, error in run_on_pool(self.workers, "prepare", units, on_result,
+                                          listing=listing).items():
             self._row(unit_id).status, self._row(unit_id).error = "failed", error
             self._failed_in_router(unit_id, error)
+
+    def capture_for_copy(self, units: list[UnitSpec]) -> list[UnitSpec]:
+        """Where the source lists many units in one pass (``Capabilities.lists_units``: Qdrant
+        local mode, where each unit's own listing is a pass over the whole collection),
+        start capture for every unit at once and let their copies begin; return the units
+        whose scans start from the start (no checkpointed cursor). Elsewhere: nothing, each
+        unit's prepare does it. A unit whose capture fails here is left to its prepare,
+        which fails it with the reason."""
+        source = self._source()
+        if not units or not source.capabilities.lists_units:
+            return []
+        assert self.plan is not None
+        worker = UnitWorker(self.cfg, self.plan.to_dict())
+        for u in units:  # every unit first: their leases from before capture end together
+            self._try(u, worker.begin_capture)
+        fresh = []
+        for u in units:
+            ckpt = self.store.load_checkpoint(u.unit_id) or {}
+            if (self._try(u, worker.start_copy) == "copying" and ckpt.get("cursor") is None
+                    and ckpt.get("status") != "copied"):
+                fresh.append(u)
+        return fresh
+
+    def list_source(self, units: list[UnitSpec]) -> str | None:
+        """List the ids of ``units`` in one pass over the source, for their scans (see
+        ``Backend.list_units``). Only for units that capture: ``capture_for_copy``'s."""
+        if not units:
+            return None
+        token = self._source().list_units(units)
+        log.info("listed the source's ids of %d units in one pass", len(units))
+        return token
+
+    def _source(self) -> Backend:
+        if self.source is None:
+            self.source = open_backend(self.cfg.source)
+        return self.source
+
+    @staticmethod
+    def _try(unit: UnitSpec, step: Any) -> str | None:
+        try:
+            return step(unit.to_dict())
+        except Exception as err:  # noqa: BLE001 - its prepare meets it again and reports it
+            log.warning("unit %s: %s", unit.unit_id, err)
+            return None
 
     def _failed_in_router(self, unit_id: str, error: str) -> None:
         """A unit whose prepare failed is ``failed`` in the routing table too, with the reason,

@@ -109,8 +109,9 @@ def _existing(name: str) -> Any:
 
 
 def run_on_pool(workers: list[Any], method: str, units: list[UnitSpec],
-                on_result: Callable[[UnitSpec, Any], None]) -> dict[str, str]:
-    """Run ``method`` for every unit, each worker one unit at a time; return errors by unit.
+                on_result: Callable[[UnitSpec, Any], None], **kwargs: Any) -> dict[str, str]:
+    """Run ``method`` for every unit (with ``kwargs``), each worker one unit at a time; return
+    errors by unit.
 
     A task whose actor died (after Ray's own restarts and task retries) goes back on the queue,
     up to MAX_UNIT_ATTEMPTS; other errors are collected, not raised, so every unit is tried.
@@ -127,7 +128,7 @@ def run_on_pool(workers: list[Any], method: str, units: list[UnitSpec],
         while queue and idle:
             unit, w = queue.popleft(), idle.pop()
             attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
-            ref = getattr(workers[w], method).remote(unit.to_dict())
+            ref = getattr(workers[w], method).remote(unit.to_dict(), **kwargs)
             running[ref] = (unit, w)
         done, _ = ray.wait(list(running), num_returns=1)
         unit, w = running.pop(done[0])

@@ -138,17 +138,16 @@ class UnitWorker:
         return self.router.call("unit", unit_id)["phase"]
 
     # --- copy, catch up, verify -----------------------------------------------------------
-    def prepare(self, unit: dict[str, Any]) -> dict[str, Any]:
-        """Capture, copy, catch up and verify a unit, so it is ready for cutover."""
+    def begin_capture(self, unit: dict[str, Any]) -> str:
+        """Start capturing the unit's writes, if it is not past that: a unit on the source
+        (or rolled back, or failed) goes to ``capturing``; a cutover that died half-way has its
+        freeze lifted. Returns the unit's phase."""
         spec = UnitSpec.from_dict(unit)
-        uid, router, cut = spec.unit_id, self.router, self.cfg.cutover
-        out: dict[str, Any] = {"unit_id": uid, "worker": self.index}
+        uid, router = spec.unit_id, self.router
         st = router.call("unit", uid)
-        if st["phase"] in ("target", "done"):
-            return {**out, "phase": st["phase"], "status": "skipped"}
         if st["phase"] == "frozen":  # a cutover that died half-way: its freeze is lifted
             router.call("set_phase", uid, "ready" if st["owner"] == "source" else "target")
-            return self.prepare(unit)
+            return self.begin_capture(unit)
         if st["phase"] in ("source", "rolled_back", "failed"):
             save_verdict(self.store, uid, None)  # copied again: an earlier verdict is void
             if st["phase"] not in CAPTURING and self.store.load_checkpoint(uid) is not None:
@@ -156,17 +155,41 @@ class UnitWorker:
                 # stands: only a diff finds them. Marked first, so a crash here keeps it.
                 router.call("mark_repair", uid)
             router.call("set_phase", uid, "capturing")
-            st = router.call("unit", uid)
-        if st["phase"] == "capturing":
+        return self._phase(uid)
+
+    def start_copy(self, unit: dict[str, Any]) -> str:
+        """Capture the unit's writes, then, once every write that began before capture has
+        ended, let its copy begin (``copying``). Returns the unit's phase."""
+        phase = self.begin_capture(unit)
+        uid = unit["unit_id"]
+        if phase == "capturing":
+            st = self.router.call("unit", uid)
             # Writes that began before capture must land before the scan starts.
-            if not router.call("wait_leases", uid, st["capture_epoch"], cut.write_lease_s + 5):
+            if not self.router.call("wait_leases", uid, st["capture_epoch"],
+                                    self.cfg.cutover.write_lease_s + 5):
                 raise TerminalError(f"unit {uid}: writes from before capture never ended")
-            router.call("set_phase", uid, "copying")
-        if self._phase(uid) == "copying":
+            self.router.call("set_phase", uid, "copying")
+            phase = "copying"
+        return phase
+
+    def prepare(self, unit: dict[str, Any], listing: str | None = None) -> dict[str, Any]:
+        """Capture, copy, catch up and verify a unit, so it is ready for cutover.
+
+        ``listing``: the source's token of ids listed for this unit's scan once it was
+        ``copying`` (``Backend.list_units``); its scan starts from there."""
+        spec = UnitSpec.from_dict(unit)
+        uid, router, cut = spec.unit_id, self.router, self.cfg.cutover
+        out: dict[str, Any] = {"unit_id": uid, "worker": self.index}
+        phase = self.start_copy(unit)
+        if phase in ("target", "done"):
+            return {**out, "phase": phase, "status": "skipped"}
+        st = router.call("unit", uid)
+        if st["phase"] == "copying":
             fresh = self.store.read(TARGET_KEY) is not None
             result = copy_unit(spec, self.source, self.target, self.forward, self.store,
                                self.cfg.copy_cfg, on_batch=self._progress(uid),
-                               fresh_target=fresh)
+                               fresh_target=fresh,
+                               start_at={"listing": listing} if listing else None)
             out.update(result.to_dict(), points_per_s=result.points_per_s)
             router.call("update_progress", uid, copied=result.copied)
             metrics.copy_ended(self.cfg.migration_id, uid)

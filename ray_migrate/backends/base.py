@@ -27,6 +27,9 @@ class Capabilities:
     # What a client wrote, put through ``stored_form``, is what ``fetch`` returns: a change
     # log applier may use a client's rows instead of reading them back (see routing.client_rows).
     reads_back_writes: bool = False
+    # ``list_units`` lists many units' ids in one pass, which their scans start from: the
+    # driver starts capture for every unit first, then lists them all (Qdrant local mode).
+    lists_units: bool = False
 
 
 def in_tenant(unit: UnitSpec | None, payload: dict[str, Any]) -> bool:
@@ -93,6 +96,15 @@ class Backend(ABC):
     def scan(self, unit: UnitSpec, batch_size: int,
              cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
         """Canonical batches of the unit, each with the cursor that resumes right after it."""
+
+    def list_units(self, units: Sequence[UnitSpec]) -> str | None:
+        """List the ids of every one of ``units`` at once and keep them for their scans, where
+        that is cheaper than a listing per scan (``capabilities.lists_units``). Returns a token:
+        a scan started from the cursor ``{"listing": token}`` reads its unit's listed ids (as
+        they are when read). Call it only once capture runs for every one of ``units``: a
+        point added after the listing is in no list, only in its unit's change log. None:
+        nothing was listed (start scans from None)."""
+        return None
 
     @abstractmethod
     def fetch(self, ids: Sequence[Any]) -> pa.Table:

@@ -4,15 +4,14 @@ vectors and filters translate to Qdrant's lives in ``qdrant_convert``.
 
 Units: tenant units filter on a payload field; id-range bounds are *physical* Qdrant ids, in the
 order Qdrant scrolls (ints numerically before UUIDs, UUIDs as text). Scan cursors are
-``{"offset": <physical id>}`` (resume there), ``{"done": True}`` (nothing left) or None (start).
+``{"offset": <physical id>}`` (resume there), ``{"done": True}`` (nothing left) or None (start);
+local mode adds ``"listing"``: the token of the ids listed for the scan (``qdrant_scan``).
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from ray_migrate.backends.qdrant_convert import (
     vector_specs,
     vectors_config,
 )
+from ray_migrate.backends.qdrant_scan import SCROLL_IDS_PAGE, LocalScans
 from ray_migrate.config import QdrantEndpoint
 from ray_migrate.errors import (
     IncompatibleTargetError,
@@ -57,8 +57,6 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
-_SCROLL_IDS_PAGE = 10_000
-_CACHED_SCANS = 64  # unit id lists of local-mode scans under way
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
 
@@ -115,9 +113,8 @@ class QdrantBackend(Backend):
         self.local = bool(endpoint.path)
         self.where = f"collection {self.name!r} at {endpoint.location}"
         self.capabilities = Capabilities(parallel_writes=not self.local, snapshot_scan=False,
-                                         higher_score_is_better=True)
+                                         higher_score_is_better=True, lists_units=self.local)
         self._owns_client = client is None
-        self._unit_ids: OrderedDict[str, list[int | str]] = OrderedDict()  # scans under way
         self._params: dict[str, Any] | None = None  # column name -> VectorParams
         self._unnamed = False
         if client is None:
@@ -136,6 +133,7 @@ class QdrantBackend(Backend):
                     "one process per folder: under Ray open it through hosted_qdrant, and close "
                     "other clients of that folder") from err
         self.client = client
+        self._scans = LocalScans(client, self.name)  # local mode: scans by listed ids
 
     # --- config -----------------------------------------------------------------------------
     def _vector_params(self, refresh: bool = False) -> dict[str, Any]:
@@ -230,25 +228,12 @@ class QdrantBackend(Backend):
                 "every point must carry every vector")
 
     # --- units ------------------------------------------------------------------------------
-    def _scroll_ids(self, lo: Any = None, hi: Any = None) -> Iterator[int | str]:
-        offset = lo
-        while True:
-            recs, nxt = self.client.scroll(self.name, limit=_SCROLL_IDS_PAGE, offset=offset,
-                                           with_payload=False, with_vectors=False)
-            for r in recs:
-                if hi is not None and scroll_order(r.id) >= scroll_order(hi):
-                    return
-                yield r.id
-            if nxt is None:
-                return
-            offset = nxt
-
     @_guard
     def tenant_counts(self, field: str) -> dict[Any, int]:
         counts: dict[Any, int] = {}
         offset = None
         while True:
-            recs, offset = self.client.scroll(self.name, limit=_SCROLL_IDS_PAGE, offset=offset,
+            recs, offset = self.client.scroll(self.name, limit=SCROLL_IDS_PAGE, offset=offset,
                                               with_payload=[field], with_vectors=False)
             for r in recs:
                 value = payload_value(r.payload or {}, field)
@@ -263,7 +248,7 @@ class QdrantBackend(Backend):
 
     @_guard
     def id_boundaries(self, count: int) -> list[Any]:
-        ids = list(self._scroll_ids())
+        ids = list(self._scans.scroll_ids())
         n = len(ids)
         picks = {ids[i * n // count] for i in range(1, count)} if n and count > 1 else set()
         return sorted(picks - {ids[0]} if ids else picks, key=scroll_order)
@@ -271,7 +256,7 @@ class QdrantBackend(Backend):
     @_guard
     def count(self, unit: UnitSpec) -> int:
         if unit.kind == "id_range":
-            return sum(1 for _ in self._scroll_ids(unit.lo, unit.hi))
+            return sum(1 for _ in self._scans.scroll_ids(unit.lo, unit.hi))
         return int(self.client.count(self.name, count_filter=unit_filter(unit), exact=True).count)
 
     # --- read -------------------------------------------------------------------------------
@@ -285,7 +270,8 @@ class QdrantBackend(Backend):
         if cursor and cursor.get("done"):
             return self._empty(), None
         if self.local:
-            return self._scan_page_local(unit, batch_size, cursor)
+            recs, nxt_cursor = self._scans.page(unit, batch_size, cursor, self._retrieve)
+            return (self._table(recs) if recs else self._empty()), nxt_cursor
         offset = (cursor or {}).get("offset")
         hi = unit.hi if unit.kind == "id_range" else None
         if offset is None and unit.kind == "id_range":
@@ -302,41 +288,14 @@ class QdrantBackend(Backend):
         table = self._table(recs) if recs else self._empty()
         return table, (None if nxt is None else {"offset": nxt})
 
-    def _scan_page_local(self, unit: UnitSpec, batch_size: int,
-                         cursor: Cursor | None) -> tuple[pa.Table, Cursor | None]:
-        """Local mode sorts every id and filters every point on each scroll call, so a scan
-        by pages costs N**2 / batch. Instead list the unit's ids once per scan (one scroll,
-        ids only) and retrieve each page by id. A point added after the list was made is not
-        in this scan: capture (which starts before the scan) brings it over."""
-        ids = self._unit_ids.get(unit.unit_id) if cursor else None
-        if ids is None:
-            ids = self._list_unit_ids(unit)
-            self._unit_ids[unit.unit_id] = ids
-            while len(self._unit_ids) > _CACHED_SCANS:
-                self._unit_ids.popitem(last=False)
-        offset = (cursor or {}).get("offset")
-        start = (0 if offset is None
-                 else bisect.bisect_left(ids, scroll_order(offset), key=scroll_order))
-        page = ids[start:start + batch_size]
-        recs = self.client.retrieve(self.name, page, with_payload=True, with_vectors=True)
-        # A point that left the unit since the list was made (a client moved it to another
-        # tenant) is not the unit's: copied here too, the other unit's copy would add it
-        # again (a fresh target appends).
-        recs = [r for r in recs if in_unit(unit, r.id, dict(r.payload or {}))]
-        recs.sort(key=lambda r: scroll_order(r.id))
-        nxt = ids[start + batch_size] if start + batch_size < len(ids) else None
-        if nxt is None:
-            self._unit_ids.pop(unit.unit_id, None)
-        table = self._table(recs) if recs else self._empty()
-        return table, (None if nxt is None else {"offset": nxt})
+    def _retrieve(self, ids: list[int | str]) -> list[Any]:
+        return self.client.retrieve(self.name, ids, with_payload=True, with_vectors=True)
 
-    def _list_unit_ids(self, unit: UnitSpec) -> list[int | str]:
-        if unit.kind == "id_range":
-            return list(self._scroll_ids(unit.lo, unit.hi))
-        recs, _ = self.client.scroll(self.name, scroll_filter=unit_filter(unit),
-                                     limit=max(self.client.count(self.name).count, 1),
-                                     with_payload=False, with_vectors=False)
-        return sorted((r.id for r in recs), key=scroll_order)
+    @_guard
+    def list_units(self, units: Sequence[UnitSpec]) -> str | None:
+        """Local mode: list every unit's ids in one pass (see ``qdrant_scan``); a server
+        scrolls each unit with its filter and has no use for it."""
+        return self._scans.list_units(list(units)) if self.local and units else None
 
     def _empty(self) -> pa.Table:
         return empty_table(self._info())
@@ -366,7 +325,7 @@ class QdrantBackend(Backend):
             return self._search_local_scoped(vector, k, vector_name, unit, within)
         flt = unit_filter(unit)
         if unit is not None and unit.kind == "id_range":
-            ids = list(self._scroll_ids(unit.lo, unit.hi))
+            ids = list(self._scans.scroll_ids(unit.lo, unit.hi))
             if not ids:
                 return []
             flt = models.Filter(must=[models.HasIdCondition(has_id=ids)])

@@ -216,6 +216,9 @@ class HostedBackend(Backend):
              cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
         return scan_by_pages(self.scan_page, unit, batch_size, cursor)
 
+    def list_units(self, units: Sequence[UnitSpec]) -> str | None:
+        return self._call("list_units", list(units))  # the lists stay in the actor
+
     def fetch(self, ids: Sequence[Any]) -> pa.Table:
         return self._call("fetch", list(ids))
 

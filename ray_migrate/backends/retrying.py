@@ -82,6 +82,9 @@ class RetryingBackend(Backend):
                     raise
                 self.sleep(self.policy.delay(failures))
 
+    def list_units(self, units: Sequence[UnitSpec]) -> str | None:
+        return self._retried("list_units", units)  # a second listing is as good as the first
+
     def fetch(self, ids: Sequence[Any]) -> pa.Table:
         return self._retried("fetch", ids)
 
