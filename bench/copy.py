@@ -155,8 +155,17 @@ def run_ray(cfg, sample_rss: bool = False) -> dict:
     store = StateStore(cfg.state_uri, cfg.migration_id)
     ends = {u.unit_id: store.load_checkpoint(u.unit_id)["updated_at"] for u in rep.units}
     window = max(ends.values()) - min(ends[u.unit_id] - u.seconds for u in rep.units)
-    return {"points": rep.total_copied_now, "copy_s": window, "total_s": total,
+    listing = _listing_s(store)  # a one-pass listing before the units start is copy time too
+    return {"points": rep.total_copied_now, "copy_s": window + listing, "listing_s": listing,
+            "total_s": total,
             "peak_mb": max(peak.values(), default=0) / 2**20, "pids": dict(pids)}
+
+
+def _listing_s(store) -> float:
+    """Seconds of the driver's one-pass listing of the source (its ``listing`` event in the
+    run's report), 0 when the run made none."""
+    doc = store.read("report/report.json") or {}
+    return sum(e.get("seconds", 0.0) for e in doc.get("events", []) if e["kind"] == "listing")
 
 
 def scan_only(path: Path) -> tuple[int, float]:

@@ -99,7 +99,9 @@ def main() -> int:
             f"{md_table(head, rows)}\n\n"
             "Scan-only reads every point once through the same hosted Qdrant proxy the workers "
             "use, without writing. The copy phase runs from the first unit's start to the last "
-            "unit's end (the report and the units' final checkpoints); the end-to-end row adds "
+            "unit's end (the report and the units' final checkpoints), plus the driver's one-pass "
+            f"listing of every unit's ids before them ({r['listing_s']:.2f} s here); the "
+            "end-to-end row adds "
             "Ray actor start, planning, the capture start and the hosting actor's load of the "
             "folder (finalize and verify are off).\n")
     print("\n" + text)

@@ -235,8 +235,11 @@ class Migration:
         ``Backend.list_units``). Only for units that capture: ``capture_for_copy``'s."""
         if not units:
             return None
+        started = time.perf_counter()
         token = self._source().list_units(units)
-        log.info("listed the source's ids of %d units in one pass", len(units))
+        seconds = time.perf_counter() - started
+        self.event("listing", units=len(units), seconds=round(seconds, 3))
+        log.info("listed the source's ids of %d units in one pass (%.1fs)", len(units), seconds)
         return token
 
     def _source(self) -> Backend:
