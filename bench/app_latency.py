@@ -346,7 +346,11 @@ def report(runs: list[dict[str, Any]], a: argparse.Namespace, cmd: str, secs: fl
     rows.insert(0, (f"runs with write p99 during / before <= 1.5 (>= {a.min_writes} writes "
                     "per window)", f"{ok_b} of {n}", f"{n} of {n}",
                     "pass" if ok_b == n else "FAIL"))
-    return md_table(("Metric", "Value", "Target", "Pass"), rows) + "\n\n" + where(runs)
+    errors = sorted({e for r in runs for w in (r["before"], r["control"], r["during"],
+                                                r["during"]["after"]) for e in w["errors"]})
+    return md_table(("Metric", "Value", "Target", "Pass"), rows) + "\n\n" + (
+        "Client errors (distinct): " + "; ".join(errors[:5]) + "\n\n" if errors else "") \
+        + where(runs)
 
 
 def where(runs: list[dict[str, Any]]) -> str:

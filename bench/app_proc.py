@@ -139,7 +139,7 @@ def routed_client(a: argparse.Namespace, calls: Calls) -> tuple[Any, Any, Any, S
     def upsert(r: dict[str, Any]) -> None:
         coll.upsert([{"id": int(x), "vector": v.tolist(), "payload": {
             "tenant": f"t{x % TENANTS}", "title": f"doc {x} ✓", "rank": int(x * 7919 % 1000),
-            "tags": None}} for x, v in zip(r["ids"], r["vec"], strict=True)])
+            }} for x, v in zip(r["ids"], r["vec"], strict=True)])
 
     def search(q: np.ndarray, tenant: str) -> None:
         coll.search(q.tolist(), k=10, filter={"tenant": tenant})

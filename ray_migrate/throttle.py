@@ -120,6 +120,8 @@ class AdaptiveGate:
             if not self.above():
                 break
         self.paused_s += self.clock() - began
+        log.info("throttle: clients' write p99 above %.1f ms: paused %.1f s (%.1f s in all)",
+                 self.limit_ms() or 0.0, self.clock() - began, self.paused_s)
 
     def _read(self, since: float, until: float) -> tuple[int, float | None]:
         try:
