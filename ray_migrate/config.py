@@ -109,6 +109,25 @@ class WorkerResources(_Model):
     resources: dict[str, float] = Field(default_factory=dict)
 
 
+class ThrottleConfig(_Model):
+    """Adaptive throttling (``ray_migrate.throttle``): the copy and verify's scans pause
+    between batches while the clients' recent write p99 is above its limit."""
+
+    max_client_p99_ratio: float = Field(
+        default=0, ge=0, description="pause while the clients' write p99 over the last "
+        "window_s is above this many times its baseline (before the copy, else the best "
+        "window since); 0: no ratio limit")
+    max_client_p99_ms: float = Field(default=0, ge=0, description="pause while the clients' "
+                                     "write p99 is above this many ms; 0: no ceiling")
+    window_s: float = Field(default=5.0, gt=0, le=300)
+    baseline_s: float = Field(default=30.0, gt=0, le=3600)
+    min_requests: int = Field(default=10, ge=1, description="windows with fewer client "
+                              "writes judge nothing")
+    check_s: float = Field(default=1.0, gt=0, le=60)
+    max_pause_s: float = Field(default=10.0, ge=0, description="longest pause per batch: "
+                               "the migration still ends under a slow application")
+
+
 class CopyConfig(_Model):
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     workers: int = Field(default=4, ge=1, le=1024)
@@ -118,6 +137,7 @@ class CopyConfig(_Model):
     max_points_per_s: float = Field(
         default=0, ge=0, description="the copy's rate limit for the whole migration, shared "
         "evenly by the workers, so the application keeps its share of the machine; 0: none")
+    throttle: ThrottleConfig = ThrottleConfig()
 
 
 class TransformConfig(_Model):

@@ -22,6 +22,7 @@ from ray_migrate.backends.base import Backend, Cursor
 from ray_migrate.config import CopyConfig
 from ray_migrate.retry import with_retries
 from ray_migrate.state import StateStore
+from ray_migrate.throttle import AdaptiveGate
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 
@@ -108,7 +109,8 @@ class Throttle:
 def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
               store: StateStore, cfg: CopyConfig,
               on_batch: Callable[[int], None] | None = None,
-              fresh_target: bool = False, start_at: Cursor | None = None) -> CopyResult:
+              fresh_target: bool = False, start_at: Cursor | None = None,
+              gate: AdaptiveGate | None = None) -> CopyResult:
     """Copy one unit from its checkpoint on; return when the whole unit is on the target.
 
     Scan batches are gathered up to the target's preferred write size, then written and
@@ -117,7 +119,8 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
     resume appends instead of merging by id (LanceDB appends in constant time, while its
     merge joins against the whole table). ``on_batch`` gets the copied count per write.
     ``start_at``: the cursor a scan with no checkpointed cursor starts from (the source's listing
-    of the unit, ``Backend.list_units``), else the start."""
+    of the unit, ``Backend.list_units``), else the start.
+    ``gate``: the adaptive throttle (``throttle``), asked after each write."""
     start = time.perf_counter()
     ckpt = store.load_checkpoint(unit.unit_id)
     if ckpt and ckpt.get("status") == "copied":
@@ -152,6 +155,8 @@ def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Trans
         if on_batch is not None:
             on_batch(state["copied"])
         throttle.wait(table.num_rows)
+        if gate is not None:
+            gate.wait()
 
     def run_from_checkpoint() -> None:
         parts: list[pa.Table] = []

@@ -31,6 +31,7 @@ from ray_migrate.retry import RetryPolicy
 from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.routing.records import CAPTURING, FOLLOWED, Owner, TransitionError
 from ray_migrate.state import TARGET_KEY, StateStore
+from ray_migrate.throttle import AdaptiveGate, RouterLatency, gate_of
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 from ray_migrate.verify import save_verdict, spill_ids, verify_unit
@@ -102,6 +103,7 @@ class UnitWorker:
         self._source: Backend | None = None
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
+        self._gate: AdaptiveGate | None = None  # the adaptive throttle, one per worker
         self._stopped = threading.Event()  # ends the follower (tests; an actor just dies)
         self._back_broken: set[str] = set()  # units whose back-sync failed for good
         self.who = _actor_id() or uuid.uuid4().hex[:12]  # see ``_actor_id``
@@ -126,6 +128,16 @@ class UnitWorker:
         if self._router is None:
             self._router = get_router(self.cfg.migration_id)
         return self._router
+
+    @property
+    def gate(self) -> AdaptiveGate | None:
+        """The adaptive throttle (``copy.throttle``), its baseline taken before this worker's
+        first copy: one per worker, so later units are judged against the same baseline."""
+        if self._gate is None:
+            self._gate = gate_of(self.cfg.copy_cfg.throttle, RouterLatency(self.router))
+            if self._gate is not None:
+                self._gate.start()
+        return self._gate
 
     def ready(self) -> dict[str, Any]:
         return {"index": self.index, "pid": os.getpid()}
@@ -188,7 +200,7 @@ class UnitWorker:
             fresh = self.store.read(TARGET_KEY) is not None
             result = copy_unit(spec, self.source, self.target, self.forward, self.store,
                                self.cfg.copy_cfg, on_batch=self._progress(uid),
-                               fresh_target=fresh,
+                               fresh_target=fresh, gate=self.gate,
                                start_at={"listing": listing} if listing else None)
             out.update(result.to_dict(), points_per_s=result.points_per_s)
             router.call("update_progress", uid, copied=result.copied)

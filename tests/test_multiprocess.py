@@ -32,7 +32,10 @@ from raycluster import ray_head
 REPEAT = int(os.environ.get("RM_MP_REPEAT", "1"))
 CASES = [
     Case("q2l-rollback", "qdrant", rollback=True),
-    Case("l2q", "lancedb"),
+    # The copy's adaptive throttle on, with a ceiling every window is above: each copy batch
+    # is followed by a pause while the writer writes, and nothing acknowledged may be lost.
+    Case("l2q", "lancedb", config={"copy": {"throttle": {"max_client_p99_ms": 0.01,
+                                                         "max_pause_s": 0.5}}}),
     Case("q2l-moves", "qdrant", tenant_moves=True),
 ]
 

@@ -176,9 +176,10 @@ class Router:
         return self.stats.summary(since, until)
 
     async def client_window(self, since: float, until: float, units: list[str] | None = None,
-                            side: str | None = None) -> dict[str, Any]:
-        """``StatsSeries.window``: one merged summary, for the SLO gates."""
-        return self.stats.window(since, until, units, side)
+                            side: str | None = None, ops: list[str] | None = None
+                            ) -> dict[str, Any]:
+        """``StatsSeries.window``: one merged summary, for the SLO gates and the throttle."""
+        return self.stats.window(since, until, units, side, ops)
 
     async def client_newest(self) -> int | None:
         """The second of the newest client bucket handed in (``StatsSeries.newest``)."""

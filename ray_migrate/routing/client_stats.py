@@ -142,15 +142,19 @@ class StatsSeries:
         }
 
     def window(self, since: float, until: float, units: list[str] | None = None,
-               side: str | None = None) -> dict[str, Any]:
+               side: str | None = None, ops: list[str] | None = None) -> dict[str, Any]:
         """Requests, errors, error rate and percentiles over ``[since, until)`` of these units
-        (all when None) served by this side (any when None), merged: the SLO gates (``slo``)
-        compare a wave's units as one. Shadow reads are no requests; ``side="shadow"`` gives
-        their summary instead (reads, mean overlap@k, p95 of each side)."""
+        (all when None) served by this side (any when None) of these ops (all when None),
+        merged: the SLO gates (``slo``) compare a wave's units as one; the copy's throttle
+        (``throttle``) reads the clients' writes. Shadow reads are no requests;
+        ``side="shadow"`` gives their summary instead (reads, mean overlap@k, p95 of each
+        side)."""
         wanted = None if units is None else set(units)
         total = Bucket()
         for (t, op, s, unit), b in self.buckets.items():
             if not (since <= t < until and (wanted is None or unit in wanted)):
+                continue
+            if ops is not None and op not in ops and op != SHADOW:
                 continue
             if side == SHADOW:
                 if op == SHADOW:
