@@ -178,7 +178,9 @@ def report(points: int, dim: int, scan: float, runs: dict[int, dict[str, Any]],
         "nodes in one process tree on ONE machine: every node shares its 2 cores (and other "
         "helpers' jobs ran meanwhile), so more workers add no cores: the ratios bound what "
         "the cores give, and the model in docs/SCALING.md uses the per-worker rate.", "",
-        f"- machine: {machine()}", f"- commit: {commit()}", f"- command: `{command()}`", ""])
+        f"- machine: {machine()}; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)",
+        f"- commit: {commit()}", f"- command: `{command()}`", ""])
 
 
 def main() -> int:
