@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ray_migrate import failpoints
 from ray_migrate.backends.base import Backend, in_tenant, tenant_units
 from ray_migrate.routing.actor import RouterHandle
+from ray_migrate.routing.client_rows import decode_rows
 from ray_migrate.schema import ID, payload_dicts
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 BATCH_IDS = 2000
 
 
-Carried = list[tuple[list[Any], Any]]  # (ids, ("upsert", table) | ("delete", ids))
+Carried = list[tuple[list[Any], Any]]  # (ids, ("upsert", IPC bytes) | ("delete", ids))
 
 
 def settled_by_clients(carried: Carried, owner: Backend) -> tuple[list[Any], pa.Table | None]:
@@ -48,6 +49,7 @@ def settled_by_clients(carried: Carried, owner: Backend) -> tuple[list[Any], pa.
             known += ids
             continue
         try:
+            data = decode_rows(data)  # Arrow IPC from the client (``routing.client_rows``)
             col = data.column(ID)
             rows = owner.stored_form(data.filter(pc.is_in(col, value_set=pa.array(ids, col.type))))
         except (pa.ArrowException, KeyError, ValueError) as err:  # then read them

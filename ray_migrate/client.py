@@ -43,6 +43,7 @@ from ray_migrate.placement import Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.reembed import merge_hits, side_query, similarity
 from ray_migrate.routing.actor import RouterHandle, get_router
+from ray_migrate.routing.client_rows import encode_rows
 from ray_migrate.routing.records import CAPTURING
 from ray_migrate.routing.watch import RouteCache
 from ray_migrate.schema import ID, payload_dicts, vectors_to_numpy
@@ -313,7 +314,7 @@ class RoutedCollection(Placement):
                     continue
                 unit_ids = pa.array([ids[i] for i in rows[u]], side.column(ID).type)
                 part = side.filter(pc.is_in(side.column(ID), value_set=unit_ids))
-                out[u] = (("upsert", part), part.nbytes)
+                out[u] = (("upsert", encode_rows(part)), part.nbytes)
             return out
 
         parts = {u: ([ids[i] for i in rows.get(u, [])] + moved.get(u, []), values.get(u))

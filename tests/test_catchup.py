@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from truth import read_lance, seed_lance_native
 
 from ray_migrate.backends.lancedb import LanceBackend
 from ray_migrate.catchup import apply_ids
 from ray_migrate.config import LanceEndpoint, TransformConfig
+from ray_migrate.routing.client_rows import encode_rows
 from ray_migrate.transform import Transform
 
 
@@ -29,7 +31,8 @@ class CountingFetch:
         return self.real.fetch(ids)
 
 
-def test_apply_uses_clients_rows_and_reads_only_the_rest(tmp_path):
+@pytest.mark.parametrize("wire", ["ipc", "table"])
+def test_apply_uses_clients_rows_and_reads_only_the_rest(tmp_path, wire):
     seed_lance_native(str(tmp_path / "src"), "docs", list(range(20)))
     source = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "src"), table="docs"))
     target = LanceBackend(LanceEndpoint(kind="lancedb", uri=str(tmp_path / "dst"), table="docs"))
@@ -49,7 +52,9 @@ def test_apply_uses_clients_rows_and_reads_only_the_rest(tmp_path):
     owner = CountingFetch(source)
     seen: list = []
     up, gone = apply_ids([3, 4, 5, 6, 7], owner, target, Transform(TransformConfig()), seen,
-                         carried=[([3, 4], ("upsert", by_client)), ([5], ("delete", [5]))])
+                         carried=[([3, 4], ("upsert", encode_rows(by_client) if wire == "ipc"
+                                                       else by_client)),
+                                  ([5], ("delete", [5]))])
     assert sorted(owner.asked) == [6, 7], "only ids without a client's rows are read"
     assert (up, gone) == (4, 1)
     assert sorted(i for asked, _ in seen for i in asked) == [3, 4, 5, 6, 7]

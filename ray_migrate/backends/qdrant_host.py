@@ -280,30 +280,59 @@ def hosted_path(path: str) -> bool:
     return True
 
 
+def _hosted_actor(path: str) -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(actor_name(path), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _kill_and_wait_gone(actor: Any, path: str) -> None:
+    """Kill it and wait until the name is free, so no one gets the corpse."""
+    import ray
+
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _hosted_actor(path) is not None:
+        time.sleep(0.05)
+    log.info("released hosted Qdrant for %s", path)
+
+
 def release_hosted_qdrant(path: str) -> bool:
     """Close and kill the actor hosting ``path``, if there is one; True if there was. Once it
     returns, the folder is free for any process to open."""
     import ray
 
-    try:
-        actor = ray.get_actor(actor_name(path), namespace=NAMESPACE)
-    except ValueError:
+    actor = _hosted_actor(path)
+    if actor is None:
         return False
     try:
         ray.get(actor.close.remote(), timeout=60)
     except Exception:  # noqa: BLE001 - the kill below frees the folder anyway
         log.warning("hosted Qdrant for %s did not close cleanly", path, exc_info=True)
-    ray.kill(actor, no_restart=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # wait until the name is free, so no one gets the corpse
-        try:
-            ray.get_actor(actor_name(path), namespace=NAMESPACE)
-        except ValueError:
-            break
-        time.sleep(0.05)
-    log.info("released hosted Qdrant for %s", path)
+    _kill_and_wait_gone(actor, path)
+    return True
+
+
+async def release_hosted_qdrant_async(path: str) -> bool:
+    """``release_hosted_qdrant`` for an async actor (the router): the close is awaited, not
+    waited for with ``ray.get``, and the blocking look-ups run in a thread. A ``ray.get`` in
+    the router's process makes Ray warn of a blocked event loop once, and that one false
+    alarm would hide a real one later."""
+    import asyncio
+
+    actor = await asyncio.to_thread(_hosted_actor, path)
+    if actor is None:
+        return False
+    try:
+        await asyncio.wait_for(actor.close.remote(), 60)
+    except Exception:  # noqa: BLE001 - the kill below frees the folder anyway
+        log.warning("hosted Qdrant for %s did not close cleanly", path, exc_info=True)
+    await asyncio.to_thread(_kill_and_wait_gone, actor, path)
     return True
 
 
 __all__ = ["HostedBackend", "StoreUnavailableError", "hosted_path", "hosted_qdrant",
-           "release_hosted_qdrant"]
+           "release_hosted_qdrant", "release_hosted_qdrant_async"]

@@ -391,7 +391,7 @@ class Router:
         return self._presence().summary()
 
     async def _release_unneeded(self, ignore_jobs: list[str] | None = None) -> list[str]:
-        from ray_migrate.backends.qdrant_host import release_hosted_qdrant
+        from ray_migrate.backends.qdrant_host import release_hosted_qdrant_async
 
         async with self._releasing:
             table = await self.routes()
@@ -400,7 +400,7 @@ class Router:
             for path in presence.to_release(table["units"], table["epoch"],
                                             ignore_jobs=ignore_jobs or ()):
                 await self._writes_drained(presence.stores[path])
-                if await asyncio.to_thread(release_hosted_qdrant, path):
+                if await release_hosted_qdrant_async(path):
                     released.append(path)
             return released
 
