@@ -277,8 +277,10 @@ class LanceBackend(Backend):
             return self.tbl.count_rows(f)
 
     # --- read --------------------------------------------------------------------------------
-    def scan(self, unit: UnitSpec, batch_size: int,
-             cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
+    def scan(self, unit: UnitSpec, batch_size: int, cursor: Cursor | None = None,
+             raw: bool = False) -> Iterator[tuple[pa.Table, Cursor]]:
+        """``raw``: batches in this table's own columns, not canonical (``lance_direct``)."""
+        conv = (lambda t, lay: t) if raw else to_canonical
         if cursor is None:
             with _guard(f"read the version of {self._where()}"):
                 version = self.tbl.version
@@ -302,14 +304,14 @@ class LanceBackend(Backend):
                 while have >= batch_size:
                     t = pa.Table.from_batches(buf)
                     rows += batch_size
-                    yield to_canonical(t.slice(0, batch_size), lay), {"version": version,
-                                                                       "rows": rows}
+                    yield conv(t.slice(0, batch_size), lay), {"version": version,
+                                                                 "rows": rows}
                     rest = t.slice(batch_size)
                     buf, have = rest.to_batches(), rest.num_rows
             if have:
                 rows += have
-                yield to_canonical(pa.Table.from_batches(buf), lay), {"version": version,
-                                                                       "rows": rows}
+                yield conv(pa.Table.from_batches(buf), lay), {"version": version,
+                                                               "rows": rows}
 
     def _id_list(self, ids: Sequence[Any], lay: Layout) -> list[Any]:
         if lay.id_type == "int":
@@ -398,6 +400,26 @@ class LanceBackend(Backend):
         data = self._rows(table)
         with _guard(f"append to {self._where()}"):
             self.tbl.add(data)
+
+    def direct_from(self, source: Backend) -> Any:
+        """A LanceDB source's batches reach this table without the canonical form."""
+        from ray_migrate.backends.lance_direct import LanceDirect, direct_ok
+
+        if not isinstance(source, LanceBackend):
+            return None
+        d = LanceDirect(source, self)
+        return d if direct_ok(d.src, d.dst) else None
+
+    def guard(self, what: str) -> Any:
+        """Lance errors of ``what`` (this table named after it) as ray_migrate's."""
+        return _guard(f"{what} {self._where()}")
+
+    def dataset_uri(self) -> str:
+        with _guard(f"locate {self._where()}"):
+            return self.tbl.uri
+
+    def storage_options(self) -> dict[str, str] | None:
+        return self.endpoint.storage_options or None
 
     def stored_form(self, table: pa.Table) -> pa.Table:
         """The batch as ``fetch`` would return it once written: through this table's layout

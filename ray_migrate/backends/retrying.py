@@ -102,6 +102,9 @@ class RetryingBackend(Backend):
     def append(self, table: pa.Table) -> None:
         self.inner.append(table)
 
+    def direct_from(self, source: Backend) -> Any:
+        return self.inner.direct_from(getattr(source, "inner", source))
+
     def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
         self._retried("delete", ids, unit)
 
