@@ -161,6 +161,9 @@ def main() -> int:
         row(f"naive loop, {n:,} points (scan 10k batches, append; 1 process)",
             f"{naive_rate:,.0f} points/s ({s:.1f} s)")
         # A Ray of this script's own: connect() would join another's running on this machine.
+        # Its workers at the naive loop's niceness (Ray's default is 15): on a shared machine
+        # a niced copy gets the CPU last, and the ratio would measure the neighbours.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", namespace="ray_migrate", num_cpus=4, include_dashboard=False,
                  configure_logging=False, _temp_dir=tempfile.mkdtemp(prefix="rmcl-"))
         r = product(mod, big, work / "big", f"bench-cl-b-{stamp}")
@@ -202,7 +205,8 @@ def _publish(rows: list[tuple[str, ...]], write: bool) -> None:
             "The copy phase runs from the first unit's start to the last unit's end (report "
             "and final checkpoints): Ray start, planning and worker start are not in it. "
             "Peak RSS is the largest resident set of either worker process, sampled every "
-            "50 ms. The write-path rows scan and convert the same batches in one process and "
+            "50 ms. Ray's workers run at niceness 0 here, as the naive loop (Ray's default "
+            "is 15). The write-path rows scan and convert the same batches in one process and "
             "differ only in how they write.\n")
     print("\n" + text)
     if write:
