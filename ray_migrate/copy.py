@@ -3,6 +3,9 @@
 Order of effects per batch: upsert, then save the cursor that follows it. A crash between the
 two replays one batch on resume, which the upsert-by-id makes harmless; a crash never skips one.
 Reading runs one batch ahead in a thread, so the source scan and the target write overlap.
+A unit written as Lance fragments (``lance_direct``) checkpoints the fragments with its cursor
+and makes its one commit at the end, once: a commit whose files the table lists is not made
+again, so a crash anywhere neither loses nor doubles a point.
 """
 
 from __future__ import annotations
