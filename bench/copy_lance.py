@@ -148,6 +148,7 @@ def main() -> int:
 
     mod = _bench_copy()
     work = Path(tempfile.mkdtemp(prefix="rm-copy-lance-"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rmcl-"))  # short: Ray's socket paths
     stamp = dt.datetime.now().strftime("%H%M%S")
     try:
         big, small = work / "src-big", work / "src-small"
@@ -165,7 +166,7 @@ def main() -> int:
         # a niced copy gets the CPU last, and the ratio would measure the neighbours.
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", namespace="ray_migrate", num_cpus=4, include_dashboard=False,
-                 configure_logging=False, _temp_dir=tempfile.mkdtemp(prefix="rmcl-"))
+                 configure_logging=False, _temp_dir=str(ray_tmp))
         r = product(mod, big, work / "big", f"bench-cl-b-{stamp}")
         rate = r["points"] / r["copy_s"]
         row(f"ray_migrate copy phase, {r['points']:,} points ({UNITS} id_range units, "
@@ -190,7 +191,9 @@ def main() -> int:
         row("write path: fragments + 1 commit per unit / 10k-row appends",
             f"{w['appends'][0] / w['fragments'][0]:.2f}x")
     finally:
+        ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     _publish(rows, a.write)
     return 0
 
