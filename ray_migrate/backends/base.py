@@ -140,6 +140,11 @@ class Backend(ABC):
         that is cheaper than an upsert override it."""
         self.upsert(table)
 
+    def direct_from(self, source: Backend) -> Any:
+        """A faster way from ``source`` to this engine for an identity transform, with
+        ``scan``, ``rows``, ``write`` (see ``lance_direct.LanceDirect``), or None."""
+        return None
+
     @abstractmethod
     def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
         """Delete these ids. With a tenant ``unit`` (in this side's field names), only where the

@@ -105,6 +105,13 @@ class RetryingBackend(Backend):
     def append(self, table: pa.Table) -> None:
         self.inner.append(table)
 
+    def direct_from(self, source: Backend) -> Any:
+        # Not through a wrapper that is no Backend (fault injection): its faults would be
+        # bypassed.
+        if not isinstance(self.inner, Backend):
+            return None
+        return self.inner.direct_from(getattr(source, "inner", source))
+
     def delete(self, ids: Sequence[Any], unit: UnitSpec | None = None) -> None:
         self._retried("delete", ids, unit)
 
