@@ -271,8 +271,10 @@ class Migration:
             row.status = "failed"
 
     # --- Step 5: compact and index the target after the bulk load -------------------------
-    def finalize_target(self) -> None:
-        copied_now = self.report.total_copied_now
+    def finalize_target(self, copied_now: int | None = None) -> None:
+        """Compact and index the target (followers paused), unless nothing new was copied
+        (``copied_now``, default: the report's) since an earlier run finalized it."""
+        copied_now = self.report.total_copied_now if copied_now is None else copied_now
         if copied_now == 0 and self.store.read(FINALIZED_KEY) is not None:
             self.report.finalize = {"skipped": "nothing new was copied"}
             return
