@@ -91,12 +91,12 @@ def phases(doc: dict) -> dict[str, float]:
     return {
         "copy (unit copy seconds / 2 workers)": copy_s,
         "start to finalize start (copy ended)": (fin["started"] - t0) if fin else float("nan"),
-        "finalize": rep["finalize"].get("seconds", float("nan")),
+        "finalize": rep["finalize"].get("seconds", fin["seconds"] if fin else float("nan")),
         "finalize overlapped with verify": rep["finalize"].get("overlapped_s", 0.0),
         "start to first wave (copy, verify, finalize)": (waves[0] - t0) if waves else 0.0,
-        "pauses waited": sum(p["waited_s"] for p in pauses),
-        "pauses configured": sum(p["seconds"] for p in pauses),
-        "pauses ended early": sum(1 for p in pauses if p["ended_early"]),
+        "pauses waited": sum(p.get("waited_s", 0.0) for p in pauses),
+        "pauses configured": sum(p.get("seconds", 0.0) for p in pauses),
+        "pauses ended early": sum(1 for p in pauses if p.get("ended_early")),
     }
 
 
@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write bench/results/whole.md")
     a = ap.parse_args()
     n, dim = (200_000, 64) if a.quick else (a.points, a.dim)
+    import ray  # noqa: F401 - first: ray puts its bundled psutil (machine()) on sys.path
     from raycluster import ray_head
 
     work = Path(tempfile.mkdtemp(prefix="rm-whole-"))

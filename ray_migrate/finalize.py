@@ -1,9 +1,11 @@
 """Finalize the target while the units still verify (issue 15).
 
 Finalize (``Migration.finalize_target``: compaction and the vector index) used to start once
-every unit was ready. It needs only the copies to have ended: a thread here watches the
-router and starts it as soon as no unit waits for or runs its copy, while the units catch
-up and verify. Lance's commits keep that safe (its transaction rules): index creation is
+every unit was ready, and each worker verified a unit right after copying it, so the last
+copy ended just before the last verify. Now the driver copies every unit first
+(``UnitWorker.copy``), then verifies them (``Migration.prepare_units(on_copied=)``), and a
+thread here starts finalize as soon as no unit waits for or runs its copy, beside the
+verifies. Lance's commits keep that safe (its transaction rules): index creation is
 compatible with concurrent appends, merge_insert (Update) and deletes (rows written after the
 index was trained are searched flat); a compaction conflicts with an Update or Delete of the
 same fragments, which is a retryable conflict on either side: a catch-up write is retried by
@@ -36,6 +38,7 @@ class OverlappedFinalize:
         self.m = m
         self.poll_s = poll_s
         self._prepared = threading.Event()
+        self._copied = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._copied_before = False  # a unit had its copy ahead when the run began
@@ -50,10 +53,16 @@ class OverlappedFinalize:
         self._thread.start()
         return self
 
+    def copied(self) -> None:
+        """Every unit's copy returned: finalize starts now if it has not (a unit that
+        failed its copy does not hold it back)."""
+        self._copied.set()
+
     def prepared(self) -> None:
         """Every unit's prepare returned: finalize starts now if it has not."""
         self.prepared_at = time.time()
         self._prepared.set()
+        self._copied.set()
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -78,9 +87,9 @@ class OverlappedFinalize:
             while not (self._prepared.is_set() or self._stop.is_set()):
                 pending = self._pending()
                 self.looks += 1
-                if not pending:
+                if not pending or self._copied.is_set():
                     break
-                self._prepared.wait(self.poll_s)
+                self._copied.wait(self.poll_s)
             if self._stop.is_set():
                 return
             self._finalize(overlapped=not self._prepared.is_set())
@@ -94,7 +103,8 @@ class OverlappedFinalize:
                  else "after the units")
         # Whether anything was copied now is known only once the units are prepared: before
         # that, a unit with its copy ahead when the run began counts as copied.
-        self.m.finalize_target(None if self._prepared.is_set() else int(self._copied_before))
+        known = self._prepared.is_set() or self._copied.is_set()  # the report has the copies
+        self.m.finalize_target(None if known else int(self._copied_before))
         self.ended_at = time.time()
         self.m.event("finalize", started=self.started_at, seconds=round(
             self.ended_at - self.started_at, 3), overlapped=overlapped)

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
@@ -180,11 +181,25 @@ class Migration:
         return self.rows[unit_id]
 
     # --- Step 4: capture, copy, catch up and verify every unit ----------------------------
-    def prepare_units(self, units: list[UnitSpec] | None = None) -> None:
-        """Take these units (default: all) to ready; units on the target are skipped."""
+    def prepare_units(self, units: list[UnitSpec] | None = None,
+                      on_copied: Callable[[], None] | None = None) -> None:
+        """Take these units (default: all) to ready; units on the target are skipped. With
+        ``on_copied``, every unit is copied first (``UnitWorker.copy``), then ``on_copied()``
+        runs (finalize starts: ``finalize``), then the units verify."""
+        todo = units or self.units()
+        if on_copied is not None:
+            failed = self._run_prepare("copy", todo)  # they stay failed, as in one pass
+            todo = [u for u in todo if u.unit_id not in failed]
+            on_copied()
+        self._run_prepare("prepare", todo)
+
+    def _run_prepare(self, method: str, units: list[UnitSpec]) -> set[str]:
+        """Run a worker method on every unit, the results into the report; the units that
+        failed."""
         def on_result(unit: UnitSpec, res: dict[str, Any]) -> None:
             row = self._row(unit.unit_id)
-            row.status = res.get("status", row.status)
+            if not (res.get("status") == "skipped" and row.status != "pending"):
+                row.status = res.get("status", row.status)  # not a copy's by its verify
             for key in ("copied", "copied_now", "seconds", "points_per_s"):
                 if key in res:
                     setattr(row, key, res[key])
@@ -200,10 +215,11 @@ class Migration:
             log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
                      res.get("copied_now", 0))
 
-        for unit_id, error in run_on_pool(self.workers, "prepare", units or self.units(),
-                                          on_result).items():
+        errors = run_on_pool(self.workers, method, units, on_result)
+        for unit_id, error in errors.items():
             self._row(unit_id).status, self._row(unit_id).error = "failed", error
             self._failed_in_router(unit_id, error)
+        return set(errors)
 
     def _failed_in_router(self, unit_id: str, error: str) -> None:
         """A unit whose prepare failed is ``failed`` in the routing table too, with the reason,

@@ -138,7 +138,12 @@ class UnitWorker:
         return self.router.call("unit", unit_id)["phase"]
 
     # --- copy, catch up, verify -----------------------------------------------------------
-    def prepare(self, unit: dict[str, Any]) -> dict[str, Any]:
+    def copy(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Capture, copy and catch up a unit (``catching_up``): the driver copies every unit
+        first, so finalize overlaps the verifies (``prepare`` then takes it to ready)."""
+        return self.prepare(unit, verify=False)
+
+    def prepare(self, unit: dict[str, Any], verify: bool = True) -> dict[str, Any]:
         """Capture, copy, catch up and verify a unit, so it is ready for cutover."""
         spec = UnitSpec.from_dict(unit)
         uid, router, cut = spec.unit_id, self.router, self.cfg.cutover
@@ -175,6 +180,8 @@ class UnitWorker:
             out["status"] = "skipped"
         with urgent():  # like a follower's step: the log grows while this waits for the CPU
             self._forward(spec).until(cut.ready_lag, timeout_s=60)
+        if not verify:
+            return {**out, "phase": self._phase(uid)}
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
             save_verdict(self.store, uid, verdict)

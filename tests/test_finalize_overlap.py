@@ -67,3 +67,30 @@ def test_finalize_starts_when_the_last_copy_ends_not_when_units_are_ready(ray_cl
         assert sorted(found) == sorted(truth) and changed["id"] == 5
     finally:
         m.close()
+
+
+def test_every_unit_is_copied_before_any_verifies(ray_cluster, tmp_path):
+    """``prepare_units(on_copied=)``: the workers copy every unit first (all catching up, none
+    ready when ``on_copied`` runs, which starts finalize), then verify them all."""
+    src = str(tmp_path / "src")
+    seed_lance_native(src, "docs", list(range(500)))
+    cfg = parse_config({
+        "migration_id": f"twopass-{tmp_path.name}",
+        "source": {"kind": "lancedb", "uri": src, "table": "docs"},
+        "target": {"kind": "lancedb", "uri": str(tmp_path / "dst"), "table": "docs"},
+        "units": {"by": "id_range", "count": 4}, "copy": {"batch_size": 100, "workers": 2},
+        "state_uri": str(tmp_path / "state")})
+    m = Migration(cfg)
+    m.start()
+    seen: list[dict[str, str]] = []
+    try:
+        m.prepare_units(on_copied=lambda: seen.append(
+            {r["unit_id"]: r["phase"] for r in m.router.call("status")["units"]}))
+        after = {r["unit_id"]: r["phase"] for r in m.router.call("status")["units"]}
+    finally:
+        m.close()
+    assert len(seen) == 1 and set(seen[0].values()) == {"catching_up"}, seen
+    assert set(after.values()) == {"ready"}
+    assert all(u.equal and u.status == "copied" and u.copied_now for u in m.report.units), \
+        m.report.to_table()
+    assert sum(u.target_count for u in m.report.units) == 500
