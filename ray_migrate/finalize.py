@@ -10,7 +10,8 @@ compatible with concurrent appends, merge_insert (Update) and deletes (rows writ
 index was trained are searched flat); a compaction conflicts with an Update or Delete of the
 same fragments, which is a retryable conflict on either side: a catch-up write is retried by
 ``RetryingBackend``, the compaction by ``finalize_target``. Readers (verify) read a pinned
-version (MVCC). If the early finalize fails, it runs again after the units, as before.
+version (MVCC). The early finalize is tried once: if it fails (a catch-up write of live
+clients' changes conflicted with the compaction), it runs again after the units, as before.
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ class OverlappedFinalize:
         # Whether anything was copied now is known only once the units are prepared: before
         # that, a unit with its copy ahead when the run began counts as copied.
         known = self._prepared.is_set() or self._copied.is_set()  # the report has the copies
-        self.m.finalize_target(None if known else int(self._copied_before))
+        # Beside the verifies, catch-up writes may keep conflicting with the compaction: one
+        # try, then it runs after the units (followers paused) as before.
+        self.m.finalize_target(None if known else int(self._copied_before),
+                               attempts=0 if overlapped else 5)
         self.ended_at = time.time()
         self.m.event("finalize", started=self.started_at, seconds=round(
             self.ended_at - self.started_at, 3), overlapped=overlapped)

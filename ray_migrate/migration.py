@@ -287,9 +287,10 @@ class Migration:
             row.status = "failed"
 
     # --- Step 5: compact and index the target after the bulk load -------------------------
-    def finalize_target(self, copied_now: int | None = None) -> None:
+    def finalize_target(self, copied_now: int | None = None, attempts: int = 5) -> None:
         """Compact and index the target (followers paused), unless nothing new was copied
-        (``copied_now``, default: the report's) since an earlier run finalized it."""
+        (``copied_now``, default: the report's) since an earlier run finalized it.
+        ``attempts``: tries of a finalize that meets a conflicting write."""
         copied_now = self.report.total_copied_now if copied_now is None else copied_now
         if copied_now == 0 and self.store.read(FINALIZED_KEY) is not None:
             self.report.finalize = {"skipped": "nothing new was copied"}
@@ -308,7 +309,7 @@ class Migration:
         try:
             # A catch-up step that began before the pause, or a client writing to a unit
             # already on the target (a resumed run), makes the compaction conflict: retry.
-            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=5,
+            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=attempts,
                                   backoff_s=1.0, what="finalize the target")
         finally:
             stop.set()

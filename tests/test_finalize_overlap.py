@@ -10,6 +10,7 @@ from truth import read_lance, seed_lance_native
 
 from ray_migrate.backends import open_backend
 from ray_migrate.config import parse_config
+from ray_migrate.errors import TransientError
 from ray_migrate.finalize import OverlappedFinalize
 from ray_migrate.migration import Migration
 
@@ -94,3 +95,48 @@ def test_every_unit_is_copied_before_any_verifies(ray_cluster, tmp_path):
     assert all(u.equal and u.status == "copied" and u.copied_now for u in m.report.units), \
         m.report.to_table()
     assert sum(u.target_count for u in m.report.units) == 500
+
+
+class ConflictsOnce:
+    """The real target, whose first finalize meets a conflicting write (as a compaction
+    beside a live catch-up may)."""
+
+    def __init__(self, target):
+        self.target, self.calls = target, 0
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
+
+    def finalize(self, options):
+        self.calls += 1
+        if self.calls == 1:
+            raise TransientError("LanceDB finalize failed: Retryable commit conflict")
+        return self.target.finalize(options)
+
+
+def test_an_early_finalize_that_conflicts_runs_again_after_the_units(ray_cluster, tmp_path):
+    src = str(tmp_path / "src")
+    seed_lance_native(src, "docs", list(range(400)))
+    cfg = parse_config({
+        "migration_id": f"again-{tmp_path.name}",
+        "source": {"kind": "lancedb", "uri": src, "table": "docs"},
+        "target": {"kind": "lancedb", "uri": str(tmp_path / "dst"), "table": "docs"},
+        "units": {"by": "id_range", "count": 2}, "state_uri": str(tmp_path / "state"),
+        "lance": {"index_min_rows": 300, "index_type": "IVF_FLAT"}})
+    m = Migration(cfg)
+    m.start(workers=False)
+    try:
+        m.target = flaky = ConflictsOnce(m.target)
+        source = open_backend(cfg.source)
+        for u in m.units():
+            for batch, _cursor in source.scan(u, 1000):
+                flaky.upsert(batch)
+            _to_catching_up(m, u.unit_id)
+        with OverlappedFinalize(m, poll_s=0.01) as fin:
+            _until(lambda: flaky.calls >= 1, "the early finalize was tried")
+            fin.prepared()
+    finally:
+        m.close()
+    assert flaky.calls == 2  # tried once beside the verifies, then after the units
+    (event,) = [e for e in m.events if e["kind"] == "finalize"]
+    assert event["overlapped"] is False and m.report.finalize["indexed"] == ["vector"]
