@@ -1,6 +1,6 @@
 """The whole `ray-migrate run` against a naive copy followed by the same index (issue 15).
 
-    python bench/whole.py [--points 3000000] [--dim 128] [--quick] [--write]
+    python bench/whole.py [--points 3000000] [--dim 128] [--baseline REV] [--quick] [--write]
 
 On a `ray start` head (tests/raycluster.py, token auth), LanceDB -> LanceDB, id_range 8 units,
 2 workers, auto mode, default waves, no client: (a) naive: one process scans the source in
@@ -8,6 +8,8 @@ batches, appends them to a new table and builds the vector index finalize builds
 same distance, Lance's default partitions); (b) `ray-migrate run CONFIG --address` as a
 subprocess, the wall clock of the whole command. The ratio is a / b; the phases come from
 the run's report (report/report.json: finalize and pause events, unit copy seconds).
+``--baseline REV``: the same command run with the code of git revision REV too (its own head,
+the same source), for what this code saves against it in the same run.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def config(work: Path, src: Path, mid: str) -> Path:
 
 def run_command(work: Path, src: Path, head) -> tuple[float, dict]:
     mid = f"whole-{int(time.time())}"
+    shutil.rmtree(work / "dst-rm", ignore_errors=True)
+    shutil.rmtree(work / "state", ignore_errors=True)
     cfg = config(work, src, mid)
     exe = str(Path(sys.executable).parent / "ray-migrate")
     t0 = time.perf_counter()
@@ -100,10 +104,26 @@ def phases(doc: dict) -> dict[str, float]:
     }
 
 
+def baseline(work: Path, src: Path, rev: str) -> tuple[float, dict]:
+    """The same command with the code of ``rev`` (exported from git), on its own head."""
+    from raycluster import ray_head
+
+    code = work / "base"
+    code.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "ray_migrate"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    (work / "head-base").mkdir()
+    env = {"PYTHONPATH": f"{code}:{ROOT / 'tests'}"}
+    with ray_head(work / "head-base", num_cpus=2, env=env) as head:
+        return run_command(work, src, head)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=3_000_000)
     ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--baseline", help="a git revision to run the same command with too")
     ap.add_argument("--quick", action="store_true", help="200k x 64: a smoke run")
     ap.add_argument("--write", action="store_true", help="write bench/results/whole.md")
     a = ap.parse_args()
@@ -120,6 +140,7 @@ def main() -> int:
         with ray_head(work / "head", num_cpus=2) as head:
             run_s, doc = run_command(work, src, head)
         ph = phases(doc)
+        base = baseline(work, src, a.baseline) if a.baseline else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratio = naive_s / run_s
@@ -130,6 +151,13 @@ def main() -> int:
     rows += [(f"phase: {k}", f"{v:.1f}" if isinstance(v, float) else str(v), "", "")
              for k, v in ph.items()]
     rows.append(("run report ok", str(doc["ok"]), "True", "yes" if doc["ok"] else "no"))
+    if base is not None:
+        base_s, base_doc = base
+        rows += [(f"`ray-migrate run` at {a.baseline}, seconds", f"{base_s:.1f}", "", ""),
+                 (f"this commit vs {a.baseline} (time ratio)", f"{run_s / base_s:.2f}", "< 1",
+                  "yes" if run_s < base_s else "no")]
+        rows += [(f"{a.baseline} phase: {k}", f"{v:.1f}" if isinstance(v, float) else str(v),
+                  "", "") for k, v in phases(base_doc).items()]
     cmd = "python bench/whole.py " + " ".join(sys.argv[1:])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
