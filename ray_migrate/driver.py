@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ray_migrate.config import MigrationConfig
+from ray_migrate.finalize import OverlappedFinalize
 from ray_migrate.migration import Migration, connect, release_local_stores
 from ray_migrate.report import RunReport
 from ray_migrate.upkeep import TargetUpkeep
@@ -36,8 +37,11 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
         m.start()  # steps 1 to 3: plan, target, router, lease and workers
         if on_started is not None:
             on_started(m)
-        m.prepare_units()  # step 4: capture, copy, catch up and verify every unit
-        m.finalize_target()  # step 5: compact and index the bulk-loaded target
+        # Step 4: capture, copy and catch up every unit, then verify them; step 5 (compact
+        # and index the bulk-loaded target) starts once every copy ended, beside the verifies.
+        with OverlappedFinalize(m) as fin:
+            m.prepare_units(on_copied=fin.copied)
+            fin.prepared()
         m.check_lease()
         if cfg.cutover.mode == "auto":  # a failed unit stays; the others go (``waves``)
             with TargetUpkeep(m):  # step 6: the waves, then the rollback window

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray_migrate.backends import Backend, open_backend
@@ -181,11 +182,28 @@ class Migration:
         return self.rows[unit_id]
 
     # --- Step 4: capture, copy, catch up and verify every unit ----------------------------
-    def prepare_units(self, units: list[UnitSpec] | None = None) -> None:
-        """Take these units (default: all) to ready; units on the target are skipped."""
+    def prepare_units(self, units: list[UnitSpec] | None = None,
+                      on_copied: Callable[[], None] | None = None) -> None:
+        """Take these units (default: all) to ready; units on the target are skipped. With
+        ``on_copied``, every unit is copied first (``UnitWorker.copy``), then ``on_copied()``
+        runs (finalize starts: ``finalize``), then the units verify."""
+        todo = units or self.units()
+        listing = self.list_source(self.capture_for_copy(todo))
+        if on_copied is not None:
+            failed = self._run_prepare("copy", todo, listing)  # stay failed, as in one pass
+            todo = [u for u in todo if u.unit_id not in failed]
+            on_copied()
+            listing = None  # copied: the listing is spent
+        self._run_prepare("prepare", todo, listing)
+
+    def _run_prepare(self, method: str, units: list[UnitSpec],
+                     listing: str | None = None) -> set[str]:
+        """Run a worker method on every unit, the results into the report; the units that
+        failed. ``listing``: the source's one-pass listing of the units (``list_source``)."""
         def on_result(unit: UnitSpec, res: dict[str, Any]) -> None:
             row = self._row(unit.unit_id)
-            row.status = res.get("status", row.status)
+            if not (res.get("status") == "skipped" and row.status != "pending"):
+                row.status = res.get("status", row.status)  # not a copy's by its verify
             for key in ("copied", "copied_now", "seconds", "points_per_s"):
                 if key in res:
                     setattr(row, key, res[key])
@@ -201,12 +219,11 @@ class Migration:
             log.info("unit %s: %s (%d points copied now)", unit.unit_id, res.get("phase"),
                      res.get("copied_now", 0))
 
-        units = units or self.units()
-        listing = self.list_source(self.capture_for_copy(units))
-        for unit_id, error in run_on_pool(self.workers, "prepare", units, on_result,
-                                          listing=listing).items():
+        errors = run_on_pool(self.workers, method, units, on_result, listing=listing)
+        for unit_id, error in errors.items():
             self._row(unit_id).status, self._row(unit_id).error = "failed", error
             self._failed_in_router(unit_id, error)
+        return set(errors)
 
     def capture_for_copy(self, units: list[UnitSpec]) -> list[UnitSpec]:
         """Where the source lists many units in one pass (``Capabilities.lists_units``: Qdrant
@@ -321,8 +338,11 @@ class Migration:
             row.status = "failed"
 
     # --- Step 5: compact and index the target after the bulk load -------------------------
-    def finalize_target(self) -> None:
-        copied_now = self.report.total_copied_now
+    def finalize_target(self, copied_now: int | None = None, attempts: int = 5) -> None:
+        """Compact and index the target (followers paused), unless nothing new was copied
+        (``copied_now``, default: the report's) since an earlier run finalized it.
+        ``attempts``: tries of a finalize that meets a conflicting write."""
+        copied_now = self.report.total_copied_now if copied_now is None else copied_now
         if copied_now == 0 and self.store.read(FINALIZED_KEY) is not None:
             self.report.finalize = {"skipped": "nothing new was copied"}
             return
@@ -340,7 +360,7 @@ class Migration:
         try:
             # A catch-up step that began before the pause, or a client writing to a unit
             # already on the target (a resumed run), makes the compaction conflict: retry.
-            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=5,
+            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=attempts,
                                   backoff_s=1.0, what="finalize the target")
         finally:
             stop.set()

@@ -19,6 +19,7 @@ from ray_migrate.migration import Migration, record_switch
 from ray_migrate.parity import recall_gate
 from ray_migrate.pool import run_on_pool
 from ray_migrate.report import DONE_PHASES
+from ray_migrate.routing.activity import ClientActivity
 from ray_migrate.units import UnitSpec
 from ray_migrate.worker import UnitWorker
 
@@ -109,7 +110,7 @@ def cutover_in_waves(m: Migration) -> None:
         m.last_wave = slo.WaveSpan(i, [u.unit_id for u in wave if u not in left], started,
                                    time.time())
         if i < len(sizes):
-            _pause(m, cfg.pause_s)
+            _pause(m, cfg.pause_s, m.last_wave)
             gate_wave(m)
 
 
@@ -156,18 +157,48 @@ def _roll_back(m: Migration, unit_ids: list[str], why: str) -> None:
             m.router.call("update_progress", uid, error=row.error)
 
 
-def _pause(m: Migration, seconds: float) -> None:
-    """Wait between waves (the followers keep units in sync); log the largest lag."""
+def _pause(m: Migration, seconds: float, wave: slo.WaveSpan | None = None) -> None:
+    """Wait between waves (the followers keep units in sync); log the largest lag. After a
+    ``wave``, the pause ends at once while no client was connected, took a write lease or
+    was counted since the wave began: there is nothing to observe (``routing.activity``). A
+    client seen once makes it run its full length. The rollback window passes no wave."""
     assert m.router is not None
-    deadline = time.monotonic() + seconds
-    worst = 0
+    start = time.monotonic()
+    deadline = start + seconds
+    worst, why_full = 0, None if wave is not None else "the rollback window"
     while (left := deadline - time.monotonic()) > 0:
+        if why_full is None:
+            assert wave is not None
+            why_full = _observed(m, wave.started)
+            if why_full is None:
+                _pause_ended(m, wave, seconds, time.monotonic() - start)
+                return
         time.sleep(min(POLL_S, left))
         lags = m.router.call("lags")
         worst = max([worst, *(lag for phase, lag, _, _ in lags.values()
                               if phase in ("ready", "target"))])
     if seconds:
         log.info("pause of %.0fs over; at most %d changes waited in a unit", seconds, worst)
+    if wave is not None:
+        m.event("pause", wave=wave.wave, seconds=seconds, waited_s=round(
+            time.monotonic() - start, 3), ended_early=False, reason=why_full)
+
+
+def _observed(m: Migration, since: float) -> str | None:
+    """Why the pause after a wave that began at ``since`` runs its full length (a client
+    was active since then), or None: nothing to observe."""
+    assert m.router is not None
+    try:
+        return ClientActivity.from_dict(m.router.call("client_activity")).since(since)
+    except Exception as err:  # noqa: BLE001 - a router of an older version: pause as told
+        return f"the router could not tell ({type(err).__name__}: {err})"
+
+
+def _pause_ended(m: Migration, wave: slo.WaveSpan, seconds: float, waited: float) -> None:
+    why = "no client was connected, took a write lease or made a request since the wave began"
+    log.info("pause of %.0fs after wave %d ended early: %s", seconds, wave.wave, why)
+    m.event("pause", wave=wave.wave, seconds=seconds, waited_s=round(waited, 3),
+            ended_early=True, reason=why)
 
 
 def hold_rollback_window(m: Migration) -> None:

@@ -150,6 +150,11 @@ class UnitWorker:
         return self.router.call("unit", unit_id)["phase"]
 
     # --- copy, catch up, verify -----------------------------------------------------------
+    def copy(self, unit: dict[str, Any], listing: str | None = None) -> dict[str, Any]:
+        """Capture, copy and catch up a unit (``catching_up``): the driver copies every unit
+        first, so finalize overlaps the verifies (``prepare`` then takes it to ready)."""
+        return self.prepare(unit, listing, verify=False)
+
     def begin_capture(self, unit: dict[str, Any]) -> str:
         """Start capturing the unit's writes, if it is not past that: a unit on the source
         (or rolled back, or failed) goes to ``capturing``; a cutover that died half-way has its
@@ -184,8 +189,9 @@ class UnitWorker:
             phase = "copying"
         return phase
 
-    def prepare(self, unit: dict[str, Any], listing: str | None = None) -> dict[str, Any]:
-        """Capture, copy, catch up and verify a unit, so it is ready for cutover.
+    def prepare(self, unit: dict[str, Any], listing: str | None = None,
+                verify: bool = True) -> dict[str, Any]:
+        """Capture, copy, catch up and (``verify``) verify a unit, so it is ready for cutover.
 
         ``listing``: the source's token of ids listed for this unit's scan once it was
         ``copying`` (``Backend.list_units``); its scan starts from there."""
@@ -210,6 +216,8 @@ class UnitWorker:
             out["status"] = "skipped"
         with urgent():  # like a follower's step: the log grows while this waits for the CPU
             self._forward(spec).until(cut.ready_lag, timeout_s=60)
+        if not verify:
+            return {**out, "phase": self._phase(uid)}
         if self.cfg.verify.enabled or st.get("needs_repair"):
             verdict = self._verify_live(spec)
             save_verdict(self.store, uid, verdict)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray_migrate import metrics
 from ray_migrate.priority import process_at_normal_priority
+from ray_migrate.routing.activity import ClientActivity
 from ray_migrate.routing.client_stats import StatsSeries
 from ray_migrate.routing.durable import CHANGES_KEY, FLUSH_S, ROUTING_KEY, DurableTable
 from ray_migrate.routing.handle import RouterHandle, Signal
@@ -184,6 +185,14 @@ class Router:
     async def client_newest(self) -> int | None:
         """The second of the newest client bucket handed in (``StatsSeries.newest``)."""
         return self.stats.newest()
+
+    async def client_activity(self) -> dict[str, Any]:
+        """What clients did lately (``routing.activity``): a wave's pause with nothing to
+        observe ends early."""
+        p = self._presence()
+        return ClientActivity(live_clients=len(p.live_clients()), last_seen=p.last_seen,
+                              last_lease=self.table.last_lease_at,
+                              newest_stats=self.stats.newest()).to_dict()
 
     async def clear_repair(self, unit_id: str) -> None:
         self.durable.clear_repair(unit_id)

@@ -58,6 +58,7 @@ class Presence:
         self.drivers: dict[str, int] = dict(drivers or {})  # driver key -> starts not ended
         self.store_node: str | None = None  # the first driver's node, where it opened them
         self.unrouted_at: dict[str, int] = {}  # side -> the epoch it was first seen unrouted
+        self.last_seen: float | None = None  # any client's last sign of life (``activity``)
 
     # --- drivers --------------------------------------------------------------------------
     def driver_started(self, info: dict[str, Any]) -> None:
@@ -96,7 +97,7 @@ class Presence:
             c = self.clients[cid] = Client(cid)
         c.job_id, c.pid, c.host = str(info.get("job_id", "")), int(info.get("pid", 0)), \
             str(info.get("host", ""))
-        c.last_seen = now
+        c.last_seen = self.last_seen = now
         return c
 
     def watch_began(self, info: dict[str, Any], epoch: int, now: float | None = None) -> None:
@@ -108,7 +109,7 @@ class Presence:
         c = self.clients.get(client_id)
         if c is not None:
             c.watching = max(0, c.watching - 1)
-            c.last_seen = time.time() if now is None else now
+            c.last_seen = self.last_seen = time.time() if now is None else now
 
     def goodbye(self, client_id: str) -> None:
         self.clients.pop(client_id, None)

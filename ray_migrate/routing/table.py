@@ -77,6 +77,7 @@ class RoutingTable(ApplierGate):
         self.follow_holder: str | None = None  # the follower whose step is under way
         self.follow_since = 0.0
         self.rows = ClientRows()  # what clients wrote, for the appliers (see ``routing.client_rows``)
+        self.last_lease_at: float | None = None  # when a client last began a write (``activity``)
 
     # --- table changes (each bumps the epoch) --------------------------------------------
     def _bump(self) -> int:
@@ -233,6 +234,7 @@ class RoutingTable(ApplierGate):
             return {"status": "wait", "epoch": self.epoch}
         lease = Lease(self._check_numbers(next(self._tokens)), unit_id, self.epoch, u.flips,
                       now, owner=u.owner)
+        self.last_lease_at = now
         if u.phase in CAPTURING:
             lease.ids = list(ids)
             if ids:
