@@ -262,6 +262,26 @@ def test_finalize_compacts_and_indexes(tmp_path):
     assert not done["compacted"] and done["indexed"] == []
 
 
+def test_finalize_leaves_a_table_of_large_fragments_uncompacted(tmp_path, monkeypatch):
+    """A bulk load written as large fragments is not rewritten by a compaction (at 3M x 128
+    it cost more than the copy); a table of small ones still is."""
+    import ray_migrate.backends.lancedb as lancedb_backend
+
+    monkeypatch.setattr(lancedb_backend, "COMPACT_BELOW_MEAN_ROWS", 50)
+    info = info_of(vectors=(("vector", 8, "cosine"),), schema={})
+    b = new_backend(tmp_path, info)
+    for i in range(3):
+        b.upsert(batch(info, list(range(i * 60, (i + 1) * 60)), seed=i))
+    opts = LanceTargetOptions(compact=True, index_min_rows=10_000, cleanup_older_than_s=0)
+    done = b.finalize(opts)
+    assert not done["compacted"] and done["fragments_after"] == done["fragments_before"] == 3
+    assert done["compaction"] == "skipped: 3 fragments of 60 rows on average"
+    for i in range(3, 9):
+        b.upsert(batch(info, [i * 1000 + k for k in range(5)], seed=i))
+    done = b.finalize(opts)  # 9 fragments of 21 rows on average: small
+    assert done["compacted"] and done["fragments_after"] < done["fragments_before"]
+
+
 @pytest.mark.parametrize("distance", ["l2", "cosine"])
 def test_exact_search_matches_numpy(tmp_path, distance):
     info = info_of(vectors=(("vector", 16, distance),), schema={"tenant": "string"})
