@@ -174,6 +174,24 @@ class RoutedCollection(Placement):
         """Validate points (ids, dimensions, NaN) and make a canonical table in source terms."""
         return points_table(self.info, points)
 
+    def _check_sides(self, table: pa.Table) -> None:
+        """Refuse what either LanceDB side cannot hold (a value of another type than its
+        column, a key without one, an explicit null on a table without ``_rm_null_keys``):
+        the owner must never take a write that catch-up or the rollback sync cannot take to
+        the other side, so it is refused the same way before and after a cutover. Once
+        every unit is done on the target, the source takes no write any more."""
+        routes = self.routes().values()
+        over = bool(routes) and all(r == ("target", "done") for r in routes)
+        for side, ep in (("source", self.cfg.source), ("target", self.cfg.target)):
+            if ep.kind != "lancedb" or (over and side == "source"):
+                continue  # Qdrant payloads are schemaless: it holds any JSON payload
+            try:
+                self.backends[side].check_writable(self._side(side, table))
+            except InvalidPointError:
+                raise
+            except InvalidDataError as err:
+                raise InvalidPointError(f"{err} ({side} {ep.kind})") from None
+
     # --- writes ---------------------------------------------------------------------------
     def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
         """Write the ids of several units: one lease call for all of them, one backend write
@@ -268,6 +286,7 @@ class RoutedCollection(Placement):
         the slower of the two, not their sum. A move found then ends those leases unwritten
         (their log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
+        self._check_sides(table)
         rows: dict[str, list[int]] = defaultdict(list)
         values: dict[str, Any] = {}
         ids = table.column(ID).to_pylist()
