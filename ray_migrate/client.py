@@ -84,8 +84,9 @@ class RoutedCollection(Placement):
 
     Bad points raise ``errors.InvalidPointError``, a ``ValueError``, naming the id and the
     fault (a wrong dimension, NaN or infinity, a missing vector, an id the collection cannot
-    hold: a negative or too large integer, a string for integer ids, or the reverse), before
-    any lease is taken or anything is written to either side: the whole call writes nothing.
+    hold: a negative or too large integer, a string for integer ids, or the reverse; a payload
+    a LanceDB side cannot hold: ``_check_sides``), before any lease is taken or anything is
+    written to either side: the whole call writes nothing.
     """
 
     def __init__(self, cfg: MigrationConfig, plan: Plan, router: RouterHandle):
@@ -175,11 +176,9 @@ class RoutedCollection(Placement):
         return points_table(self.info, points)
 
     def _check_sides(self, table: pa.Table) -> None:
-        """Refuse what either LanceDB side cannot hold (a value of another type than its
-        column, a key without one, an explicit null on a table without ``_rm_null_keys``):
+        """Refuse what either LanceDB side cannot hold (README: payload keys while live):
         the owner must never take a write that catch-up or the rollback sync cannot take to
-        the other side, so it is refused the same way before and after a cutover. Once
-        every unit is done on the target, the source takes no write any more."""
+        the other side. Once every unit is done on the target, the source is out of play."""
         routes = self.routes().values()
         over = bool(routes) and all(r == ("target", "done") for r in routes)
         for side, ep in (("source", self.cfg.source), ("target", self.cfg.target)):
@@ -286,7 +285,6 @@ class RoutedCollection(Placement):
         the slower of the two, not their sum. A move found then ends those leases unwritten
         (their log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
-        self._check_sides(table)
         rows: dict[str, list[int]] = defaultdict(list)
         values: dict[str, Any] = {}
         ids = table.column(ID).to_pylist()
@@ -295,6 +293,7 @@ class RoutedCollection(Placement):
             unit_id = self.unit_of(pid, p)
             rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
+        self._check_sides(table)
         lookup = None
         if self.cfg.units.by == "tenant":
             lookup = self._lookups.submit(
