@@ -85,8 +85,9 @@ class RoutedCollection(Placement):
 
     Bad points raise ``errors.InvalidPointError``, a ``ValueError``, naming the id and the
     fault (a wrong dimension, NaN or infinity, a missing vector, an id the collection cannot
-    hold: a negative or too large integer, a string for integer ids, or the reverse), before
-    any lease is taken or anything is written to either side: the whole call writes nothing.
+    hold: a negative or too large integer, a string for integer ids, or the reverse; a payload
+    a LanceDB side cannot hold: ``_check_sides``), before any lease is taken or anything is
+    written to either side: the whole call writes nothing.
     """
 
     def __init__(self, cfg: MigrationConfig, plan: Plan, router: RouterHandle):
@@ -174,6 +175,22 @@ class RoutedCollection(Placement):
     def to_table(self, points: Iterable[dict[str, Any]] | pa.Table) -> pa.Table:
         """Validate points (ids, dimensions, NaN) and make a canonical table in source terms."""
         return points_table(self.info, points)
+
+    def _check_sides(self, table: pa.Table) -> None:
+        """Refuse what either LanceDB side cannot hold (README: payload keys while live):
+        the owner must never take a write that catch-up or the rollback sync cannot take to
+        the other side. Once every unit is done on the target, the source is out of play."""
+        routes = self.routes().values()
+        over = bool(routes) and all(r == ("target", "done") for r in routes)
+        for side, ep in (("source", self.cfg.source), ("target", self.cfg.target)):
+            if ep.kind != "lancedb" or (over and side == "source"):
+                continue  # Qdrant payloads are schemaless: it holds any JSON payload
+            try:
+                self.backends[side].check_writable(self._side(side, table))
+            except InvalidPointError:
+                raise
+            except InvalidDataError as err:
+                raise InvalidPointError(f"{err} ({side} {ep.kind})") from None
 
     # --- writes ---------------------------------------------------------------------------
     def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
@@ -277,6 +294,7 @@ class RoutedCollection(Placement):
             unit_id = self.unit_of(pid, p)
             rows[unit_id].append(i)
             values[unit_id] = p.get(fld)
+        self._check_sides(table)
         lookup = None
         if self.cfg.units.by == "tenant":
             lookup = self._lookups.submit(

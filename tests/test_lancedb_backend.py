@@ -175,6 +175,22 @@ def test_nan_vector_and_bad_values_refused(tmp_path):
     assert b.count(ALL) == 2
 
 
+def test_an_explicit_null_needs_no_column_but_a_value_does(tmp_path):
+    """A key first seen as a null is kept in _rm_null_keys and read back as null;
+    check_writable refuses what upsert would, writing nothing."""
+    info = info_of(schema={"n": "int"})
+    b = new_backend(tmp_path, info)
+    src = batch(info, [1, 2, 3], [{"fresh": None}, {"n": None, "fresh": None}, {"n": 4}])
+    b.check_writable(src)
+    b.upsert(src)
+    assert rows(b.fetch([1, 2, 3])) == rows(src)
+    assert payload_dicts(b.fetch([1]))[0] == {"fresh": None}
+    for bad, key in (([{"fresh": 1}], "'fresh'.*no column"), ([{"n": "x"}], "'n' holds 'x'")):
+        with pytest.raises(InvalidDataError, match=key):
+            b.check_writable(batch(info, [9], bad))
+    assert b.count(ALL) == 3
+
+
 def test_declared_schema_overrides_inferred(tmp_path):
     info = info_of(schema={"n": "int"})
     b = LanceBackend(ep(tmp_path), payload_schema={"n": "json", "extra": "string"})

@@ -127,8 +127,8 @@ def _unique(rows: Iterable[tuple[Any, Point]]) -> dict[Any, Point]:
 def lance_rows(uri: str, table: str, storage_options: dict[str, str] | None = None
                ) -> Iterator[tuple[Any, Point]]:
     """Every row as (id, (vectors, payload)), rebuilt from ray_migrate's documented layout: a
-    column per payload key, json columns as text, ``_rm_null_keys`` for explicit nulls (NULL
-    otherwise means absent). ``storage_options``: LanceDB's, for an object-store ``uri``."""
+    column per payload key, json columns as text, ``_rm_null_keys`` for explicit nulls, with
+    or without a column of their own (NULL otherwise means absent). ``storage_options``: LanceDB's, for an object-store ``uri``."""
     import lancedb
 
     tbl = lancedb.connect(uri, storage_options=storage_options).open_table(table)
@@ -147,6 +147,7 @@ def lance_rows(uri: str, table: str, storage_options: dict[str, str] | None = No
                     payload[k] = None
                 continue
             payload[k] = json.loads(v) if types.get(k) == "json" else v
+        payload.update((k, None) for k in nulls - set(payload))  # a null key without a column
         yield pid, (vecs, payload)
 
 

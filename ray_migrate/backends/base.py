@@ -161,6 +161,13 @@ class Backend(ABC):
         """The batch as this engine will store it (Qdrant normalizes cosine vectors)."""
         return table
 
+    def check_writable(self, table: pa.Table) -> None:
+        """Raise InvalidDataError, naming the point and the key, if an upsert of this
+        canonical batch would be refused (a LanceDB table's typed columns); writes nothing.
+        A client checks both sides with it, so the owner never takes a write that the other
+        side (catch-up, rollback sync) could not."""
+        return None
+
     def keeps_canonical(self) -> bool:
         """Whether ``stored_form`` returns every canonical batch it accepts unchanged (then
         verify need not compute it); False unless a backend knows it."""

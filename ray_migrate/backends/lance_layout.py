@@ -3,7 +3,8 @@
 ray_migrate's own layout: ``id`` (uint64 or string), one fixed_size_list<float32> column per
 vector, one column per top-level payload key (bool, int64, float64, string, or a string
 holding canonical JSON for ``json`` keys) and ``_rm_null_keys`` (keys whose value is an
-explicit null; a SQL NULL otherwise means the key is absent). The schema metadata records the
+explicit null, with or without a column of its own; a SQL NULL otherwise means the key is
+absent). The schema metadata records the
 distance per vector, the payload type per column and the id type. Tables made by other tools
 are read too: every column that is neither ``id`` nor a vector is a payload key.
 """
@@ -176,13 +177,13 @@ def to_layout(table: pa.Table, lay: Layout) -> pa.Table:
             continue
         for k, val in loads(s).items():
             c = get(k)
-            if c is None:
+            if c is None and not (val is None and lay.has_null_keys):
                 raise InvalidDataError(
                     f"point {ids[i].as_py()!r}: payload key {k!r} has no column in the LanceDB "
                     f"table; declare it in payload_schema (for example payload_schema: "
                     f"{{{k}: json}}) before the target is created, or add the column")
             if val is not None:
-                c[i] = val
+                c[i] = val  # an explicit null needs no column: its key is in NULL_KEYS
             elif nulls[i] is None:
                 nulls[i] = [k]
             else:

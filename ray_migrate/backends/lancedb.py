@@ -36,6 +36,7 @@ from ray_migrate.backends.lance_layout import (
 from ray_migrate.config import LanceEndpoint, LanceTargetOptions
 from ray_migrate.errors import (
     IncompatibleTargetError,
+    InvalidDataError,
     RayMigrateError,
     TerminalError,
     TransientError,
@@ -440,6 +441,17 @@ class LanceBackend(Backend):
         (payload columns and their types) and back."""
         lay = self._layout()
         return to_canonical(to_layout(table, lay), lay)
+
+    def check_writable(self, table: pa.Table) -> None:
+        """The write's conversion, dry: against the layout known, then (if that refuses, as
+        when a column was added since) against the table's current schema."""
+        if self._lay is not None:
+            try:
+                to_layout(table, self._lay)
+                return
+            except InvalidDataError:
+                pass
+        self._rows(table)
 
     def keeps_canonical(self) -> bool:
         """A table made by ray_migrate stores every canonical value exactly (int64, float64,

@@ -124,6 +124,9 @@ class RetryingBackend(Backend):
     def keeps_canonical(self) -> bool:
         return self._retried("keeps_canonical")
 
+    def check_writable(self, table: pa.Table) -> None:
+        self._retried("check_writable", table)
+
     def finalize(self, options: Any) -> dict[str, Any]:
         return self._retried("finalize", options)
 
