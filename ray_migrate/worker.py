@@ -12,8 +12,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from ray_migrate import metrics
@@ -21,7 +19,7 @@ from ray_migrate.backends import Backend, open_backend
 from ray_migrate.catchup import UnitSync
 from ray_migrate.config import MigrationConfig, ParityConfig
 from ray_migrate.copy import copy_unit
-from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction, switch_result, switch_unit
+from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction
 from ray_migrate.errors import TerminalError
 from ray_migrate.follower import (
     BACK_EVERY_S,
@@ -34,12 +32,14 @@ from ray_migrate.parity import plan_parity, recall_gate
 from ray_migrate.plan import Plan
 from ray_migrate.priority import urgent
 from ray_migrate.routing.actor import RouterHandle, get_router
-from ray_migrate.routing.records import CAPTURING, Owner
+from ray_migrate.routing.records import CAPTURING
 from ray_migrate.state import TARGET_KEY, StateStore
+from ray_migrate.switching import UnitSwitch
 from ray_migrate.throttle import AdaptiveGate, RouterLatency, gate_of
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
-from ray_migrate.verify import save_verdict, spill_ids, verify_unit
+from ray_migrate.verify import UnitVerdict, save_verdict, spill_ids, verify_unit
+from ray_migrate.verify_live import verify_live
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,10 @@ class UnitWorker:
     def _forward(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(spec, self.router, self.source, self.target, self.forward,
                         holder=f"sync:{self.who}", side="source")
+
+    def _back(self, spec: UnitSpec) -> UnitSync:
+        return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
+                        self.inverse, holder=f"sync:{self.who}", side="target")
 
     def _phase(self, unit_id: str) -> str:
         return self.router.call("unit", unit_id)["phase"]
@@ -233,39 +237,11 @@ class UnitWorker:
 
         return on_batch
 
-    def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> Any:
-        """Verify while writes and their catch-up go on: a difference is fine only if its id
-        was in the change log at some moment of the verify (``RoutingTable.watch``). Such an
-        id is either still waiting, so the catch-up or the drain at cutover applies it, or
-        was applied meanwhile, by a re-read of the owner after its write ended, which is the
-        value a scan on either side may have missed. Any other differing id is added to the
-        log, so the log's one applier repairs it in order with client writes (a repair of its
-        own could write an older value over a newer one), and the unit is verified again.
-        ``reverse``: the target owns the unit and the source is the copy."""
-        batch = max(self.cfg.copy_cfg.batch_size, 1000)
+    def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> UnitVerdict:
+        """The unit's live verify and repair rounds (``verify_live``); ``reverse``: the target
+        owns the unit and the source is the copy."""
         sync = self._back(spec) if reverse else self._forward(spec)
-        unit, verdict = sync.unit, None
-        for _ in range(self.cfg.verify.max_repair_rounds + 1):
-            name = f"verify:{uuid.uuid4().hex}"
-            self.router.call("watch", spec.unit_id, name)
-            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch)
-            touched = self.router.call("watched", spec.unit_id, name)
-            if touched is None:  # the router restarted meanwhile: look again
-                log.warning("unit %s: the router lost the verify's watch; verifying again",
-                            spec.unit_id)
-                continue
-            if verdict.equal:
-                return verdict
-            explained = set(touched)
-            differ = verdict.missing_ids + verdict.extra_ids + verdict.changed_ids
-            unexplained = [i for i in differ if i not in explained]
-            if not unexplained:
-                verdict.equal, verdict.pending = True, len(differ)
-                return verdict
-            log.warning("unit %s: repairing %d ids that differ", spec.unit_id, len(unexplained))
-            self.router.call("log_ids", spec.unit_id, unexplained)
-            sync.until(self.cfg.cutover.ready_lag, timeout_s=30)
-        return verdict
+        return verify_live(sync, self.router, spec.unit_id, self.cfg)
 
     def catch_up(self, unit: dict[str, Any], timeout_s: float = 1.0) -> dict[str, Any]:
         """Catch up for at most ``timeout_s``: forward before cutover, back to the source
@@ -302,22 +278,7 @@ class UnitWorker:
     def stop_following(self) -> None:
         self.follower.stop()
 
-    @property
-    def _switch_holder(self) -> str:
-        """Who holds a unit for a switch (its reservation and its log): one switch at a time
-        runs in a worker (its tasks run one by one)."""
-        return f"switch:{self.who}"
-
-    @contextmanager
-    def _reserved(self, unit_id: str) -> Iterator[bool]:
-        """Hold the unit for a cutover or rollback: followers step aside meanwhile."""
-        holder = self._switch_holder
-        try:
-            yield bool(self.router.call("reserve", unit_id, holder))
-        finally:
-            self.router.call("release", unit_id, holder)
-
-    # --- cutover and rollback: one switch, two directions ---------------------------------
+    # --- cutover and rollback: one switch, two directions (``switching.UnitSwitch``) -------
     def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
         return self._switch(unit, CUTOVER)
 
@@ -325,62 +286,4 @@ class UnitWorker:
         return self._switch(unit, ROLLBACK)
 
     def _switch(self, unit: dict[str, Any], way: Direction) -> dict[str, Any]:
-        """Move the unit's ownership ``way``, holding the unit meanwhile; an unsettled log
-        (``needs_repair``) is diffed and repaired first."""
-        spec = UnitSpec.from_dict(unit)
-        # Writers of the unit wait for its freeze: the switch runs at normal CPU priority,
-        # while copy and verify keep the low one Ray gives workers.
-        with urgent(), self._reserved(spec.unit_id) as held:
-            if not held:
-                return switch_result(spec, False, "another cutover or rollback holds the unit, or a "
-                               "catch-up step on it did not end in time")
-            phase = self._phase(spec.unit_id)
-            if phase == "frozen":
-                phase = self._lift_orphaned(spec.unit_id)
-            if phase in way.already:
-                return switch_result(spec, True, way.already_says.format(phase=phase))
-            transform = self.forward if way.owner == "source" else self.inverse
-            if transform is None:
-                raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so "
-                                    f"the source was not kept in sync; {way.name} is refused")
-            if phase not in way.start:
-                raise TerminalError(way.refuses.format(unit=spec.unit_id, phase=phase))
-            if not self._repaired(spec, way):
-                return switch_result(spec, False, way.differs)
-            owner, other = self._sides(spec, way.owner)
-            return switch_unit(self.router, owner, other, transform, way.to_phase,
-                               way.back_phase, self.cfg.cutover.max_freeze_ms,
-                               self.cfg.cutover.ready_lag, self._switch_holder).to_dict()
-
-    def _lift_orphaned(self, unit_id: str) -> str:
-        """The unit is frozen while this switch holds it: the switch that froze it died (a
-        freeze lasts ``max_freeze_ms``, far less than a reservation). Lift the freeze now,
-        rather than let the unit's writers wait for the router's stale-freeze timeout; the
-        unit stays with its owner and this switch goes on from there. Returns the phase."""
-        st = self.router.call("unit", unit_id)
-        back = "catching_up" if st["owner"] == "source" else "target"
-        if self.router.call("lift_freeze", unit_id, back):
-            log.warning("unit %s: lifted the freeze of a switch that died in it", unit_id)
-        return self._phase(unit_id)
-
-    def _repaired(self, spec: UnitSpec, way: Direction) -> bool:
-        """Wait out leases from before a router restart; then, if the unit's log may lack
-        writes (``needs_repair``: the router restarted while capturing, or the unit came back
-        to capture from a phase that did not), diff and repair it. False: a difference is left."""
-        time.sleep(self.router.call("settling_s"))
-        if not self.router.call("unit", spec.unit_id)["needs_repair"]:
-            return True
-        if not self._verify_live(spec, reverse=way.owner == "target").equal:
-            return False
-        self.router.call("clear_repair", spec.unit_id)
-        return True
-
-    def _sides(self, spec: UnitSpec, owner: Owner
-               ) -> tuple[tuple[Backend, UnitSpec], tuple[Backend, UnitSpec]]:
-        """(the owner, the other side), each as (backend, the unit in that backend's terms)."""
-        source, target = (self.source, spec), (self.target, self.forward.target_unit(spec))
-        return (source, target) if owner == "source" else (target, source)
-
-    def _back(self, spec: UnitSpec) -> UnitSync:
-        return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
-                        self.inverse, holder=f"sync:{self.who}", side="target")
+        return UnitSwitch(self, UnitSpec.from_dict(unit), way).run()
