@@ -97,7 +97,7 @@ def main() -> int:
     import lancedb
     from lancedb.index import BTree
 
-    from ray_migrate.worker import BACK_EVERY_S
+    from ray_migrate.follower import BACK_EVERY_S
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=20_000)
@@ -197,7 +197,7 @@ def main() -> int:
             f"fragments against {base['frags']} with no second writer. ray_migrate's back-sync "
             f"to the source, which clients keep writing during the rollback window, applies "
             f"only every {BACK_EVERY_S:g} s over all workers (`BACK_EVERY_S` in "
-            f"ray_migrate/worker.py) to keep such writes rare"
+            f"ray_migrate/follower.py) to keep such writes rare"
             f"{back}.\n")
     publish("LanceDB: concurrent writers", text, a.write)
     return 0

@@ -346,7 +346,7 @@ class _Switch:
 
 @dataclass(frozen=True)
 class Direction:
-    """One way a unit's owner switches (``UnitWorker._switch``): cutover or rollback."""
+    """One way a unit's owner switches (``switching.UnitSwitch``): cutover or rollback."""
 
     name: str
     owner: Owner  # the side that owns the unit before the switch

@@ -9,59 +9,45 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from ray_migrate import failpoints, metrics
+from ray_migrate import metrics
 from ray_migrate.backends import Backend, open_backend
-from ray_migrate.catchup import UnitSync, apply_units
+from ray_migrate.catchup import UnitSync
 from ray_migrate.config import MigrationConfig, ParityConfig
 from ray_migrate.copy import copy_unit
-from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction, switch_result, switch_unit
+from ray_migrate.cutover import CUTOVER, ROLLBACK, Direction
 from ray_migrate.errors import TerminalError
+from ray_migrate.follower import (
+    BACK_EVERY_S,
+    FOLLOW_BACKOFF_MAX_S,
+    FOLLOW_BACKOFF_S,
+    Follower,
+    backoff_s,
+)
 from ray_migrate.parity import plan_parity, recall_gate
 from ray_migrate.plan import Plan
-from ray_migrate.priority import urgent, urgent_after
-from ray_migrate.retry import RetryPolicy
+from ray_migrate.priority import urgent
 from ray_migrate.routing.actor import RouterHandle, get_router
-from ray_migrate.routing.records import CAPTURING, FOLLOWED, Owner, TransitionError
+from ray_migrate.routing.records import CAPTURING
 from ray_migrate.state import TARGET_KEY, StateStore
+from ray_migrate.switching import UnitSwitch
 from ray_migrate.throttle import AdaptiveGate, RouterLatency, gate_of
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
-from ray_migrate.verify import save_verdict, spill_ids, verify_unit
+from ray_migrate.verify import UnitVerdict, save_verdict, spill_ids, verify_unit
+from ray_migrate.verify_live import verify_live
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "ray_migrate"
-FOLLOW_EVERY_S = 0.5  # how often a worker's follower applies the waiting units' changes
-FOLLOW_STEP = 5000  # ids per follower write, over all units
-FOLLOW_URGENT_AGE_S = 0.6  # a follower step runs at normal priority once a change is this old
-STEP_NICED_S = 0.3  # or once it has run this long at low priority
-# The back-sync to the source (rollback window) applies this seldom, over all workers. Every
-# apply to a LanceDB table that clients also write slows their writes: more versions and
-# fragments to load, and now and then a commit conflict and its retry (bench/conflicts.py:
-# a client's merge_insert p99 1.6 to 1.7x with another process writing its table every 2 s,
-# 4.5 to 5.8x every 0.25 s); the standby's lag only delays a rollback's drain.
-BACK_EVERY_S = 2.0
 
-
-# A follower's wait after a failed step: from 0.5 s, doubled per failure in a row, up to 15 s.
-# It never gives up (an unapplied change stays in the log), so ``attempts`` is unused.
-FOLLOW_BACKOFF_S = 0.5
-FOLLOW_BACKOFF_MAX_S = 15.0
-FOLLOW_BACKOFF = RetryPolicy(attempts=0, first_s=FOLLOW_BACKOFF_S, max_s=FOLLOW_BACKOFF_MAX_S)
-
-
-def backoff_s(failures: int, rng: random.Random | None = None) -> float:
-    """The wait after ``failures`` failed steps in a row: doubling up to a cap, jittered over
-    its upper half, so workers that failed together do not all retry together."""
-    return FOLLOW_BACKOFF.delay(failures, rng)
+# The follower's names stay importable from here (tests, bench/conflicts.py).
+__all__ = ["BACK_EVERY_S", "FOLLOW_BACKOFF_MAX_S", "FOLLOW_BACKOFF_S", "NAMESPACE", "UnitWorker",
+           "backoff_s", "worker_name"]
 
 
 def _actor_id() -> str | None:
@@ -104,9 +90,8 @@ class UnitWorker:
         self._target: Backend | None = None
         self._router: RouterHandle | None = None
         self._gate: AdaptiveGate | None = None  # the adaptive throttle, one per worker
-        self._stopped = threading.Event()  # ends the follower (tests; an actor just dies)
-        self._back_broken: set[str] = set()  # units whose back-sync failed for good
         self.who = _actor_id() or uuid.uuid4().hex[:12]  # see ``_actor_id``
+        self.follower = Follower(self)
         if follow:
             threading.Thread(target=self._follow, daemon=True, name="rm-follower").start()
 
@@ -145,6 +130,10 @@ class UnitWorker:
     def _forward(self, spec: UnitSpec) -> UnitSync:
         return UnitSync(spec, self.router, self.source, self.target, self.forward,
                         holder=f"sync:{self.who}", side="source")
+
+    def _back(self, spec: UnitSpec) -> UnitSync:
+        return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
+                        self.inverse, holder=f"sync:{self.who}", side="target")
 
     def _phase(self, unit_id: str) -> str:
         return self.router.call("unit", unit_id)["phase"]
@@ -248,39 +237,11 @@ class UnitWorker:
 
         return on_batch
 
-    def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> Any:
-        """Verify while writes and their catch-up go on: a difference is fine only if its id
-        was in the change log at some moment of the verify (``RoutingTable.watch``). Such an
-        id is either still waiting, so the catch-up or the drain at cutover applies it, or
-        was applied meanwhile, by a re-read of the owner after its write ended, which is the
-        value a scan on either side may have missed. Any other differing id is added to the
-        log, so the log's one applier repairs it in order with client writes (a repair of its
-        own could write an older value over a newer one), and the unit is verified again.
-        ``reverse``: the target owns the unit and the source is the copy."""
-        batch = max(self.cfg.copy_cfg.batch_size, 1000)
+    def _verify_live(self, spec: UnitSpec, reverse: bool = False) -> UnitVerdict:
+        """The unit's live verify and repair rounds (``verify_live``); ``reverse``: the target
+        owns the unit and the source is the copy."""
         sync = self._back(spec) if reverse else self._forward(spec)
-        unit, verdict = sync.unit, None
-        for _ in range(self.cfg.verify.max_repair_rounds + 1):
-            name = f"verify:{uuid.uuid4().hex}"
-            self.router.call("watch", spec.unit_id, name)
-            verdict = verify_unit(unit, sync.owner, sync.other, sync.transform, batch)
-            touched = self.router.call("watched", spec.unit_id, name)
-            if touched is None:  # the router restarted meanwhile: look again
-                log.warning("unit %s: the router lost the verify's watch; verifying again",
-                            spec.unit_id)
-                continue
-            if verdict.equal:
-                return verdict
-            explained = set(touched)
-            differ = verdict.missing_ids + verdict.extra_ids + verdict.changed_ids
-            unexplained = [i for i in differ if i not in explained]
-            if not unexplained:
-                verdict.equal, verdict.pending = True, len(differ)
-                return verdict
-            log.warning("unit %s: repairing %d ids that differ", spec.unit_id, len(unexplained))
-            self.router.call("log_ids", spec.unit_id, unexplained)
-            sync.until(self.cfg.cutover.ready_lag, timeout_s=30)
-        return verdict
+        return verify_live(sync, self.router, spec.unit_id, self.cfg)
 
     def catch_up(self, unit: dict[str, Any], timeout_s: float = 1.0) -> dict[str, Any]:
         """Catch up for at most ``timeout_s``: forward before cutover, back to the source
@@ -309,176 +270,15 @@ class UnitWorker:
                            self.forward, cfg or self.cfg.verify.parity or ParityConfig(),
                            batch_size=max(self.cfg.copy_cfg.batch_size, 1000))
 
-    # --- the follower: keeps waiting units caught up ---------------------------------------
+    # --- the follower: keeps waiting units caught up (``follower.Follower``) ---------------
     def _follow(self) -> None:
-        """Every ``FOLLOW_EVERY_S``, apply the change logs of the units that wait for their wave
-        (``ready``) and, every ``BACK_EVERY_S`` during the rollback window, of units on the
-        target (back to the source), all of them in one write per direction: LanceDB makes a
-        version of every write, and many small ones slow every later read.
-
-        Every worker follows; the router hands a unit's log to one applier at a time, and to
-        none while a cutover has reserved or frozen the unit, so a cutover never waits behind
-        a follower. A terminal error fails the unit it came from (``_fail``); other errors are
-        logged and retried after a jittered backoff: an unapplied change stays in the log."""
-        holder = f"follower:{self.index}:{self.who}"
-        # Workers take turns, evenly spread over the interval: with n workers a change waits
-        # at most FOLLOW_EVERY_S / n for some follower to look.
-        turns = max(1, self.cfg.copy_cfg.workers)
-        next_at = time.monotonic() + FOLLOW_EVERY_S * (self.index % turns) / turns
-        back_at = next_at  # when this worker's next back-sync step is due
-        failures = 0  # steps that failed in a row: the next waits longer (``backoff_s``)
-        while not self._stopped.is_set():  # a daemon thread: it ends with the actor
-            # Every FOLLOW_EVERY_S from the start of one step to the next, not after the last
-            # step ended: a change waits at most that long plus one step. A step that overran
-            # is not made up for with a burst.
-            next_at = max(next_at + FOLLOW_EVERY_S, time.monotonic())
-            self._stopped.wait(max(0.0, next_at - time.monotonic()))
-            try:
-                rows = self.router.call("lags")
-                # catching_up too: a verify running meanwhile watches the log (see
-                # ``_verify_live``), so an apply between its scans is explained.
-                forward = [u for u, (phase, lag, reserved, _) in rows.items()
-                           if phase in FOLLOWED and lag and not reserved]
-                back = [u for u, (phase, lag, reserved, _) in rows.items()
-                        if phase == "target" and lag and not reserved
-                        and time.monotonic() >= back_at]
-                # At Ray's low priority while it keeps up, so the application keeps the CPU;
-                # at normal priority once a change has waited FOLLOW_URGENT_AGE_S: a follower
-                # that gets the CPU last on a busy machine lets the lag grow without bound.
-                # Always at normal priority with a unit still catching_up: its catch-up after
-                # the copy runs so too, and a niced follower holding that log would stall it
-                # (measured: one such step took 2.5 s).
-                oldest = max((rows[u][3] for u in forward + back), default=0.0)
-                hurry = oldest >= FOLLOW_URGENT_AGE_S or any(
-                    rows[u][0] == "catching_up" for u in forward)
-                # A niced step that gets no CPU for STEP_NICED_S runs at normal priority from
-                # then on: it holds its units' logs, so nobody else may apply them meanwhile
-                # (measured: one niced step of 42 ids took 4 s while 20 searches/s ran).
-                with urgent() if hurry else urgent_after(STEP_NICED_S):
-                    if forward:
-                        self._follow_step(forward, self.source, self.target, self.forward,
-                                          holder)
-                    if back and self.inverse is not None:
-                        back_at = time.monotonic() + BACK_EVERY_S * turns
-                        self._follow_step(back, self.target, self.source, self.inverse, holder)
-                failures = 0
-            except Exception as err:  # noqa: BLE001 - the log keeps what was not applied
-                failures += 1
-                wait = backoff_s(failures)
-                log.warning("worker %d follower: %s: %s; trying again in %.1fs", self.index,
-                            type(err).__name__, err, wait)
-                self._stopped.wait(wait)
+        """The follower's loop (``Follower.run``): the thread ``follow=True`` starts."""
+        self.follower.run()
 
     def stop_following(self) -> None:
-        self._stopped.set()
+        self.follower.stop()
 
-    def _follow_step(self, units: list[str], owner: Backend, other: Backend,
-                     transform: Transform, holder: str) -> None:
-        back = owner is not self.source
-        units = [u for u in units if not (back and u in self._back_broken)]
-        taken = self.router.call("take_many", units, FOLLOW_STEP, holder,
-                                 "target" if back else "source") if units else {}
-        if not taken:
-            return
-        ids = list(dict.fromkeys(i for unit_ids, _, _ in taken.values() for i in unit_ids))
-        started = time.monotonic()
-        error: BaseException | None = None
-        failed: dict[str, str] = {}
-        try:
-            try:
-                self._apply_step(taken, owner, other, transform)
-                for uid in taken:  # applied, not acknowledged
-                    failpoints.hit("catchup.applied", unit=uid)
-                acks = {u: seq for u, (_, seq, _) in taken.items()}
-            except TerminalError:  # find the units it comes from: the others go on
-                acks, failed, error = self._apply_apart(taken, owner, other, transform)
-        except BaseException:
-            self.router.call("ack_many", {u: 0 for u in taken}, holder)  # let go, ack nothing
-            raise
-        self.router.call("ack_many", acks, holder)
-        for uid, reason in failed.items():
-            self._fail(uid, reason, back)
-        if error is not None:
-            raise error
-        took = time.monotonic() - started
-        if took > 2 * FOLLOW_EVERY_S:
-            log.warning("worker %d follower: %d ids of %d units took %.2fs to apply; the owner's "
-                        "reads are slow (a LanceDB table with many fragments?)", self.index,
-                        len(ids), len(taken), took)
-
-    def _apply_step(self, taken: dict[str, Any], owner: Backend, other: Backend,
-                    transform: Transform) -> None:
-        """Apply a follower step's units, each within its unit (see ``catchup.apply_units``,
-        in the owner's field names); ids an upsert left go back into their unit's log before
-        the caller acks."""
-        side = (lambda u: u) if owner is self.source else self.forward.target_unit
-        kept: dict[str, list[Any]] = {}
-        apply_units([(side(self._unit_spec(u)), unit_ids, carried)
-                     for u, (unit_ids, _, carried) in taken.items()], owner, other,
-                    transform, kept=kept)
-        for u, left in kept.items():
-            self.router.call("log_ids", u, left)
-
-    def _apply_apart(self, taken: dict[str, Any], owner: Backend, other: Backend,
-                     transform: Transform
-                     ) -> tuple[dict[str, int], dict[str, str], BaseException | None]:
-        """A step's units one by one: (seq to ack per unit, 0 where nothing was applied; the
-        reason of each unit that meets a terminal error; the first other error)."""
-        acks: dict[str, int] = {}
-        failed: dict[str, str] = {}
-        error: BaseException | None = None
-        for uid, (ids, seq, carried) in taken.items():
-            acks[uid] = 0
-            try:
-                self._apply_step({uid: (ids, seq, carried)}, owner, other, transform)
-                acks[uid] = seq
-            except TerminalError as err:
-                failed[uid] = f"{type(err).__name__}: {err}"
-            except Exception as err:  # noqa: BLE001 - raised once the others are acked
-                error = error or err
-        return acks, failed, error
-
-    def _fail(self, unit_id: str, reason: str, back: bool) -> None:
-        """A change of the unit cannot be applied, ever: waiting units fail (status and the
-        run's report show why; a later run prepares them again, as ``prepare`` says). A unit on the
-        target stays there, but its source is no longer a standby: a rollback would lose
-        writes, so it says so and this worker stops syncing it back."""
-        if back:
-            self._back_broken.add(unit_id)
-            reason = f"the source is no longer kept in sync for a rollback: {reason}"
-        log.error("unit %s: %s", unit_id, reason)
-        self.router.call("update_progress", unit_id, error=reason)
-        if back:
-            return
-        try:
-            self.router.call("set_phase", unit_id, "failed")
-        except TransitionError as err:  # a cutover took it meanwhile: the error is shown
-            log.warning("unit %s: not marked failed: %s", unit_id, err)
-
-    def _unit_spec(self, unit_id: str) -> UnitSpec:
-        """A unit of the plan, or one the router added for a tenant first seen while running."""
-        spec = next((u for u in self.plan.units if u.unit_id == unit_id), None)
-        if spec is None:
-            row = next(r for r in self.router.call("status")["units"] if r["unit_id"] == unit_id)
-            spec = UnitSpec(unit_id, "tenant", field=unit_id.partition("=")[0], value=row["value"])
-        return spec
-
-    @property
-    def _switch_holder(self) -> str:
-        """Who holds a unit for a switch (its reservation and its log): one switch at a time
-        runs in a worker (its tasks run one by one)."""
-        return f"switch:{self.who}"
-
-    @contextmanager
-    def _reserved(self, unit_id: str) -> Iterator[bool]:
-        """Hold the unit for a cutover or rollback: followers step aside meanwhile."""
-        holder = self._switch_holder
-        try:
-            yield bool(self.router.call("reserve", unit_id, holder))
-        finally:
-            self.router.call("release", unit_id, holder)
-
-    # --- cutover and rollback: one switch, two directions ---------------------------------
+    # --- cutover and rollback: one switch, two directions (``switching.UnitSwitch``) -------
     def cutover(self, unit: dict[str, Any]) -> dict[str, Any]:
         return self._switch(unit, CUTOVER)
 
@@ -486,62 +286,4 @@ class UnitWorker:
         return self._switch(unit, ROLLBACK)
 
     def _switch(self, unit: dict[str, Any], way: Direction) -> dict[str, Any]:
-        """Move the unit's ownership ``way``, holding the unit meanwhile; an unsettled log
-        (``needs_repair``) is diffed and repaired first."""
-        spec = UnitSpec.from_dict(unit)
-        # Writers of the unit wait for its freeze: the switch runs at normal CPU priority,
-        # while copy and verify keep the low one Ray gives workers.
-        with urgent(), self._reserved(spec.unit_id) as held:
-            if not held:
-                return switch_result(spec, False, "another cutover or rollback holds the unit, or a "
-                               "catch-up step on it did not end in time")
-            phase = self._phase(spec.unit_id)
-            if phase == "frozen":
-                phase = self._lift_orphaned(spec.unit_id)
-            if phase in way.already:
-                return switch_result(spec, True, way.already_says.format(phase=phase))
-            transform = self.forward if way.owner == "source" else self.inverse
-            if transform is None:
-                raise TerminalError(f"unit {spec.unit_id}: the transform has no inverse, so "
-                                    f"the source was not kept in sync; {way.name} is refused")
-            if phase not in way.start:
-                raise TerminalError(way.refuses.format(unit=spec.unit_id, phase=phase))
-            if not self._repaired(spec, way):
-                return switch_result(spec, False, way.differs)
-            owner, other = self._sides(spec, way.owner)
-            return switch_unit(self.router, owner, other, transform, way.to_phase,
-                               way.back_phase, self.cfg.cutover.max_freeze_ms,
-                               self.cfg.cutover.ready_lag, self._switch_holder).to_dict()
-
-    def _lift_orphaned(self, unit_id: str) -> str:
-        """The unit is frozen while this switch holds it: the switch that froze it died (a
-        freeze lasts ``max_freeze_ms``, far less than a reservation). Lift the freeze now,
-        rather than let the unit's writers wait for the router's stale-freeze timeout; the
-        unit stays with its owner and this switch goes on from there. Returns the phase."""
-        st = self.router.call("unit", unit_id)
-        back = "catching_up" if st["owner"] == "source" else "target"
-        if self.router.call("lift_freeze", unit_id, back):
-            log.warning("unit %s: lifted the freeze of a switch that died in it", unit_id)
-        return self._phase(unit_id)
-
-    def _repaired(self, spec: UnitSpec, way: Direction) -> bool:
-        """Wait out leases from before a router restart; then, if the unit's log may lack
-        writes (``needs_repair``: the router restarted while capturing, or the unit came back
-        to capture from a phase that did not), diff and repair it. False: a difference is left."""
-        time.sleep(self.router.call("settling_s"))
-        if not self.router.call("unit", spec.unit_id)["needs_repair"]:
-            return True
-        if not self._verify_live(spec, reverse=way.owner == "target").equal:
-            return False
-        self.router.call("clear_repair", spec.unit_id)
-        return True
-
-    def _sides(self, spec: UnitSpec, owner: Owner
-               ) -> tuple[tuple[Backend, UnitSpec], tuple[Backend, UnitSpec]]:
-        """(the owner, the other side), each as (backend, the unit in that backend's terms)."""
-        source, target = (self.source, spec), (self.target, self.forward.target_unit(spec))
-        return (source, target) if owner == "source" else (target, source)
-
-    def _back(self, spec: UnitSpec) -> UnitSync:
-        return UnitSync(self.forward.target_unit(spec), self.router, self.target, self.source,
-                        self.inverse, holder=f"sync:{self.who}", side="target")
+        return UnitSwitch(self, UnitSpec.from_dict(unit), way).run()

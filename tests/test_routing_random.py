@@ -191,7 +191,7 @@ class Sim:
         return (yield from self.apply(take, ack, owner, other, holder))
 
     def follower(self, name: str) -> Step:
-        """``worker._follow``: forward for followed units, back for units on the target; the
+        """``follower.Follower.run``: forward for followed units, back for units on the target; the
         direction is chosen from one look at the lags, and a unit may flip before the take."""
         holder = f"follower:{name}"
         while True:
@@ -207,7 +207,7 @@ class Sim:
             yield None
 
     def follow_step(self, units: list[str], owner: str, other: str, holder: str) -> Step:
-        """``worker._follow_step``: one take for several units, one apply, one ack."""
+        """``follower.Follower.step``: one take for several units, one apply, one ack."""
         def take() -> dict[str, tuple[list[Any], int, list[Any]]]:
             return {u: (ids, seq, self.table.carried_for(u)) for u, (ids, seq)
                     in self.table.take_many(units, 5, holder, now=self.now,

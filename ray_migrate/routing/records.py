@@ -24,7 +24,7 @@ INCARNATION_SHIFT = 40
 CAPTURING: frozenset[str] = frozenset(
     {"capturing", "copying", "catching_up", "ready", "frozen", "target", "rolled_back"})
 # Phases whose change log the workers' followers apply to the target; units on the target
-# are followed back to the source (``worker._follow``).
+# are followed back to the source (``follower.Follower``).
 FOLLOWED: frozenset[str] = frozenset({"catching_up", "ready", "rolled_back"})
 TRANSITIONS: dict[str, frozenset[str]] = {
     "source": frozenset({"capturing", "failed"}),
