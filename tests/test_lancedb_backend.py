@@ -281,9 +281,9 @@ def test_finalize_compacts_and_indexes(tmp_path):
 def test_finalize_leaves_a_table_of_large_fragments_uncompacted(tmp_path, monkeypatch):
     """A bulk load written as large fragments is not rewritten by a compaction (at 3M x 128
     it cost more than the copy); a table of small ones still is."""
-    import ray_migrate.backends.lancedb as lancedb_backend
+    from ray_migrate.backends import lance_upkeep
 
-    monkeypatch.setattr(lancedb_backend, "COMPACT_BELOW_MEAN_ROWS", 50)
+    monkeypatch.setattr(lance_upkeep, "COMPACT_BELOW_MEAN_ROWS", 50)
     info = info_of(vectors=(("vector", 8, "cosine"),), schema={})
     b = new_backend(tmp_path, info)
     for i in range(3):

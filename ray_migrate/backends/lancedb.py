@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_migrate.backends import lance_upkeep
 from ray_migrate.backends.base import (
     Backend,
     Capabilities,
@@ -55,7 +55,7 @@ from ray_migrate.units import UnitSpec
 
 log = logging.getLogger(__name__)
 
-METRICS = {"l2": "l2", "cosine": "cosine", "dot": "dot"}
+METRICS = lance_upkeep.METRICS
 CHUNK = 1000
 # A scan reads this far ahead of its consumer (Lance's defaults: 2 GiB of I/O, 16 batches,
 # 4 fragments... more than a worker should hold; 2.3M rows/s of 128-d here all the same).
@@ -96,17 +96,6 @@ def sql_literal(v: Any) -> str:
         return "'" + v.replace("'", "''") + "'"
     raise UnsupportedError(f"cannot filter on a value of type {type(v).__name__}: {v!r}")
 
-
-
-# Finalize compacts only a table of small fragments: one written as fragments of a unit's bulk
-# load (``lance_direct``, 50k rows each) is read as fast as a compacted one, and a compaction
-# rewrites every row (at 3M x 128, longer than the copy itself).
-COMPACT_BELOW_MEAN_ROWS = 20_000
-
-
-def _fragments_large(rows: int, fragments: int) -> bool:
-    """Whether a table's fragments hold COMPACT_BELOW_MEAN_ROWS rows or more on average."""
-    return fragments > 0 and rows / fragments >= COMPACT_BELOW_MEAN_ROWS
 
 
 class LanceBackend(Backend):
@@ -498,34 +487,8 @@ class LanceBackend(Backend):
                 self.tbl.delete(" OR ".join(batch))
 
     def finalize(self, options: LanceTargetOptions) -> dict[str, Any]:
-        from lancedb.index import HnswSq, IvfFlat, IvfPq
-
-        lay = self._layout()
-        done: dict[str, Any] = {"compacted": False, "indexed": []}
         with _guard(f"finalize {self._where()}"):
-            tbl = self.tbl
-            done["versions_before"] = len(tbl.list_versions())
-            done["fragments_before"] = tbl.stats()["fragment_stats"]["num_fragments"]
-            n = tbl.count_rows()
-            if options.compact and not _fragments_large(n, done["fragments_before"]):
-                # After the bulk copy no reader holds an old version: drop them all.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    tbl.optimize(cleanup_older_than=_dt.timedelta(
-                        seconds=options.cleanup_older_than_s))
-                done["compacted"] = True
-            elif options.compact:
-                done["compaction"] = (f"skipped: {done['fragments_before']} fragments of "
-                                      f"{n // max(done['fragments_before'], 1):,} rows on average")
-            if n >= options.index_min_rows:
-                cls = {"IVF_PQ": IvfPq, "IVF_HNSW_SQ": HnswSq, "IVF_FLAT": IvfFlat}
-                for v in lay.vectors:  # partitions: lance's default (by target partition size)
-                    cfg = cls[options.index_type](distance_type=METRICS.get(v.distance, "l2"))
-                    tbl.create_index(v.name, config=cfg, replace=True)
-                    done["indexed"].append(v.name)
-            done["versions_after"] = len(tbl.list_versions())
-            done["fragments_after"] = tbl.stats()["fragment_stats"]["num_fragments"]
-            done["rows"] = n
+            done = lance_upkeep.finalize(self.tbl, self._layout(), options)
         log.info("finalized LanceDB %s: %s", self._where(), done)
         return done
 
@@ -533,19 +496,8 @@ class LanceBackend(Backend):
         """Compact once ``compact_min_fragments`` fragments have piled up. A compaction
         conflicts with a concurrent update of the same fragments: that raises TransientError
         and the caller tries again later."""
-        if not options.compact_min_fragments:
-            return None
         with _guard(f"compact {self._where()}"):
-            tbl = self.tbl
-            before = tbl.stats()["fragment_stats"]["num_fragments"]
-            if before < options.compact_min_fragments:
-                return None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                tbl.optimize(cleanup_older_than=_dt.timedelta(
-                    seconds=options.cleanup_older_than_s))
-            after = tbl.stats()["fragment_stats"]["num_fragments"]
-        return {"fragments_before": before, "fragments_after": after}
+            return lance_upkeep.maintain(self.tbl, options)
 
     def close(self) -> None:
         self._tbl = None

@@ -1,0 +1,72 @@
+"""A LanceDB target's upkeep: compaction and vector indexes after the bulk load (finalize),
+compaction while units wait and after cutover (maintain). The caller turns the engine's
+errors into ray_migrate's (``lancedb._guard``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from typing import Any
+
+from ray_migrate.backends.lance_layout import Layout
+from ray_migrate.config import LanceTargetOptions
+
+METRICS = {"l2": "l2", "cosine": "cosine", "dot": "dot"}
+
+# Finalize compacts only a table of small fragments: one written as fragments of a unit's bulk
+# load (``lance_direct``, 50k rows each) is read as fast as a compacted one, and a compaction
+# rewrites every row (at 3M x 128, longer than the copy itself).
+COMPACT_BELOW_MEAN_ROWS = 20_000
+
+
+def fragments_large(rows: int, fragments: int) -> bool:
+    """Whether a table's fragments hold COMPACT_BELOW_MEAN_ROWS rows or more on average."""
+    return fragments > 0 and rows / fragments >= COMPACT_BELOW_MEAN_ROWS
+
+
+def _compact(tbl: Any, options: LanceTargetOptions) -> None:
+    # After the bulk copy no reader holds an old version older than the option: drop them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tbl.optimize(cleanup_older_than=_dt.timedelta(seconds=options.cleanup_older_than_s))
+
+
+def _fragments(tbl: Any) -> int:
+    return tbl.stats()["fragment_stats"]["num_fragments"]
+
+
+def finalize(tbl: Any, lay: Layout, options: LanceTargetOptions) -> dict[str, Any]:
+    """Compact a table of small fragments, then index each vector column (from
+    ``index_min_rows`` rows on); what was done, with versions and fragments before and after."""
+    from lancedb.index import HnswSq, IvfFlat, IvfPq
+
+    done: dict[str, Any] = {"compacted": False, "indexed": [],
+                            "versions_before": len(tbl.list_versions()),
+                            "fragments_before": _fragments(tbl)}
+    n = tbl.count_rows()
+    if options.compact and not fragments_large(n, done["fragments_before"]):
+        _compact(tbl, options)
+        done["compacted"] = True
+    elif options.compact:
+        done["compaction"] = (f"skipped: {done['fragments_before']} fragments of "
+                              f"{n // max(done['fragments_before'], 1):,} rows on average")
+    if n >= options.index_min_rows:
+        cls = {"IVF_PQ": IvfPq, "IVF_HNSW_SQ": HnswSq, "IVF_FLAT": IvfFlat}
+        for v in lay.vectors:  # partitions: lance's default (by target partition size)
+            cfg = cls[options.index_type](distance_type=METRICS.get(v.distance, "l2"))
+            tbl.create_index(v.name, config=cfg, replace=True)
+            done["indexed"].append(v.name)
+    done.update(versions_after=len(tbl.list_versions()), fragments_after=_fragments(tbl),
+                rows=n)
+    return done
+
+
+def maintain(tbl: Any, options: LanceTargetOptions) -> dict[str, Any] | None:
+    """Compact once ``compact_min_fragments`` fragments have piled up; None if not due."""
+    if not options.compact_min_fragments:
+        return None
+    before = _fragments(tbl)
+    if before < options.compact_min_fragments:
+        return None
+    _compact(tbl, options)
+    return {"fragments_before": before, "fragments_after": _fragments(tbl)}
