@@ -1,12 +1,11 @@
 """Helpers shared by the benchmark scripts: machine line, LanceDB source, Markdown table and
-the BENCHMARKS.md section writer."""
+the writer of a script's result file."""
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import os
 import platform
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,22 +77,21 @@ def md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
                      [head, tuple("---" for _ in head), *rows])
 
 
-def write_section(name: str, text: str) -> None:
-    """Replace the ``## name`` section of BENCHMARKS.md with ``text``, or append it."""
-    bm = ROOT / "BENCHMARKS.md"
-    old = bm.read_text() if bm.exists() else "# Benchmarks\n"
-    m = re.search(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", old, flags=re.M | re.S)
-    new = old[:m.start()] + text + ("\n" if old[m.end():] else "") + old[m.end():] if m \
-        else old.rstrip("\n") + "\n\n" + text
-    bm.write_text(new)
-    print(f"wrote the {name} section of {bm.name}")
+def write_result(stem: str, name: str, text: str) -> None:
+    """Put a benchmark's section (``## name``) into ``bench/results/<stem>.md``, from which
+    ``bench/compose.py`` writes BENCHMARKS.md."""
+    out = ROOT / "bench" / "results" / f"{stem}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = text if text.lstrip().startswith("## ") else f"## {name}\n\n{text}"
+    out.write_text(body.rstrip("\n") + "\n")
+    print(f"wrote {out.relative_to(ROOT)}; `python bench/compose.py` puts it into BENCHMARKS.md")
 
 
-def publish(name: str, text: str, write: bool) -> None:
-    """Print a benchmark's section; with ``write``, also put it into BENCHMARKS.md."""
+def publish(name: str, text: str, write: bool, stem: str) -> None:
+    """Print a benchmark's section; with ``write``, also keep it in ``bench/results``."""
     print("\n" + text)
     if write:
-        write_section(name, text)
+        write_result(stem, name, text)
 
 
 def run_script(main: Any) -> None:

@@ -103,7 +103,7 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--write", action="store_true", help="replace the LanceDB concurrent "
-                    "writers section of BENCHMARKS.md with this run")
+                    "writers section of bench/results/conflicts.md with this run")
     a = ap.parse_args()
     ctx = mp.get_context("spawn")
     work = Path(tempfile.mkdtemp(prefix="rm-conf-"))
@@ -199,7 +199,7 @@ def main() -> int:
             f"only every {BACK_EVERY_S:g} s over all workers (`BACK_EVERY_S` in "
             f"ray_migrate/follower.py) to keep such writes rare"
             f"{back}.\n")
-    publish("LanceDB: concurrent writers", text, a.write)
+    publish("LanceDB: concurrent writers", text, a.write, "conflicts")
     return 0
 
 

@@ -253,7 +253,7 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="5k/20k points: a smoke check")
     ap.add_argument("--write", action="store_true", help="replace the Copy section of "
-                    "BENCHMARKS.md with this run")
+                    "bench/results/copy_phase.md with this run")
     a = ap.parse_args()
     if a.quick:
         a.points, a.big = 5_000, 20_000
@@ -333,7 +333,7 @@ def main() -> int:
             "(finalize and verify are off). Ceilings: scan-only reads every point through the "
             "same hosted Qdrant proxy the workers use, without writing; write-only upserts the "
             "same canonical batches (batch size 1000) through LanceBackend.upsert.\n")
-    publish("Copy", text, a.write)
+    publish("Copy", text, a.write, "copy_phase")
     return 0
 
 

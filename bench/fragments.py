@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=20_000)
     ap.add_argument("--upserts", type=int, default=300)
     ap.add_argument("--write", action="store_true", help="replace the LanceDB fragments "
-                    "section of BENCHMARKS.md with this run")
+                    "section of bench/results/fragments.md with this run")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rm-frag-"))
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def main() -> int:
             "slow down with their number until the table is compacted. Catch-up and cutover "
             "drains read changed ids from the owner (the source, before cutover), so a source "
             "that takes many small writes needs the application's usual `optimize()`.\n")
-    publish("LanceDB fragments", text, a.write)
+    publish("LanceDB fragments", text, a.write, "fragments")
     return 0
 
 

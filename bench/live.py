@@ -353,7 +353,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3k points, 2 s periods: a smoke check")
     ap.add_argument("--qdrant", action="store_true", help="also Qdrant local -> LanceDB (info)")
     ap.add_argument("--write", action="store_true", help="replace the Live section of "
-                    "BENCHMARKS.md with this run")
+                    "bench/results/live_inprocess.md with this run")
     a = ap.parse_args()
     if a.quick:
         a.points, a.warmup, a.before, a.after, a.repeat = 3_000, 2.0, 2.0, 2.0, 1
@@ -565,7 +565,7 @@ def main() -> int:
             "client's record of the ids it wrote to that unit (the log is in write order). "
             "L→L latencies compare the same engine before and during; Q→L rows (--qdrant) "
             "are informational (Qdrant local mode, one process behind its hosting actor).\n")
-    publish("Live", text, a.write)
+    publish("Live", text, a.write, "live_inprocess")
     return 0
 
 
