@@ -60,6 +60,10 @@ CHUNK = 1000
 # A scan reads this far ahead of its consumer (Lance's defaults: 2 GiB of I/O, 16 batches,
 # 4 fragments... more than a worker should hold; 2.3M rows/s of 128-d here all the same).
 SCAN_AHEAD = {"io_buffer_size": 16 << 20, "batch_readahead": 2, "fragment_readahead": 1}
+# A scan's own dataset caches no more than this: Lance's defaults (1 GiB of file metadata, 6
+# GiB of index) let a worker's memory grow with the source's fragments, for a one-pass read
+# (1M x 128, 4 units in one process: peak 542 -> 505 MB, with MALLOC_ARENA_MAX=2 436 MB).
+SCAN_CACHE = {"metadata_cache_size_bytes": 16 << 20, "index_cache_size_bytes": 16 << 20}
 _TRANSIENT = ("conflict", "retryable", "timeout", "timed out", "contention", "temporar",
               "too many concurrent", "connection reset", "connection refused", "throttl",
               "slow down", "503", "broken pipe")
@@ -299,7 +303,7 @@ class LanceBackend(Backend):
         with _guard(f"scan version {version} of {self._where()}"):
             # Lance's own scanner, whose read-ahead can be bounded: through LanceDB's query a
             # worker's memory grew with the unit (1.2M x 128 in one scan: +430 MB; +170 MB so).
-            scanner = h.to_lance().scanner(columns=lay.columns, filter=f, offset=rows or None,
+            scanner = h.to_lance(**SCAN_CACHE).scanner(columns=lay.columns, filter=f, offset=rows or None,
                                            batch_size=batch_size, scan_in_order=True,
                                            **SCAN_AHEAD)
             for rb in scanner.to_batches():
