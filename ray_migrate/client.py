@@ -12,8 +12,9 @@ this client is alive, so the stores it may call stay up (``routing.presence``). 
 opens a side only when a unit routes to it, and reads only the sides that own units: once
 every unit is on the target it never calls the source.
 
-With tenant units a point may change tenant: ``upsert`` looks up where each id lives now,
-and an id that lives in another unit is moved, under leases on both units taken together
+With tenant units a point may change tenant: unless the router grants the write wide leases
+(no unit captures, one owner: P2a), ``upsert`` looks up where each id lives now, and an id
+that lives in another unit is moved, under leases on both units taken together
 (the old unit logs a delete, the new one an upsert): the new copy is written to the new
 unit's owner and the old copy deleted from the old unit's owner, only where it is still in
 that unit (``Backend.delete`` with the unit). Deletes are unit-scoped the same way.
@@ -26,7 +27,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from ray_migrate.client_stats import ClientStats, timed
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
 from ray_migrate.metrics import TimedBackend
-from ray_migrate.placement import Placement
+from ray_migrate.placement import UNFLIPPABLE, Lookup, Placement
 from ray_migrate.plan import Plan, label
 from ray_migrate.reembed import merge_hits, side_query, similarity
 from ray_migrate.routing.actor import RouterHandle, get_router
@@ -101,6 +102,8 @@ class RoutedCollection(Placement):
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
+        # Ends leases the write need not wait for (P9a), in order, off the write's path.
+        self._ender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-end")
         # What this client sees; the watch hands it to the router.
         self.stats = ClientStats(migration_id=cfg.migration_id)
         self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
@@ -142,6 +145,7 @@ class RoutedCollection(Placement):
         self.shadow.close()
         self._pool.shutdown(wait=False)
         self._lookups.shutdown(wait=False)
+        self._ender.shutdown(wait=True)  # the leases this client holds end before it goes
 
     # --- routes ---------------------------------------------------------------------------
     def routes(self) -> dict[str, tuple[str, str]]:
@@ -175,12 +179,14 @@ class RoutedCollection(Placement):
         return points_table(self.info, points)
 
     # --- writes ---------------------------------------------------------------------------
-    def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
+    def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write,
+                lookup: Lookup | None = None) -> None:
         """Write the ids of several units: one lease call for all of them, one backend write
         per owner (``write(owner, unit_ids)``, which returns what it wrote per unit), one call
         to end the leases, handing the router what was written (see ``routing.client_rows``);
         units whose owner changed meanwhile are written again to the new one, frozen units
-        after their freeze. ``parts``: unit id -> (its ids, its tenant value).
+        after their freeze. ``parts``: unit id -> (its ids, its tenant value). ``lookup``:
+        an upsert's look-up, which asks for wide leases (P2a).
 
         A lease fenced by a flip is held open by the router (see ``RoutingTable.end_write``)
         and ended here with its retry's lease, or when this call gives up."""
@@ -188,7 +194,7 @@ class RoutedCollection(Placement):
         held: dict[str, list[int]] = defaultdict(list)  # unit -> its fenced leases
         began = time.monotonic()
         try:
-            self._lease_loop(pending, held, write, began)
+            self._lease_loop(pending, held, write, began, lookup)
         finally:
             if held:  # gave up before a retry: let the fenced entries settle now
                 try:
@@ -197,14 +203,19 @@ class RoutedCollection(Placement):
                     log.warning("could not end fenced leases %s: %s", dict(held), err)
 
     def _lease_loop(self, pending: dict[str, tuple[list[Any], Any]],
-                    held: dict[str, list[int]], write: Write, began: float) -> None:
+                    held: dict[str, list[int]], write: Write, began: float,
+                    lookup: Lookup | None) -> None:
         while pending:
             names = list(pending)
             whole = len(names) > 1 and time.monotonic() - began < WHOLE_WAIT_S
+            leased = time.monotonic()
             leases = self.router.call("begin_writes",
-                                      [(u, pending[u][0], pending[u][1]) for u in names], whole)
+                                      [(u, pending[u][0], pending[u][1]) for u in names], whole,
+                                      lookup is not None)
             granted = {u: le for u, le in zip(names, leases, strict=True)
                        if le["status"] == "ok"}
+            if lookup is not None:
+                lookup.granted(granted)
             self._saw_epoch(max(le["epoch"] for le in leases))
             by_owner: dict[str, list[str]] = defaultdict(list)
             for u, le in granted.items():
@@ -215,13 +226,11 @@ class RoutedCollection(Placement):
                 # Only writes the router logs (capturing units) hand in what they wrote.
                 self._write_owners(by_owner, write, written,
                                    {u for u, le in granted.items() if le["phase"] in CAPTURING})
-            finally:  # a failed write ends its leases too: its ids are in the log anyway
-                tokens = [le["token"] for le in granted.values()]
-                retried = [t for u in granted for t in held.pop(u, [])]
-                ends = self.router.call(
-                    "end_writes", tokens + retried,
-                    {granted[u]["token"]: w for u, w in written.items()})[:len(tokens)] \
-                    if granted else []
+            except BaseException:  # a failed write ends its leases too: its ids are logged
+                self._end_leases(granted, held, written, False)
+                raise
+            ends = self._end_leases(granted, held, written,
+                                    time.monotonic() - leased < self.cfg.cutover.write_lease_s / 2)
             if ends:
                 self._saw_epoch(max(end["epoch"] for end in ends))
             for u, end in zip(granted, ends, strict=True):
@@ -236,6 +245,28 @@ class RoutedCollection(Placement):
                 if time.monotonic() - began > FREEZE_WAIT_S:
                     raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
                 time.sleep(0.003)
+
+    def _end_leases(self, granted: dict[str, dict[str, Any]], held: dict[str, list[int]],
+                    written: dict[str, tuple[Any, int]], in_time: bool) -> list[dict[str, Any]]:
+        """End the granted leases (and the fenced ones their retry settles). Leases of units
+        that cannot flip while they are open (``UNFLIPPABLE``), ended well within their lease
+        time, are valid for sure: their end is sent off the write's path (P9a)."""
+        if not granted:
+            return []
+        tokens = [le["token"] for le in granted.values()]
+        retried = [t for u in granted for t in held.pop(u, [])]
+        carried = {granted[u]["token"]: w for u, w in written.items()}
+        if in_time and not retried and not carried \
+                and all(le["phase"] in UNFLIPPABLE for le in granted.values()):
+            self._ender.submit(self._end_later, tokens)
+            return [{"valid": True, "epoch": le["epoch"]} for le in granted.values()]
+        return self.router.call("end_writes", tokens + retried, carried)[:len(tokens)]
+
+    def _end_later(self, tokens: list[int]) -> None:
+        try:
+            self.router.call("end_writes", tokens)
+        except Exception as err:  # noqa: BLE001 - they expire after a lease time
+            log.warning("could not end leases %s: %s", tokens, err)
 
     def _write_owners(self, by_owner: dict[str, list[str]], write: Write,
                       written: dict[str, tuple[Any, int]], report: set[str]) -> None:
@@ -263,23 +294,18 @@ class RoutedCollection(Placement):
         """Insert or replace points by id. With tenant units, an id that lives in another
         tenant now is moved there: its old copy is deleted under a lease on its old unit.
 
-        Where each id lives is looked up while the leases are asked for, and the engine
-        write waits for the answer: a point that stays in its tenant (the common case) costs
-        the slower of the two, not their sum. A move found then ends those leases unwritten
+        While no unit captures and all have one owner, the router grants wide leases and
+        nothing is looked up: that owner's upsert by id replaces the old copy (P2a).
+        Otherwise where each id lives is looked up while the leases are asked for, and the
+        engine write waits for the answer. A move found then ends those leases unwritten
         (their log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
-        rows: dict[str, list[int]] = defaultdict(list)
-        values: dict[str, Any] = {}
-        ids = table.column(ID).to_pylist()
-        fld = self.cfg.units.field or ""
-        for i, (pid, p) in enumerate(zip(ids, payload_dicts(table), strict=True)):
-            unit_id = self.unit_of(pid, p)
-            rows[unit_id].append(i)
-            values[unit_id] = p.get(fld)
+        rows, values = self._split(table)
         lookup = None
         if self.cfg.units.by == "tenant":
-            lookup = self._lookups.submit(
-                self._moves, {ids[i]: u for u, r in rows.items() for i in r})
+            ids = table.column(ID).to_pylist()
+            new_unit = {ids[i]: u for u, r in rows.items() for i in r}
+            lookup = Lookup(lambda: self._moves(new_unit), self._lookups, not self._quiet())
         try:
             self._write_rows(table, rows, values, {}, lookup)
         except _Moved as found:
@@ -288,15 +314,16 @@ class RoutedCollection(Placement):
         return table.num_rows
 
     def _write_rows(self, table: pa.Table, rows: dict[str, list[int]], values: dict[str, Any],
-                    moved: dict[str, list[Any]], lookup: Future | None) -> None:
+                    moved: dict[str, list[Any]], lookup: Lookup | None) -> None:
         """Write ``rows`` (unit -> row numbers) and delete ``moved`` ids from their old units,
         under leases on all those units; raise ``_Moved`` before any engine write if
         ``lookup`` finds ids that live in another unit now."""
         ids = table.column(ID).to_pylist()
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
-            if lookup is not None and lookup.result()[0]:
-                raise _Moved(*lookup.result())
+            found = lookup.moves() if lookup is not None else ({}, {})
+            if found[0]:
+                raise _Moved(*found)
             backend = self.backends[owner]
             mine = [i for u in units for i in rows.get(u, [])]
             side = self._side(owner, table.take(pa.array(mine, pa.int64())))
@@ -318,7 +345,7 @@ class RoutedCollection(Placement):
 
         parts = {u: ([ids[i] for i in rows.get(u, [])] + moved.get(u, []), values.get(u))
                  for u in {*rows, *moved}}
-        self._leased(parts, write)
+        self._leased(parts, write, lookup)
 
     @timed("delete")
     def delete(self, ids: Sequence[Any]) -> int:
