@@ -58,6 +58,7 @@ FREEZE_WAIT_S = 30.0
 # A write spanning several units waits this long, at most, for the moment none of them is
 # frozen, to write them all at once; then it writes the unfrozen ones and the others later.
 WHOLE_WAIT_S = 1.0
+END_LATER_S = 5.0  # how long an end sent off the write's path retries a restarting router
 # write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
 Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
 
@@ -264,7 +265,8 @@ class RoutedCollection(Placement):
 
     def _end_later(self, tokens: list[int]) -> None:
         try:
-            self.router.call("end_writes", tokens)
+            # Bounded: a router that restarts forgets the leases anyway, and close waits.
+            self.router.call("end_writes", tokens, timeout_s=END_LATER_S)
         except Exception as err:  # noqa: BLE001 - they expire after a lease time
             log.warning("could not end leases %s: %s", tokens, err)
 
