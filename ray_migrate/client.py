@@ -12,8 +12,9 @@ this client is alive, so the stores it may call stay up (``routing.presence``). 
 opens a side only when a unit routes to it, and reads only the sides that own units: once
 every unit is on the target it never calls the source.
 
-With tenant units a point may change tenant: ``upsert`` looks up where each id lives now,
-and an id that lives in another unit is moved, under leases on both units taken together
+With tenant units a point may change tenant: unless the router grants the write wide leases
+(no unit captures, one owner: P2a), ``upsert`` looks up where each id lives now, and an id
+that lives in another unit is moved, under leases on both units taken together
 (the old unit logs a delete, the new one an upsert): the new copy is written to the new
 unit's owner and the old copy deleted from the old unit's owner, only where it is still in
 that unit (``Backend.delete`` with the unit). Deletes are unit-scoped the same way.
@@ -24,9 +25,8 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,17 +34,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_migrate.backends import Backend, open_backend
+from ray_migrate.client_leases import LeasedWrites
 from ray_migrate.client_points import check_id, points_table
 from ray_migrate.client_stats import ClientStats, timed
 from ray_migrate.config import MigrationConfig, with_credentials
-from ray_migrate.errors import InvalidDataError, InvalidPointError, TransientError
+from ray_migrate.errors import InvalidDataError, InvalidPointError
 from ray_migrate.metrics import TimedBackend
-from ray_migrate.placement import Placement
+from ray_migrate.placement import Lookup
 from ray_migrate.plan import Plan, label
 from ray_migrate.reembed import merge_hits, side_query, similarity
 from ray_migrate.routing.actor import RouterHandle, get_router
 from ray_migrate.routing.client_rows import encode_rows
-from ray_migrate.routing.records import CAPTURING
 from ray_migrate.routing.watch import RouteCache
 from ray_migrate.schema import ID, payload_dicts, vectors_to_numpy
 from ray_migrate.shadow import Shadow
@@ -54,12 +54,6 @@ from ray_migrate.units import UnitSpec
 log = logging.getLogger(__name__)
 
 
-FREEZE_WAIT_S = 30.0
-# A write spanning several units waits this long, at most, for the moment none of them is
-# frozen, to write them all at once; then it writes the unfrozen ones and the others later.
-WHOLE_WAIT_S = 1.0
-# write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
-Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
 
 
 class _Moved(Exception):
@@ -80,7 +74,7 @@ class _Backends(dict):
         return backend
 
 
-class RoutedCollection(Placement):
+class RoutedCollection(LeasedWrites):
     """Upsert, delete, retrieve, search and count, routed per unit to its current owner.
 
     Bad points raise ``errors.InvalidPointError``, a ``ValueError``, naming the id and the
@@ -103,6 +97,8 @@ class RoutedCollection(Placement):
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
+        # Ends leases the write need not wait for (P9a), in order, off the write's path.
+        self._ender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-end")
         # What this client sees; the watch hands it to the router.
         self.stats = ClientStats(migration_id=cfg.migration_id)
         self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
@@ -144,6 +140,7 @@ class RoutedCollection(Placement):
         self.shadow.close()
         self._pool.shutdown(wait=False)
         self._lookups.shutdown(wait=False)
+        self._ender.shutdown(wait=True)  # the leases this client holds end before it goes
 
     # --- routes ---------------------------------------------------------------------------
     def routes(self) -> dict[str, tuple[str, str]]:
@@ -192,113 +189,25 @@ class RoutedCollection(Placement):
             except InvalidDataError as err:
                 raise InvalidPointError(f"{err} ({side} {ep.kind})") from None
 
-    # --- writes ---------------------------------------------------------------------------
-    def _leased(self, parts: dict[str, tuple[list[Any], Any]], write: Write) -> None:
-        """Write the ids of several units: one lease call for all of them, one backend write
-        per owner (``write(owner, unit_ids)``, which returns what it wrote per unit), one call
-        to end the leases, handing the router what was written (see ``routing.client_rows``);
-        units whose owner changed meanwhile are written again to the new one, frozen units
-        after their freeze. ``parts``: unit id -> (its ids, its tenant value).
-
-        A lease fenced by a flip is held open by the router (see ``RoutingTable.end_write``)
-        and ended here with its retry's lease, or when this call gives up."""
-        pending = dict(parts)
-        held: dict[str, list[int]] = defaultdict(list)  # unit -> its fenced leases
-        began = time.monotonic()
-        try:
-            self._lease_loop(pending, held, write, began)
-        finally:
-            if held:  # gave up before a retry: let the fenced entries settle now
-                try:
-                    self.router.call("end_writes", [t for ts in held.values() for t in ts])
-                except Exception as err:  # noqa: BLE001 - they expire after a lease time
-                    log.warning("could not end fenced leases %s: %s", dict(held), err)
-
-    def _lease_loop(self, pending: dict[str, tuple[list[Any], Any]],
-                    held: dict[str, list[int]], write: Write, began: float) -> None:
-        while pending:
-            names = list(pending)
-            whole = len(names) > 1 and time.monotonic() - began < WHOLE_WAIT_S
-            leases = self.router.call("begin_writes",
-                                      [(u, pending[u][0], pending[u][1]) for u in names], whole)
-            granted = {u: le for u, le in zip(names, leases, strict=True)
-                       if le["status"] == "ok"}
-            self._saw_epoch(max(le["epoch"] for le in leases))
-            by_owner: dict[str, list[str]] = defaultdict(list)
-            for u, le in granted.items():
-                by_owner[le["owner"]].append(u)
-                self.stats.tag(le["owner"], [u])
-            written: dict[str, tuple[Any, int]] = {}
-            try:
-                # Only writes the router logs (capturing units) hand in what they wrote.
-                self._write_owners(by_owner, write, written,
-                                   {u for u, le in granted.items() if le["phase"] in CAPTURING})
-            finally:  # a failed write ends its leases too: its ids are in the log anyway
-                tokens = [le["token"] for le in granted.values()]
-                retried = [t for u in granted for t in held.pop(u, [])]
-                ends = self.router.call(
-                    "end_writes", tokens + retried,
-                    {granted[u]["token"]: w for u, w in written.items()})[:len(tokens)] \
-                    if granted else []
-            if ends:
-                self._saw_epoch(max(end["epoch"] for end in ends))
-            for u, end in zip(granted, ends, strict=True):
-                if end["valid"]:
-                    del pending[u]
-                else:
-                    if end.get("held"):
-                        held[u].append(granted[u]["token"])
-                    log.info("unit %s changed owner during a write; writing again", u)
-            frozen = sorted(u for u in pending if u not in granted)
-            if frozen:
-                if time.monotonic() - began > FREEZE_WAIT_S:
-                    raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
-                time.sleep(0.003)
-
-    def _write_owners(self, by_owner: dict[str, list[str]], write: Write,
-                      written: dict[str, tuple[Any, int]], report: set[str]) -> None:
-        """One write per owner; while units of one write have different owners (the middle of
-        a migration) both engine writes run at once, so a write costs the slower of the two
-        rather than their sum. Every part ends before the first error is raised. ``written``
-        gets, per unit of ``report`` written successfully to an owner whose reads return
-        exactly what was written, (what was written, its size): appliers of the log may use
-        it."""
-        def one(owner: str, units: list[str]) -> None:
-            keep = report if self.backends[owner].capabilities.reads_back_writes else set()
-            written.update(write(owner, units, keep & set(units)))
-
-        if len(by_owner) < 2:
-            for owner, units in by_owner.items():
-                one(owner, units)
-            return
-        futures = [self._pool.submit(one, owner, units) for owner, units in by_owner.items()]
-        errors = [e for e in (f.exception() for f in futures) if e is not None]
-        if errors:
-            raise errors[0]
-
+    # --- writes (the leases around them: ``client_leases``) -----------------------------
     @timed("upsert")
     def upsert(self, points: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Insert or replace points by id. With tenant units, an id that lives in another
         tenant now is moved there: its old copy is deleted under a lease on its old unit.
 
-        Where each id lives is looked up while the leases are asked for, and the engine
-        write waits for the answer: a point that stays in its tenant (the common case) costs
-        the slower of the two, not their sum. A move found then ends those leases unwritten
+        While no unit captures and all have one owner, the router grants wide leases and
+        nothing is looked up: that owner's upsert by id replaces the old copy (P2a).
+        Otherwise where each id lives is looked up while the leases are asked for, and the
+        engine write waits for the answer. A move found then ends those leases unwritten
         (their log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
-        rows: dict[str, list[int]] = defaultdict(list)
-        values: dict[str, Any] = {}
-        ids = table.column(ID).to_pylist()
-        fld = self.cfg.units.field or ""
-        for i, (pid, p) in enumerate(zip(ids, payload_dicts(table), strict=True)):
-            unit_id = self.unit_of(pid, p)
-            rows[unit_id].append(i)
-            values[unit_id] = p.get(fld)
+        rows, values = self._split(table)
         self._check_sides(table)
         lookup = None
         if self.cfg.units.by == "tenant":
-            lookup = self._lookups.submit(
-                self._moves, {ids[i]: u for u, r in rows.items() for i in r})
+            ids = table.column(ID).to_pylist()
+            new_unit = {ids[i]: u for u, r in rows.items() for i in r}
+            lookup = Lookup(lambda: self._moves(new_unit), self._lookups, not self._quiet())
         try:
             self._write_rows(table, rows, values, {}, lookup)
         except _Moved as found:
@@ -307,15 +216,16 @@ class RoutedCollection(Placement):
         return table.num_rows
 
     def _write_rows(self, table: pa.Table, rows: dict[str, list[int]], values: dict[str, Any],
-                    moved: dict[str, list[Any]], lookup: Future | None) -> None:
+                    moved: dict[str, list[Any]], lookup: Lookup | None) -> None:
         """Write ``rows`` (unit -> row numbers) and delete ``moved`` ids from their old units,
         under leases on all those units; raise ``_Moved`` before any engine write if
         ``lookup`` finds ids that live in another unit now."""
         ids = table.column(ID).to_pylist()
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
-            if lookup is not None and lookup.result()[0]:
-                raise _Moved(*lookup.result())
+            found = lookup.moves() if lookup is not None else ({}, {})
+            if found[0]:
+                raise _Moved(*found)
             backend = self.backends[owner]
             mine = [i for u in units for i in rows.get(u, [])]
             side = self._side(owner, table.take(pa.array(mine, pa.int64())))
@@ -337,7 +247,7 @@ class RoutedCollection(Placement):
 
         parts = {u: ([ids[i] for i in rows.get(u, [])] + moved.get(u, []), values.get(u))
                  for u in {*rows, *moved}}
-        self._leased(parts, write)
+        self._leased(parts, write, lookup)
 
     @timed("delete")
     def delete(self, ids: Sequence[Any]) -> int:

@@ -9,8 +9,10 @@ transforms it uses.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +23,34 @@ from ray_migrate.routing.actor import RouterHandle
 from ray_migrate.schema import ID, payload_dicts
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
+
+QUIET_PHASES = (frozenset({"source"}), frozenset({"done"}))
+# Lease phases whose unit cannot flip while the lease is open (a flip needs a capture first,
+# whose copy waits for the lease: P2), so its end need not be waited for (P9a).
+UNFLIPPABLE = frozenset({"source", "done"})
+
+
+class Lookup:
+    """Where an upsert's ids live now (``Placement._moves``), asked once and only if needed:
+    started at once while the cached routes show a unit capturing, else only if the router
+    does not grant the write wide leases (``RoutingTable.quiet``, P2a), which make it moot."""
+
+    def __init__(self, find: Callable[[], Any], pool: ThreadPoolExecutor, start: bool):
+        self._find, self._pool, self._lock = find, pool, threading.Lock()
+        self._future: Future | None = pool.submit(find) if start else None
+        self.wide = False
+
+    def granted(self, leases: dict[str, dict[str, Any]]) -> None:
+        """The leases the router granted this round: wide ones need no look-up."""
+        self.wide = bool(leases) and all(le.get("wide") for le in leases.values())
+
+    def moves(self) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+        if self.wide:
+            return {}, {}
+        with self._lock:  # two owners' writes may ask at once: one look-up
+            if self._future is None:
+                self._future = self._pool.submit(self._find)
+        return self._future.result()
 
 
 class Placement:
@@ -42,6 +72,23 @@ class Placement:
 
     def _from_target(self, table: pa.Table) -> pa.Table:
         raise NotImplementedError
+
+    def _split(self, table: pa.Table) -> tuple[dict[str, list[int]], dict[str, Any]]:
+        """(unit -> its row numbers, unit -> its tenant value) of a canonical table."""
+        rows: dict[str, list[int]] = defaultdict(list)
+        values: dict[str, Any] = {}
+        fld = self.cfg.units.field or ""
+        ids = table.column(ID).to_pylist()
+        for i, (pid, p) in enumerate(zip(ids, payload_dicts(table), strict=True)):
+            unit_id = self.unit_of(pid, p)
+            rows[unit_id].append(i)
+            values[unit_id] = p.get(fld)
+        return rows, values
+
+    def _quiet(self) -> bool:
+        """The cached routes show no unit capturing and one owner for all (see ``Lookup``)."""
+        phases = frozenset(phase for _, phase in self.routes().values())
+        return not phases or phases in QUIET_PHASES
 
     @staticmethod
     def _owners(routes: dict[str, tuple[str, str]]) -> list[str]:

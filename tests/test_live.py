@@ -412,7 +412,7 @@ def test_a_write_spanning_units_waits_for_a_frozen_one_then_writes_all(ray_clust
     once both have landed."""
     from truth import read_lance
 
-    from ray_migrate.client import WHOLE_WAIT_S
+    from ray_migrate.client_leases import WHOLE_WAIT_S
 
     with prepared(tmp_path, "span", 40) as (m, mid, source, target, truth):
         coll = RoutedCollection.connect(mid)

@@ -107,13 +107,13 @@ class Router:
         return (await self.end_writes([token]))[0]
 
     async def begin_writes(self, requests: list[tuple[str, list[Any], Any]],
-                           whole: bool = False) -> list[dict[str, Any]]:
+                           whole: bool = False, wide: bool = False) -> list[dict[str, Any]]:
         """``RoutingTable.begin_writes``: several units in one call, all or nothing if
-        ``whole``."""
+        ``whole``; ``wide``: without the client's look-up, if the table is quiet (P2a)."""
         if not self._prioritized:  # the event loop's thread may start after __init__
             self._prioritized = True
             process_at_normal_priority()
-        return self.durable.begin_writes(requests, whole)
+        return self.durable.begin_writes(requests, whole, wide=wide)
 
     async def end_writes(self, tokens: list[int],
                          carried: dict[int, tuple[Any, int]] | None = None

@@ -100,9 +100,9 @@ class DurableTable:
 
     # --- the table's changes, each with what it writes -------------------------------------
     def begin_writes(self, requests: list[tuple[str, list[Any], Any]], whole: bool = False,
-                     now: float | None = None) -> list[dict[str, Any]]:
+                     now: float | None = None, wide: bool = False) -> list[dict[str, Any]]:
         epoch = self.table.epoch
-        out = self.table.begin_writes(requests, whole, now)
+        out = self.table.begin_writes(requests, whole, now, wide)
         failpoints.hit("router.changed", what="begin_writes")  # logged, not persisted
         if self.table.epoch != epoch:  # a new unit, or a stale freeze lifted
             self.persist()

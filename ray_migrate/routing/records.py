@@ -119,3 +119,6 @@ class Lease:
     ids: list[Any] = field(default_factory=list)  # logged ids, while capturing
     fenced: bool = False  # ended after a flip: held open until the client's retry ends
     owner: str = ""  # the side the client writes under this lease (the owner at its grant)
+    # Granted while no unit captured and every unit had one owner: its write may move points
+    # between any units unlooked-up, so every unit's capture waits for it (P2a).
+    wide: bool = False

@@ -203,16 +203,28 @@ class RoutingTable(ApplierGate):
 
     # --- client writes --------------------------------------------------------------------
     def begin_writes(self, requests: list[tuple[str, list[Any], Any]], whole: bool = False,
-                     now: float | None = None) -> list[dict[str, Any]]:
+                     now: float | None = None, wide: bool = False) -> list[dict[str, Any]]:
         """``begin_write`` for several units: [(unit_id, ids, value)]. ``whole``: all or
         nothing; while any of the units is frozen none gets a lease (all "wait"), so a write
         spanning units waits for the freeze and then writes once, instead of writing its other
         units first and the frozen one again after the freeze (two engine writes, the second
-        behind the freeze)."""
+        behind the freeze). ``wide``: the client asks to skip its look-up of where the ids
+        live; granted (``"wide": True`` in every lease) only while the table is quiet (P2a)."""
         now = time.time() if now is None else now
         if whole and any(self._frozen(u, now) for u, _, _ in requests):
             return [{"status": "wait", "epoch": self.epoch} for _ in requests]
-        return [self.begin_write(u, ids, now, value) for u, ids, value in requests]
+        out = [self.begin_write(u, ids, now, value) for u, ids, value in requests]
+        if wide and self.quiet() and all(le["status"] == "ok" for le in out):
+            for le in out:
+                self.leases[le["token"]].wide = le["wide"] = True
+        return out
+
+    def quiet(self) -> bool:
+        """No unit captures and every unit has one owner (all ``source``, or all ``done``):
+        a write that moves a point to another tenant then has nothing to log, and the one
+        owner's upsert by id replaces the old copy, so no look-up is needed (P2a)."""
+        phases = {u.phase for u in self.units.values()}
+        return phases <= {"source"} or phases == {"done"}
 
     def _frozen(self, unit_id: str, now: float) -> bool:
         u = self.units.get(unit_id)
@@ -241,7 +253,8 @@ class RoutingTable(ApplierGate):
                 u.marks.append((self.seq + 1, now))
             self._log(u, ids, lease.token)
             self.rows.opened(lease.token, ids, before_capture=any(
-                le.unit_id == unit_id and not le.ids for le in self.leases.values()))
+                (le.unit_id == unit_id or le.wide) and not le.ids
+                for le in self.leases.values()))
         self.leases[lease.token] = lease
         return {"status": "ok", "token": lease.token, "owner": u.owner, "epoch": self.epoch,
                 "phase": u.phase}
@@ -291,10 +304,11 @@ class RoutingTable(ApplierGate):
 
     def open_leases(self, unit_id: str, before_epoch: int | None = None,
                     now: float | None = None) -> int:
-        """Leases of the unit still open (and not expired), optionally only older ones."""
+        """Leases of the unit still open (and not expired), optionally only older ones; wide
+        leases count for every unit (P2a)."""
         now = time.time() if now is None else now
         self._expire(now)
-        n = sum(1 for le in self.leases.values() if le.unit_id == unit_id
+        n = sum(1 for le in self.leases.values() if (le.unit_id == unit_id or le.wide)
                 and (before_epoch is None or le.epoch < before_epoch))
         if self.restarted_at is not None and now - self.restarted_at < self.lease_s:
             n += 1  # leases given out before the restart are unknown: wait them out

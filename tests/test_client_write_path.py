@@ -1,0 +1,131 @@
+"""The routed write path does only what the guarantee needs (issue 15, client latency).
+
+Before: every upsert with tenant units first fetched its ids from every owning side (one engine
+read per write, which the engine write waited for), and waited for the router to end its lease.
+Now the look-up is skipped while the router grants wide leases (no unit captures, one owner:
+P2a), and the end of a lease on a unit that cannot flip is sent off the write's path (P9a).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from test_live import DIM, live_config, other_side, seed
+
+from ray_migrate.client import RoutedCollection
+from ray_migrate.migration import Migration
+from ray_migrate.routing.table import RoutingTable
+from ray_migrate.schema import ID, payload_dicts
+
+UNITS = ["tenant=a", "tenant=b"]
+PREPARE = ("capturing", "copying", "catching_up", "ready", "frozen", "target")
+
+
+def test_a_wide_lease_is_granted_only_while_quiet_and_every_capture_waits_for_it():
+    t = RoutingTable(UNITS, lease_s=30.0)
+    [narrow] = t.begin_writes([("tenant=b", [1], "b")], now=0)
+    [wide] = t.begin_writes([("tenant=b", [2], "b")], now=0, wide=True)
+    assert wide["wide"] and "wide" not in narrow
+    t.set_phase("tenant=a", "capturing", now=1)
+    capture_epoch = t.unit("tenant=a").capture_epoch
+    # A wide write may have moved a point out of a unnoticed: a's copy waits for it (P2);
+    # an ordinary lease on b does not hold a's copy back.
+    assert t.open_leases("tenant=a", capture_epoch, now=1) == 1
+    [again] = t.begin_writes([("tenant=b", [3], "b")], now=1, wide=True)
+    assert "wide" not in again, "a unit captures: the client must look its ids up"
+    t.end_write(wide["token"])
+    assert t.open_leases("tenant=a", capture_epoch, now=1) == 0
+    for phase in (*PREPARE[1:], "done"):
+        t.set_phase("tenant=a", phase, now=2)
+    [mixed] = t.begin_writes([("tenant=b", [4], "b")], now=2, wide=True)
+    assert "wide" not in mixed, "two owners: a move must delete the old copy on the other"
+    for phase in (*PREPARE, "done"):
+        t.set_phase("tenant=b", phase, now=3)
+    [done] = t.begin_writes([("tenant=b", [5], "b")], now=3, wide=True)
+    assert done["wide"]
+    [new] = t.begin_writes([("tenant=c", [6], "c")], now=3, wide=True)
+    assert "wide" not in new, "a new tenant starts on the source: two owners again"
+
+
+def test_a_quiet_upsert_skips_the_look_up_and_a_capturing_one_logs_the_move(ray_cluster,
+                                                                           tmp_path):
+    """No unit captures: an upsert moving point 1 from t1 to t0 reads nothing and leaves one
+    copy. Then t1 captures, but the client's cached routes still say quiet (a stale cache,
+    injected): the router refuses wide leases, the client looks the ids up, and moving point
+    5 from t1 to t0 logs it in t1's log (its copy on the target must go)."""
+    source, _ = seed("lancedb", tmp_path, n=40)
+    mid = f"wpath-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                              cutover={"mode": "manual"}))
+    m.start(workers=False)
+    coll = RoutedCollection.connect(mid)
+    try:
+        reads: Counter[str] = Counter()
+        backend = coll.backends["source"]
+        real_fetch = backend.fetch
+
+        def counted(ids: Any) -> Any:
+            reads["fetch"] += 1
+            return real_fetch(ids)
+
+        backend.fetch = counted  # type: ignore[method-assign]
+        coll.upsert([point(1, "t0")])
+        assert reads["fetch"] == 0, "quiet: no look-up before the write"
+        assert tenants(coll, [1]) == {1: "t0"}
+        m.router.call("set_phase", "tenant=t1", "capturing")
+        coll._quiet = lambda: True  # type: ignore[method-assign]
+        coll.upsert([point(5, "t0")])
+        assert reads["fetch"] >= 1, "the router said a unit captures: looked up"
+        assert 5 in m.router.call("peek_changes", "tenant=t1"), "the move is logged in t1"
+        assert tenants(coll, [5]) == {5: "t0"}
+    finally:
+        coll.close()
+        m.router.kill()
+
+
+def test_a_lease_ended_off_the_write_path_still_holds_back_a_capture(ray_cluster, tmp_path):
+    """The write returns before its lease's end reaches the router (P9a); a capture that
+    begins meanwhile waits for that end (P2), and ``close`` sends every pending end."""
+    source, _ = seed("lancedb", tmp_path, n=40)
+    mid = f"wend-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                              cutover={"mode": "manual"}))
+    m.start(workers=False)
+    coll = RoutedCollection.connect(mid)
+    gate, sent = threading.Event(), []
+    real_end = coll._end_later
+
+    def late(tokens: list[int]) -> None:
+        assert gate.wait(60)
+        sent.extend(tokens)
+        real_end(tokens)
+
+    coll._end_later = late  # type: ignore[method-assign]
+    try:
+        coll.upsert([point(2, "t2")])  # returned: its end is held back by the gate
+        epoch = m.router.call("set_phase", "tenant=t3", "capturing")
+        assert not m.router.call("wait_leases", "tenant=t3", epoch, 0.2), \
+            "the wide lease of the write to t2 holds t3's copy back"
+        gate.set()
+    finally:
+        gate.set()
+        coll.close()
+    try:
+        assert sent, "close sent the pending end"
+        assert m.router.call("wait_leases", "tenant=t3", epoch, 5.0)
+    finally:
+        m.router.kill()
+
+
+def point(pid: int, tenant: str) -> dict[str, Any]:
+    return {"id": pid, "vector": [0.5] * DIM, "payload": {"tenant": tenant, "v": 1}}
+
+
+def tenants(coll: RoutedCollection, ids: list[int]) -> dict[int, str]:
+    """Every copy of these ids on the source, straight from the engine."""
+    t = coll.backends["source"].fetch(ids)
+    found = list(zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True))
+    assert len(found) == len({pid for pid, _ in found}), "one copy per id"
+    return {pid: p["tenant"] for pid, p in found}
