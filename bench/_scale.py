@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _common import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -31,11 +32,5 @@ def pct(values: list[float], q: float) -> float:
 
 
 def write_result(script: str, text: str, write: bool) -> None:
-    """Print the table; with ``write`` also into ``bench/results/<script>.md`` (the lead puts
-    BENCHMARKS.md together from those files)."""
-    print("\n" + text)
-    if write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"{script}.md"
-        out.write_text(text.rstrip("\n") + "\n")
-        print(f"wrote {out.relative_to(ROOT)}")
+    """Print the table; with ``write`` also into ``bench/results/<script>.md``."""
+    publish(script, text, write, script)

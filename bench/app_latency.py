@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import ROOT, lance_source, machine, md_table, run_script
+from _common import ROOT, lance_source, machine, md_table, publish, run_script
 
 DIM = 64
 APP = str(Path(_HERE) / "app_proc.py")
@@ -431,12 +431,7 @@ def main() -> int:
             f"{dt.date.today().isoformat()}, commit {commit}; {a.points:,} points x {DIM}, "
             f"8 tenant units, L->L; {time.time() - started:.0f} s in all.\n\nMachine: "
             f"{machine()}.\n\n" + report(runs, a, cmd, time.time() - started))
-    print("\n" + text)
-    if a.write:
-        out = ROOT / "bench" / "results" / "live.md"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
+    publish("Application latency while it moves", text, a.write, "live")
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import ROOT, lance_source, machine, md_table, run_script
+from _common import ROOT, lance_source, machine, md_table, publish, run_script
 
 from ray_migrate.backends.base import Backend
 from ray_migrate.units import UnitSpec
@@ -178,12 +178,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = report(a, rows, cmd)
-    print("\n" + text)
-    if a.write:
-        out = ROOT / "bench" / "results" / "verify.md"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
+    publish("Verify", text, a.write, "verify")
     return 0
 
 

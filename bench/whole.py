@@ -30,7 +30,7 @@ import time  # noqa: E402
 
 sys.path += [str(_BENCH), str(_BENCH.parent / "tests")]
 
-from _common import ROOT, lance_source, machine, md_table, run_script  # noqa: E402
+from _common import ROOT, lance_source, machine, md_table, publish, run_script  # noqa: E402
 
 TARGET = 0.7
 BATCH = 10_000
@@ -164,12 +164,7 @@ def main() -> int:
     text = (f"## Whole command ({n:,} x {dim}, L->L, id_range 8, 2 workers, auto, no client)\n\n"
             + md_table(("metric", "value", "target", "pass"), rows)
             + f"\n\nMachine: {machine()}  \nCommit: {commit}  \nCommand: `{cmd}`\n")
-    print(text)
-    if a.write:
-        out = ROOT / "bench" / "results" / "whole.md"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
+    publish("Whole command", text, a.write, "whole")
     return 0
 
 
