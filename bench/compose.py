@@ -51,7 +51,7 @@ def summary_rows(name: str, text: str) -> list[list[str]]:
             rows = []
             for r in table[1:]:
                 target = r[col["target"]]
-                if target and not target.startswith("measured"):
+                if target:
                     rows.append([r[col.get("metric", 0)], r[col.get("value", 1)], target,
                                  r[col["pass"]], *where])
             return rows
