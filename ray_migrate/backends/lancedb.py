@@ -33,6 +33,7 @@ from ray_migrate.backends.lance_layout import (
     to_canonical,
     to_layout,
 )
+from ray_migrate.backends.lance_sql import quote_ident, sql_literal
 from ray_migrate.config import LanceEndpoint, LanceTargetOptions
 from ray_migrate.errors import (
     IncompatibleTargetError,
@@ -85,21 +86,6 @@ def _guard(what: str) -> Iterator[None]:
         raise
     except Exception as err:  # lance raises ValueError/OSError/RuntimeError for everything
         raise _convert(err, what) from err
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def sql_literal(v: Any) -> str:
-    if isinstance(v, bool):
-        return "TRUE" if v else "FALSE"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return "'" + v.replace("'", "''") + "'"
-    raise UnsupportedError(f"cannot filter on a value of type {type(v).__name__}: {v!r}")
-
 
 
 class LanceBackend(Backend):
