@@ -18,7 +18,8 @@ Per window: write p50/p99 and count, search p99, errors; per run the ratios duri
 and during / control; per write (routed windows) the ms in the router's lease calls and in
 each owner's engine call; CPU per process group (psutil, sampled every second: the app, the
 `run` driver, the router, the unit workers, Ray's own) and the migration's stage then. Each
-run holds the machine-wide lock /work/bench.lock (only one benchmark at a time). Exits 0
+run holds a machine-wide lock file (``RAY_MIGRATE_BENCH_LOCK``, default
+``<tmp>/ray_migrate-bench.lock``), so benchmarks that take it run one at a time. Exits 0
 whatever the numbers are.
 """
 
@@ -53,7 +54,8 @@ from _common import ROOT, lance_source, machine, md_table, publish, run_script
 DIM = 64
 APP = str(Path(_HERE) / "app_proc.py")
 CLI = str(Path(sys.executable).parent / "ray-migrate")
-LOCK = "/work/bench.lock"
+LOCK = os.environ.get("RAY_MIGRATE_BENCH_LOCK",
+                      os.path.join(tempfile.gettempdir(), "ray_migrate-bench.lock"))
 STAGES = ("copy", "catch-up", "waves", "source")
 
 
