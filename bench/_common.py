@@ -94,6 +94,20 @@ def publish(name: str, text: str, write: bool, stem: str) -> None:
         write_result(stem, name, text)
 
 
+def copy_window(cfg: Any, rep: Any) -> tuple[float, Any]:
+    """The copy phase of a finished run: first unit's start to last unit's end, from the run
+    report and the units' final checkpoints (Ray start and planning are out); and the run's
+    state store. Raises if a unit was not copied."""
+    from ray_migrate.state import StateStore
+
+    bad = [u.unit_id for u in rep.units if u.status != "copied"]
+    if bad:
+        raise RuntimeError(f"units not copied: {bad}")
+    store = StateStore(cfg.state_uri, cfg.migration_id)
+    ends = {u.unit_id: store.load_checkpoint(u.unit_id)["updated_at"] for u in rep.units}
+    return max(ends.values()) - min(ends[u.unit_id] - u.seconds for u in rep.units), store
+
+
 def run_script(main: Any) -> None:
     """Run a benchmark's main; a measurement script says what failed and still exits 0."""
     try:

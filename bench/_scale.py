@@ -31,6 +31,17 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def footer() -> list[str]:
+    """The lines that end a results file: machine and load, commit, command."""
+    import os
+
+    from _common import machine
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return [f"- machine: {machine()}; load average at the end {load} (1, 5, 15 min)",
+            f"- commit: {commit()}", f"- command: `{command()}`", ""]
+
+
 def write_result(script: str, text: str, write: bool) -> None:
     """Print the table; with ``write`` also into ``bench/results/<script>.md``."""
     publish(script, text, write, script)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray  # noqa: F401 - imported first: ray puts its bundled psutil on sys.path
-from _common import lance_source, machine, md_table, publish, run_script
+from _common import copy_window, lance_source, machine, md_table, publish, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -99,7 +99,6 @@ def run_ray(cfg, sample_rss: bool = False) -> dict:
     import psutil
 
     from ray_migrate.driver import run_migration
-    from ray_migrate.state import StateStore
     from ray_migrate.worker import NAMESPACE, worker_name
 
     out: dict = {}
@@ -149,12 +148,7 @@ def run_ray(cfg, sample_rss: bool = False) -> dict:
     if "error" in out:
         raise out["error"]
     rep = out["report"]
-    bad = [u.unit_id for u in rep.units if u.status != "copied"]
-    if bad:
-        raise RuntimeError(f"units not copied: {bad}")
-    store = StateStore(cfg.state_uri, cfg.migration_id)
-    ends = {u.unit_id: store.load_checkpoint(u.unit_id)["updated_at"] for u in rep.units}
-    window = max(ends.values()) - min(ends[u.unit_id] - u.seconds for u in rep.units)
+    window, store = copy_window(cfg, rep)
     listing = _listing_s(store)  # a one-pass listing before the units start is copy time too
     return {"points": rep.total_copied_now, "copy_s": window + listing, "listing_s": listing,
             "total_s": total,

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from _common import lance_source, machine, md_table, run_script
-from _scale import command, commit, write_result
+from _common import copy_window, lance_source, md_table, run_script
+from _scale import footer, write_result
 
 SLOT, UNITS, BATCH = "unit_slot", 8, 10_000
 
@@ -86,17 +86,11 @@ def copy_run(cfg: Any, names: dict[str, str]) -> dict[str, Any]:
     """run_migration; the copy phase from the first unit's start to the last unit's end (the
     units' final checkpoints and report seconds, as bench/copy.py measures it)."""
     from ray_migrate.driver import run_migration
-    from ray_migrate.state import StateStore
 
     t0 = time.perf_counter()
     rep = run_migration(cfg)
     total = time.perf_counter() - t0
-    bad = [u.unit_id for u in rep.units if u.status != "copied"]
-    if bad:
-        raise RuntimeError(f"units not copied: {bad}")
-    store = StateStore(cfg.state_uri, cfg.migration_id)
-    ends = {u.unit_id: store.load_checkpoint(u.unit_id)["updated_at"] for u in rep.units}
-    window = max(ends.values()) - min(ends[u.unit_id] - u.seconds for u in rep.units)
+    window, store = copy_window(cfg, rep)
     unit_rates = [u.points_per_s for u in rep.units if u.points_per_s]
     return {"points": rep.total_copied_now, "copy_s": window, "total_s": total,
             "unit_rate": sum(unit_rates) / max(1, len(unit_rates)),
@@ -178,9 +172,7 @@ def report(points: int, dim: int, scan: float, runs: dict[int, dict[str, Any]],
         "nodes in one process tree on ONE machine: every node shares its 2 cores (and other "
         "helpers' jobs ran meanwhile), so more workers add no cores: the ratios bound what "
         "the cores give, and the model in docs/SCALING.md uses the per-worker rate.", "",
-        f"- machine: {machine()}; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)",
-        f"- commit: {commit()}", f"- command: `{command()}`", ""])
+        *footer()])
 
 
 def main() -> int:

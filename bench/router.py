@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 import ray
-from _common import machine, md_table, run_script, upsert_rows
-from _scale import command, commit, pct, write_result
+from _common import md_table, run_script, upsert_rows
+from _scale import footer, pct, write_result
 
 UNITS = [f"u{i}" for i in range(8)]
 IDS_PER_WRITE, DIM = 100, 64
@@ -234,9 +234,7 @@ def report(counts: list[int], seconds: float, out: dict[str, Any]) -> str:
         f"are Ray actors (own processes) writing back to back for {seconds:g} s each, all on "
         "one local Ray cluster on this machine: clients and router share its cores, so the "
         "rate at saturation is a floor for a router with cores of its own.", "",
-        f"- machine: {machine()}; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)",
-        f"- commit: {commit()}", f"- command: `{command()}`", ""])
+        *footer()])
 
 
 def main() -> int:
