@@ -57,6 +57,7 @@ CLI = str(Path(sys.executable).parent / "ray-migrate")
 LOCK = os.environ.get("RAY_MIGRATE_BENCH_LOCK",
                       os.path.join(tempfile.gettempdir(), "ray_migrate-bench.lock"))
 STAGES = ("copy", "catch-up", "waves", "source")
+KEYS = ("router", "frozen", "source", "target")  # ms per write, split (app_proc.Split)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -152,7 +153,7 @@ def window(cs: list[dict[str, Any]], lo: float, hi: float) -> dict[str, Any]:
             "s_n": len(s), "s_p99": pct([c["ms"] for c in s], 99),
             "errors": [c["err"] for c in w + s if c.get("err")], "secs": hi - lo,
             "split": {k: float(np.mean([c.get(k, 0.0) for c in w])) if w else 0.0
-                      for k in ("router", "source", "target")},
+                      for k in KEYS},
             "slow": sorted(w, key=lambda c: -c["ms"])[:max(1, len(w) // 100)]}
 
 
@@ -298,7 +299,7 @@ def during(run: Path, head: Any, a: argparse.Namespace, k: int) -> dict[str, Any
         if w:
             out["by_stage"][st] = {"n": len(w), "p99": pct([c["ms"] for c in w], 99),
                                    **{key: float(np.mean([c.get(key, 0.0) for c in w]))
-                                      for key in ("router", "source", "target")}}
+                                      for key in KEYS}}
     if proc.returncode:
         out["run_tail"] = (work / "run.out").read_text(errors="replace")[-1500:]
     return out
@@ -359,7 +360,8 @@ def where(runs: list[dict[str, Any]]) -> str:
     """Where the time goes: per write, router and engine ms by window and stage; CPU seconds
     per process group per stage; the slowest writes."""
     lines = ["### Where the time goes", "", "Mean ms per write in the router's lease calls "
-             "(begin + end) and in each owner's engine call, by window and by the migration's "
+             "(begin + end; \"frozen\": begin calls that met a freeze and waited in the "
+             "router) and in each owner's engine call (pool threads included), by window and by the migration's "
              "stage (routing.json, sampled each second); then CPU seconds per second of each "
              "process group in each stage (2 cores = 2.0).", ""]
     rows = []
@@ -367,12 +369,12 @@ def where(runs: list[dict[str, Any]]) -> str:
         for name, w in (("control", r["control"]), ("during", r["during"])):
             s = w["split"]
             rows.append((f"run {k + 1} {name}", str(w["n"]), fmt(w["p99"]),
-                         f"{s['router']:.1f}", f"{s['source']:.1f}", f"{s['target']:.1f}"))
+                         *(f"{s.get(key, 0.0):.1f}" for key in KEYS)))
         for st, v in r["during"]["by_stage"].items():
             rows.append((f"run {k + 1} during: {st}", str(v["n"]), fmt(v["p99"]),
-                         f"{v['router']:.1f}", f"{v['source']:.1f}", f"{v['target']:.1f}"))
-    lines.append(md_table(("window", "writes", "p99 ms", "router ms", "source engine ms",
-                           "target engine ms"), rows))
+                         *(f"{v.get(key, 0.0):.1f}" for key in KEYS)))
+    lines.append(md_table(("window", "writes", "p99 ms", "router ms", "frozen ms",
+                           "source engine ms", "target engine ms"), rows))
     lines.append("")
     rows = []
     for k, r in enumerate(runs):
@@ -386,7 +388,8 @@ def where(runs: list[dict[str, Any]]) -> str:
     for k, r in enumerate(runs):
         slow = r["during"]["slow"]
         lines.append(f"Run {k + 1}, slowest 1% of writes during: " + "; ".join(
-            f"{c['ms']:.0f} ms (router {c.get('router', 0):.0f}, source "
+            f"{c['ms']:.0f} ms (router {c.get('router', 0):.0f}, frozen "
+            f"{c.get('frozen', 0):.0f}, source "
             f"{c.get('source', 0):.0f}, target {c.get('target', 0):.0f})" for c in slow))
     return "\n".join(lines) + "\n"
 

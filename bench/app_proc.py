@@ -49,19 +49,27 @@ class Calls:
 
 
 class Split:
-    """Per write, the ms spent in lease calls to the router and in each owner's engine call:
-    the client's methods wrapped in place (measurement only; the product is unchanged)."""
+    """Per write, the ms spent in lease calls to the router ("frozen": the begin calls that
+    met a freeze, waiting in the router) and in each owner's engine call, also from the
+    client's pool threads (one writer thread: the write under way is the only one): the
+    client's methods wrapped in place (measurement only; the product is unchanged)."""
 
     def __init__(self, coll: Any):
-        self.local = threading.local()
+        self.acc: dict[str, float] | None = None
+        self.lock = threading.Lock()
         call = coll.router.call
 
         def router_call(name: str, *args: Any, **kw: Any) -> Any:
             t0 = time.perf_counter()
+            out = None
             try:
-                return call(name, *args, **kw)
+                out = call(name, *args, **kw)
+                return out
             finally:
-                if name in ("begin_writes", "end_writes"):
+                if name == "begin_writes" and out and any(
+                        le["status"] != "ok" for le in out):
+                    self.add("frozen", t0)
+                elif name in ("begin_writes", "end_writes"):
                     self.add("router", t0)
         coll.router.call = router_call
         for side in ("source", "target"):
@@ -79,13 +87,15 @@ class Split:
         return run
 
     def add(self, key: str, t0: float) -> None:
-        acc = getattr(self.local, "acc", None)
-        if acc is not None:
-            acc[key] = acc.get(key, 0.0) + (time.perf_counter() - t0) * 1000
+        with self.lock:
+            acc = self.acc
+            if acc is not None:
+                acc[key] = acc.get(key, 0.0) + (time.perf_counter() - t0) * 1000
 
     def start(self) -> dict[str, float]:
-        self.local.acc = {}
-        return self.local.acc
+        with self.lock:
+            self.acc = {}
+            return self.acc
 
 
 def rows(ids: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:

@@ -21,6 +21,9 @@ FREEZE_WAIT_S = 30.0
 # A write spanning several units waits this long, at most, for the moment none of them is
 # frozen, to write them all at once; then it writes the unfrozen ones and the others later.
 WHOLE_WAIT_S = 1.0
+# A write whose units are all frozen waits in the router (woken when the table changes) up
+# to this long per call, then asks again: no polling through a freeze (P9).
+FREEZE_ASK_S = 0.25
 END_LATER_S = 5.0  # how long an end sent off the write's path retries a restarting router
 # write(owner, unit ids, units to report) -> per reported unit, (what was written, its size)
 Write = Callable[[str, list[str], set[str]], dict[str, tuple[Any, int]]]
@@ -58,11 +61,13 @@ class LeasedWrites(Placement):
                     lookup: Lookup | None) -> None:
         while pending:
             names = list(pending)
-            whole = len(names) > 1 and time.monotonic() - began < WHOLE_WAIT_S
+            waited = time.monotonic() - began
+            whole = len(names) > 1 and waited < WHOLE_WAIT_S
+            ask_s = min(FREEZE_ASK_S, WHOLE_WAIT_S - waited) if whole else FREEZE_ASK_S
             leased = time.monotonic()
             leases = self.router.call("begin_writes",
                                       [(u, pending[u][0], pending[u][1]) for u in names], whole,
-                                      lookup is not None)
+                                      lookup is not None, ask_s)
             granted = {u: le for u, le in zip(names, leases, strict=True)
                        if le["status"] == "ok"}
             if lookup is not None:
@@ -92,10 +97,8 @@ class LeasedWrites(Placement):
                         held[u].append(granted[u]["token"])
                     log.info("unit %s changed owner during a write; writing again", u)
             frozen = sorted(u for u in pending if u not in granted)
-            if frozen:
-                if time.monotonic() - began > FREEZE_WAIT_S:
-                    raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
-                time.sleep(0.003)
+            if frozen and time.monotonic() - began > FREEZE_WAIT_S:
+                raise TransientError(f"units {frozen} stayed frozen for {FREEZE_WAIT_S}s")
 
     def _end_leases(self, granted: dict[str, dict[str, Any]], held: dict[str, list[int]],
                     written: dict[str, tuple[Any, int]], in_time: bool) -> list[dict[str, Any]]:

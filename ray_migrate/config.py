@@ -192,9 +192,10 @@ class LanceTargetOptions(_Model):
     index_min_rows: int = Field(default=100_000, ge=1)
     index_type: Literal["IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT"] = "IVF_PQ"
     compact_min_fragments: int = Field(
-        default=32, ge=0, description="while units wait and after cutover, compact the target "
-        "whenever it holds this many fragments (every catch-up or client write adds one, and "
-        "each slows later reads and the cutover's drain); 0 turns it off")
+        default=32, ge=0, description="while units wait and after cutover, merge the target's "
+        "small fragments whenever it holds this many (every catch-up or client write adds one, "
+        "and each slows later reads, writes and the cutover's drain); the bulk load's large "
+        "fragments are left to finalize; 0 turns it off")
 
 
 class ParityConfig(_Model):

@@ -1,9 +1,9 @@
 """Target upkeep while the migration is live: compact a LanceDB target as small writes pile up.
 
-Every catch-up step and every client write to a cut-over unit makes a new LanceDB fragment,
-and each one slows later reads, merges and so the cutover's drain. While units wait for their
-waves and during the rollback window, a thread in the driver compacts the target whenever
-``lance.compact_min_fragments`` have piled up. Never while a cutover is reserved or frozen,
+Every catch-up step and every client write to a cut-over unit makes a new small LanceDB
+fragment, and each one slows later reads, merges and so the cutover's drain. While units wait
+for their waves and during the rollback window, a thread in the driver merges the target's
+small fragments whenever ``lance.compact_min_fragments`` have piled up (``lance_upkeep``). Never while a cutover is reserved or frozen,
 and a cutover waits for a compaction under way (the router's ``begin_upkeep``); a
 compaction that conflicts with a concurrent write is simply tried again on the next round
 (LanceDB's merge_insert retries its own commit when the compaction wins).

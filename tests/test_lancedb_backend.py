@@ -298,6 +298,32 @@ def test_finalize_leaves_a_table_of_large_fragments_uncompacted(tmp_path, monkey
     assert done["compacted"] and done["fragments_after"] < done["fragments_before"]
 
 
+def test_live_upkeep_merges_only_the_small_fragments(tmp_path, monkeypatch):
+    """While live, a compaction rewrites what the live writes added (small fragments), never
+    the bulk load's large fragments, even those with rows updated since (their deletions wait
+    for finalize): at 3M points a whole-table compaction every few seconds would rewrite 3M
+    rows each time, and conflict with every client write."""
+    from ray_migrate.backends import lance_upkeep
+
+    monkeypatch.setattr(lance_upkeep, "COMPACT_BELOW_MEAN_ROWS", 50)
+    info = info_of(vectors=(("vector", 8, "cosine"),), schema={})
+    b = new_backend(tmp_path, info)
+    for i in range(3):
+        b.upsert(batch(info, list(range(i * 60, (i + 1) * 60)), seed=i))
+    large = [f.fragment_id for f in b.tbl.to_lance().get_fragments()]
+    opts = LanceTargetOptions(compact_min_fragments=8, cleanup_older_than_s=0)
+    for i in range(7):  # updates of rows in the large fragments, and new points
+        b.upsert(batch(info, [i, 1000 + i], seed=10 + i))
+    assert b.maintain(opts) is None, "7 small fragments: not due"
+    b.upsert(batch(info, [7, 1007], seed=17))
+    before = rows(scan_all(b))
+    done = b.maintain(opts)
+    assert done is not None and done["fragments_before"] == 8 and done["fragments_after"] == 1
+    frags = b.tbl.to_lance().get_fragments()
+    assert [f.fragment_id for f in frags][:3] == large, "the large fragments were rewritten"
+    assert len(frags) == 4 and rows(scan_all(b)) == before
+
+
 @pytest.mark.parametrize("distance", ["l2", "cosine"])
 def test_exact_search_matches_numpy(tmp_path, distance):
     info = info_of(vectors=(("vector", 16, distance),), schema={"tenant": "string"})

@@ -393,6 +393,37 @@ def test_router_settles_a_cutover_in_one_call_per_look(ray_cluster, tmp_path):
         h.kill()
 
 
+def test_a_write_meeting_a_freeze_waits_in_the_router_and_is_granted_when_it_ends(
+        ray_cluster, tmp_path):
+    import ray
+
+    from ray_migrate.routing.actor import start_router
+
+    h = start_router("rt-freeze-wait", str(tmp_path), ["a", "b"], {}, lease_s=5.0)
+    try:
+        for p in ("capturing", "copying", "catching_up", "ready", "frozen"):
+            h.call("set_phase", "a", p)
+        both = [("a", [1], None), ("b", [2], None)]
+        # Nothing can be granted: the call waits in the router instead of answering "wait".
+        pending = h.actor.begin_writes.remote(both, True, False, 20.0)
+        ready, _ = ray.wait([pending], timeout=0.3)
+        assert not ready, "it answered while the unit was still frozen"
+        h.call("set_phase", "a", "target")  # the flip lifts the freeze
+        leases = ray.get(pending, timeout=10)
+        assert [(le["status"], le["owner"]) for le in leases] == [
+            ("ok", "target"), ("ok", "source")], "granted the moment the freeze ended"
+        h.call("end_writes", [le["token"] for le in leases])
+        # A unit granted at once is never held back by another's freeze (not whole).
+        h.call("set_phase", "a", "frozen")
+        parts = h.call("begin_writes", both, False, False, 20.0)
+        assert [le["status"] for le in parts] == ["wait", "ok"]
+        # And the wait is bounded: still frozen after wait_s, the answer is "wait".
+        late = h.call("begin_writes", both[:1], False, False, 0.2)
+        assert [le["status"] for le in late] == ["wait"]
+    finally:
+        h.kill()
+
+
 def test_a_strict_forced_settle_freezes_only_with_nothing_ended_to_apply():
     t = RoutingTable(["a"], lease_s=5.0)
     for p in ("capturing", "copying", "catching_up"):

@@ -61,12 +61,28 @@ def finalize(tbl: Any, lay: Layout, options: LanceTargetOptions) -> dict[str, An
     return done
 
 
+def small_fragments(ds: Any) -> int:
+    """How many fragments hold fewer than COMPACT_BELOW_MEAN_ROWS rows (from the manifest:
+    no data read). Each catch-up step and client write adds one."""
+    return sum(1 for f in ds.get_fragments()
+               if f.metadata.physical_rows < COMPACT_BELOW_MEAN_ROWS)
+
+
 def maintain(tbl: Any, options: LanceTargetOptions) -> dict[str, Any] | None:
-    """Compact once ``compact_min_fragments`` fragments have piled up; None if not due."""
+    """Once ``compact_min_fragments`` small fragments have piled up, merge only those: a
+    fragment of COMPACT_BELOW_MEAN_ROWS rows or more is left as it is, deletions in it too
+    (finalize's compaction takes them), so a live compaction rewrites what the live writes
+    added, not the table, whatever its size, and conflicts only with writes to those
+    fragments. Then versions older than ``cleanup_older_than_s`` go. None if not due."""
     if not options.compact_min_fragments:
         return None
-    before = _fragments(tbl)
+    ds = tbl.to_lance()
+    before = small_fragments(ds)
     if before < options.compact_min_fragments:
         return None
-    _compact(tbl, options)
-    return {"fragments_before": before, "fragments_after": _fragments(tbl)}
+    metrics = ds.optimize.compact_files(target_rows_per_fragment=COMPACT_BELOW_MEAN_ROWS,
+                                        materialize_deletions=False)
+    ds = tbl.to_lance()
+    ds.cleanup_old_versions(older_than=_dt.timedelta(seconds=options.cleanup_older_than_s))
+    return {"fragments_before": before, "fragments_after": small_fragments(ds),
+            "rewritten": metrics.fragments_removed}

@@ -107,13 +107,25 @@ class Router:
         return (await self.end_writes([token]))[0]
 
     async def begin_writes(self, requests: list[tuple[str, list[Any], Any]],
-                           whole: bool = False, wide: bool = False) -> list[dict[str, Any]]:
+                           whole: bool = False, wide: bool = False,
+                           wait_s: float = 0.0) -> list[dict[str, Any]]:
         """``RoutingTable.begin_writes``: several units in one call, all or nothing if
-        ``whole``; ``wide``: without the client's look-up, if the table is quiet (P2a)."""
+        ``whole``; ``wide``: without the client's look-up, if the table is quiet (P2a).
+        ``wait_s``: while every answer would be "wait" (the units frozen, nothing granted),
+        wait up to this long for the next change of the table (a freeze lifted or flipped)
+        and ask again, so a write meeting a freeze is granted the moment it ends instead of
+        its client polling the router through the freeze (P9)."""
         if not self._prioritized:  # the event loop's thread may start after __init__
             self._prioritized = True
             process_at_normal_priority()
-        return self.durable.begin_writes(requests, whole, wide=wide)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            out = self.durable.begin_writes(requests, whole, wide=wide)
+            left = deadline - loop.time()
+            if left <= 0 or any(le["status"] == "ok" for le in out):
+                return out
+            await self._changed.wait(left)
 
     async def end_writes(self, tokens: list[int],
                          carried: dict[int, tuple[Any, int]] | None = None
