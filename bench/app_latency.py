@@ -57,7 +57,7 @@ CLI = str(Path(sys.executable).parent / "ray-migrate")
 LOCK = os.environ.get("RAY_MIGRATE_BENCH_LOCK",
                       os.path.join(tempfile.gettempdir(), "ray_migrate-bench.lock"))
 STAGES = ("copy", "catch-up", "waves", "source")
-KEYS = ("router", "frozen", "source", "target")  # ms per write, split (app_proc.Split)
+KEYS = ("router", "frozen", "lookup", "source", "target")  # ms per write, split (app_proc.Split)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -361,7 +361,8 @@ def where(runs: list[dict[str, Any]]) -> str:
     per process group per stage; the slowest writes."""
     lines = ["### Where the time goes", "", "Mean ms per write in the router's lease calls "
              "(begin + end; \"frozen\": begin calls that met a freeze and waited in the "
-             "router) and in each owner's engine call (pool threads included), by window and by the migration's "
+             "router), in the look-up of where written ids live (both sides' fetches, "
+             "summed) and in each owner's engine call (pool threads included), by window and by the migration's "
              "stage (routing.json, sampled each second); then CPU seconds per second of each "
              "process group in each stage (2 cores = 2.0).", ""]
     rows = []
@@ -374,7 +375,7 @@ def where(runs: list[dict[str, Any]]) -> str:
             rows.append((f"run {k + 1} during: {st}", str(v["n"]), fmt(v["p99"]),
                          *(f"{v.get(key, 0.0):.1f}" for key in KEYS)))
     lines.append(md_table(("window", "writes", "p99 ms", "router ms", "frozen ms",
-                           "source engine ms", "target engine ms"), rows))
+                           "look-up ms", "source engine ms", "target engine ms"), rows))
     lines.append("")
     rows = []
     for k, r in enumerate(runs):
@@ -389,7 +390,7 @@ def where(runs: list[dict[str, Any]]) -> str:
         slow = r["during"]["slow"]
         lines.append(f"Run {k + 1}, slowest 1% of writes during: " + "; ".join(
             f"{c['ms']:.0f} ms (router {c.get('router', 0):.0f}, frozen "
-            f"{c.get('frozen', 0):.0f}, source "
+            f"{c.get('frozen', 0):.0f}, look-up {c.get('lookup', 0):.0f}, source "
             f"{c.get('source', 0):.0f}, target {c.get('target', 0):.0f})" for c in slow))
     return "\n".join(lines) + "\n"
 

@@ -76,6 +76,8 @@ class Split:
             backend = coll.backends[side]  # opened now, to be timed
             for name in ("upsert", "delete_many"):
                 setattr(backend, name, self.timed(side, getattr(backend, name)))
+            # where each id lives (tenant moves), while units capture
+            backend.fetch = self.timed("lookup", backend.fetch)
 
     def timed(self, key: str, fn: Any) -> Any:
         def run(*args: Any, **kw: Any) -> Any:
