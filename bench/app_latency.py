@@ -362,9 +362,9 @@ def where(runs: list[dict[str, Any]]) -> str:
     lines = ["### Where the time goes", "", "Mean ms per write in the router's lease calls "
              "(begin + end; \"frozen\": begin calls that met a freeze and waited in the "
              "router), in the look-up of where written ids live (both sides' fetches, "
-             "summed) and in each owner's engine call (pool threads included), by window and by the migration's "
-             "stage (routing.json, sampled each second); then CPU seconds per second of each "
-             "process group in each stage (2 cores = 2.0).", ""]
+             "summed) and in each owner's engine call (pool threads included), by window "
+             "and by the migration's stage (routing.json, sampled each second); then CPU "
+             "seconds per second of each process group in each stage (2 cores = 2.0).", ""]
     rows = []
     for k, r in enumerate(runs):
         for name, w in (("control", r["control"]), ("during", r["during"])):
