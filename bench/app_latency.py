@@ -93,6 +93,7 @@ def config(work: Path, mid: str, a: argparse.Namespace) -> Path:
            "units": {"by": "tenant", "field": "tenant"},
            "copy": {"batch_size": 10000, "workers": 2, **json.loads(a.copy_json)},
            "cutover": {"waves": [1, "25%", "100%"], "pause_s": a.pause_s},
+           "lance": json.loads(a.lance_json),
            "state_uri": str(work / "state")}
     path = work / "migration.json"
     path.write_text(json.dumps(cfg, indent=1))
@@ -404,6 +405,7 @@ def main() -> int:
     ap.add_argument("--after", type=float, default=8.0)
     ap.add_argument("--pause-s", type=float, default=25.0, help="cutover.pause_s")
     ap.add_argument("--copy-json", default="{}", help="more copy config, as JSON")
+    ap.add_argument("--lance-json", default="{}", help="the lance config section, as JSON")
     ap.add_argument("--min-writes", type=int, default=300)
     ap.add_argument("--no-lock", action="store_true")
     ap.add_argument("--quick", action="store_true", help="1 run, 20k points, short windows")

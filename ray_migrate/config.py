@@ -196,6 +196,11 @@ class LanceTargetOptions(_Model):
         "small fragments whenever it holds this many (every catch-up or client write adds one, "
         "and each slows later reads, writes and the cutover's drain); the bulk load's large "
         "fragments are left to finalize; 0 turns it off")
+    compact_source: bool = Field(
+        default=False, description="with a LanceDB source, merge its small fragments too, at "
+        "the same moments (the application's writes to units still on the source pile them up "
+        "and slow its own writes and the migration's reads); no version of the source is "
+        "removed. Off by default: ray_migrate alters a source only when asked")
 
 
 class ParityConfig(_Model):

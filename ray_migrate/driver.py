@@ -2,7 +2,7 @@
 
 Its steps are ``migration.Migration``'s (plan, target, router and workers, prepare the units,
 finalize the target), then ``waves``' (cut over wave by wave, hold the rollback window) while
-``upkeep`` compacts the target.
+``upkeep`` compacts the target (and a LanceDB source) while live.
 
 The driver holds no state that matters: the plan, checkpoints, routing table and reports are
 under ``state_uri``, so a driver that dies is replaced by running the same command again.
@@ -21,7 +21,7 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.finalize import OverlappedFinalize
 from ray_migrate.migration import Migration, connect, release_local_stores
 from ray_migrate.report import RunReport
-from ray_migrate.upkeep import TargetUpkeep
+from ray_migrate.upkeep import LiveUpkeep
 from ray_migrate.waves import cutover_in_waves, hold_rollback_window
 
 __all__ = ["Migration", "connect", "release_local_stores", "run_migration", "verify_migration"]
@@ -44,7 +44,7 @@ def run_migration(cfg: MigrationConfig, address: str | None = None,
             fin.prepared()
         m.check_lease()
         if cfg.cutover.mode == "auto":  # a failed unit stays; the others go (``waves``)
-            with TargetUpkeep(m):  # step 6: the waves, then the rollback window
+            with LiveUpkeep(m):  # step 6: the waves, then the rollback window
                 cutover_in_waves(m)
                 for _ in range(3):  # tenants first written during the waves are units too
                     if m.stopped_by_gate:  # an SLO breach stopped the rollout (``slo``)

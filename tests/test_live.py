@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -364,43 +365,55 @@ def test_followers_keep_waiting_units_caught_up(ray_cluster, tmp_path):
         check(read_side(target), truth, set(TENANTS), "target while units wait")
 
 
-def test_upkeep_compacts_the_target_while_live_but_never_during_a_cutover(ray_cluster, tmp_path):
+def test_upkeep_compacts_both_sides_while_live_but_never_during_a_cutover(ray_cluster,
+                                                                          tmp_path):
     import lancedb
 
-    from ray_migrate.upkeep import TargetUpkeep
+    from ray_migrate.upkeep import LiveUpkeep
 
     source, truth = seed("lancedb", tmp_path, n=200)
     target = other_side("lancedb", tmp_path)
     mid = f"upkeep-{tmp_path.name}"
     cfg = live_config(tmp_path, mid, source, target, cutover={"mode": "manual"},
-                      lance={"compact_min_fragments": 16})
+                      lance={"compact_min_fragments": 16, "compact_source": True})
+    unasked = live_config(tmp_path, mid, source, target, lance={"compact_min_fragments": 16})
+    assert LiveUpkeep(SimpleNamespace(cfg=unasked))._sides() == ["target"], \
+        "a source is altered only when asked"
     m = Migration(cfg)
     m.start()
     try:
         m.prepare_units()
-        tbl = lancedb.connect(target["uri"]).open_table("docs")
-        rows = tbl.to_arrow()
-        for i in range(0, 40 * 5, 5):  # 40 small rewrites of the same rows: 40 fragments more
-            tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all() \
-                .execute(rows.slice(i, 5))
+        for side in (target, source):
+            tbl = lancedb.connect(side["uri"]).open_table(side["table"])
+            rows = tbl.to_arrow()
+            for i in range(0, 40 * 5, 5):  # 40 small rewrites of the same rows: 40 fragments
+                tbl.merge_insert("id").when_matched_update_all() \
+                    .when_not_matched_insert_all().execute(rows.slice(i, 5))
 
-        def fragments() -> int:
-            return lancedb.connect(target["uri"]).open_table("docs").stats()[
+        def fragments(side: dict) -> int:
+            return lancedb.connect(side["uri"]).open_table(side["table"]).stats()[
                 "fragment_stats"]["num_fragments"]
 
-        piled = fragments()
-        assert piled >= 40
+        def versions(side: dict) -> int:
+            return len(lancedb.connect(side["uri"]).open_table(side["table"]).list_versions())
+
+        piled = {"target": fragments(target), "source": fragments(source)}
+        assert min(piled.values()) >= 40
+        source_versions = versions(source)
         m.router.call("reserve", "tenant=t0", "a-cutover")  # a cutover is about to run
-        with TargetUpkeep(m, every_s=0.1) as upkeep:
+        with LiveUpkeep(m, every_s=0.1) as upkeep:
             time.sleep(1.0)
-            assert upkeep.compactions == [] and fragments() >= piled
+            assert upkeep.compactions == [] and fragments(target) >= piled["target"]
             m.router.call("release", "tenant=t0", "a-cutover")
             deadline = time.monotonic() + 30
-            while fragments() >= 16:
-                assert time.monotonic() < deadline, "the target was not compacted"
+            while fragments(target) >= 16 or fragments(source) >= 16:
+                assert time.monotonic() < deadline, "the sides were not compacted"
                 time.sleep(0.1)
-        assert upkeep.compactions and upkeep.compactions[0]["fragments_before"] >= 16
+        assert {c["side"] for c in upkeep.compactions} == {"source", "target"}
+        assert all(c["fragments_before"] >= 16 for c in upkeep.compactions)
+        assert versions(source) > source_versions, "the source's old versions are kept"
         check(read_side(target), truth, set(TENANTS), "target after compaction")
+        check(read_side(source), truth, set(TENANTS), "source after compaction")
     finally:
         m.close()
 

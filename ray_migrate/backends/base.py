@@ -177,9 +177,10 @@ class Backend(ABC):
         """After the bulk copy: compact, build indexes. Returns what it did."""
         return {}
 
-    def maintain(self, options: Any) -> dict[str, Any] | None:
-        """While live writes go on: tidy up small writes if needed (LanceDB compacts).
-        Returns what it did, or None when there was nothing to do."""
+    def maintain(self, options: Any, keep_versions: bool = False) -> dict[str, Any] | None:
+        """While live writes go on: tidy up small writes if needed (LanceDB compacts), and
+        drop old versions unless ``keep_versions``. Returns what it did, or None when there
+        was nothing to do."""
         return None
 
     def close(self) -> None:

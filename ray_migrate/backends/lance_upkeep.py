@@ -83,12 +83,14 @@ def small_fragments(ds: Any) -> int:
                if f.metadata.physical_rows < COMPACT_BELOW_MEAN_ROWS)
 
 
-def maintain(tbl: Any, options: LanceTargetOptions) -> dict[str, Any] | None:
+def maintain(tbl: Any, options: LanceTargetOptions,
+             keep_versions: bool = False) -> dict[str, Any] | None:
     """Once ``compact_min_fragments`` small fragments have piled up, merge only those: a
     fragment of COMPACT_BELOW_MEAN_ROWS rows or more is left as it is, deletions in it too
     (finalize's compaction takes them), so a live compaction rewrites what the live writes
     added, not the table, whatever its size, and conflicts only with writes to those
-    fragments. Then versions older than ``cleanup_older_than_s`` go. None if not due."""
+    fragments. Then versions older than ``cleanup_older_than_s`` go, unless
+    ``keep_versions``. None if not due."""
     if not options.compact_min_fragments:
         return None
     ds = tbl.to_lance()
@@ -98,6 +100,7 @@ def maintain(tbl: Any, options: LanceTargetOptions) -> dict[str, Any] | None:
     metrics = ds.optimize.compact_files(target_rows_per_fragment=COMPACT_BELOW_MEAN_ROWS,
                                         materialize_deletions=False)
     ds = tbl.to_lance()
-    ds.cleanup_old_versions(older_than=_dt.timedelta(seconds=options.cleanup_older_than_s))
+    if not keep_versions:
+        ds.cleanup_old_versions(older_than=_dt.timedelta(seconds=options.cleanup_older_than_s))
     return {"fragments_before": before, "fragments_after": small_fragments(ds),
             "rewritten": metrics.fragments_removed}

@@ -482,12 +482,13 @@ class LanceBackend(Backend):
         log.info("finalized LanceDB %s: %s", self._where(), done)
         return done
 
-    def maintain(self, options: LanceTargetOptions) -> dict[str, Any] | None:
-        """Compact once ``compact_min_fragments`` fragments have piled up. A compaction
+    def maintain(self, options: LanceTargetOptions,
+                 keep_versions: bool = False) -> dict[str, Any] | None:
+        """Merge small fragments once ``compact_min_fragments`` have piled up. A compaction
         conflicts with a concurrent update of the same fragments: that raises TransientError
         and the caller tries again later."""
         with _guard(f"compact {self._where()}"):
-            return lance_upkeep.maintain(self.tbl, options)
+            return lance_upkeep.maintain(self.tbl, options, keep_versions)
 
     def close(self) -> None:
         self._tbl = None

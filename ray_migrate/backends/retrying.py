@@ -130,8 +130,8 @@ class RetryingBackend(Backend):
     def finalize(self, options: Any) -> dict[str, Any]:
         return self._retried("finalize", options)
 
-    def maintain(self, options: Any) -> dict[str, Any] | None:
-        return self.inner.maintain(options)
+    def maintain(self, options: Any, keep_versions: bool = False) -> dict[str, Any] | None:
+        return self.inner.maintain(options, keep_versions)
 
     def close(self) -> None:
         self.inner.close()
