@@ -120,11 +120,10 @@ class Placement:
         fld = self.cfg.units.field or ""
 
         def read(side: str) -> list[tuple[str, Any, str, Any]]:
-            t = self.backends[side].fetch(ids)
-            if side == "target":
-                t = self._from_target(t)
-            return [(side, pid, self.unit_of(pid, p), p.get(fld))
-                    for pid, p in zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True)]
+            # The tenant field alone, under its name on that side (``Transform.target_unit``)
+            name = fld if side == "source" else self.forward.field_name(fld) or fld
+            return [(side, pid, self.unit_of(pid, {fld: v}), v)
+                    for pid, v in self.backends[side].fetch_values(ids, name)]
 
         sides = self._owners(routes) if sides is None else sides
         if len(sides) < 2:

@@ -301,6 +301,21 @@ def test_finalize_leaves_a_table_of_large_fragments_uncompacted(tmp_path, monkey
     assert done["compacted"] and done["fragments_after"] < done["fragments_before"]
 
 
+def test_fetch_values_reads_one_field_as_fetch_would(tmp_path):
+    """The tenant look-up of a client's write reads the id and one column: the same values as
+    whole rows give, for plain columns (string, int, bool), JSON ones and absent ids."""
+    info = info_of()
+    b = new_backend(tmp_path, info)
+    b.upsert(batch(info, list(range(len(EDGE_PAYLOADS))), EDGE_PAYLOADS))
+    asked = [0, 1, 2, 3, 4, 5, 999]  # 999 does not exist
+    whole = {pid: p for pid, p in zip(b.fetch(asked).column("id").to_pylist(),
+                                      payload_dicts(b.fetch(asked)), strict=True)}
+    for field in ("tenant", "n", "flag", "nested", "big", "missing"):
+        got = dict(b.fetch_values(asked, field))
+        assert got == {pid: p.get(field) for pid, p in whole.items()}, field
+        assert 999 not in got
+
+
 def test_live_upkeep_merges_only_the_small_fragments(tmp_path, monkeypatch):
     """While live, a compaction rewrites what the live writes added (small fragments), never
     the bulk load's large fragments, even those with rows updated since (their deletions wait

@@ -110,6 +110,16 @@ class Backend(ABC):
     def fetch(self, ids: Sequence[Any]) -> pa.Table:
         """The canonical rows of those ids that exist (in any order)."""
 
+    def fetch_values(self, ids: Sequence[Any], field: str) -> list[tuple[Any, Any]]:
+        """(id, the payload value of ``field`` or None) of those ids that exist: where a
+        client's write finds each id's tenant now. Backends that can read one field alone
+        override it (a write waits for this look-up)."""
+        from ray_migrate.schema import ID, payload_dicts
+
+        t = self.fetch(ids)
+        return [(pid, p.get(field)) for pid, p in
+                zip(t.column(ID).to_pylist(), payload_dicts(t), strict=True)]
+
     def checksum(self, unit: UnitSpec, batch_size: int = 2000) -> Digest:
         digest = Digest()
         for batch, _ in self.scan(unit, batch_size):
