@@ -77,7 +77,7 @@ class Split:
             for name in ("upsert", "delete_many"):
                 setattr(backend, name, self.timed(side, getattr(backend, name)))
             # where each id lives (tenant moves), while units capture
-            backend.fetch = self.timed("lookup", backend.fetch)
+            backend.fetch_values = self.timed("lookup", backend.fetch_values)
 
     def timed(self, key: str, fn: Any) -> Any:
         def run(*args: Any, **kw: Any) -> Any:
