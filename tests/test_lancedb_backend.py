@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ray_migrate.backends import open_backend
 from ray_migrate.backends.lancedb import LanceBackend
 from ray_migrate.config import LanceEndpoint, LanceTargetOptions
 from ray_migrate.errors import IncompatibleTargetError, InvalidDataError, UnsupportedError
@@ -314,6 +315,11 @@ def test_fetch_values_reads_one_field_as_fetch_would(tmp_path):
         got = dict(b.fetch_values(asked, field))
         assert got == {pid: p.get(field) for pid, p in whole.items()}, field
         assert 999 not in got
+    # As clients open it (retried): a plain column is still read alone, not as whole rows.
+    opened = open_backend(ep(tmp_path))
+    opened.inner.fetch = None  # whole rows are not read
+    assert dict(opened.fetch_values(asked, "tenant")) == {
+        pid: p.get("tenant") for pid, p in whole.items()}
 
 
 def test_live_upkeep_merges_only_the_small_fragments(tmp_path, monkeypatch):

@@ -88,6 +88,9 @@ class RetryingBackend(Backend):
     def fetch(self, ids: Sequence[Any]) -> pa.Table:
         return self._retried("fetch", ids)
 
+    def fetch_values(self, ids: Sequence[Any], field: str) -> list[tuple[Any, Any]]:
+        return self._retried("fetch_values", ids, field)
+
     def checksum(self, unit: UnitSpec, batch_size: int = 2000) -> Digest:
         return self._retried("checksum", unit, batch_size)
 

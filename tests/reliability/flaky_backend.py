@@ -35,7 +35,7 @@ from ray_migrate.errors import TerminalError, TransientError
 
 WRAPPER = "reliability.flaky_backend:wrap"
 INJECTED = ("exists", "describe", "check_compatible", "tenant_counts", "id_boundaries",
-            "count", "fetch", "checksum", "search", "upsert", "append", "delete",
+            "count", "fetch", "fetch_values", "checksum", "search", "upsert", "append", "delete",
             "delete_many", "stored_form", "finalize", "maintain")
 WRITES = ("upsert", "append", "delete", "delete_many")
 
