@@ -5,12 +5,15 @@ when the config is read, naming the field."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ray_migrate.errors import ConfigError
 
 
 class GatewayConfig(BaseModel):
-    host: str = Field("127.0.0.1", description="Address Ray Serve's HTTP proxy binds "
+    host: str = Field("127.0.0.1", min_length=1, description="Address Ray Serve's HTTP proxy binds "
                       "(0.0.0.0: every interface)")
     port: int = Field(6333, ge=1, le=65535, description="HTTP port (Qdrant's is 6333)")
     replicas: int = Field(1, ge=1, le=64, description="Serve replicas of the gateway")
@@ -38,4 +41,18 @@ class GatewayConfig(BaseModel):
         return self
 
 
-__all__ = ["GatewayConfig"]
+def with_flags(gw: GatewayConfig | None, **flags: Any) -> GatewayConfig:
+    """The config's gateway section with the command line's ``--host``/``--port``/
+    ``--replicas`` over it (None: not given), checked as the config is: ConfigError naming the
+    flag and the fix."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return GatewayConfig(**{**(gw or GatewayConfig()).model_dump(), **given})
+    except ValidationError as err:
+        problems = "; ".join(f"--{'.'.join(map(str, e['loc']))} {e.get('input')!r}: {e['msg']}"
+                             if e["loc"] and e["loc"][0] in given else f"gateway: {e['msg']}"
+                             for e in err.errors())
+        raise ConfigError(f"bad gateway setting: {problems}") from None
+
+
+__all__ = ["GatewayConfig", "with_flags"]
