@@ -5,13 +5,13 @@ own client on each unit's owner, and against brute force for searches."""
 
 from __future__ import annotations
 
-import socket
 import warnings
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from gwserve import served
 from test_live import DIM, live_config, other_side, read_side, seed
 
 from ray_migrate.driver import Migration
@@ -21,21 +21,10 @@ KEY = "gw-secret"
 ON_TARGET = "t1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gw(ray_cluster, tmp_path_factory) -> Any:
     """(client, url, migration, source, target): the gateway over a migration whose tenant
     ``t1`` is cut over to the target; Serve is shut down at the end of the module."""
-    from qdrant_client import QdrantClient
-    from ray import serve
-
-    from ray_migrate.gateway.app import bind
-
     root = tmp_path_factory.mktemp("gw")
     source, _ = seed("lancedb", root, n=200)
     target = other_side("lancedb", root)
@@ -43,20 +32,12 @@ def gw(ray_cluster, tmp_path_factory) -> Any:
                       gateway={"api_key": KEY, "num_cpus": 0})
     m = Migration(cfg)
     m.start()
-    port = free_port()
     try:
         m.prepare_units()
         switch_units(m, [f"tenant={ON_TARGET}"], "cutover")
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(bind(cfg), name="gw-test", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # an api key over plain HTTP: a test on localhost
-            client = QdrantClient(url=url, api_key=KEY, timeout=60)
-        yield client, url, m, source, target
-        client.close()
+        with served(cfg, KEY) as (client, url):
+            yield client, url, m, source, target
     finally:
-        serve.shutdown()
         m.close()
 
 
