@@ -22,11 +22,12 @@ def served(cfg: Any, api_key: str | None = None) -> Iterator[tuple[Any, str]]:
     from qdrant_client import QdrantClient
     from ray import serve
 
-    from ray_migrate.gateway.app import bind
+    from ray_migrate.gateway.app import bind, grpc_options
 
     port = free_port()
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": port},
+                    grpc_options=grpc_options(cfg.gateway) if cfg.gateway else None)
         serve.run(bind(cfg), name="gw-test", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         with warnings.catch_warnings():

@@ -18,6 +18,7 @@ from ray import serve
 from starlette.concurrency import run_in_threadpool
 
 from ray_migrate.config import LanceEndpoint, MigrationConfig, QdrantEndpoint, load_config
+from ray_migrate.gateway.grpc_service import SERVICERS, GrpcMethods
 from ray_migrate.gateway.routes import handle
 from ray_migrate.gateway.settings import GatewayConfig
 
@@ -54,14 +55,16 @@ def credentials(cfg: MigrationConfig) -> dict[str, Any]:
 
 @serve.deployment(name="QdrantGateway")
 @serve.ingress(api)
-class QdrantGateway:
-    """One replica: a routed collection and the Qdrant REST API over it."""
+class QdrantGateway(GrpcMethods):
+    """One replica: a routed collection and the Qdrant REST API over it (and the gRPC API:
+    ``grpc_service``)."""
 
     def __init__(self, migration_id: str, collection: str, api_key: str | None,
                  creds: dict[str, Any]):
         from ray_migrate.client import RoutedCollection
         from ray_migrate.gateway.ops import QdrantOps
 
+        super().__init__()
         self.coll = RoutedCollection.connect(migration_id, **creds)
         self.ops = QdrantOps(self.coll, collection)
         self.key = api_key
@@ -105,6 +108,13 @@ def http_options(gw: GatewayConfig, host: str | None = None, port: int | None = 
     return opts
 
 
+def grpc_options(gw: GatewayConfig) -> dict[str, Any] | None:
+    """Serve's gRPC proxy with qdrant-client's services, when ``gateway.grpc_port`` is set."""
+    if gw.grpc_port is None:
+        return None
+    return {"port": gw.grpc_port, "grpc_servicer_functions": SERVICERS}
+
+
 def deploy(cfg: MigrationConfig, host: str | None = None, port: int | None = None,
            replicas: int | None = None) -> str:
     """Start Serve's HTTP proxy (``host``/``port`` override the config's) and the gateway's
@@ -112,7 +122,7 @@ def deploy(cfg: MigrationConfig, host: str | None = None, port: int | None = Non
     set by whoever starts Serve first on a cluster: a Serve already running keeps its own."""
     gw = cfg.gateway or GatewayConfig()
     opts = http_options(gw, host, port)
-    serve.start(http_options=opts)
+    serve.start(http_options=opts, grpc_options=grpc_options(gw))
     serve.run(bind(cfg, replicas), name=app_name(cfg.migration_id), route_prefix="/")
     scheme = "https" if gw.tls_cert else "http"
     url = f"{scheme}://{opts['host']}:{opts['port']}"

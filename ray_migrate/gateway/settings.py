@@ -16,6 +16,8 @@ class GatewayConfig(BaseModel):
     host: str = Field("127.0.0.1", min_length=1, description="Address Ray Serve's HTTP proxy binds "
                       "(0.0.0.0: every interface)")
     port: int = Field(6333, ge=1, le=65535, description="HTTP port (Qdrant's is 6333)")
+    grpc_port: int | None = Field(None, ge=1, le=65535, description="gRPC port of Serve's "
+                                  "gRPC proxy (Qdrant's is 6334); none: REST only")
     replicas: int = Field(1, ge=1, le=64, description="Serve replicas of the gateway")
     max_ongoing_requests: int = Field(8, ge=1, le=1000, description="Requests one replica "
                                       "handles at once")

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from gwserve import served
+from gwserve import free_port, served
 from test_live import DIM, live_config, other_side, read_side, seed
 
 from ray_migrate.driver import Migration
@@ -19,6 +19,7 @@ from ray_migrate.waves import switch_units
 
 KEY = "gw-secret"
 ON_TARGET = "t1"
+GRPC_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def gw(ray_cluster, tmp_path_factory) -> Any:
     source, _ = seed("lancedb", root, n=200)
     target = other_side("lancedb", root)
     cfg = live_config(root, f"gw-{root.name}", source, target, cutover={"mode": "manual"},
-                      gateway={"api_key": KEY, "num_cpus": 0})
+                      gateway={"api_key": KEY, "num_cpus": 0, "grpc_port": GRPC_PORT})
     m = Migration(cfg)
     m.start()
     try:
@@ -212,3 +213,62 @@ def test_unsupported_or_bad_calls_answer_qdrants_error_shape(gw, method, path, b
     out = res.json()
     assert set(out) == {"status", "time"} and named in out["status"]["error"]
     assert engines_truth(m, source, target).keys() == before.keys(), "nothing written"
+
+
+def grpc_client(url: str, key: str | None = KEY) -> Any:
+    from qdrant_client import QdrantClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return QdrantClient(url=url, grpc_port=GRPC_PORT, prefer_grpc=True, api_key=key,
+                            timeout=60)
+
+
+def test_grpc_prefer_grpc_upserts_reads_queries_and_deletes(gw):
+    from qdrant_client import models
+
+    client, url, m, source, target = gw
+    g = grpc_client(url)
+    rng = np.random.default_rng(21)
+    pts = [point(7000 + i, ("t3", ON_TARGET)[i % 2], 3, rng) for i in range(6)]
+    assert g.upsert("docs", [models.PointStruct(**p) for p in pts]).status.value \
+        == "completed"
+    truth = engines_truth(m, source, target)
+    for p in pts:
+        assert truth[p["id"]][1] == p["payload"]
+    got = g.retrieve("docs", [7000, 7001], with_vectors=True)
+    assert sorted(r.id for r in got) == [7000, 7001]
+    assert all(np.allclose(r.vector, truth[r.id][0]) and r.payload == truth[r.id][1]
+               for r in got)
+    flt, want = FILTERS[1]
+    qf = models.Filter.model_validate(flt)
+    expected = sorted(i for i, (_, p) in truth.items() if want(i, p))
+    assert g.count("docs", count_filter=qf).count == len(expected)
+    seen, offset = [], None
+    while True:
+        page, offset = g.scroll("docs", scroll_filter=qf, limit=50, offset=offset)
+        seen += [r.id for r in page]
+        if offset is None:
+            break
+    assert seen == expected
+    q = rng.standard_normal(DIM).astype(np.float32)
+    hits = g.query_points("docs", query=q.tolist(), query_filter=qf, limit=6).points
+    assert [h.id for h in hits] == brute(truth, q, 6, want)
+    g.delete("docs", models.FilterSelector(filter=models.Filter(must=[
+        models.FieldCondition(key="v", match=models.MatchValue(value=3))])))
+    assert not [i for i, (_, p) in engines_truth(m, source, target).items() if p["v"] == 3]
+    info = g.get_collection("docs")
+    assert info.config.params.vectors.size == DIM and g.collection_exists("docs")
+    g.close()
+
+
+def test_grpc_without_the_key_is_refused(gw):
+    from qdrant_client import models
+
+    client, url, m, source, target = gw
+    g = grpc_client(url, key=None)
+    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+        g.count("docs")
+    with pytest.raises(Exception, match="prefetch"):
+        grpc_client(url).query_points("docs", prefetch=[models.Prefetch(query=[0.0] * DIM)],
+                                      query=[0.0] * DIM)
