@@ -10,6 +10,7 @@ server sets (INVALID_ARGUMENT, UNAUTHENTICATED, NOT_FOUND, ...)."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import sys
 from collections.abc import Callable
@@ -78,6 +79,27 @@ def _dump_any(value: Any) -> Any:
 
 def _filter(req: Any) -> Any:
     return _dump(_rest()[0].convert_filter(req.filter)) if req.HasField("filter") else None
+
+
+@functools.cache
+def _rpc_names() -> dict[str, Any]:
+    """RPC name -> its reply message class, over qdrant-client's services."""
+    from google.protobuf import message_factory
+    from qdrant_client.grpc import (
+        collections_service_pb2,
+        points_service_pb2,
+        qdrant_pb2,
+        snapshots_service_pb2,
+    )
+
+    out = {}
+    for module in (points_service_pb2, collections_service_pb2, qdrant_pb2,
+                   snapshots_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                out.setdefault(method.name, message_factory.GetMessageClass(
+                    method.output_type))
+    return out
 
 
 class GrpcMethods:
@@ -252,6 +274,22 @@ class GrpcMethods:
     def _records(rows: list[dict[str, Any]]) -> list[Any]:
         _, r2g, models = _rest()
         return [r2g.convert_record(models.Record.model_validate(r)) for r in rows]
+
+    def __getattr__(self, name: str) -> Any:
+        """Any other RPC of qdrant-client's services answers UNIMPLEMENTED naming it (Serve
+        calls the method named after the RPC; without one the client would get Ray's error)."""
+        if name not in _rpc_names():
+            raise AttributeError(name)
+
+        def unimplemented(request: Any, grpc_context: Any = None) -> Any:
+            import grpc
+
+            if grpc_context is not None:
+                grpc_context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+                grpc_context.set_details(f"{name} is not supported by the ray_migrate gateway "
+                                         "(docs/GATEWAY.md lists what is)")
+            return _rpc_names()[name]()
+        return unimplemented
 
     @staticmethod
     def _unsupported(what: str) -> Any:

@@ -269,6 +269,9 @@ def test_grpc_without_the_key_is_refused(gw):
     g = grpc_client(url, key=None)
     with pytest.raises(Exception, match="UNAUTHENTICATED"):
         g.count("docs")
+    with pytest.raises(Exception, match="UNIMPLEMENTED") as err:  # an RPC it does not serve
+        grpc_client(url).set_payload("docs", {"x": 1}, points=[1])
+    assert "SetPayload is not supported by the ray_migrate gateway" in str(err.value)
     with pytest.raises(Exception, match="prefetch"):
         grpc_client(url).query_points("docs", prefetch=[models.Prefetch(query=[0.0] * DIM)],
                                       query=[0.0] * DIM)
