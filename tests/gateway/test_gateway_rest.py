@@ -173,6 +173,31 @@ def test_query_and_search_equal_brute_force(gw, flt, want):
     assert [len(r) for r in res] == [4, 2]
 
 
+def test_concurrent_requests_on_one_replica_lose_nothing(gw):
+    """The replica answers up to max_ongoing_requests at once, from threads sharing one
+    RoutedCollection: writes to both owners and reads at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qdrant_client import models
+
+    client, url, m, source, target = gw
+    rng = np.random.default_rng(12)
+    pts = [point(8000 + i, ("t0", ON_TARGET, "t2")[i % 3], 4, rng) for i in range(48)]
+
+    def one(i: int) -> Any:
+        if i % 2:
+            return client.query_points("docs", query=pts[i]["vector"], limit=3).points
+        return client.upsert("docs", [models.PointStruct(**pts[i]), models.PointStruct(
+            **pts[i + 1])])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(0, 48)))
+    truth = engines_truth(m, source, target)
+    assert all(truth[p["id"]][1] == p["payload"] for p in pts), "every point, on its owner"
+    assert all(truth[p["id"]][0].tolist() == np.asarray(p["vector"], np.float32).tolist()
+               for p in pts)
+
+
 def test_the_api_key_is_required_as_a_qdrant_server_requires_it(gw):
     from qdrant_client import QdrantClient
     from qdrant_client.http.exceptions import UnexpectedResponse
