@@ -83,3 +83,18 @@ def test_the_routes_answer_in_qdrants_envelope_without_serve():
     assert status == 404 and "DELETE /collections/docs is not supported" in \
         out["status"]["error"]
     assert "POST /collections/([^/]+)/points/query/batch" in endpoints()
+
+
+def test_clients_never_get_the_gateway_section(tmp_path):
+    """The router hands clients public_dump(): no gateway key, and no TLS paths that a client
+    on another machine would fail to find when it validates the config."""
+    from ray_migrate.config import MigrationConfig, load_config
+
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("-----BEGIN-----\n")
+    cfg = load_config(write_q2l_config(tmp_path, "gw-pub", gateway={
+        "api_key": "s3cret", "tls_cert": "cert.pem", "tls_key": "key.pem"}))
+    public = cfg.public_dump()
+    assert public["gateway"] is None and "s3cret" not in str(public)
+    (tmp_path / "cert.pem").unlink()  # as on another machine
+    assert MigrationConfig.model_validate(public).gateway is None
