@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         from gateway_client import GatewayCollection
 
         t0 = time.monotonic()
-        coll = GatewayCollection.when_up(args.gateway, args.gateway_key, CONNECT_TIMEOUT_S)
+        coll = GatewayCollection.when_up(args.gateway, args.gateway_key, CONNECT_TIMEOUT_S,
+                                         args.gateway_grpc_port)
         log.write(kind="connected", after_s=round(time.monotonic() - t0, 3), tries=1,
                   gateway=args.gateway, t=time.time())
     else:
@@ -248,6 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a JSON file of LanceDB storage_options for RoutedCollection.connect")
     ap.add_argument("--gateway", default=None, help="write through the gateway at this URL")
     ap.add_argument("--gateway-key", default=None, help="the gateway's api key")
+    ap.add_argument("--gateway-grpc-port", type=int, default=None,
+                    help="also the gateway's gRPC port: REST and gRPC calls in turn")
     return ap.parse_args(argv)
 
 

@@ -1,8 +1,8 @@
 """The guarantee through the gateway, every part its own process: a `ray start` head,
 `ray-migrate run` (Qdrant local to LanceDB, auto cutover in waves), `ray-migrate gateway
 --detach` started as soon as the router exists, and the application (tests/mp_workload.py
-with ``--gateway``) writing, deleting and searching with the real qdrant-client over REST
-through copy, catch-up and every cutover wave. Then both sides are read with the engines' own
+with ``--gateway``) writing, deleting and searching with the real qdrant-client, REST and gRPC
+calls in turn, through copy, catch-up and every cutover wave. Then both sides are read with the engines' own
 clients and compared with the writer's acknowledged operations (tests/livecase.py): 0 client
 errors, 0 lost, no deleted point back, every search hit alive and in its tenant."""
 
@@ -41,16 +41,17 @@ def stop_serve(live: LiveRun) -> None:
 
 
 def test_a_live_migration_through_the_gateway_loses_nothing(tmp_path: Path) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     case = Case("gw-q2l", "qdrant", n_points=N_POINTS, config={
-        "gateway": {"port": port, "api_key": KEY, "num_cpus": 0},
+        "gateway": {"port": port, "grpc_port": grpc_port, "api_key": KEY, "num_cpus": 0},
         "copy": {"max_points_per_s": COPY_POINTS_PER_S}})
     mid = "mp-gw-q2l"
     initial = seed(case.source, tmp_path / "source", n=N_POINTS)
     cfg = write_config(tmp_path, mid, case)
     with ray_head(tmp_path, num_cpus=4) as head:
         live = LiveRun(head, tmp_path, mid, case, cfg, initial, writer_args=(
-            "--gateway", f"http://127.0.0.1:{port}", "--gateway-key", KEY))
+            "--gateway", f"http://127.0.0.1:{port}", "--gateway-key", KEY,
+            "--gateway-grpc-port", str(grpc_port)))
         live.drive(start_gateway)
         assert live.procs["gateway"].wait(timeout=120) == 0, \
             (tmp_path / "gateway.out").read_text()[-3000:]
