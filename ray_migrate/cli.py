@@ -1,5 +1,5 @@
-"""``ray-migrate``: plan, run, verify, status, cutover, rollback and demo. The one place that
-prints.
+"""``ray-migrate``: plan, run, verify, status, cutover, rollback, gateway and demo. The one place
+that prints.
 
 Exit codes (``exit_code``): 0 success (and, for verify, equal); 1 a unit failed or differs, a
 transient error stopped the command, or (run in auto mode) a unit is not on the target at the
@@ -171,6 +171,41 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _switch(args, "rollback")
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Serve the Qdrant REST API of the migration's collection (``ray_migrate.gateway``) until
+    Ctrl-C, or return once it is up (``--detach``; ``serve shutdown`` or Ctrl-C on a later
+    run without it stops it)."""
+    import time
+
+    from ray_migrate.config import load_config
+    from ray_migrate.gateway.settings import with_flags
+    from ray_migrate.migration import connect
+    from ray_migrate.routing.actor import get_router
+
+    cfg = load_config(args.config)
+    gw = with_flags(cfg.gateway, host=args.host, port=args.port, replicas=args.replicas)
+    cfg = cfg.model_copy(update={"gateway": gw})
+    connect(args.address)
+    get_router(cfg.migration_id)  # no router: say so before anything is deployed
+    from ray import serve
+
+    from ray_migrate.gateway.app import app_name, collection_name, deploy
+
+    url = deploy(cfg)
+    print(f"gateway for migration {cfg.migration_id}: {url} (collection "
+          f"{collection_name(cfg)!r}, {gw.replicas} replicas, api key "
+          f"{'required' if gw.api_key else 'none'})", flush=True)
+    if args.detach:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete(app_name(cfg.migration_id))
+        print("gateway stopped")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ray_migrate.demo import run_demo
 
@@ -244,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="unit ids (default: every eligible unit)")
         sp.add_argument("--address", default=None)
         sp.set_defaults(fn=fn)
+
+    sp = sub.add_parser("gateway", help="serve Qdrant's REST API for the migrating collection")
+    sp.add_argument("config")
+    sp.add_argument("--address", default=None, help="Ray cluster address of the migration")
+    sp.add_argument("--host", default=None, help="bind address (default: gateway.host)")
+    sp.add_argument("--port", type=int, default=None, help="HTTP port (default: gateway.port)")
+    sp.add_argument("--replicas", type=int, default=None,
+                    help="Serve replicas (default: gateway.replicas)")
+    sp.add_argument("--detach", action="store_true", help="return once the gateway is up")
+    sp.set_defaults(fn=cmd_gateway)
 
     sp = sub.add_parser("demo", help="seed a local Qdrant source and migrate it to LanceDB")
     sp.add_argument("--workdir", default="ray-migrate-demo")

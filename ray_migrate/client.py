@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from ray_migrate.backends import Backend, open_backend
 from ray_migrate.client_leases import LeasedWrites
 from ray_migrate.client_points import check_id, points_table
+from ray_migrate.client_scan import ScanReads
 from ray_migrate.client_stats import ClientStats, timed
 from ray_migrate.config import MigrationConfig, with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError
@@ -74,8 +75,9 @@ class _Backends(dict):
         return backend
 
 
-class RoutedCollection(LeasedWrites):
-    """Upsert, delete, retrieve, search and count, routed per unit to its current owner.
+class RoutedCollection(LeasedWrites, ScanReads):
+    """Upsert, delete, retrieve, search and count, routed per unit to its current owner;
+    scroll, count and delete by filter (``client_scan``).
 
     Bad points raise ``errors.InvalidPointError``, a ``ValueError``, naming the id and the
     fault (a wrong dimension, NaN or infinity, a missing vector, an id the collection cannot

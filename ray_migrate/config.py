@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ray_migrate.config_checks import check_state_uri, check_waves, format_errors, yaml_message
 from ray_migrate.errors import ConfigError
+from ray_migrate.gateway.settings import GatewayConfig
 from ray_migrate.state import S3_OPTIONS
 
 # An option whose name says it is a credential: never stored where others read it (the router
@@ -285,6 +286,7 @@ class MigrationConfig(_Model):
     cutover: CutoverConfig = CutoverConfig()
     rollback: RollbackConfig = RollbackConfig()
     reads: ReadsConfig = ReadsConfig()
+    gateway: GatewayConfig | None = None  # ``ray-migrate gateway`` (ray_migrate.gateway)
     state_uri: str
     state_storage_options: dict[str, str] = Field(
         default_factory=dict, repr=False, description="Endpoint and credentials of an s3:// "
@@ -383,6 +385,9 @@ class MigrationConfig(_Model):
         for side in ("source", "target"):
             data[side] = public_endpoint(data[side])
         data["state_storage_options"] = {}
+        # Clients need no gateway settings: its key stays with whoever runs it, and its TLS
+        # files need not exist where a client validates the config.
+        data["gateway"] = None
         return data
 
     def redacted(self) -> list[str]:
@@ -463,6 +468,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             out[side] = ep
     if "state_uri" in out:
         out["state_uri"] = local(out["state_uri"])
+    if isinstance(out.get("gateway"), dict):  # its TLS files too
+        out["gateway"] = {k: local(v) if k in ("tls_cert", "tls_key") else v
+                          for k, v in out["gateway"].items()}
     return out
 
 

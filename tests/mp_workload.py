@@ -15,6 +15,9 @@ written (id, tenant, the vector as float32 bytes in hex, the payload) before the
 ``end`` with the outcome (``ok``, or the error's class names and text) after it. An op with a
 ``begin`` and no ``end`` did not finish (the process died in it).
 
+With ``--gateway URL`` it writes through the Qdrant-API gateway instead, with the real
+qdrant-client over REST (tests/gateway_client.py), once the gateway answers.
+
 When to stop comes on stdin: ``stop-after S`` makes it write S seconds more and exit 0; end of
 stdin makes it stop at once (the test is gone). ``--max-s`` bounds the whole run.
 """
@@ -171,7 +174,16 @@ def run(args: argparse.Namespace) -> int:
     with open(args.initial) as f:
         initial = json.load(f)
     stop = Stop(args.max_s)
-    coll = connect(args.address, args.migration_id, log, args.storage_options)
+    if args.gateway:
+        from gateway_client import GatewayCollection
+
+        t0 = time.monotonic()
+        coll = GatewayCollection.when_up(args.gateway, args.gateway_key, CONNECT_TIMEOUT_S,
+                                         args.gateway_grpc_port)
+        log.write(kind="connected", after_s=round(time.monotonic() - t0, 3), tries=1,
+                  gateway=args.gateway, t=time.time())
+    else:
+        coll = connect(args.address, args.migration_id, log, args.storage_options)
     work = Workload(initial, args.seed, args.tenant_moves, args.dim)
     period = 1.0 / args.max_rate if args.max_rate > 0 else 0.0
     i, next_at = 0, time.monotonic()
@@ -235,6 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-s", type=float, default=600.0)
     ap.add_argument("--storage-options", default=None,
                     help="a JSON file of LanceDB storage_options for RoutedCollection.connect")
+    ap.add_argument("--gateway", default=None, help="write through the gateway at this URL")
+    ap.add_argument("--gateway-key", default=None, help="the gateway's api key")
+    ap.add_argument("--gateway-grpc-port", type=int, default=None,
+                    help="also the gateway's gRPC port: REST and gRPC calls in turn")
     return ap.parse_args(argv)
 
 
