@@ -38,7 +38,8 @@ from ray_migrate.client_leases import LeasedWrites
 from ray_migrate.client_points import check_id, points_table
 from ray_migrate.client_scan import ScanReads
 from ray_migrate.client_stats import ClientStats, timed
-from ray_migrate.config import MigrationConfig, with_credentials
+from ray_migrate.config import MigrationConfig
+from ray_migrate.credentials import with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError
 from ray_migrate.metrics import TimedBackend
 from ray_migrate.placement import Lookup
@@ -123,7 +124,7 @@ class RoutedCollection(LeasedWrites, ScanReads):
         The router hands out the config without credentials: a Qdrant server's ``api_key``
         comes from ``api_key`` (default: ``QDRANT_API_KEY``), a LanceDB store's from
         ``storage_options`` (default: the ``AWS_*`` environment LanceDB reads); either may be
-        ``{"source": ..., "target": ...}`` (``config.with_credentials``)."""
+        ``{"source": ..., "target": ...}`` (``credentials.with_credentials``)."""
         import ray
 
         if not ray.is_initialized():

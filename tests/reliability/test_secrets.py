@@ -38,7 +38,8 @@ from s3case import (
 )
 from s3server import S3Server, s3_server
 
-from ray_migrate.config import parse_config, with_credentials
+from ray_migrate.config import parse_config
+from ray_migrate.credentials import with_credentials
 from ray_migrate.errors import ConfigError
 
 S3_SECRET = "PLANTEDs3" + secrets.token_hex(12)
