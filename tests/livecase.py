@@ -69,6 +69,11 @@ class Case:
         return "lancedb" if self.source == "qdrant" else "qdrant"
 
 
+# An operator rolls the canary back inside its rollback window: run once per session (the
+# fixture ``q2l_rollback_run``) for the guarantee and for the run's report folder.
+ROLLBACK_CASE = Case("q2l-rollback", "qdrant", rollback=True)
+
+
 # --- the source, seeded with the engine's own client --------------------------------------
 def seed(kind: str, path: Path | str, n: int = N_POINTS, tenant_names: list[str] = TENANTS,
          storage_options: dict[str, str] | None = None
@@ -468,6 +473,6 @@ def judged_or_fail(live: LiveRun, run_rc: int = 0,
             keep_logs(live, logs)
 
 
-__all__ = ["CLI", "Case", "DIM", "Judged", "LiveRun", "Outcome", "TENANTS", "check", "judge",
-           "judged_or_fail", "merged", "rollback_canary", "routing", "seed", "status", "tail",
-           "write_config"]
+__all__ = ["CLI", "Case", "DIM", "Judged", "LiveRun", "Outcome", "ROLLBACK_CASE", "TENANTS",
+           "check", "judge", "judged_or_fail", "merged", "rollback_canary", "routing", "seed",
+           "status", "tail", "write_config"]
