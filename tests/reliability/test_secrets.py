@@ -21,6 +21,7 @@ import secrets
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,21 +125,27 @@ def s3_migration(s3: S3Server, head: Head, tmp: Path, out: dict[str, str]) -> No
     try:
         rc = run_to_end(head, tmp, "run", "-v", "run", cfg, "--address", head.address)
         assert rc == 0, tail(tmp, "run", 6000)
-        described = describe_router(head, tmp, mid)
-        info = json.loads(described)
+        # The router's hand-out and `status` (state only) while the writer writes its last
+        # seconds; `verify` after it stopped, one at a time (it opens the Qdrant folder).
+        with ThreadPoolExecutor(3) as pool:
+            described = pool.submit(describe_router, head, tmp, mid)
+            statuses = {" ".join(a): pool.submit(cli, head, tmp, *a)
+                        for a in (["status", cfg], ["status", cfg, "--json"])}
+            assert stop_writer(app) == 0, tail(tmp, "writer")
+            info = json.loads(described.result())
+            done = {args: f.result() for args, f in statuses.items()}
         assert "target.storage_options.aws_secret_access_key" in info["redacted"], info
         assert info["config"]["state_storage_options"] == {}, info["config"]
-        out["router describe"] = described
-        assert stop_writer(app) == 0, tail(tmp, "writer")
+        out["router describe"] = described.result()
     finally:
         if app.poll() is None:
             app.kill()
-    for args in (["status", cfg], ["status", cfg, "--json"],
-                 ["verify", cfg, "--address", head.address],
+    for args in (["verify", cfg, "--address", head.address],
                  ["verify", cfg, "--json", "--address", head.address]):
-        res = cli(head, tmp, *args)
+        done[" ".join(args)] = cli(head, tmp, *args)
+    for name, res in done.items():
         assert res.returncode in (0, 1), res.stderr[-3000:]
-        out[" ".join(args)] = res.stdout + res.stderr
+        out[name] = res.stdout + res.stderr
     for key in s3.keys(bucket):  # state, reports, the table: every object
         out[f"s3://{bucket}/{key}"] = s3.get(bucket, key).decode(errors="replace")
     assert any("/state/" in k and k.endswith("report.json") for k in out)
@@ -188,11 +195,15 @@ def local_files(tmp: Path) -> dict[str, str]:
 
 
 def test_planted_secrets_never_show(tmp_path: Path) -> None:
+    """The api_key's commands (each waits on a closed port) run beside the S3 migration."""
     out: dict[str, str] = {}
+    api_out: dict[str, str] = {}
     with s3_server(tmp_path, secret_key=S3_SECRET) as s3, \
-            ray_head(tmp_path, num_cpus=4) as head:
+            ray_head(tmp_path, num_cpus=4) as head, ThreadPoolExecutor(1) as pool:
+        api = pool.submit(api_key_paths, head, tmp_path, api_out)
         s3_migration(s3, head, tmp_path, out)
-        api_key_paths(head, tmp_path, out)
+        api.result()
+        out.update(api_out)
         out.update(session_logs(head))
     out.update(local_files(tmp_path))
     found = {where: what for where, text in out.items() if (what := leaks(text))}
