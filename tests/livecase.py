@@ -44,7 +44,7 @@ RUN_TIMEOUT_S = 300.0
 WRITER_EXIT_TIMEOUT_S = 120.0
 RELEASE_WAIT_S = 10.0  # a hosted target (LanceDB -> Qdrant) may rightly stay up
 POLL_S = 0.2
-ROLLBACK_WINDOW_S = 20.0
+ROLLBACK_WINDOW_S = 2.0  # after the operator's rollback has ended (``HELD_RUN``)
 RATE = float(os.environ.get("RM_MP_RATE", "40"))  # writer ops/s at most
 HERE = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent / "ray-migrate")
@@ -67,6 +67,11 @@ class Case:
     @property
     def target(self) -> str:
         return "lancedb" if self.source == "qdrant" else "qdrant"
+
+
+# An operator rolls the canary back inside its rollback window: run once per session (the
+# fixture ``q2l_rollback_run``) for the guarantee and for the run's report folder.
+ROLLBACK_CASE = Case("q2l-rollback", "qdrant", rollback=True)
 
 
 # --- the source, seeded with the engine's own client --------------------------------------
@@ -131,9 +136,9 @@ def write_config(tmp: Path, mid: str, case: Case) -> Path:
         "units": {"by": "tenant", "field": "tenant"},
         "copy": {"batch_size": 200, "workers": 2},
         "cutover": {"mode": "auto", "waves": [1, "50%", "100%"], "pause_s": 3},
-        # Room for the operator's `ray-migrate rollback` (its own process: start, connect,
-        # check the config) to reach the canary in its window on a loaded 2-core machine: at 8 s
-        # it took 14 s once and the window had closed.
+        # The window is held open until the operator's `ray-migrate rollback` has ended
+        # (``HELD_RUN``): a fixed one had to outlast it on a loaded machine (14 s once), and
+        # was waited out whole.
         "rollback": {"window_s": ROLLBACK_WINDOW_S if case.rollback else 0},
         "state_uri": str(tmp / "state"),
     }, case.config)
@@ -143,6 +148,26 @@ def write_config(tmp: Path, mid: str, case: Case) -> Path:
 
 
 # --- the processes --------------------------------------------------------------------------
+# `ray-migrate run` (``cli.main``) whose rollback window begins only once the file argv[1] is
+# gone: until then its units stay on the target, synced back to the source, as in a longer
+# window (the pattern of tests/test_drivers.py). A run of a rollback case is started so.
+HELD_RUN = """
+import sys, time
+from pathlib import Path
+from ray_migrate import cli, driver
+
+hold, window = Path(sys.argv[1]), driver.hold_rollback_window
+
+def held(m):
+    while hold.exists():
+        time.sleep(0.1)
+    window(m)
+
+driver.hold_rollback_window = held
+sys.exit(cli.main(["run", *sys.argv[2:]]))
+"""
+
+
 @dataclass
 class Outcome:
     """What the processes did: exit codes, the phase timeline, the rollback, timings."""
@@ -209,10 +234,21 @@ class LiveRun:
                           name or verb)
 
     def start_run(self) -> None:
-        """`ray-migrate run` (again, after a killed one: output ``run-2.out`` and so on)."""
+        """`ray-migrate run` (again, after a killed one: output ``run-2.out`` and so on); for
+        a rollback case, its window held open until the rollback has ended (``HELD_RUN``)."""
         n = len(self.out.run_rcs) + ("run" in self.procs)
-        proc = self.cli("run", *self.run_args, name="run" if n == 0 else f"run-{n + 1}")
-        self.procs["run"] = proc
+        name = "run" if n == 0 else f"run-{n + 1}"
+        if not self.case.rollback:
+            self.procs["run"] = self.cli("run", *self.run_args, name=name)
+            return
+        self.hold.touch()
+        self.procs["run"] = self.spawn(
+            [sys.executable, "-c", HELD_RUN, str(self.hold), str(self.cfg), *self.run_args,
+             "--address", self.head.address], name)
+
+    @property
+    def hold(self) -> Path:
+        return self.tmp / "hold-rollback-window"
 
     def kill_run(self) -> int:
         """SIGKILL the running `ray-migrate run` (its process group); its exit code."""
@@ -280,6 +316,8 @@ class LiveRun:
                     self.out.timeline.append((time.time(), phases))
             if on_poll is not None:
                 on_poll(self, table)
+            if "rollback" in self.procs and self.procs["rollback"].poll() is not None:
+                self.hold.unlink(missing_ok=True)  # the rollback ended: the window runs out
             time.sleep(POLL_S)  # polling the state files for a phase, not a wait for time
         run = self.procs["run"]
         self.out.run_rcs.append(run.returncode)
@@ -468,6 +506,6 @@ def judged_or_fail(live: LiveRun, run_rc: int = 0,
             keep_logs(live, logs)
 
 
-__all__ = ["CLI", "Case", "DIM", "Judged", "LiveRun", "Outcome", "TENANTS", "check", "judge",
-           "judged_or_fail", "merged", "rollback_canary", "routing", "seed", "status", "tail",
-           "write_config"]
+__all__ = ["CLI", "HELD_RUN", "Case", "DIM", "Judged", "LiveRun", "Outcome", "ROLLBACK_CASE",
+           "TENANTS", "check", "judge", "judged_or_fail", "merged", "rollback_canary", "routing",
+           "seed", "status", "tail", "write_config"]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import yaml
+from livecase import HELD_RUN
 from raycluster import ray_head
 from truth import assert_same, read_lance, seed_lance_native
 
@@ -27,24 +28,8 @@ MID = "two-drivers"
 WINDOW_S = 1.0  # what is left of the rollback window once the test lets it end
 CLI_TIMEOUT_S = 120
 
-# `ray-migrate run`, whose rollback window begins only once the file argv[1] is gone: the run's
-# end of window (waves.hold_rollback_window, which the driver calls) waits for it first, while
-# its units stay on the target, synced back to the source, as in a longer window.
-HELD_RUN = """
-import sys, time
-from pathlib import Path
-from ray_migrate import cli, driver
-
-hold, window = Path(sys.argv[1]), driver.hold_rollback_window
-
-def held(m):
-    while hold.exists():
-        time.sleep(0.1)
-    window(m)
-
-driver.hold_rollback_window = held
-sys.exit(cli.main(["run", *sys.argv[2:]]))
-"""
+# HELD_RUN: `ray-migrate run`, whose rollback window begins only once the file argv[1] is gone
+# (tests/livecase.py).
 
 PROBE = """
 import json, sys, ray

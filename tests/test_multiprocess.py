@@ -17,7 +17,9 @@ unit done on the target (but the one rolled back, shown rolled back).
 The harness (processes, replay, judgement) is tests/livecase.py. Run it alone: ``pytest
 tests/test_multiprocess.py`` (``-k l2q`` for one case, ``-s`` for the summaries). ``RM_MP_REPEAT=5`` runs every selected case five times in a row; ``RM_MP_RATE``
 caps the writer's ops/s (default 40). A failed run's ops log and process outputs are kept under
-``RM_MP_LOGS`` (default ``$TMPDIR/rm-mp-logs``).
+``RM_MP_LOGS`` (default ``$TMPDIR/rm-mp-logs``). The rollback case's first run is the
+session's fixture ``q2l_rollback_run`` (tests/conftest.py), whose report folder
+tests/observe/test_report.py reads too.
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ import os
 from pathlib import Path
 
 import pytest
-from livecase import Case, LiveRun, judged_or_fail, rollback_canary, seed, write_config
+from livecase import (
+    ROLLBACK_CASE,
+    Case,
+    LiveRun,
+    judged_or_fail,
+    rollback_canary,
+    seed,
+    write_config,
+)
 from raycluster import ray_head
 
 REPEAT = int(os.environ.get("RM_MP_REPEAT", "1"))
 CASES = [
-    Case("q2l-rollback", "qdrant", rollback=True),
+    ROLLBACK_CASE,
     # The copy's adaptive throttle on, with a ceiling every window is above: each copy batch
     # is followed by a pause while the writer writes, and nothing acknowledged may be lost.
     Case("l2q", "lancedb", config={"copy": {"throttle": {"max_client_p99_ms": 0.01,
@@ -42,7 +52,11 @@ CASES = [
 
 @pytest.mark.parametrize("run_no", range(REPEAT), ids=lambda n: f"run{n}")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_multiprocess_migration(case: Case, run_no: int, tmp_path: Path) -> None:
+def test_multiprocess_migration(case: Case, run_no: int, tmp_path: Path,
+                                request: pytest.FixtureRequest) -> None:
+    if case is ROLLBACK_CASE and run_no == 0:
+        request.getfixturevalue("q2l_rollback_run").passed_or_fail()
+        return
     mid = f"mp-{case.name}-{run_no}"
     initial = seed(case.source, tmp_path / "source")
     cfg = write_config(tmp_path, mid, case)

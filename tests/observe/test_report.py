@@ -1,6 +1,8 @@
 """The run's report folder after a live run, every part its own process (tests/livecase.py):
 an application writing and searching through ``RoutedCollection`` in its own process, and an
-operator's rollback of the canary inside its rollback window.
+operator's rollback of the canary inside its rollback window. The run is the session's
+``q2l_rollback_run`` (tests/conftest.py), which tests/test_multiprocess.py judges too: one
+live migration for both.
 
 ``report/report.png`` is a real PNG of the plot's size and not blank; ``report/report.json``'s
 client series counts what the writer's ops log says it did (per op, between bucket edges the
@@ -15,14 +17,10 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from livecase import Case, LiveRun, judged_or_fail, rollback_canary, seed, write_config
-from raycluster import ray_head
 
-# The waves' pauses (3 s) give the operator's `ray-migrate rollback` time to start while the
-# canary's rollback window is open, as in tests/test_multiprocess.py.
-CASE = Case("report-q2l", "qdrant", rollback=True, n_points=1500)
 COMPLETE_S = 5  # client buckets older than this at the report's end had surely been pushed
 EDGE_OPS = 3  # an op logged just before a second's edge may be counted in the next second
 
@@ -37,17 +35,11 @@ def writer_ops(ops_log: Path) -> Counter[tuple[str, int]]:
     return out
 
 
-def test_report_folder_after_a_live_run(tmp_path: Path) -> None:
+def test_report_folder_after_a_live_run(q2l_rollback_run: Any) -> None:
     from PIL import Image
 
-    mid = "observe-report"
-    initial = seed(CASE.source, tmp_path / "source", CASE.n_points)
-    cfg = write_config(tmp_path, mid, CASE)
-    with ray_head(tmp_path, num_cpus=4) as head:
-        live = LiveRun(head, tmp_path, mid, CASE, cfg, initial)
-        live.drive(rollback_canary)
-        judged_or_fail(live)
-    state = tmp_path / "state" / mid
+    live = q2l_rollback_run.passed_or_fail()
+    state = live.tmp / "state" / live.mid
     folder = state / "report"
     assert (state / "report.json").exists(), "the report at the old key is gone"
     doc = json.loads((folder / "report.json").read_text())
@@ -62,7 +54,7 @@ def test_report_folder_after_a_live_run(tmp_path: Path) -> None:
     series = doc["client"]["series"]
     assert series, "no client requests in the report"
     lo, hi = series[0]["t"], math.floor(doc["until"]) - COMPLETE_S
-    logged = writer_ops(tmp_path / "ops.jsonl")
+    logged = writer_ops(live.tmp / "ops.jsonl")
     for op in ("upsert", "delete", "search"):
         want = sum(n for (kind, t), n in logged.items() if kind == op and lo <= t < hi)
         got = sum(p["ops"].get(op, 0) for p in series if lo <= p["t"] < hi)

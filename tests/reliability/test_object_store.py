@@ -6,7 +6,9 @@ moto's S3 server (tests/s3server.py) runs on 127.0.0.1 as its own process; a `ra
 (tests/mp_workload.py, writing through ``RoutedCollection``) are processes of their own. The
 head and the application have no AWS variables: the run's processes get the endpoint and
 credentials from the config only (``storage_options``, ``state_storage_options``), the
-application from its own environment (case q2l) or ``storage_options=`` (case l2l).
+application from ``storage_options=`` (case q2l) or its own environment (case l2l). The q2l
+run is the package's ``q2l_on_s3`` (tests/reliability/conftest.py; test_secrets.py reads it
+too); the moto server and the head are the package's.
 
 Checked against what the test recorded (the writer's ops log replayed, tests/truth.py), with
 the engines' own clients (``lancedb.connect(s3 uri, storage_options=...)``, Qdrant local);
@@ -17,55 +19,28 @@ written by one PUT (moto's request log), no folder markers, nothing written loca
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import time
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from raycluster import Head, ray_head
+from raycluster import Head
 from s3case import (
-    CLI,
     N_POINTS,
-    POLL_S,
+    S3Run,
     cli,
+    lance_on_s3,
     run_to_end,
     seed_lance,
-    seed_qdrant,
-    spawn,
     stop_writer,
     tail,
     units_by_status,
-    wait_released,
     write_config,
     write_initial,
     writer,
 )
-from s3server import S3Server, s3_server
+from s3server import S3Server
 from truth import compare, read_side, replay_ops
-
-KILL_TIMEOUT_S = 240.0
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with s3_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with ray_head(tmp_path_factory.mktemp("head"), num_cpus=4) as h:
-        seen = [k for k in h.env if re.match(r"AWS_(ACCESS|SECRET|SESSION|ENDPOINT)", k)]
-        assert not seen, f"the head must take S3 credentials from the config only: {seen}"
-        yield h
-
-
-def lance_on_s3(s3: S3Server, bucket: str, prefix: str) -> dict[str, Any]:
-    return {"kind": "lancedb", "table": "docs", "uri": f"s3://{bucket}/{prefix}",
-            "distance": "dot", "storage_options": s3.storage_options}
 
 
 def client_env(s3: S3Server) -> dict[str, str]:
@@ -76,21 +51,6 @@ def client_env(s3: S3Server) -> dict[str, str]:
 
 def state_doc(s3: S3Server, bucket: str, mid: str, key: str) -> Any:
     return json.loads(s3.get(bucket, f"state/{mid}/{key}"))
-
-
-def wait_first_copied(s3: S3Server, bucket: str, mid: str, run: Any, tmp: Path) -> list[str]:
-    """Until a unit's checkpoint in the bucket says copied (the run still going): the units
-    copied so far."""
-    t0 = time.monotonic()
-    while True:
-        assert run.poll() is None, f"the run ended before a unit was copied:\n{tail(tmp, 'run1')}"
-        assert time.monotonic() - t0 < KILL_TIMEOUT_S, f"no unit copied:\n{tail(tmp, 'run1')}"
-        keys = s3.keys(bucket, f"state/{mid}/checkpoints/")
-        docs = [json.loads(s3.get(bucket, k)) for k in keys]
-        copied = [d["unit_id"] for d in docs if d["status"] == "copied"]
-        if copied:
-            return copied
-        time.sleep(POLL_S)  # polling the bucket for a checkpoint
 
 
 def check_state_objects(s3: S3Server, bucket: str, mid: str, units: list[str],
@@ -127,14 +87,12 @@ def check_truth(tmp: Path, initial: Any, run_ended_at: float, sides: dict[str, A
 
 
 def status_units(head: Head, tmp: Path, cfg: Path) -> dict[str, dict[str, Any]]:
-    res = cli(head, tmp, "status", str(cfg), "--json")
-    assert res.returncode == 0, res.stdout + res.stderr
-    return {row["unit"]: row for row in json.loads(res.stdout)["units"]}
+    return status_rows(cli(head, tmp, "status", str(cfg), "--json"))
 
 
-def verify(head: Head, tmp: Path, cfg: Path) -> tuple[int, set[Any]]:
-    """`ray-migrate verify --json`: (exit code, every id it found missing, extra or changed)."""
-    res = cli(head, tmp, "verify", str(cfg), "--json", "--address", head.address)
+def verify_ids(res: subprocess.CompletedProcess) -> tuple[int, set[Any]]:
+    """`ray-migrate verify --json`'s answer: (exit code, every id it found missing, extra or
+    changed)."""
     assert res.returncode in (0, 1), res.stdout[-3000:] + res.stderr[-3000:]
     rows = json.loads(res.stdout)["units"]
     assert rows and not [r["error"] for r in rows if r["error"]], rows
@@ -144,65 +102,54 @@ def verify(head: Head, tmp: Path, cfg: Path) -> tuple[int, set[Any]]:
     return res.returncode, ids
 
 
+def verify(head: Head, tmp: Path, cfg: Path) -> tuple[int, set[Any]]:
+    return verify_ids(cli(head, tmp, "verify", str(cfg), "--json", "--address", head.address))
+
+
+def status_rows(res: subprocess.CompletedProcess) -> dict[str, dict[str, Any]]:
+    assert res.returncode == 0, res.stdout + res.stderr
+    return {row["unit"]: row for row in json.loads(res.stdout)["units"]}
+
+
 def written_ids(ops_log: Path) -> set[Any]:
     return {doc["id"] for doc in map(json.loads, ops_log.read_text().splitlines())
             if doc.get("phase") == "begin" and "id" in doc}
 
 
-def test_qdrant_to_lance_on_s3_killed_and_resumed(s3: S3Server, head: Head,
-                                                  tmp_path: Path) -> None:
+def test_qdrant_to_lance_on_s3_killed_and_resumed(s3: S3Server, q2l_on_s3: S3Run) -> None:
     """Qdrant local -> LanceDB on S3, state on S3; a writer throughout; the driver killed
-    with SIGKILL once a unit is copied, the same command run again: exact, nothing twice."""
-    bucket, mid = s3.make_bucket("q2l-bucket"), "s3-q2l"
-    initial = seed_qdrant(tmp_path / "source")
-    target = lance_on_s3(s3, bucket, "lance")
-    cfg = write_config(tmp_path, mid, {"kind": "qdrant", "collection": "docs",
-                                       "path": str(tmp_path / "source")}, target,
-                       f"s3://{bucket}/state", s3.storage_options,
-                       copy={"batch_size": 100, "workers": 2, "max_points_per_s": 800})
-    plan = cli(head, tmp_path, "plan", str(cfg), "--json")
-    assert plan.returncode == 0, plan.stderr[-3000:]
-    units = [u["unit_id"] for u in json.loads(plan.stdout)["units"]]
-    assert state_doc(s3, bucket, mid, "plan.json")["units"] == json.loads(plan.stdout)["units"]
-
-    app = writer(head, tmp_path, mid, write_initial(tmp_path, initial), env=client_env(s3))
-    try:
-        run1 = spawn([CLI, "run", str(cfg), "--address", head.address], head, tmp_path,
-                     "run1")
-        copied = wait_first_copied(s3, bucket, mid, run1, tmp_path)
-        os.kill(run1.pid, signal.SIGKILL)
-        run1.wait(timeout=30)
-        assert len(copied) < len(units), "every unit was copied before the kill"
-        rc = run_to_end(head, tmp_path, "run2", "run", str(cfg), "--address", head.address)
-        run_ended_at = time.time()
-        assert rc == 0, tail(tmp_path, "run2", 6000)
-        assert stop_writer(app) == 0, tail(tmp_path, "writer")
-    finally:
-        if app.poll() is None:
-            app.kill()
+    with SIGKILL once a unit is copied, the same command run again: exact, nothing twice.
+    The run is the package's ``q2l_on_s3`` (tests/reliability/conftest.py), which
+    test_secrets.py searches for the planted secret."""
+    run = q2l_on_s3
+    bucket, mid, units, tmp_path = run.bucket, run.mid, run.units, run.tmp
+    assert run.plan_state["units"] == json.loads(run.out["plan --json"].stdout)["units"]
+    assert len(run.copied) < len(units), "every unit was copied before the kill"
+    assert run.rc == 0, tail(tmp_path, "run2", 6000)
+    assert run.writer_rc == 0, tail(tmp_path, "writer")
     report = state_doc(s3, bucket, mid, "report.json")
     assert sum(u["copied_now"] for u in report["units"]) < N_POINTS, \
         "the second run copied the units the first had copied again"
-    assert set(copied) <= set(units_by_status(report).get("skipped", [])) | {
+    assert set(run.copied) <= set(units_by_status(report).get("skipped", [])) | {
         u["unit_id"] for u in report["units"] if u["copied_now"] == 0}
     # The application wrote on after each cutover, to the target only (no rollback window):
     # verify finds those ids and no other.
-    _, differ = verify(head, tmp_path, cfg)
+    _, differ = verify_ids(run.out["verify --json"])
     assert differ <= written_ids(tmp_path / "writer.jsonl"), differ
-    rows = status_units(head, tmp_path, cfg)
+    rows = status_rows(run.out["status --json"])
     assert {u: (r["phase"], r["owner"]) for u, r in rows.items()} == {
         u: ("done", "target") for u in units}
-    wait_released(tmp_path / "source")
     sides = {"source": read_side("qdrant", tmp_path / "source"),
-             "target": read_side("lancedb", target["uri"], storage_options=s3.storage_options)}
-    check_truth(tmp_path, initial, run_ended_at, sides, rows)
+             "target": read_side("lancedb", run.target["uri"], storage_options=s3.storage_options)}
+    check_truth(tmp_path, run.initial, run.run_ended_at, sides, rows)
     check_state_objects(s3, bucket, mid, units, tmp_path)
 
 
 def test_lance_on_s3_to_lance_on_s3(s3: S3Server, head: Head, tmp_path: Path) -> None:
     """LanceDB on S3 -> LanceDB on S3 (another bucket), state on S3: verify finds 0
-    differences, a run again copies nothing, and then an application whose credentials are
-    its own ``storage_options=`` (none in its environment) writes and searches the target."""
+    differences, a run again copies nothing, and then an application whose credentials come
+    from its own environment (the AWS variables LanceDB reads) writes and searches the
+    target."""
     src_bucket, bucket, mid = s3.make_bucket("l2l-src"), s3.make_bucket("l2l-dst"), "s3-l2l"
     source = lance_on_s3(s3, src_bucket, "lance")
     initial = seed_lance(source["uri"], s3.storage_options)
@@ -218,9 +165,7 @@ def test_lance_on_s3_to_lance_on_s3(s3: S3Server, head: Head, tmp_path: Path) ->
     rows = status_units(head, tmp_path, cfg)
     assert all((r["phase"], r["owner"]) == ("done", "target") for r in rows.values()), rows
 
-    opts = tmp_path / "client-storage.json"
-    opts.write_text(json.dumps(s3.storage_options))
-    app = writer(head, tmp_path, mid, write_initial(tmp_path, initial), storage_options=opts)
+    app = writer(head, tmp_path, mid, write_initial(tmp_path, initial), env=client_env(s3))
     try:
         assert stop_writer(app, after_s=3.0) == 0, tail(tmp_path, "writer")
     finally:

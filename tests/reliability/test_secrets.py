@@ -3,10 +3,13 @@ logs (driver, workers, router, raylet, GCS: every file), state files, reports, t
 nor in what the router hands to clients.
 
 Two planted secrets:
-- an S3 secret key (``aws_secret_access_key``), the actual credential of a real migration on
-  moto's S3 (moto accepts any key pair): Qdrant local -> LanceDB on S3, state on S3, with an
-  application writing through ``RoutedCollection`` (its credentials its own
-  ``storage_options=``), then ``status`` and ``verify``;
+- an S3 secret key (``aws_secret_access_key``), the actual credential of every request to the
+  package's moto S3 server (moto accepts any key pair), so of a real migration: Qdrant local
+  -> LanceDB on S3, state on S3, with an application writing through ``RoutedCollection``
+  (its credentials its own ``storage_options=``), the driver killed and run again, then
+  ``status`` and ``verify``. That run is the package's ``q2l_on_s3``
+  (tests/reliability/conftest.py), whose outcome test_object_store.py checks; its head is
+  the package's, so its logs hold the other S3 tests' runs too;
 - a Qdrant ``api_key`` on a ``url`` endpoint. No Qdrant server runs here: ``plan``, ``run``,
   ``verify`` and ``status`` meet an unreachable server within ``timeout_s`` (exit 1, the
   server named), so the key reaches the Qdrant client and every error path, but never a
@@ -18,31 +21,21 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from raycluster import Head, free_ports, ray_head
-from s3case import (
-    cli,
-    run_to_end,
-    seed_qdrant,
-    stop_writer,
-    tail,
-    write_config,
-    write_initial,
-    writer,
-)
-from s3server import S3Server, s3_server
+from raycluster import Head, free_ports
+from s3case import PLANTED_S3_SECRET, S3Run, cli, tail, write_config
+from s3server import S3Server
 
 from ray_migrate.config import parse_config
 from ray_migrate.credentials import with_credentials
 from ray_migrate.errors import ConfigError
 
-S3_SECRET = "PLANTEDs3" + secrets.token_hex(12)
+S3_SECRET = PLANTED_S3_SECRET
 API_KEY = "PLANTEDapi" + secrets.token_hex(12)
 UNREACHABLE_S = 60.0  # plan/run/verify against a closed port, timeout_s 2: well within this
 
@@ -94,55 +87,27 @@ def leaks(text: str | bytes) -> list[str]:
     return [name for name, s in (("S3 secret", S3_SECRET), ("api_key", API_KEY)) if s in text]
 
 
-def describe_router(head: Head, tmp: Path, mid: str) -> str:
-    """What the router hands every client (``RoutedCollection.connect`` reads it)."""
-    code = (f"import json, ray; ray.init(address={head.address!r}, namespace='ray_migrate', "
-            "log_to_driver=False); from ray_migrate.routing.actor import get_router; "
-            f"print(json.dumps(get_router({mid!r}).call('describe'), default=str))")
-    res = subprocess.run([sys.executable, "-c", code], env=head.env, cwd=tmp,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
-
-
-def s3_migration(s3: S3Server, head: Head, tmp: Path, out: dict[str, str]) -> None:
-    """A real migration whose credential is the planted S3 secret; every command's output
-    goes into ``out``."""
-    bucket, mid = s3.make_bucket("secrets"), "secret-s3"
-    initial = seed_qdrant(tmp / "source")
-    target = {"kind": "lancedb", "table": "docs", "uri": f"s3://{bucket}/lance",
-              "distance": "dot", "storage_options": s3.storage_options}
-    cfg = str(write_config(tmp, mid, {"kind": "qdrant", "collection": "docs",
-                                      "path": str(tmp / "source")}, target,
-                           f"s3://{bucket}/state", s3.storage_options))
-    for args in (["plan", cfg], ["plan", cfg, "--json"], ["-v", "plan", cfg]):
-        res = cli(head, tmp, *args)
-        assert res.returncode == 0, res.stderr[-3000:]
-        out[" ".join(args)] = res.stdout + res.stderr
-    opts = tmp / "client-storage.json"  # the application's own credentials
-    opts.write_text(json.dumps(s3.storage_options))
-    app = writer(head, tmp, mid, write_initial(tmp, initial), storage_options=opts)
-    try:
-        rc = run_to_end(head, tmp, "run", "-v", "run", cfg, "--address", head.address)
-        assert rc == 0, tail(tmp, "run", 6000)
-        described = describe_router(head, tmp, mid)
-        info = json.loads(described)
-        assert "target.storage_options.aws_secret_access_key" in info["redacted"], info
-        assert info["config"]["state_storage_options"] == {}, info["config"]
-        out["router describe"] = described
-        assert stop_writer(app) == 0, tail(tmp, "writer")
-    finally:
-        if app.poll() is None:
-            app.kill()
-    for args in (["status", cfg], ["status", cfg, "--json"],
-                 ["verify", cfg, "--address", head.address],
-                 ["verify", cfg, "--json", "--address", head.address]):
-        res = cli(head, tmp, *args)
+def s3_outputs(run: S3Run, s3: S3Server) -> dict[str, str]:
+    """Every command's output of the S3 run (the router's hand-out checked first), and every
+    object in every bucket of the server: state, reports, tables."""
+    described = run.out["router describe"]
+    assert described.returncode == 0, described.stderr[-3000:]
+    info = json.loads(described.stdout)
+    assert "target.storage_options.aws_secret_access_key" in info["redacted"], info
+    assert info["config"]["state_storage_options"] == {}, info["config"]
+    assert run.rc == 0, tail(run.tmp, "run2", 6000)
+    assert run.writer_rc == 0, tail(run.tmp, "writer")
+    out = {}
+    for name, res in run.out.items():
         assert res.returncode in (0, 1), res.stderr[-3000:]
-        out[" ".join(args)] = res.stdout + res.stderr
-    for key in s3.keys(bucket):  # state, reports, the table: every object
-        out[f"s3://{bucket}/{key}"] = s3.get(bucket, key).decode(errors="replace")
-    assert any("/state/" in k and k.endswith("report.json") for k in out)
+        out[name] = res.stdout + res.stderr
+    client = s3.client()
+    for bucket in (b["Name"] for b in client.list_buckets()["Buckets"]):
+        for key in s3.keys(bucket):
+            out[f"s3://{bucket}/{key}"] = s3.get(bucket, key).decode(errors="replace")
+    assert any(f"s3://{run.bucket}/state/" in k and k.endswith("report.json") for k in out)
+    out[str(s3.log)] = s3.log.read_text(errors="replace")  # moto's request log
+    return out
 
 
 def api_key_paths(head: Head, tmp: Path, out: dict[str, str]) -> None:
@@ -153,23 +118,28 @@ def api_key_paths(head: Head, tmp: Path, out: dict[str, str]) -> None:
                                 {"kind": "lancedb", "uri": str(tmp / f"{mid}-lance"),
                                  "table": "docs"}, str(tmp / "api-state")))
 
-    cfg, grpc = config("secret-api", False), config("secret-grpc", True)
-    for args in (["plan", cfg], ["plan", cfg, "--json"], ["-v", "plan", cfg],
-                 ["-v", "plan", grpc],
-                 ["run", cfg, "--address", head.address],
-                 ["-v", "run", cfg, "--address", head.address],
-                 ["verify", cfg, "--address", head.address],
-                 ["verify", cfg, "--json", "--address", head.address],
-                 ["status", cfg], ["status", cfg, "--json"]):
+    def timed(args: list[str]) -> tuple[list[str], Any, float]:
         t0 = time.monotonic()
-        res = cli(head, tmp, *args, timeout_s=UNREACHABLE_S)
+        return args, cli(head, tmp, *args, timeout_s=UNREACHABLE_S), time.monotonic() - t0
+
+    cfg, grpc = config("secret-api", False), config("secret-grpc", True)
+    commands = (["plan", cfg], ["plan", cfg, "--json"], ["-v", "plan", cfg],
+                ["-v", "plan", grpc],
+                ["run", cfg, "--address", head.address],
+                ["-v", "run", cfg, "--address", head.address],
+                ["verify", cfg, "--address", head.address],
+                ["verify", cfg, "--json", "--address", head.address],
+                ["status", cfg], ["status", cfg, "--json"])
+    with ThreadPoolExecutor(2) as pool:  # each mostly waits: starting up, on a closed port
+        done = list(pool.map(timed, commands))
+    for args, res, took in done:
         text = res.stdout + res.stderr
         # An unreachable url is bad input (2); status has no routing table to show (1).
         want = 1 if "status" in args else 2
         assert res.returncode == want and "Traceback" not in text, text[-3000:]
         if args[-1] != "--json" and "status" not in args:
             assert "127.0.0.1" in text, f"the unreachable server is not named: {text[-2000:]}"
-        assert time.monotonic() - t0 < UNREACHABLE_S
+        assert took < UNREACHABLE_S
         out[" ".join(args)] = text
 
 
@@ -188,13 +158,12 @@ def local_files(tmp: Path) -> dict[str, str]:
     return {str(p): p.read_bytes().decode(errors="replace") for p in kept}
 
 
-def test_planted_secrets_never_show(tmp_path: Path) -> None:
-    out: dict[str, str] = {}
-    with s3_server(tmp_path, secret_key=S3_SECRET) as s3, \
-            ray_head(tmp_path, num_cpus=4) as head:
-        s3_migration(s3, head, tmp_path, out)
-        api_key_paths(head, tmp_path, out)
-        out.update(session_logs(head))
+def test_planted_secrets_never_show(s3: S3Server, head: Head, q2l_on_s3: S3Run,
+                                    tmp_path: Path) -> None:
+    out = s3_outputs(q2l_on_s3, s3)
+    api_key_paths(head, tmp_path, out)
+    out.update(session_logs(head))
+    out.update(local_files(q2l_on_s3.tmp))
     out.update(local_files(tmp_path))
     found = {where: what for where, text in out.items() if (what := leaks(text))}
     assert not found, f"secrets found in: {found}"
