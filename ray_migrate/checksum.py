@@ -209,10 +209,12 @@ class Digest:
     buckets: list[list[int]] = field(default_factory=lambda: [[0, 0] for _ in range(N_BUCKETS)])
     algorithm: str | None = ALGORITHM  # None: stored by a version that did not say
 
-    def add(self, table: pa.Table) -> Digest:
+    def add(self, table: pa.Table, hashes: np.ndarray | None = None) -> Digest:
+        """Count the table's rows in; ``hashes``: their row hashes, if not ``row_hashes``'
+        (``verify_direct`` hashes a table in a LanceDB target's own columns)."""
         if table.num_rows == 0:
             return self
-        hashes = row_hashes(table)
+        hashes = row_hashes(table) if hashes is None else hashes
         counts, sums = _bucket_sums(buckets_of(table.column(ID)), hashes)
         self.count += table.num_rows
         self.total = _add(self.total, _as_int(hashes.sum(axis=0, dtype=U64)))
