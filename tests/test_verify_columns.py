@@ -11,13 +11,13 @@ from truth import read_lance
 
 import ray_migrate.backends.lancedb as lancedb_mod
 from ray_migrate.backends.lancedb import LanceBackend
+from ray_migrate.checksum import column_hashes as layout_hashes
 from ray_migrate.config import CopyConfig, LanceEndpoint, TransformConfig
 from ray_migrate.copy import copy_unit
 from ray_migrate.state import StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
 from ray_migrate.verify import verify_unit
-from ray_migrate.verify_direct import layout_hashes
 
 N = 60
 ALL = UnitSpec("all", "all")
