@@ -258,6 +258,8 @@ def _column_words(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     t = arr.type
     if pa.types.is_fixed_size_list(t):
         return _vector_words(arr)
+    if len(arr) and arr.null_count == len(arr):  # as each null is below (a column unused)
+        return np.repeat(_C_NULL[None, :], len(arr), axis=0)
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return _list_column(arr)
     if pa.types.is_string(t) or pa.types.is_large_string(t):

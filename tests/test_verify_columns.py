@@ -114,6 +114,14 @@ def test_column_hashes_tell_apart_what_the_canonical_form_does(a, b) -> None:
     assert (layout_hashes(_one(**a)) == layout_hashes(_one(**a))).all()
 
 
+def test_an_all_null_column_hashes_as_its_nulls_among_values() -> None:
+    col = pa.array([None, "a", None], pa.string())
+    mixed = layout_hashes(pa.table({"id": pa.array([1, 2, 3], pa.uint64()), "s": col}))
+    alone = layout_hashes(pa.table({"id": pa.array([1, 3], pa.uint64()),
+                                    "s": pa.array([None, None], pa.string())}))
+    assert (mixed[[0, 2]] == alone).all()
+
+
 def test_column_hashes_do_not_depend_on_chunks() -> None:
     t = _foreign(20).drop_columns(["nested"])
     whole = layout_hashes(t)
