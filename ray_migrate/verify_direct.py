@@ -27,20 +27,23 @@ from ray_migrate.units import UnitSpec
 
 
 class ColumnSides:
-    """Both sides of a unit in the target's columns (see the module's doc)."""
+    """Both sides of a unit in the target's columns (see the module's doc), each read
+    through the backend given (its retries of a broken scan included)."""
 
-    def __init__(self, unit: UnitSpec, direct: Any, batch_size: int):
+    def __init__(self, unit: UnitSpec, source: Backend, target: Backend, direct: Any,
+                 batch_size: int):
         self.unit, self.direct, self.batch_size = unit, direct, batch_size
+        self._source, self._target = source, target
 
     def source(self) -> Iterator[pa.Table]:
         from ray_migrate.backends.lance_direct import relayout
 
         d = self.direct
-        for batch, _ in d.scan(self.unit, self.batch_size):
+        for batch, _ in self._source.scan(self.unit, self.batch_size, raw=True):
             yield relayout(batch, d.src, d.dst)
 
     def target(self) -> Iterator[pa.Table]:
-        for batch, _ in self.direct.target.scan(self.unit, self.batch_size, raw=True):
+        for batch, _ in self._target.scan(self.unit, self.batch_size, raw=True):
             yield batch
 
     @staticmethod
@@ -66,4 +69,4 @@ def column_sides(unit: UnitSpec, source: Backend, target: Backend, transform: Tr
     if direct is None or not columns_hashable(pa.schema([direct.dst.schema.field(c)
                                                  for c in direct.dst.columns])):
         return None
-    return ColumnSides(unit, direct, batch_size)
+    return ColumnSides(unit, source, target, direct, batch_size)

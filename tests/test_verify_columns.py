@@ -11,9 +11,12 @@ from truth import read_lance
 
 import ray_migrate.backends.lancedb as lancedb_mod
 from ray_migrate.backends.lancedb import LanceBackend
+from ray_migrate.backends.retrying import RetryingBackend
 from ray_migrate.checksum import column_hashes as layout_hashes
 from ray_migrate.config import CopyConfig, LanceEndpoint, TransformConfig
 from ray_migrate.copy import copy_unit
+from ray_migrate.errors import TransientError
+from ray_migrate.retry import RetryPolicy
 from ray_migrate.state import StateStore
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
@@ -65,6 +68,26 @@ def test_lance_to_lance_verify_reads_no_canonical_batch(copied, monkeypatch) -> 
     verdict = verify_unit(ALL, src, dst, Transform(TransformConfig()), batch_size=16)
     assert verdict.equal and verdict.source_count == verdict.target_count == N
     assert calls == []
+
+
+def test_a_column_scan_that_breaks_is_taken_up_again(copied, monkeypatch) -> None:
+    """Through the run's retrying backends, a transient error in a scan resumes it."""
+    src, dst = copied
+    real, broke = LanceBackend.scan, []
+
+    def breaks_once(self, unit, batch_size, cursor=None, raw=False):
+        for i, item in enumerate(real(self, unit, batch_size, cursor, raw=raw)):
+            if i == 2 and not broke:
+                broke.append(self.endpoint.uri)
+                raise TransientError("connection reset")
+            yield item
+
+    monkeypatch.setattr(LanceBackend, "scan", breaks_once)
+    policy = RetryPolicy(attempts=3, first_s=0.0, max_s=0.0)
+    verdict = verify_unit(ALL, RetryingBackend(src, policy, sleep=lambda s: None),
+                          RetryingBackend(dst, policy, sleep=lambda s: None),
+                          Transform(TransformConfig()), batch_size=16)
+    assert broke and verdict.equal and verdict.source_count == verdict.target_count == N
 
 
 def test_every_kind_of_difference_is_listed_by_id(copied, tmp_path) -> None:
