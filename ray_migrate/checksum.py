@@ -29,6 +29,8 @@ A digest keeps the count and, per lane, the sum of the rows' hashes modulo 2**64
 per bucket (a bucket is picked by a hash of the id alone), so two sides compare in any order,
 merge from parallel parts, and a difference is localized to the buckets that disagree.
 ``to_dict`` names the algorithm; a digest stored by another algorithm never equals a new one.
+``column_hashes`` hashes a row in a LanceDB table's own columns the same way (every column by
+its buffers, a null as its own constant), under ``COLUMNS_ALGORITHM`` (``verify_direct``).
 """
 
 from __future__ import annotations
@@ -175,6 +177,107 @@ def row_hashes(table: pa.Table) -> np.ndarray:
         return _mix(h + sums)
 
 
+# --- rows in a LanceDB table's own columns (``verify_direct``) ---------------------------
+COLUMNS_ALGORITHM = f"{ALGORITHM}+lance-columns"
+
+
+def _const(i: int) -> np.ndarray:
+    """(lanes,) constants of index 8 + i of the misc kind (``_MISC`` holds 0..7)."""
+    return np.array([_constants(lane, _K_MISC, 1, 8 + i)[0] for lane in range(LANES)], U64)
+
+
+_C_NULL, _C_SCALAR, _C_LEN, _C_ITEM, _C_TRUE = (_const(i) for i in range(5))
+
+
+def _hashable(t: pa.DataType) -> bool:
+    if pa.types.is_fixed_size_list(t):
+        return t.value_type == pa.float32()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def columns_hashable(schema: pa.Schema) -> bool:
+    """Whether every column is of a type ``column_hashes`` hashes."""
+    return all(_hashable(f.type) for f in schema)
+
+
+def _nulls(arr: pa.Array, words: np.ndarray) -> np.ndarray:
+    if arr.null_count:
+        words[arr.is_null().to_numpy(zero_copy_only=False)] = _C_NULL
+    return words
+
+
+def _string_column(arr: pa.Array) -> np.ndarray:
+    sums, lens = _string_words(arr, _K_MISC)
+    with np.errstate(over="ignore"):
+        return _nulls(arr, _mix(sums + lens[:, None] * _C_LEN))
+
+
+def _scalar_column(arr: pa.Array) -> np.ndarray:
+    """Numbers by their bits (as int64 or float64, which hold every value of the narrower
+    types exactly), booleans as 0 or a constant."""
+    t = arr.type
+    if pa.types.is_boolean(t):
+        bits = np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), bool)
+        words = np.where(bits[:, None], _C_TRUE, U64(0)).astype(U64)
+        return _nulls(arr, words)
+    if pa.types.is_floating(t):
+        vals = pc.fill_null(arr.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    elif pa.types.is_unsigned_integer(t):
+        vals = pc.fill_null(arr.cast(pa.uint64()), 0).to_numpy(zero_copy_only=False)
+    else:
+        vals = pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    bits = np.ascontiguousarray(vals).view(U64)
+    with np.errstate(over="ignore"):
+        return _nulls(arr, _mix(bits[:, None] * _C_SCALAR + _C_SCALAR))
+
+
+def _list_column(arr: pa.Array) -> np.ndarray:
+    """A list of strings: each item's hash chained with its position, summed per row, and
+    the row's length."""
+    n = len(arr)
+    items = pc.list_flatten(arr)
+    rows = np.asarray(pc.list_parent_indices(arr).to_numpy(zero_copy_only=False), np.int64)
+    lens = np.asarray(pc.fill_null(pc.list_value_length(arr), 0).to_numpy(
+        zero_copy_only=False), np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    pos = np.arange(len(items), dtype=np.int64) - np.repeat(starts, lens)
+    with np.errstate(over="ignore"):
+        item = _mix(_string_column(items) + pos.astype(U64)[:, None] * _C_ITEM)
+        out = np.zeros((n, LANES), U64)
+        for lane in range(LANES):
+            np.add.at(out[:, lane], rows, item[:, lane])
+        out = _mix(out + lens.astype(U64)[:, None] * _C_LEN)
+    return _nulls(arr, out)
+
+
+def _column_words(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    t = arr.type
+    if pa.types.is_fixed_size_list(t):
+        return _vector_words(arr)
+    if len(arr) and arr.null_count == len(arr):  # as each null is below (a column unused)
+        return np.repeat(_C_NULL[None, :], len(arr), axis=0)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _list_column(arr)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _string_column(arr)
+    return _scalar_column(arr)
+
+
+def column_hashes(table: pa.Table) -> np.ndarray:
+    """(n, lanes) uint64: each row's hash over every column, the id first, then the others
+    by sorted name, each after its name's hash (``row_hashes``' chain)."""
+    with np.errstate(over="ignore"):
+        h = _mix(id_words(table.column(ID)) + _MISC[:, _ID_SEED])
+        for name in sorted(c for c in table.column_names if c != ID):
+            h = _mix(h + _name_words(name))
+            h = _mix(h + _column_words(table.column(name)))
+    return h
+
+
 def _as_int(lanes: np.ndarray) -> int:
     return int(lanes[0]) | (int(lanes[1]) << 64)
 
@@ -209,10 +312,12 @@ class Digest:
     buckets: list[list[int]] = field(default_factory=lambda: [[0, 0] for _ in range(N_BUCKETS)])
     algorithm: str | None = ALGORITHM  # None: stored by a version that did not say
 
-    def add(self, table: pa.Table) -> Digest:
+    def add(self, table: pa.Table, hashes: np.ndarray | None = None) -> Digest:
+        """Count the table's rows in; ``hashes``: their row hashes, if not ``row_hashes``'
+        (``verify_direct`` hashes a table in a LanceDB target's own columns)."""
         if table.num_rows == 0:
             return self
-        hashes = row_hashes(table)
+        hashes = row_hashes(table) if hashes is None else hashes
         counts, sums = _bucket_sums(buckets_of(table.column(ID)), hashes)
         self.count += table.num_rows
         self.total = _add(self.total, _as_int(hashes.sum(axis=0, dtype=U64)))

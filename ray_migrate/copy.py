@@ -112,6 +112,12 @@ class Throttle:
 # Rows per fragment (one write_fragments call, one checkpoint): Lance's writer holds about a
 # third of a fragment's bytes until it ends (128-d: +69 MB at 200k rows, +37 MB at 50k).
 FILE_ROWS = 50_000
+# Rows per scan batch of a unit written as fragments (the configured batch_size caps it): the
+# scan, its read-ahead and the prefetch queue hold several batches while the writer holds a
+# fragment, so a worker's peak grew with the batch once a unit was long enough to fill that
+# pipeline (3M x 128, 375k-row units: 10k rows +90 MB, 2.5k +20 MB over 37.5k-row units), not
+# with the collection; the writer takes any batch size, and the copy is as fast.
+FILES_SCAN_ROWS = 2_500
 
 
 def copy_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
@@ -233,9 +239,11 @@ class _Run:
             self.write(parts, cursor)
 
     def files(self) -> None:
-        """Fragments of about FILE_ROWS rows, streamed from the scan (memory stays one scan
-        batch deep), each group checkpointed with the fragments written so far."""
-        it = prefetch(self.scan(self.unit, self.cfg.batch_size, self.state["cursor"]))
+        """Fragments of about FILE_ROWS rows, streamed from the scan in batches of at most
+        FILES_SCAN_ROWS (memory stays a few small batches deep), each group checkpointed with
+        the fragments written so far."""
+        rows = min(self.cfg.batch_size, FILES_SCAN_ROWS)
+        it = prefetch(self.scan(self.unit, rows, self.state["cursor"]))
         while True:
             seen: dict[str, Any] = {"rows": 0}
 

@@ -25,6 +25,7 @@ from ray_migrate.schema import ID
 from ray_migrate.state import StateStore, safe_name
 from ray_migrate.transform import Transform
 from ray_migrate.units import UnitSpec
+from ray_migrate.verify_direct import ColumnSides, column_sides
 
 
 @dataclass
@@ -114,7 +115,7 @@ def source_digest(unit: UnitSpec, source: Backend, target: Backend, transform: T
     return digest_of(as_target_holds(unit, source, target, transform, batch_size))
 
 
-def _hashes_in(tables: Any, buckets: set[int]) -> pa.Table:
+def _hashes_in(tables: Any, buckets: set[int], hashes: Any = row_hashes) -> pa.Table:
     """(id, h0, h1) of the points in ``buckets`` only, columnar: the others are not hashed."""
     wanted = np.fromiter(buckets, dtype=np.int64, count=len(buckets))
     parts = []
@@ -123,7 +124,7 @@ def _hashes_in(tables: Any, buckets: set[int]) -> pa.Table:
         if not keep.any():
             continue
         t = t if keep.all() else t.filter(pa.array(keep))
-        h = row_hashes(t)
+        h = hashes(t)
         parts.append(pa.table({ID: t.column(ID), "h0": h[:, 0], "h1": h[:, 1]}))
     return pa.concat_tables(parts) if parts else None
 
@@ -147,13 +148,17 @@ def _compare(src: pa.Table | None, dst: pa.Table | None, limit: int | None
 
 
 def diff_ids(unit: UnitSpec, source: Backend, target: Backend, transform: Transform,
-             buckets: list[int], batch_size: int, limit: int | None = None
-             ) -> tuple[list, list, list]:
+             buckets: list[int], batch_size: int, limit: int | None = None,
+             sides: ColumnSides | None = None) -> tuple[list, list, list]:
     """Ids missing on the target, extra on the target, and changed, within ``buckets``
     (every one of them unless ``limit``). The backends cannot select points by bucket (a
     bucket is a hash of the id), so both sides are scanned whole once more, but only the
-    points of ``buckets`` are hashed and kept, and compared by a join, not per id."""
+    points of ``buckets`` are hashed and kept, and compared by a join, not per id.
+    ``sides``: both sides in the target's columns (``verify_direct``), as the digests were."""
     wanted = set(buckets)
+    if sides is not None:
+        return _compare(_hashes_in(sides.source(), wanted, sides.hashes),
+                        _hashes_in(sides.target(), wanted, sides.hashes), limit)
     src = _hashes_in(as_target_holds(unit, source, target, transform, batch_size), wanted)
     dst = _hashes_in((b for b, _ in target.scan(transform.target_unit(unit), batch_size)), wanted)
     return _compare(src, dst, limit)
@@ -164,15 +169,19 @@ def verify_unit(unit: UnitSpec, source: Backend, target: Backend, transform: Tra
     """Count and checksum the unit on both sides; when they differ, list every differing id
     (at most ``max_ids`` of each kind, if given)."""
     start = time.perf_counter()
-    s = source_digest(unit, source, target, transform, batch_size)
+    sides = column_sides(unit, source, target, transform, batch_size)
+    s = sides.digest(sides.source()) if sides is not None else \
+        source_digest(unit, source, target, transform, batch_size)
     failpoints.hit("verify.checksum", unit=unit.unit_id)  # one side summed, not the other
-    t = target.checksum(transform.target_unit(unit), batch_size)
+    t = sides.digest(sides.target()) if sides is not None else \
+        target.checksum(transform.target_unit(unit), batch_size)
     verdict = UnitVerdict(unit.unit_id, s.count, t.count, s.hexdigest, t.hexdigest,
                           equal=s.same_as(t), seconds=0.0)
     if not verdict.equal:
         verdict.differing_buckets = s.differing_buckets(t)
         verdict.missing_ids, verdict.extra_ids, verdict.changed_ids = diff_ids(
-            unit, source, target, transform, verdict.differing_buckets, batch_size, max_ids)
+            unit, source, target, transform, verdict.differing_buckets, batch_size, max_ids,
+            sides)
         verdict.missing_count = len(verdict.missing_ids)
         verdict.extra_count = len(verdict.extra_ids)
         verdict.changed_count = len(verdict.changed_ids)

@@ -137,6 +137,28 @@ def test_fragments_make_one_version_per_unit(tmp_path, unit_copy) -> None:
     assert target.tbl.stats()["fragment_stats"]["num_fragments"] == 4  # 30, 30, 30, 5 rows
 
 
+def test_a_unit_written_as_fragments_asks_lance_for_small_scan_batches(tmp_path, unit_copy,
+                                                                      monkeypatch) -> None:
+    """A worker's peak memory grew with the scan batch once a unit filled the scan's pipeline
+    (issue 15): the fragments' scan reads at most FILES_SCAN_ROWS a batch, whatever the
+    configured batch_size (10 here), and the copy is exact."""
+    import lance
+
+    run, target, store = unit_copy
+    monkeypatch.setattr(copy_mod, "FILES_SCAN_ROWS", 4, raising=False)
+    real, asked = lance.LanceDataset.scanner, []
+
+    def recorded(self, *args, **kw):  # the real scanner, its batch size noted
+        asked.append(kw.get("batch_size"))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(lance.LanceDataset, "scanner", recorded)
+    assert run().copied == N
+    _exact(tmp_path)
+    assert asked == [4]
+    assert target.tbl.stats()["fragment_stats"]["num_fragments"] == 3  # 32, 32, 31 rows
+
+
 @pytest.mark.parametrize("point,spec", [
     ("copy.batch_written", {"after": 1}),  # a group's fragments written, not checkpointed
     ("copy.files_written", {}),  # every fragment written and checkpointed, not committed

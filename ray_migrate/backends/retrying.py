@@ -65,14 +65,16 @@ class RetryingBackend(Backend):
     def count(self, unit: UnitSpec) -> int:
         return self._retried("count", unit)
 
-    def scan(self, unit: UnitSpec, batch_size: int,
-             cursor: Cursor | None = None) -> Iterator[tuple[pa.Table, Cursor]]:
+    def scan(self, unit: UnitSpec, batch_size: int, cursor: Cursor | None = None,
+             raw: bool = False) -> Iterator[tuple[pa.Table, Cursor]]:
         """The inner scan; when it breaks, a new one from the last batch's cursor (each
-        cursor resumes right after its batch). Failures in a row are bounded as for a call."""
+        cursor resumes right after its batch). Failures in a row are bounded as for a call.
+        ``raw``: the inner LanceDB table's own columns (``LanceBackend.scan``)."""
         at, failures = cursor, 0
+        kw = {"raw": True} if raw else {}
         while True:
             try:
-                for batch, nxt in self.inner.scan(unit, batch_size, at):
+                for batch, nxt in self.inner.scan(unit, batch_size, at, **kw):
                     at, failures = nxt, 0
                     yield batch, nxt
                 return
