@@ -10,7 +10,6 @@ from typing import Any
 
 from ray_migrate.backends.lance_layout import Layout
 from ray_migrate.config import LanceTargetOptions
-from ray_migrate.schema import ID
 
 METRICS = {"l2": "l2", "cosine": "cosine", "dot": "dot"}
 
@@ -57,23 +56,9 @@ def finalize(tbl: Any, lay: Layout, options: LanceTargetOptions) -> dict[str, An
             cfg = cls[options.index_type](distance_type=METRICS.get(v.distance, "l2"))
             tbl.create_index(v.name, config=cfg, replace=True)
             done["indexed"].append(v.name)
-    done["id_index"] = _reindex_ids(tbl)
     done.update(versions_after=len(tbl.list_versions()), fragments_after=_fragments(tbl),
                 rows=n)
     return done
-
-
-def _reindex_ids(tbl: Any) -> bool:
-    """Rebuild the id index of a table that has one (ray_migrate makes it with the table,
-    empty): the bulk load's rows are not in it, and every look-up by id after it (catch-up,
-    the cutover's checks, clients' merges and tenant look-ups) would scan every id of the
-    table. About 1 s at 3M ids."""
-    from lancedb.index import BTree
-
-    if not any(ID in i.columns for i in tbl.list_indices()):
-        return False
-    tbl.create_index(ID, config=BTree(), replace=True)
-    return True
 
 
 def small_fragments(ds: Any) -> int:
