@@ -4,10 +4,10 @@ that prints.
 Exit codes (``exit_code``): 0 success (and, for verify, equal); 1 a unit failed or differs, a
 transient error stopped the command, or (run in auto mode) a unit is not on the target at the
 end, e.g. rolled back during the run; 2 bad input (the config, the source or target it names,
-found out before anything is written), or another driver runs the migration; 3 the cluster
-could not run it: no Ray cluster at ``--address``, no node with the resources of
-``copy.worker_resources``, or (cutover, rollback) no router, and no routing table under
-``state_uri`` to start one from.
+found out before anything is written), or another driver runs the migration, or (``gateway
+--stop``) no gateway of the migration runs; 3 the cluster could not run it: no Ray cluster at
+``--address``, no node with the resources of ``copy.worker_resources``, or (cutover, rollback)
+no router, and no routing table under ``state_uri`` to start one from.
 
 One driver per migration: ``run`` holds the migration's driver lease (``lease``) and owns the
 unit workers; a second ``run`` while it lives exits 2, naming it. The other verbs never start,
@@ -173,8 +173,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Serve the Qdrant REST API of the migration's collection (``ray_migrate.gateway``) until
-    Ctrl-C, or return once it is up (``--detach``; ``serve shutdown`` or Ctrl-C on a later
-    run without it stops it)."""
+    Ctrl-C, or return once it is up (``--detach``; ``--stop`` removes it later)."""
     import time
 
     from ray_migrate.config import load_config
@@ -183,6 +182,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from ray_migrate.routing.actor import get_router
 
     cfg = load_config(args.config)
+    if args.stop:
+        return _stop_gateway(cfg.migration_id, args.address)
     gw = with_flags(cfg.gateway, host=args.host, port=args.port, replicas=args.replicas)
     cfg = cfg.model_copy(update={"gateway": gw})
     connect(args.address)
@@ -203,6 +204,17 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         serve.delete(app_name(cfg.migration_id))
         print("gateway stopped")
+    return 0
+
+
+def _stop_gateway(migration_id: str, address: str | None) -> int:
+    """``gateway --stop``: remove the migration's gateway from the cluster (a detached one, or
+    one whose foreground command was lost); exit 2 naming what runs when there is none."""
+    from ray_migrate.gateway.app import stop
+    from ray_migrate.migration import connect
+
+    connect(address)
+    print(stop(migration_id))
     return 0
 
 
@@ -287,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=None, help="HTTP port (default: gateway.port)")
     sp.add_argument("--replicas", type=int, default=None,
                     help="Serve replicas (default: gateway.replicas)")
-    sp.add_argument("--detach", action="store_true", help="return once the gateway is up")
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument("--detach", action="store_true", help="return once the gateway is up")
+    how.add_argument("--stop", action="store_true",
+                     help="remove this migration's gateway from the cluster (and Serve, when "
+                     "nothing else runs on it)")
     sp.set_defaults(fn=cmd_gateway)
 
     sp = sub.add_parser("demo", help="seed a local Qdrant source and migrate it to LanceDB")
