@@ -188,9 +188,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"gateway": gw})
     connect(args.address)
     get_router(cfg.migration_id)  # no router: say so before anything is deployed
-    from ray import serve
-
-    from ray_migrate.gateway.app import app_name, collection_name, deploy
+    from ray_migrate.gateway.app import collection_name, deploy
 
     url = deploy(cfg)
     print(f"gateway for migration {cfg.migration_id}: {url} (collection "
@@ -202,19 +200,25 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.delete(app_name(cfg.migration_id))
-        print("gateway stopped")
+        _stop_gateway(cfg.migration_id, args.address, gone_ok=True)
     return 0
 
 
-def _stop_gateway(migration_id: str, address: str | None) -> int:
-    """``gateway --stop``: remove the migration's gateway from the cluster (a detached one, or
-    one whose foreground command was lost); exit 2 naming what runs when there is none."""
+def _stop_gateway(migration_id: str, address: str | None, gone_ok: bool = False) -> int:
+    """``gateway --stop`` (and Ctrl-C of a gateway in the foreground): remove the migration's
+    gateway from the cluster, and Serve when nothing else runs on it; exit 2 naming what runs
+    when there is none (``gone_ok``: say so and exit 0, as after a ``--stop`` elsewhere)."""
+    from ray_migrate.errors import TerminalError
     from ray_migrate.gateway.app import stop
     from ray_migrate.migration import connect
 
     connect(address)
-    print(stop(migration_id))
+    try:
+        print(stop(migration_id))
+    except TerminalError as err:
+        if not gone_ok:
+            raise
+        print(f"gateway already stopped: {err}")
     return 0
 
 

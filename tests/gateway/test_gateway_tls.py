@@ -14,8 +14,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
+import select
+import signal
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ import numpy as np
 import pytest
 from gwserve import free_port
 from livecase import CLI, DIM, TENANTS, endpoint, seed
-from raycluster import Head, ray_head
+from raycluster import Head, ray_head, stop_group
 from truth import read_side, write_q2l_config
 
 from ray_migrate.cli import main
@@ -170,6 +174,43 @@ def test_the_real_client_over_https_then_stop(tmp_path: Path) -> None:
         assert "shut Serve down" in down.stdout, said(down)
         with pytest.raises(httpx.ConnectError):  # Serve is gone, and its port is free
             httpx.get(url, verify=ssl.create_default_context(cafile=str(ca)), timeout=10)
+
+        check_ctrl_c_stops_a_foreground_gateway(head, tmp_path, cfg, url, ca)
+
+
+def check_ctrl_c_stops_a_foreground_gateway(head: Head, tmp: Path, cfg: Path, url: str,
+                                            ca: Path) -> None:
+    """`ray-migrate gateway` in the foreground answers until Ctrl-C, which stops it as
+    ``--stop`` does: the port is free again for the next gateway's options."""
+    proc = subprocess.Popen([CLI, "gateway", str(cfg), "--address", head.address],
+                            env=head.env, cwd=tmp, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        seen = read_until(proc, url.encode(), timeout_s=120)
+        assert url.encode() in seen, seen.decode(errors="replace")[-3000:]
+        verify = ssl.create_default_context(cafile=str(ca))
+        assert httpx.get(url, verify=verify, timeout=30).json()["title"] == "ray_migrate gateway"
+        os.kill(proc.pid, signal.SIGINT)
+        out = seen + proc.communicate(timeout=120)[0]
+        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        assert b"shut Serve down" in out, out.decode(errors="replace")[-3000:]
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, verify=verify, timeout=10)
+    finally:
+        stop_group(proc, term_wait_s=5)
+
+
+def read_until(proc: subprocess.Popen, wanted: bytes, timeout_s: float) -> bytes:
+    """``proc``'s output until ``wanted`` shows (or it ends, or ``timeout_s`` passes)."""
+    got, deadline = b"", time.monotonic() + timeout_s
+    fd = proc.stdout.fileno()
+    while wanted not in got and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 @pytest.fixture
