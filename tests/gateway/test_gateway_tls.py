@@ -5,7 +5,8 @@ a Ray head of its own (tests/raycluster.py): `ray-migrate run` (LanceDB to Lance
 cutover: it stops with every unit ready and the router alive), `ray-migrate gateway --detach`
 with a certificate signed by a CA the test makes, then the real qdrant-client over https,
 trusting that CA only, upserts, retrieves and searches, checked against LanceDB's own client;
-plain HTTP and a client that does not trust the CA are refused; `gateway --stop` removes it.
+plain HTTP and a client that does not trust the CA are refused; `gateway --stop` removes it,
+and Ctrl-C of a gateway in the foreground does the same.
 The other tests use the session cluster: a Serve that runs with other HTTP options is refused,
 and `--stop` leaves other applications alone and names them when there is nothing to stop."""
 
