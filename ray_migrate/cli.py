@@ -4,10 +4,10 @@ that prints.
 Exit codes (``exit_code``): 0 success (and, for verify, equal); 1 a unit failed or differs, a
 transient error stopped the command, or (run in auto mode) a unit is not on the target at the
 end, e.g. rolled back during the run; 2 bad input (the config, the source or target it names,
-found out before anything is written), or another driver runs the migration; 3 the cluster
-could not run it: no Ray cluster at ``--address``, no node with the resources of
-``copy.worker_resources``, or (cutover, rollback) no router, and no routing table under
-``state_uri`` to start one from.
+found out before anything is written), or another driver runs the migration, or (``gateway
+--stop``) no gateway of the migration runs; 3 the cluster could not run it: no Ray cluster at
+``--address``, no node with the resources of ``copy.worker_resources``, or (cutover, rollback)
+no router, and no routing table under ``state_uri`` to start one from.
 
 One driver per migration: ``run`` holds the migration's driver lease (``lease``) and owns the
 unit workers; a second ``run`` while it lives exits 2, naming it. The other verbs never start,
@@ -173,8 +173,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     """Serve the Qdrant REST API of the migration's collection (``ray_migrate.gateway``) until
-    Ctrl-C, or return once it is up (``--detach``; ``serve shutdown`` or Ctrl-C on a later
-    run without it stops it)."""
+    Ctrl-C, or return once it is up (``--detach``; ``--stop`` removes it later)."""
     import time
 
     from ray_migrate.config import load_config
@@ -183,13 +182,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from ray_migrate.routing.actor import get_router
 
     cfg = load_config(args.config)
+    if args.stop:
+        return _stop_gateway(cfg.migration_id, args.address)
     gw = with_flags(cfg.gateway, host=args.host, port=args.port, replicas=args.replicas)
     cfg = cfg.model_copy(update={"gateway": gw})
     connect(args.address)
     get_router(cfg.migration_id)  # no router: say so before anything is deployed
-    from ray import serve
-
-    from ray_migrate.gateway.app import app_name, collection_name, deploy
+    from ray_migrate.gateway.app import collection_name, deploy
 
     url = deploy(cfg)
     print(f"gateway for migration {cfg.migration_id}: {url} (collection "
@@ -201,8 +200,25 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.delete(app_name(cfg.migration_id))
-        print("gateway stopped")
+        _stop_gateway(cfg.migration_id, args.address, gone_ok=True)
+    return 0
+
+
+def _stop_gateway(migration_id: str, address: str | None, gone_ok: bool = False) -> int:
+    """``gateway --stop`` (and Ctrl-C of a gateway in the foreground): remove the migration's
+    gateway from the cluster, and Serve when nothing else runs on it; exit 2 naming what runs
+    when there is none (``gone_ok``: say so and exit 0, as after a ``--stop`` elsewhere)."""
+    from ray_migrate.errors import TerminalError
+    from ray_migrate.gateway.app import stop
+    from ray_migrate.migration import connect
+
+    connect(address)
+    try:
+        print(stop(migration_id))
+    except TerminalError as err:
+        if not gone_ok:
+            raise
+        print(f"gateway already stopped: {err}")
     return 0
 
 
@@ -287,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=None, help="HTTP port (default: gateway.port)")
     sp.add_argument("--replicas", type=int, default=None,
                     help="Serve replicas (default: gateway.replicas)")
-    sp.add_argument("--detach", action="store_true", help="return once the gateway is up")
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument("--detach", action="store_true", help="return once the gateway is up")
+    how.add_argument("--stop", action="store_true",
+                     help="remove this migration's gateway from the cluster (and Serve, when "
+                     "nothing else runs on it)")
     sp.set_defaults(fn=cmd_gateway)
 
     sp = sub.add_parser("demo", help="seed a local Qdrant source and migrate it to LanceDB")

@@ -18,6 +18,7 @@ from ray import serve
 from starlette.concurrency import run_in_threadpool
 
 from ray_migrate.config import LanceEndpoint, MigrationConfig, QdrantEndpoint, load_config
+from ray_migrate.errors import ConfigError, TerminalError
 from ray_migrate.gateway.grpc_service import SERVICERS, GrpcMethods
 from ray_migrate.gateway.routes import handle
 from ray_migrate.gateway.settings import GatewayConfig
@@ -115,19 +116,66 @@ def grpc_options(gw: GatewayConfig) -> dict[str, Any] | None:
     return {"port": gw.grpc_port, "grpc_servicer_functions": SERVICERS}
 
 
+def check_running_serve(opts: dict[str, Any]) -> None:
+    """ConfigError when Serve already runs on the cluster with other HTTP options than
+    ``opts``: Serve fixes them when it starts and only logs a warning for later ones, so the
+    gateway would answer elsewhere than the URL it prints, or over plain HTTP when TLS was
+    asked for."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return
+    running = client.http_config
+    wanted = {"ssl_certfile": None, "ssl_keyfile": None, **opts}
+    differ = {k: (getattr(running, k), v) for k, v in wanted.items() if getattr(running, k) != v}
+    if differ:
+        said = "; ".join(f"{k}: running {have!r}, asked {want!r}"
+                         for k, (have, want) in differ.items())
+        raise ConfigError(
+            f"Ray Serve already runs on this cluster with other HTTP options ({said}), and "
+            "Serve keeps the options it started with: set the gateway section (or --host / "
+            "--port) to the running ones, or stop what runs on it first (`ray-migrate gateway "
+            "OTHER_CONFIG --stop`, or `serve shutdown`)")
+
+
 def deploy(cfg: MigrationConfig, host: str | None = None, port: int | None = None,
            replicas: int | None = None) -> str:
     """Start Serve's HTTP proxy (``host``/``port`` override the config's) and the gateway's
     replicas on the connected cluster; returns the URL clients use. Serve's HTTP options are
-    set by whoever starts Serve first on a cluster: a Serve already running keeps its own."""
+    set by whoever starts Serve first on a cluster: a Serve already running with other ones
+    is refused (``check_running_serve``) rather than joined."""
     gw = cfg.gateway or GatewayConfig()
     opts = http_options(gw, host, port)
+    check_running_serve(opts)
     serve.start(http_options=opts, grpc_options=grpc_options(gw))
     serve.run(bind(cfg, replicas), name=app_name(cfg.migration_id), route_prefix="/")
     scheme = "https" if gw.tls_cert else "http"
     url = f"{scheme}://{opts['host']}:{opts['port']}"
     log.info("gateway for migration %s answers at %s", cfg.migration_id, url)
     return url
+
+
+def stop(migration_id: str) -> str:
+    """Remove the migration's gateway application from the connected cluster's Serve, and
+    Serve itself when no other application is left (its proxy then frees the port, and the
+    next gateway's HTTP and TLS options apply); what was done, in a sentence. TerminalError
+    when no such application runs."""
+    name = app_name(migration_id)
+    apps = sorted(serve.status().applications)
+    if name not in apps:
+        raise TerminalError(
+            f"no gateway for migration {migration_id!r} runs in this Ray cluster (no Serve "
+            f"application {name!r}; Serve applications running: {', '.join(apps) or 'none'}): "
+            "nothing to stop; check the config and --address")
+    serve.delete(name)
+    others = sorted(serve.status().applications)
+    if others:
+        return (f"removed Serve application {name!r} (the gateway of migration "
+                f"{migration_id!r}); Serve keeps running for {', '.join(others)}")
+    serve.shutdown()
+    return (f"removed Serve application {name!r} (the gateway of migration {migration_id!r}) "
+            "and shut Serve down, as no other application ran on it")
 
 
 def app_builder(args: dict[str, str]) -> Any:
@@ -137,4 +185,5 @@ def app_builder(args: dict[str, str]) -> Any:
     return bind(load_config(args["config"]))
 
 
-__all__ = ["QdrantGateway", "app_builder", "bind", "collection_name", "deploy"]
+__all__ = ["QdrantGateway", "app_builder", "bind", "check_running_serve", "collection_name",
+           "deploy", "stop"]
