@@ -38,12 +38,6 @@ STEP_NICED_S = 0.3  # or once it has run this long at low priority
 # a client's merge_insert p99 1.6 to 1.7x with another process writing its table every 2 s,
 # 4.5 to 5.8x every 0.25 s); the standby's lag only delays a rollback's drain.
 BACK_EVERY_S = 2.0
-# Units that wait for their wave (``ready``, ``rolled_back``) are applied this seldom, over all
-# workers, for the same reason: clients write the target during the waves, and a forward
-# apply every FOLLOW_EVERY_S per worker conflicts with their writes (bench/app_latency.py:
-# the target's engine calls during the waves). Their lag only lengthens the cutover's own
-# catch-up, which runs before any freeze. Units still ``catching_up`` keep FOLLOW_EVERY_S.
-WAITING_EVERY_S = 2.0
 
 
 # A follower's wait after a failed step: from 0.5 s, doubled per failure in a row, up to 15 s.
@@ -69,18 +63,15 @@ class Follower:
         self.back_broken: set[str] = set()  # units whose back-sync failed for good
         self.holder = f"follower:{worker.index}:{worker.who}"
         self.back_at = 0.0  # when this worker's next back-sync step is due (set by ``run``)
-        self.waiting_at = 0.0  # and its next step for units that wait for their wave
-        self.clock = time.monotonic  # tests turn it by hand
 
     def stop(self) -> None:
         self.stopped.set()
 
     def run(self) -> None:
-        """Every ``FOLLOW_EVERY_S``, apply the change logs of the units catching up, every
-        ``WAITING_EVERY_S`` of those that wait for their wave (``ready``) and, every
-        ``BACK_EVERY_S`` during the rollback window, of units on the target (back to the
-        source), all of them in one write per direction: LanceDB makes a version of every
-        write, and many small ones slow every later read and conflict with clients' writes.
+        """Every ``FOLLOW_EVERY_S``, apply the change logs of the units that wait for their wave
+        (``ready``) and, every ``BACK_EVERY_S`` during the rollback window, of units on the
+        target (back to the source), all of them in one write per direction: LanceDB makes a
+        version of every write, and many small ones slow every later read.
 
         Every worker follows; the router hands a unit's log to one applier at a time, and to
         none while a cutover has reserved or frozen the unit, so a cutover never waits behind
@@ -90,7 +81,7 @@ class Follower:
         # at most FOLLOW_EVERY_S / n for some follower to look.
         turns = max(1, self.worker.cfg.copy_cfg.workers)
         next_at = time.monotonic() + FOLLOW_EVERY_S * (self.worker.index % turns) / turns
-        self.back_at = self.waiting_at = next_at
+        self.back_at = next_at  # when this worker's next back-sync step is due
         failures = 0  # steps that failed in a row: the next waits longer (``backoff_s``)
         while not self.stopped.is_set():  # a daemon thread: it ends with the actor
             # Every FOLLOW_EVERY_S from the start of one step to the next, not after the last
@@ -112,16 +103,13 @@ class Follower:
         """One look at the lags and a step per direction (back only once ``back_at``)."""
         w = self.worker
         rows = w.router.call("lags")
-        now = self.clock()
         # catching_up too: a verify running meanwhile watches the log (see
         # ``verify_live``), so an apply between its scans is explained.
         forward = [u for u, (phase, lag, reserved, _) in rows.items()
-                   if phase in FOLLOWED and lag and not reserved
-                   and (phase == "catching_up" or now >= self.waiting_at)]
-        if any(rows[u][0] != "catching_up" for u in forward):
-            self.waiting_at = now + WAITING_EVERY_S * turns
+                   if phase in FOLLOWED and lag and not reserved]
         back = [u for u, (phase, lag, reserved, _) in rows.items()
-                if phase == "target" and lag and not reserved and now >= self.back_at]
+                if phase == "target" and lag and not reserved
+                and time.monotonic() >= self.back_at]
         # At Ray's low priority while it keeps up, so the application keeps the CPU;
         # at normal priority once a change has waited FOLLOW_URGENT_AGE_S: a follower
         # that gets the CPU last on a busy machine lets the lag grow without bound.
@@ -138,7 +126,7 @@ class Follower:
             if forward:
                 self.step(forward, w.source, w.target, w.forward)
             if back and w.inverse is not None:
-                self.back_at = now + BACK_EVERY_S * turns
+                self.back_at = time.monotonic() + BACK_EVERY_S * turns
                 self.step(back, w.target, w.source, w.inverse)
 
     def step(self, units: list[str], owner: Backend, other: Backend,
