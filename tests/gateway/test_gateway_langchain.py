@@ -11,15 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 from gwserve import served
+from langchain_core.embeddings import Embeddings  # langchain-qdrant is in the dev extra
 from test_live import DIM, live_config, other_side, seed
 
 from ray_migrate.driver import Migration
 from ray_migrate.waves import switch_units
-
-try:
-    from langchain_core.embeddings import Embeddings
-except ImportError:  # pragma: no cover - declared by the lead with the gateway
-    pytest.skip("langchain-core is not installed", allow_module_level=True)
 
 
 class ToyEmbeddings(Embeddings):
