@@ -153,6 +153,25 @@ def test_a_broken_scan_goes_on_from_its_last_cursor(tmp_path, monkeypatch):
     assert counts(tmp_path / "faults")[("transient", "scan")] > 0
 
 
+def test_failing_writes_alternate_between_a_lost_reply_and_a_plain_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("RM_FLAKY_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv("RM_FLAKY_RATE", "1.0")
+    real = _lance(tmp_path)
+    flaky = FlakyBackend(real, "lance")
+    batch = real.fetch([1, 2])
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            flaky.delete([1])
+        assert real.fetch([1]).num_rows == 0  # the first and third committed
+        real.upsert(batch)
+        with pytest.raises(TransientError):
+            flaky.delete([1])
+        assert real.fetch([1]).num_rows == 1  # the second did not
+    seen = counts(tmp_path / "faults")
+    assert seen[("lost_reply", "delete")] == 3
+    assert seen[("transient", "delete")] == 3
+
+
 def test_the_hook_wraps_every_opened_backend_inside_the_retries(tmp_path, monkeypatch):
     from ray_migrate.backends import WRAPPER_ENV, open_backend
     from ray_migrate.errors import ConfigError
