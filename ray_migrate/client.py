@@ -100,6 +100,8 @@ class RoutedCollection(LeasedWrites, ScanReads):
         # Two owners at most (source and target); threads start on first use.
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-write")
         self._lookups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rm-lookup")
+        # The engines' reads of a look-up, both sides at once (``Placement._on_sides``).
+        self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rm-read")
         # Ends leases the write need not wait for (P9a), in order, off the write's path.
         self._ender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-end")
         # What this client sees; the watch hands it to the router.
@@ -143,6 +145,7 @@ class RoutedCollection(LeasedWrites, ScanReads):
         self.shadow.close()
         self._pool.shutdown(wait=False)
         self._lookups.shutdown(wait=False)
+        self._reads.shutdown(wait=False)
         self._ender.shutdown(wait=True)  # the leases this client holds end before it goes
 
     # --- routes ---------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class Placement:
     forward: Transform
     router: RouterHandle
     _pool: ThreadPoolExecutor
+    _reads: ThreadPoolExecutor
 
     def routes(self) -> dict[str, tuple[str, str]]:
         raise NotImplementedError
@@ -113,22 +114,28 @@ class Placement:
             unit = self._seen_units[unit_id] = self._new_unit(unit_id)
         return self.forward.target_unit(unit) if owner == "target" else unit
 
-    def _copies(self, ids: list[Any], routes: dict[str, Any],
-                sides: list[str] | None = None) -> list[tuple[str, Any, str, Any]]:
-        """Every copy of these ids on ``sides`` (default: those that own units): (side, id,
-        its unit, the tenant value), read from both sides at once."""
+    def _copies(self, ids: list[Any], routes: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
+        """Every copy of these ids on the sides that own units: (side, id, its unit, the
+        tenant value), read from both sides at once."""
+        return self._on_sides({side: ids for side in self._owners(routes)}, routes)
+
+    def _on_sides(self, asked: dict[str, list[Any]],
+                  routes: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
+        """The copies of ``asked[side]`` on each side, both sides read at once (in
+        ``_reads``, whose tasks wait on nothing: a write thread waiting here cannot starve
+        them), in the order of ``asked``."""
         fld = self.cfg.units.field or ""
 
         def read(side: str) -> list[tuple[str, Any, str, Any]]:
             # The tenant field alone, under its name on that side (``Transform.target_unit``)
             name = fld if side == "source" else self.forward.field_name(fld) or fld
             return [(side, pid, self.unit_of(pid, {fld: v}), v)
-                    for pid, v in self.backends[side].fetch_values(ids, name)]
+                    for pid, v in self.backends[side].fetch_values(asked[side], name)]
 
-        sides = self._owners(routes) if sides is None else sides
-        if len(sides) < 2:
-            return [c for side in sides for c in read(side)]
-        return [c for f in [self._pool.submit(read, side) for side in sides] for c in f.result()]
+        if len(asked) < 2:
+            return [c for side in asked for c in read(side)]
+        futures = [self._reads.submit(read, side) for side in asked]
+        return [c for f in futures for c in f.result()]
 
     def _homes(self, new_unit: dict[Any, str]) -> dict[Any, tuple[str, Any]]:
         """id -> (unit, tenant value) of the copy that the owner of its unit holds. Looked
@@ -141,16 +148,19 @@ class Placement:
 
         homes: dict[Any, tuple[str, Any]] = {}
 
-        def look(side: str, ids: list[Any]) -> None:
-            for where, pid, unit, value in self._copies(ids, routes, [side]) if ids else []:
+        def look(asked: dict[str, list[Any]]) -> None:
+            """Both sides at once; the target's copy wins where both hold one (as before)."""
+            found = self._on_sides({side: ids for side, ids in asked.items() if ids}, routes)
+            for where, pid, unit, value in found:
                 if owner(unit) == where:
                     homes[pid] = (unit, value)
 
-        for side in ("source", "target"):
-            look(side, [p for p, u in new_unit.items() if owner(u) == side])
+        look({side: [p for p, u in new_unit.items() if owner(u) == side]
+              for side in ("source", "target")})
         rest = [pid for pid in new_unit if pid not in homes]
-        for side in self._owners(routes) if rest else []:
-            look(side, [p for p in rest if owner(new_unit[p]) != side])
+        if rest:
+            look({side: [p for p in rest if owner(new_unit[p]) != side]
+                  for side in self._owners(routes)})
         return homes
 
     def _locate(self, ids: list[Any]) -> dict[str, list[Any]]:

@@ -119,6 +119,41 @@ def test_a_lease_ended_off_the_write_path_still_holds_back_a_capture(ray_cluster
         m.router.kill()
 
 
+def test_a_look_up_reads_both_owners_at_once(ray_cluster, tmp_path):
+    """With units on both owners, an upsert's look-up reads the source and the target at the
+    same time (its cost is the slower read, not the sum): each side's read waits at a barrier
+    for the other's, which a look-up reading one side after the other never passes."""
+    source, _ = seed("lancedb", tmp_path, n=40)
+    mid = f"wboth-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                              cutover={"mode": "manual"}))
+    m.start(workers=False)
+    coll = RoutedCollection.connect(mid)
+    both = threading.Barrier(2, timeout=30)
+    sides: list[str] = []
+    try:
+        for side in ("source", "target"):
+            real = coll.backends[side].fetch_values
+
+            def met(ids: Any, name: str, real: Any = real, side: str = side) -> Any:
+                sides.append(side)
+                if len(sides) <= 2:  # the first look: both sides
+                    both.wait()  # BrokenBarrierError after 30 s unless the other side reads
+                return real(ids, name)
+
+            coll.backends[side].fetch_values = met  # type: ignore[method-assign]
+        routes = {**coll.routes(), "tenant=t1": ("target", "done")}
+        coll.routes = lambda: routes  # type: ignore[method-assign]
+        # id 0 stays in t0 (on the source), id 1 stays in t1 (now the target's, which holds
+        # no copy yet: the second look reads the source alone)
+        moved, _ = coll._moves({0: "tenant=t0", 1: "tenant=t1"})
+        assert sorted(sides[:2]) == ["source", "target"] and sides[2:] == ["source"], sides
+        assert moved == {}, "ids 0 and 1 stay in their tenants"
+    finally:
+        coll.close()
+        m.router.kill()
+
+
 def point(pid: int, tenant: str) -> dict[str, Any]:
     return {"id": pid, "vector": [0.5] * DIM, "payload": {"tenant": tenant, "v": 1}}
 
