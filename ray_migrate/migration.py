@@ -25,6 +25,7 @@ from ray_migrate.lease import DriverLease, describe
 from ray_migrate.plan import Plan, load_or_make_plan, save_plan
 from ray_migrate.pool import run_on_pool, start_workers
 from ray_migrate.preflight import preflight
+from ray_migrate.priority import background
 from ray_migrate.report import RunReport, UnitReport
 from ray_migrate.report_files import write_report_files
 from ray_migrate.retry import with_retries
@@ -360,8 +361,10 @@ class Migration:
         try:
             # A catch-up step that began before the pause, or a client writing to a unit
             # already on the target (a resumed run), makes the compaction conflict: retry.
-            result = with_retries(lambda: target.finalize(self.cfg.lance), attempts=attempts,
-                                  backoff_s=1.0, what="finalize the target")
+            with background():  # bulk work: the application and the router come first
+                result = with_retries(lambda: target.finalize(self.cfg.lance),
+                                      attempts=attempts, backoff_s=1.0,
+                                      what="finalize the target")
         finally:
             stop.set()
             holder.join()

@@ -7,11 +7,14 @@ freeze every writer of the unit waits for, nor the catch-up after a copy and a f
 once a change has waited a while: without them a waiting unit's lag grows for as long as the
 machine is busy. Those run at niceness 0 where the process may raise its priority
 (``CAP_SYS_NICE``, as root in most containers); elsewhere they stay as they are and say so
-once.
+once. The reverse, ``background``: the driver's own bulk work (finalize builds the vector
+index in the engine's threads) runs at the workers' niceness, so that it too yields the CPU
+to the application and the router on a machine they share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -21,6 +24,7 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 NORMAL = 0
+BACKGROUND = 15  # what Ray gives its workers: bulk work yields the CPU to everything else
 _warned = False
 
 
@@ -121,3 +125,36 @@ def urgent_after(seconds: float) -> Iterator[None]:
     finally:
         done.set()
         helper.join()
+
+
+@contextmanager
+def background() -> Iterator[None]:
+    """Run the whole process at niceness BACKGROUND for the block, then as before.
+
+    For a process that otherwise runs at normal priority (the driver): its bulk work is done
+    in the engine's own threads, so every thread is lowered. Threads started meanwhile go back
+    to the caller's niceness too. Raising them back needs ``CAP_SYS_NICE`` (root in most
+    containers); without it they stay low, which slows only the driver, and it says so."""
+    caller = _niceness(threading.get_native_id())
+    known = _threads()
+    lowered = {}
+    for tid in known:
+        was = _niceness(tid)
+        if was is not None and was < BACKGROUND:
+            with contextlib.suppress(OSError):  # lowering is always allowed; the thread ended
+                os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND)
+                lowered[tid] = was
+    try:
+        yield
+    finally:
+        _restore(lowered, set(known), caller)
+
+
+def _restore(lowered: dict[int, int], known: set[int], caller: int | None) -> None:
+    for tid in _threads():
+        was = lowered.get(tid)
+        if tid not in known and caller is not None and caller < BACKGROUND \
+                and _niceness(tid) == BACKGROUND:
+            was = caller  # started meanwhile, from a lowered thread
+        if was is not None and not _set(tid, was):
+            return

@@ -4,6 +4,8 @@ committed during it is kept (Lance's index creation is compatible with merge_ins
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 from truth import read_lance, seed_lance_native
@@ -13,6 +15,7 @@ from ray_migrate.config import parse_config
 from ray_migrate.errors import TransientError
 from ray_migrate.finalize import OverlappedFinalize
 from ray_migrate.migration import Migration
+from ray_migrate.priority import BACKGROUND
 
 WAIT_S = 120.0  # a bound for waiting on events, never a timing assertion
 
@@ -49,6 +52,14 @@ def test_finalize_starts_when_the_last_copy_ends_not_when_units_are_ready(ray_cl
                 m.target.upsert(batch)
         first, last = units
         _to_catching_up(m, first.unit_id)
+        niceness: list[int] = []
+        real_finalize = m.target.finalize
+
+        def finalize(options):  # bulk work: at the workers' niceness (priority.background)
+            niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return real_finalize(options)
+
+        m.target.finalize = finalize
         with OverlappedFinalize(m, poll_s=0.01) as fin:
             _until(lambda: fin.looks >= 3, "the finalizer looked three times")
             assert not [e for e in m.events if e["kind"] == "finalize"], \
@@ -62,6 +73,7 @@ def test_finalize_starts_when_the_last_copy_ends_not_when_units_are_ready(ray_cl
         (event,) = [e for e in m.events if e["kind"] == "finalize"]
         assert event["overlapped"] is True
         assert m.report.finalize["indexed"] == ["vector"]
+        assert niceness == [BACKGROUND], niceness
         assert m.report.finalize["overlapped_s"] >= 0
         assert fin.started_at <= fin.prepared_at
         found = read_lance(cfg.target.uri, "docs")

@@ -125,3 +125,41 @@ def test_urgent_after_raises_a_niced_block_only_once_it_has_lasted_that_long():
     t.join()
     assert seen == {"early": 15, "late": 0 if allowed else 15, "after": 15, "short_s": 0,
                     "after_short": 15}, seen
+
+
+BACKGROUND_PROBE = """
+import os, sys, threading
+from ray_migrate.priority import background
+
+def nice(tid): return os.getpriority(os.PRIO_PROCESS, tid)
+stop = threading.Event()
+tids = {}
+def park(name):
+    tids[name] = threading.get_native_id()
+    stop.wait()
+old = threading.Thread(target=park, args=("old",)); old.start()
+while "old" not in tids: pass
+me = threading.get_native_id()
+with background():
+    inside = (nice(me), nice(tids["old"]))
+    new = threading.Thread(target=park, args=("new",)); new.start()
+    while "new" not in tids: pass
+    inside += (nice(tids["new"]),)
+after = (nice(me), nice(tids["old"]), nice(tids["new"]))
+stop.set()
+print(inside, after)
+"""
+
+
+def test_background_lowers_every_thread_then_restores_each(tmp_path):
+    """The driver's bulk work (finalize) runs the whole process at the workers' niceness,
+    threads started meanwhile included; afterwards each thread is back where it was (where
+    the process may raise it back). In a process of its own: pytest's threads stay as they
+    are."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", BACKGROUND_PROBE], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    back = 0 if can_raise_priority() else 15
+    assert out.split() == ["(15,", "15,", "15)", f"({back},", f"{back},", f"{back})"], out
