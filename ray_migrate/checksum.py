@@ -35,6 +35,7 @@ its buffers, a null as its own constant), under ``COLUMNS_ALGORITHM`` (``verify_
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,9 @@ def _constants(lane: int, kind: int, count: int, start: int = 0) -> np.ndarray:
 _MISC = np.stack([_constants(lane, _K_MISC, 8) for lane in range(LANES)])  # (lanes, 8)
 _NULL_VECTOR, _ID_SEED, _BUCKET_SEED, _PAYLOAD_SEED = range(4)
 _by_position: dict[int, np.ndarray] = {}
+# Strings are hashed through a zero-padded matrix (``_padded_words``) while it holds at most
+# this many slots per byte: lengths alike, as payload fields mostly are.
+PAD_AT_MOST = 4
 
 
 def _position_constants(kind: int, count: int) -> np.ndarray:
@@ -97,7 +101,10 @@ def _string_words(col: pa.Array | pa.ChunkedArray, kind: int) -> tuple[np.ndarra
     raw = raw[off[0]:off[-1]]
     lens = np.diff(off)
     pos = np.arange(len(raw), dtype=np.int64) - np.repeat(off[:-1] - off[0], lens)
-    consts = _position_constants(kind, int(lens.max()) if n else 0)
+    longest = int(lens.max()) if n else 0
+    consts = _position_constants(kind, longest)
+    if n and n * longest <= PAD_AT_MOST * max(len(raw), 1):
+        return _padded_words(raw, lens, longest, consts), lens.astype(U64)
     plus1 = raw.astype(U64) + U64(1)
     starts = off[:-1] - off[0]
     out = np.empty((n, LANES), dtype=U64)
@@ -107,6 +114,19 @@ def _string_words(col: pa.Array | pa.ChunkedArray, kind: int) -> tuple[np.ndarra
             np.cumsum(consts[:, lane][pos] * plus1, out=run[1:])
             out[:, lane] = run[starts + lens] - run[starts]
     return out, lens.astype(U64)
+
+
+def _padded_words(raw: np.ndarray, lens: np.ndarray, longest: int,
+                  consts: np.ndarray) -> np.ndarray:
+    """``_string_words``' sums for strings of similar lengths: each row's bytes plus one in
+    a zero-padded (n, longest) matrix times the constants (a padding zero adds nothing, so
+    the sums are the same); one matrix product for both lanes instead of a gather and a
+    running sum per lane."""
+    padded = np.zeros((len(lens), longest), dtype=U64)
+    # row by row, as ``raw`` lies; a byte counts as byte + 1, a padding slot stays 0
+    padded[np.arange(longest) < lens[:, None]] = raw.astype(U64) + U64(1)
+    with np.errstate(over="ignore"):
+        return padded @ consts
 
 
 def id_words(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -158,10 +178,14 @@ def _vector_words(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return words
 
 
+@functools.lru_cache(maxsize=1024)
 def _name_words(name: str) -> np.ndarray:
+    """A column's name hashed (the same few names, every batch: kept). Read-only."""
     sums, lens = _string_words(pa.array([name], pa.string()), _K_NAME)
     with np.errstate(over="ignore"):
-        return _mix(sums[0] + lens[0])
+        out = _mix(sums[0] + lens[0])
+    out.setflags(write=False)
+    return out
 
 
 def row_hashes(table: pa.Table) -> np.ndarray:

@@ -151,3 +151,31 @@ def test_a_digest_of_another_or_no_algorithm_never_equals():
         assert now.differing_buckets(old) == list(range(64))
         with pytest.raises(ValueError, match="cannot merge"):
             now.merge(old)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_strings_hash_the_same_through_the_padded_matrix_and_the_running_sums(seed,
+                                                                              monkeypatch):
+    """``_string_words`` takes the padded-matrix way for strings of similar lengths and the
+    running-sum way otherwise: both give the same words, NUL bytes, multi-byte characters,
+    empty strings, nulls, large strings and sliced arrays included."""
+    import random
+
+    import ray_migrate.checksum as cs
+
+    rng = random.Random(seed)
+    alphabet = ["a", "\x00", "é", "✓", "z", " "]
+    for case in range(15):
+        n, longest = rng.randint(0, 40), rng.choice([0, 1, 3, 12, 40])
+        vals = [None if rng.random() < 0.2 else
+                "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
+                for _ in range(n)]
+        arr = pa.array(vals, pa.large_string() if case % 4 == 0 else pa.string())
+        if n > 2 and case % 3 == 0:
+            arr = arr.slice(1, n - 2)
+        monkeypatch.setattr(cs, "PAD_AT_MOST", 10**9)
+        padded = cs._string_words(arr, cs._K_MISC)
+        monkeypatch.setattr(cs, "PAD_AT_MOST", -1)
+        summed = cs._string_words(arr, cs._K_MISC)
+        assert all(np.array_equal(a, b) for a, b in zip(padded, summed, strict=True)), \
+            f"seed {seed} case {case}: {vals!r}"

@@ -3,6 +3,8 @@ canonical JSON payload cost most of a verify), and still tells every point apart
 
 from __future__ import annotations
 
+import threading
+
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -68,6 +70,26 @@ def test_lance_to_lance_verify_reads_no_canonical_batch(copied, monkeypatch) -> 
     verdict = verify_unit(ALL, src, dst, Transform(TransformConfig()), batch_size=16)
     assert verdict.equal and verdict.source_count == verdict.target_count == N
     assert calls == []
+
+
+def test_both_sides_are_read_and_hashed_at_once(copied, monkeypatch) -> None:
+    """Lance to Lance, the two sides' scans run side by side (two cores where there are):
+    each side's first batch waits at a barrier for the other's, which a verify reading one
+    side after the other never passes (BrokenBarrierError after 30 s)."""
+    src, dst = copied
+    real, both, sides = LanceBackend.scan, threading.Barrier(2, timeout=30), []
+
+    def meets(self, unit, batch_size, cursor=None, raw=False):
+        for i, item in enumerate(real(self, unit, batch_size, cursor, raw=raw)):
+            if i == 0:
+                sides.append(self.endpoint.uri)
+                both.wait()
+            yield item
+
+    monkeypatch.setattr(LanceBackend, "scan", meets)
+    verdict = verify_unit(ALL, src, dst, Transform(TransformConfig()), batch_size=16)
+    assert verdict.equal and verdict.source_count == verdict.target_count == N
+    assert sorted(sides) == sorted([src.endpoint.uri, dst.endpoint.uri])
 
 
 def test_a_column_scan_that_breaks_is_taken_up_again(copied, monkeypatch) -> None:
