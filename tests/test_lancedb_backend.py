@@ -274,6 +274,9 @@ def test_finalize_compacts_and_indexes(tmp_path):
     assert done["versions_after"] < done["versions_before"]
     kinds = sorted(i.index_type for i in b.tbl.list_indices())
     assert kinds == ["BTree", "IvfFlat"] and rows(scan_all(b)) == before
+    assert done["id_index"], "the id index made with the empty table now holds every row"
+    assert {i.index_type: (i.num_indexed_rows, i.num_unindexed_rows)
+            for i in b.tbl.list_indices()}["BTree"] == (360, 0)
     assert LanceBackend(ep(tmp_path)).describe().vectors == info.vectors  # metadata kept
     done = b.finalize(LanceTargetOptions(compact=False, index_min_rows=10_000))
     assert not done["compacted"] and done["indexed"] == []

@@ -188,7 +188,8 @@ class LanceBackend(Backend):
             self._tbl = self.db.create_table(self.endpoint.table,
                                              schema=pa.schema(fields, metadata=meta))
             # Catch-up fetches, client writes (merge on id) and cutover checks look points up
-            # by id: a BTree index keeps them from scanning the whole table.
+            # by id: a BTree index keeps them from scanning the whole table. Made empty here:
+            # finalize rebuilds it over the bulk load (``lance_upkeep._reindex_ids``).
             from lancedb.index import BTree
 
             self._tbl.create_index(ID, config=BTree())
