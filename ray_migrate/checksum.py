@@ -100,11 +100,11 @@ def _string_words(col: pa.Array | pa.ChunkedArray, kind: int) -> tuple[np.ndarra
     raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     raw = raw[off[0]:off[-1]]
     lens = np.diff(off)
-    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(off[:-1] - off[0], lens)
     longest = int(lens.max()) if n else 0
     consts = _position_constants(kind, longest)
     if n and n * longest <= PAD_AT_MOST * max(len(raw), 1):
         return _padded_words(raw, lens, longest, consts), lens.astype(U64)
+    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(off[:-1] - off[0], lens)
     plus1 = raw.astype(U64) + U64(1)
     starts = off[:-1] - off[0]
     out = np.empty((n, LANES), dtype=U64)

@@ -117,10 +117,9 @@ class Placement:
     def _copies(self, ids: list[Any], routes: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
         """Every copy of these ids on the sides that own units: (side, id, its unit, the
         tenant value), read from both sides at once."""
-        return self._on_sides({side: ids for side in self._owners(routes)}, routes)
+        return self._on_sides({side: ids for side in self._owners(routes)})
 
-    def _on_sides(self, asked: dict[str, list[Any]],
-                  routes: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
+    def _on_sides(self, asked: dict[str, list[Any]]) -> list[tuple[str, Any, str, Any]]:
         """The copies of ``asked[side]`` on each side, both sides read at once (in
         ``_reads``, whose tasks wait on nothing: a write thread waiting here cannot starve
         them), in the order of ``asked``."""
@@ -150,7 +149,7 @@ class Placement:
 
         def look(asked: dict[str, list[Any]]) -> None:
             """Both sides at once; the target's copy wins where both hold one (as before)."""
-            found = self._on_sides({side: ids for side, ids in asked.items() if ids}, routes)
+            found = self._on_sides({side: ids for side, ids in asked.items() if ids})
             for where, pid, unit, value in found:
                 if owner(unit) == where:
                     homes[pid] = (unit, value)

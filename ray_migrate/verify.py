@@ -176,11 +176,7 @@ def _both_at_once(first: Callable[[], Digest], second: Callable[[], Digest]
     the GIL (Lance's scan, numpy), so a verify uses two cores where it has them."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rm-verify") as pool:
         fut = pool.submit(first)
-        try:
-            b = second()
-        except BaseException:
-            fut.cancel()
-            raise
+        b = second()  # if it raises, leaving the block still waits for ``first``
         return fut.result(), b
 
 

@@ -55,12 +55,7 @@ def test_a_quiet_upsert_skips_the_look_up_and_a_capturing_one_logs_the_move(ray_
     copy. Then t1 captures, but the client's cached routes still say quiet (a stale cache,
     injected): the router refuses wide leases, the client looks the ids up, and moving point
     5 from t1 to t0 logs it in t1's log (its copy on the target must go)."""
-    source, _ = seed("lancedb", tmp_path, n=40)
-    mid = f"wpath-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
-                              cutover={"mode": "manual"}))
-    m.start(workers=False)
-    coll = RoutedCollection.connect(mid)
+    m, coll = started(tmp_path, "wpath")
     try:
         reads: Counter[str] = Counter()
         backend = coll.backends["source"]
@@ -88,12 +83,7 @@ def test_a_quiet_upsert_skips_the_look_up_and_a_capturing_one_logs_the_move(ray_
 def test_a_lease_ended_off_the_write_path_still_holds_back_a_capture(ray_cluster, tmp_path):
     """The write returns before its lease's end reaches the router (P9a); a capture that
     begins meanwhile waits for that end (P2), and ``close`` sends every pending end."""
-    source, _ = seed("lancedb", tmp_path, n=40)
-    mid = f"wend-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
-                              cutover={"mode": "manual"}))
-    m.start(workers=False)
-    coll = RoutedCollection.connect(mid)
+    m, coll = started(tmp_path, "wend")
     gate, sent = threading.Event(), []
     real_end = coll._end_later
 
@@ -123,12 +113,7 @@ def test_a_look_up_reads_both_owners_at_once(ray_cluster, tmp_path):
     """With units on both owners, an upsert's look-up reads the source and the target at the
     same time (its cost is the slower read, not the sum): each side's read waits at a barrier
     for the other's, which a look-up reading one side after the other never passes."""
-    source, _ = seed("lancedb", tmp_path, n=40)
-    mid = f"wboth-{tmp_path.name}"
-    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
-                              cutover={"mode": "manual"}))
-    m.start(workers=False)
-    coll = RoutedCollection.connect(mid)
+    m, coll = started(tmp_path, "wboth")
     both = threading.Barrier(2, timeout=30)
     sides: list[str] = []
     try:
@@ -152,6 +137,17 @@ def test_a_look_up_reads_both_owners_at_once(ray_cluster, tmp_path):
     finally:
         coll.close()
         m.router.kill()
+
+
+def started(tmp_path, prefix: str) -> tuple[Migration, RoutedCollection]:
+    """A LanceDB source of 40 points, its router and target up (no workers, manual cutover),
+    and a client connected to it."""
+    source, _ = seed("lancedb", tmp_path, n=40)
+    mid = f"{prefix}-{tmp_path.name}"
+    m = Migration(live_config(tmp_path, mid, source, other_side("lancedb", tmp_path),
+                              cutover={"mode": "manual"}))
+    m.start(workers=False)
+    return m, RoutedCollection.connect(mid)
 
 
 def point(pid: int, tenant: str) -> dict[str, Any]:
