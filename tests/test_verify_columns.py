@@ -173,3 +173,43 @@ def test_column_hashes_do_not_depend_on_chunks() -> None:
     parts = np.concatenate([layout_hashes(t.slice(0, 7)), layout_hashes(t.slice(7))])
     assert (whole == parts).all()
     assert len({tuple(r) for r in whole}) == 20
+
+
+def _changed_once(t: pa.Table, rng: np.random.Generator) -> tuple[pa.Table, int, str]:
+    """``t`` with one value of one column of one row changed (a bit of a vector or a
+    number, a byte of a string, an item of a list, a flag, a null for a value)."""
+    name = str(rng.choice([c for c in t.column_names if c not in ("id", "nested")]))
+    row = int(rng.integers(t.num_rows))
+    values = t.column(name).to_pylist()
+    v = values[row]
+    if name == "vector":
+        bits = np.array(v, np.float32).view(np.uint32)
+        bits[rng.integers(len(bits))] ^= np.uint32(1 << int(rng.integers(32)))
+        values[row] = bits.view(np.float32).tolist()
+    elif v is None:
+        values[row] = {"tenant": "", "small": 0, "tags": []}.get(name, 0)
+    elif name in ("tenant",):
+        values[row] = v + "\x00" if rng.integers(2) else v[:-1] + chr(ord(v[-1]) ^ 1)
+    elif name == "tags":
+        values[row] = v + ["a"] if rng.integers(2) or not v else v[:-1] + [v[-1] + "!"]
+    elif name == "flag":
+        values[row] = not v
+    elif name == "f32":
+        values[row] = float(np.float32(np.uint32(np.float32(v).view(np.uint32) ^ 1)
+                                       .view(np.float32)))
+    else:
+        values[row] = v ^ (1 << int(rng.integers(31)))
+    col = pa.array(values, t.schema.field(name).type)
+    return t.set_column(t.schema.get_field_index(name), name, col), row, name
+
+
+def test_one_value_changed_anywhere_changes_its_row_hash_only() -> None:
+    """Seeded: any one value changed in any column (v2's single mixing step per column)
+    changes that row's hash in both lanes' 128 bits and no other row's."""
+    t = _foreign(40).drop_columns(["nested"])
+    before = layout_hashes(t)
+    for seed in range(300):
+        changed, row, name = _changed_once(t, np.random.default_rng(seed))
+        after = layout_hashes(changed)
+        diff = np.flatnonzero((after != before).any(axis=1))
+        assert diff.tolist() == [row], f"seed {seed}: {name} of row {row} changed {diff}"
