@@ -29,8 +29,9 @@ A digest keeps the count and, per lane, the sum of the rows' hashes modulo 2**64
 per bucket (a bucket is picked by a hash of the id alone), so two sides compare in any order,
 merge from parallel parts, and a difference is localized to the buckets that disagree.
 ``to_dict`` names the algorithm; a digest stored by another algorithm never equals a new one.
-``column_hashes`` hashes a row in a LanceDB table's own columns the same way (every column by
-its buffers, a null as its own constant), under ``COLUMNS_ALGORITHM`` (``verify_direct``).
+``column_hashes`` hashes a row in a LanceDB table's own columns with the same field hashing
+(every column by its buffers, a null as its own constant) and one mixing step per column,
+under ``COLUMNS_ALGORITHM`` (``verify_direct``).
 """
 
 from __future__ import annotations
