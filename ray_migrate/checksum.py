@@ -308,8 +308,8 @@ def _column_words(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def column_hashes(table: pa.Table) -> np.ndarray:
     """(n, lanes) uint64: each row's hash over every column, the id first, then the others
     by sorted name: ``h = mix(h + name's hash + column's word)``, a bijection of ``h`` and of
-    the word at every step, so a change of one column's word always changes the row's hash,
-    and two columns' words swapped change it (the steps differ)."""
+    the word at every step, so a change of one column's word always changes the row's hash
+    (two columns' words swapped change it but for a chance collision: the steps differ)."""
     with np.errstate(over="ignore"):
         h = _mix(id_words(table.column(ID)) + _MISC[:, _ID_SEED])
         for name in sorted(c for c in table.column_names if c != ID):
@@ -337,11 +337,14 @@ def _bucket_sums(buckets: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, n
     """Per bucket: the row count and the lane-wise wrapped sums of ``hashes``."""
     counts = np.bincount(buckets, minlength=N_BUCKETS)
     order = np.argsort(buckets.astype(np.uint8), kind="stable")  # a radix sort: N_BUCKETS <= 256
-    cs = np.zeros((len(buckets) + 1, LANES), dtype=U64)
-    np.cumsum(hashes[order], axis=0, out=cs[1:])
     ends = np.cumsum(counts)
+    sums = np.empty((N_BUCKETS, LANES), dtype=U64)
+    run = np.zeros(len(buckets) + 1, dtype=U64)
     with np.errstate(over="ignore"):
-        return counts, cs[ends] - cs[ends - counts]
+        for lane in range(LANES):  # 1-D running sums per lane (wrapping), as elsewhere here
+            np.cumsum(hashes[order, lane], out=run[1:])
+            sums[:, lane] = run[ends] - run[ends - counts]
+    return counts, sums
 
 
 @dataclass
