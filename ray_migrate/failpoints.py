@@ -7,7 +7,9 @@ read once per process, at import, so an unset point costs one dict lookup on an 
 
 A point's spec (or a list of specs) says what to do when the point is hit:
 - ``action``: ``kill`` (SIGKILL this process, as an OOM kill would), ``raise`` (``error``: a
-  class of ``ray_migrate.errors`` or a builtin, with ``message``), ``sleep`` (``seconds``), or
+  class of ``ray_migrate.errors`` or a builtin, with ``message``), ``sleep`` (``seconds``),
+  ``wait`` (until the file ``path`` exists, at most ``seconds``, default 60: a test holds the
+  code there until its own processes are ready, instead of hoping they are in time), or
   ``return`` (``hit`` answers ``value``, default True: the code takes another path);
 - every other key (``unit``, ``method``, ...) must equal what the code passes with the hit;
 - ``after``: let this many matching hits pass first (counted per process);
@@ -31,8 +33,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ENV = "RAY_MIGRATE_FAILPOINTS"
-ACTIONS = ("kill", "raise", "sleep", "return")
-_CONTROL = ("action", "after", "once", "error", "message", "seconds", "value")
+ACTIONS = ("kill", "raise", "sleep", "wait", "return")
+_CONTROL = ("action", "after", "once", "error", "message", "seconds", "value", "path")
+WAIT_POLL_S = 0.05
 _points: dict[str, list[dict[str, Any]]] = {}
 _hits: dict[int, int] = {}  # id(spec) -> matching hits so far
 _lock = threading.Lock()
@@ -50,6 +53,9 @@ def configure(text: str | None) -> None:
             if not isinstance(spec, dict) or spec.get("action") not in ACTIONS:
                 raise ValueError(f"{ENV}: point {name!r} needs an action, one of {ACTIONS}: "
                                  f"{spec!r}")
+            if spec["action"] == "wait" and not isinstance(spec.get("path"), str):
+                raise ValueError(f"{ENV}: point {name!r}: a wait needs the path of the file "
+                                 f"it waits for: {spec!r}")
         points[name] = specs
     _hits.clear()
     _points.clear()
@@ -95,6 +101,8 @@ def _act(name: str, spec: dict[str, Any], where: dict[str, Any]) -> Any:
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "sleep":
         time.sleep(float(spec.get("seconds", 1.0)))
+    if action == "wait":
+        _wait_for(spec["path"], float(spec.get("seconds", 60.0)))
     if action == "raise":
         from ray_migrate import errors
 
@@ -102,6 +110,17 @@ def _act(name: str, spec: dict[str, Any], where: dict[str, Any]) -> Any:
             getattr(builtins, spec["error"])
         raise cls(spec.get("message", f"failpoint {name}"))
     return spec.get("value", True) if action == "return" else None
+
+
+def _wait_for(path: str, at_most_s: float) -> None:
+    """Until ``path`` exists (polled: a file another process makes), or ``at_most_s``."""
+    end = time.monotonic() + at_most_s
+    while not os.path.exists(path):
+        if time.monotonic() >= end:
+            log.warning("failpoint wait: %s did not appear within %.0f s, going on", path,
+                        at_most_s)
+            return
+        time.sleep(WAIT_POLL_S)  # polling a file another process makes
 
 
 configure(os.environ.get(ENV))

@@ -101,6 +101,7 @@ def cutover_in_waves(m: Migration) -> None:
         wave = ready[: max(size - len(done), 0)]
         if not wave:
             continue
+        failpoints.hit("waves.wave", wave=i)  # the wave chosen, nothing cut over yet
         log.info("wave %d/%d: cutting over %s", i, len(sizes), [u.unit_id for u in wave])
         m.event("wave", wave=i, units=[u.unit_id for u in wave])
         started = time.time()

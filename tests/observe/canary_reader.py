@@ -6,8 +6,10 @@ search is a line in ``--log`` (the log is written from several threads, a line a
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from mp_workload import Log, connect
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=5.0, help="searches/s per thread at most")
     ap.add_argument("--threads", type=int, default=3)
     ap.add_argument("--max-s", type=float, default=300.0)
+    ap.add_argument("--ready", help="a file made once a first search has answered")
     args = ap.parse_args(argv)
     log = Log(args.log)
     coll = connect(args.address, args.migration_id, log)
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 coll.search(rng.standard_normal(args.dim).tolist(), k=10,
                             filter={"tenant": args.tenant})
+                if args.ready and not os.path.exists(args.ready):
+                    Path(args.ready).touch()
             except Exception as err:  # noqa: BLE001 - the test counts them
                 log.write(kind="error", error=f"{type(err).__name__}: {err}", t=time.time())
             time.sleep(max(0.0, 1 / args.rate - (time.monotonic() - t0)))  # a rate cap

@@ -21,6 +21,7 @@ from livecase import DIM, TENANTS, Case, Judged, LiveRun, judged_or_fail, seed, 
 from raycluster import ray_head
 from slow_target import env
 
+from ray_migrate import failpoints
 from ray_migrate.client_stats import ClientStats
 from ray_migrate.config import GatesConfig, MigrationConfig
 from ray_migrate.routing.client_stats import StatsSeries
@@ -177,6 +178,7 @@ HERE = Path(__file__).resolve().parent
 # target's finalize: the target's must be well over twice that.
 SLOW_MS = 600.0
 CANARY = TENANTS[-1]  # the smallest tenant (livecase.seed): the canary
+READY = "reader.ready"  # made by the canary's reader once a search has answered
 CASE = Case("slo-q2l", "qdrant", n_points=1500, config={
     "cutover": {"waves": [1, "100%"], "pause_s": 5, "max_freeze_ms": 3000,
                 "gates": {"max_p95_ratio": 2.0}},
@@ -187,10 +189,18 @@ def test_a_slow_target_breaches_the_gate_and_the_wave_is_rolled_back(tmp_path: P
     mid = "slo-q2l"
     initial = seed(CASE.source, tmp_path / "source", CASE.n_points)
     cfg = write_config(tmp_path, mid, CASE)
-    with ray_head(tmp_path, num_cpus=4, env=env("target", SLOW_MS)) as head:
+    # Wave 1 waits until the canary's reader has had a search answered: on a loaded machine
+    # the reader once connected after the canary's pause had begun, and the gate saw 2
+    # requests (fewer than it judges) where the test needs a breach.
+    held = {"waves.wave": {"action": "wait", "wave": 1, "path": str(tmp_path / READY),
+                           "seconds": 120}}
+    with ray_head(tmp_path, num_cpus=4, env={**env("target", SLOW_MS),
+                                             failpoints.ENV: json.dumps(held)}) as head:
         live = LiveRun(head, tmp_path, mid, CASE, cfg, initial)
         live.drive(on_poll=start_canary_reader)
         judged_or_fail(live, run_rc=1, extra=lambda j: canary_rolled_back(live, j))
+    assert (tmp_path / READY).exists(), "the canary's reader never had a search answered"
+    assert "failpoint waves.wave fired" in (tmp_path / "run.out").read_text(errors="replace")
 
 
 def start_canary_reader(live: LiveRun, table: dict[str, Any] | None) -> None:
@@ -200,7 +210,8 @@ def start_canary_reader(live: LiveRun, table: dict[str, Any] | None) -> None:
     if "reader" not in live.procs:
         live.spawn([sys.executable, str(HERE / "canary_reader.py"), "--address",
                     live.head.address, "--migration-id", live.mid, "--tenant", CANARY,
-                    "--log", str(live.tmp / "reader.jsonl"), "--dim", str(DIM)], "reader")
+                    "--log", str(live.tmp / "reader.jsonl"), "--dim", str(DIM),
+                    "--ready", str(live.tmp / READY)], "reader")
 
 
 def canary_rolled_back(live: LiveRun, j: Judged) -> list[str]:

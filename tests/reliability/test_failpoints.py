@@ -69,7 +69,35 @@ def test_sleep(monkeypatch):
     assert failpoints.hit("p") is None and slept == [2.5]
 
 
-@pytest.mark.parametrize("doc", ['["p"]', '{"p": {"action": "explode"}}', '{"p": [1]}'])
+def test_wait_holds_until_the_file_exists_and_is_bounded(tmp_path, monkeypatch):
+    """``wait`` polls for its file: the code goes on once a poll finds it, or at the bound
+    (an injected clock: no real waiting)."""
+    now, polls, makes = [0.0], [], [True]
+    ready = tmp_path / "ready"
+
+    def sleep(s: float) -> None:  # the third poll finds the file another process made
+        polls.append(s)
+        now[0] += s
+        if len(polls) == 3 and makes.pop():
+            ready.touch()
+
+    monkeypatch.setattr(failpoints.time, "sleep", sleep)
+    monkeypatch.setattr(failpoints.time, "monotonic", lambda: now[0])
+    failpoints.configure(json.dumps({"p": {"action": "wait", "wave": 1, "path": str(ready),
+                                           "seconds": 10}}))
+    assert failpoints.hit("p", wave=2) is None and polls == []  # another wave: not held
+    assert failpoints.hit("p", wave=1) is None and len(polls) == 3
+    ready.unlink()
+    polls.clear()
+    makes.append(False)
+    start = now[0]
+    assert failpoints.hit("p", wave=1) is None  # never made: held for the bound, then on
+    assert now[0] - start >= 10 and len(polls) == pytest.approx(10 / failpoints.WAIT_POLL_S,
+                                                                abs=2)
+
+
+@pytest.mark.parametrize("doc", ['["p"]', '{"p": {"action": "explode"}}', '{"p": [1]}',
+                                 '{"p": {"action": "wait"}}'])
 def test_bad_specs_are_refused(doc):
     with pytest.raises(ValueError, match="RAY_MIGRATE_FAILPOINTS"):
         failpoints.configure(doc)
