@@ -393,6 +393,10 @@ def where(runs: list[dict[str, Any]]) -> str:
             f"{c['ms']:.0f} ms (router {c.get('router', 0):.0f}, frozen "
             f"{c.get('frozen', 0):.0f}, look-up {c.get('lookup', 0):.0f}, source "
             f"{c.get('source', 0):.0f}, target {c.get('target', 0):.0f})" for c in slow))
+    for k, r in enumerate(runs):  # a run that failed says why, or the figures mean little
+        if r["during"].get("run_tail"):
+            lines += ["", f"Run {k + 1}: `ray-migrate run` did not succeed; the end of its "
+                      "output:", "", "```", r["during"]["run_tail"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
