@@ -112,16 +112,23 @@ def _string_words(col: pa.Array | pa.ChunkedArray, kind: int) -> tuple[np.ndarra
     consts = _position_constants(kind, longest)
     if n and n * longest <= PAD_AT_MOST * max(len(raw), 1):
         return _padded_words(raw, lens, longest, consts), lens.astype(U64)
-    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(off[:-1] - off[0], lens)
-    plus1 = raw.astype(U64) + U64(1)
     starts = off[:-1] - off[0]
-    out = np.empty((n, LANES), dtype=U64)
-    run = np.zeros(len(raw) + 1, dtype=U64)
+    pos = np.arange(len(raw), dtype=np.int64) - np.repeat(starts, lens)
     with np.errstate(over="ignore"):
-        for lane in range(LANES):  # 1-D per lane: several times faster than one 2-D pass
-            np.cumsum(consts[:, lane][pos] * plus1, out=run[1:])
-            out[:, lane] = run[starts + lens] - run[starts]
-    return out, lens.astype(U64)
+        words = consts[pos] * (raw.astype(U64) + U64(1))[:, None]
+    return _segment_sums(words, starts, starts + lens), lens.astype(U64)
+
+
+def _segment_sums(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(segments, lanes): ``values[starts[i]:ends[i]]`` summed per lane (wrapping), as
+    differences of running sums, 1-D per lane (several times faster than one 2-D pass)."""
+    out = np.empty((len(starts), LANES), dtype=U64)
+    run = np.zeros(len(values) + 1, dtype=U64)
+    with np.errstate(over="ignore"):
+        for lane in range(LANES):
+            np.cumsum(values[:, lane], out=run[1:])
+            out[:, lane] = run[ends] - run[starts]
+    return out
 
 
 def _padded_words(raw: np.ndarray, lens: np.ndarray, longest: int,
@@ -273,7 +280,6 @@ def _scalar_column(arr: pa.Array) -> np.ndarray:
 def _list_column(arr: pa.Array) -> np.ndarray:
     """A list of strings: each item's hash chained with its position, summed per row, and
     the row's length."""
-    n = len(arr)
     items = pc.list_flatten(arr)
     lens = np.asarray(pc.fill_null(pc.list_value_length(arr), 0).to_numpy(
         zero_copy_only=False), np.int64)
@@ -281,12 +287,7 @@ def _list_column(arr: pa.Array) -> np.ndarray:
     pos = np.arange(len(items), dtype=np.int64) - np.repeat(ends - lens, lens)
     with np.errstate(over="ignore"):
         item = _mix(_string_column(items) + pos.astype(U64)[:, None] * _C_ITEM)
-        # items lie row by row: a row's sum is a difference of running sums (wrapping)
-        out = np.empty((n, LANES), U64)
-        run = np.zeros(len(items) + 1, U64)
-        for lane in range(LANES):  # 1-D per lane, as in ``_string_words``
-            np.cumsum(item[:, lane], out=run[1:])
-            out[:, lane] = run[ends] - run[ends - lens]
+        out = _segment_sums(item, ends - lens, ends)  # items lie row by row
         out = _mix(out + lens.astype(U64)[:, None] * _C_LEN)
     return _nulls(arr, out)
 
@@ -338,13 +339,7 @@ def _bucket_sums(buckets: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, n
     counts = np.bincount(buckets, minlength=N_BUCKETS)
     order = np.argsort(buckets.astype(np.uint8), kind="stable")  # a radix sort: N_BUCKETS <= 256
     ends = np.cumsum(counts)
-    sums = np.empty((N_BUCKETS, LANES), dtype=U64)
-    run = np.zeros(len(buckets) + 1, dtype=U64)
-    with np.errstate(over="ignore"):
-        for lane in range(LANES):  # 1-D running sums per lane (wrapping), as elsewhere here
-            np.cumsum(hashes[order, lane], out=run[1:])
-            sums[:, lane] = run[ends] - run[ends - counts]
-    return counts, sums
+    return counts, _segment_sums(hashes[order], ends - counts, ends)
 
 
 @dataclass

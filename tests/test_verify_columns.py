@@ -188,7 +188,7 @@ def _changed_once(t: pa.Table, rng: np.random.Generator) -> tuple[pa.Table, int,
         values[row] = bits.view(np.float32).tolist()
     elif v is None:
         values[row] = {"tenant": "", "small": 0, "tags": []}.get(name, 0)
-    elif name in ("tenant",):
+    elif name == "tenant":
         values[row] = v + "\x00" if rng.integers(2) else v[:-1] + chr(ord(v[-1]) ^ 1)
     elif name == "tags":
         values[row] = v + ["a"] if rng.integers(2) or not v else v[:-1] + [v[-1] + "!"]
