@@ -74,7 +74,7 @@ class Split:
         coll.router.call = router_call
         for side in ("source", "target"):
             backend = coll.backends[side]  # opened now, to be timed
-            for name in ("upsert", "delete_many"):
+            for name in ("upsert", "update_in_place", "delete_many"):
                 setattr(backend, name, self.timed(side, getattr(backend, name)))
             # where each id lives (tenant moves), while units capture
             backend.fetch_values = self.timed("lookup", backend.fetch_values)

@@ -42,7 +42,7 @@ from ray_migrate.config import MigrationConfig
 from ray_migrate.credentials import with_credentials
 from ray_migrate.errors import InvalidDataError, InvalidPointError
 from ray_migrate.metrics import TimedBackend
-from ray_migrate.placement import Lookup
+from ray_migrate.placement import InPlaceOdds, Lookup
 from ray_migrate.plan import Plan, label
 from ray_migrate.reembed import merge_hits, side_query, similarity
 from ray_migrate.routing.actor import RouterHandle, get_router
@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 class _Moved(Exception):
     """Raised before an upsert's engine write: (old unit -> ids that live there now, old
     unit -> its tenant value). The upsert writes again with leases on those units too."""
+
+
+class _Missed(Exception):
+    """Raised by an update in place (P2b) that left a row unreplaced: the upsert looks its
+    ids up and writes them all again."""
 
 
 class _Backends(dict):
@@ -109,6 +114,7 @@ class RoutedCollection(LeasedWrites, ScanReads):
         self.cache = RouteCache(router, cfg.migration_id, self.stats)  # the watch starts now
         self.backends: dict[str, Backend] = _Backends(self._open, cfg.migration_id)
         self.shadow = Shadow(cfg.reads.shadow_percent, self.stats, cfg.migration_id)
+        self._odds = InPlaceOdds()  # whether upserts try an update in place first (P2b)
 
     def _open(self, side: str) -> Backend:
         ep = self.cfg.source if side == "source" else self.cfg.target
@@ -203,39 +209,77 @@ class RoutedCollection(LeasedWrites, ScanReads):
 
         While no unit captures and all have one owner, the router grants wide leases and
         nothing is looked up: that owner's upsert by id replaces the old copy (P2a).
-        Otherwise where each id lives is looked up while the leases are asked for, and the
-        engine write waits for the answer. A move found then ends those leases unwritten
-        (their log entries are harmless) and writes again with leases on both units."""
+        Otherwise, where the owners can, each row first replaces its point only where that
+        point is in the row's tenant on the owner of that tenant's unit (P2b): a point that
+        is there lives nowhere else, so when every row did, nothing is looked up. Else
+        where each id lives is looked up (while the leases are asked for), and the engine
+        write waits for the answer. A move found then ends those leases unwritten (their
+        log entries are harmless) and writes again with leases on both units."""
         table = self.to_table(points)
         rows, values = self._split(table)
         self._check_sides(table)
-        lookup = None
-        if self.cfg.units.by == "tenant":
-            ids = table.column(ID).to_pylist()
-            new_unit = {ids[i]: u for u, r in rows.items() for i in r}
-            lookup = Lookup(lambda: self._moves(new_unit), self._lookups, not self._quiet())
-        try:
-            self._write_rows(table, rows, values, {}, lookup)
-        except _Moved as found:
-            moved, old_values = found.args
-            self._write_rows(table, rows, {**old_values, **values}, moved, None)
+        lookup = self._lookup(table, rows)
+        moved: dict[str, list[Any]] = {}
+        while True:
+            try:
+                self._write_rows(table, rows, values, moved, lookup)
+                break
+            except _Missed:
+                self._odds.record(False)
+                lookup = lookup.first() if lookup is not None else None
+            except _Moved as found:
+                moved, old_values = found.args
+                values, lookup = {**old_values, **values}, None
+        if lookup is not None and lookup.replaced:
+            self._odds.record(True)
         return table.num_rows
+
+    def _lookup(self, table: pa.Table, rows: dict[str, list[int]]) -> Lookup | None:
+        """With tenant units, an upsert's look-up: after an update in place that did not
+        replace every row (P2b) where every owner can try one and recent tries mostly did;
+        else started at once while the cached routes show a unit capturing."""
+        if self.cfg.units.by != "tenant":
+            return None
+        ids = table.column(ID).to_pylist()
+        new_unit = {ids[i]: u for u, r in rows.items() for i in r}
+        quiet = self._quiet()
+        in_place = not quiet and all(self.backends[side].capabilities.updates_in_place
+                                     for side in self._owners(self.routes())) \
+            and self._odds.worth()
+        return Lookup(lambda: self._moves(new_unit), self._lookups,
+                      not quiet and not in_place, in_place)
+
+    def _in_place(self, owner: str, side: pa.Table, lookup: Lookup | None) -> bool:
+        """P2b: ``side``'s rows replace their points on ``owner`` only where they keep their
+        tenant. True when every row did; False when not tried (a wide lease, an engine or a
+        field that cannot); ``_Missed`` when some row did not."""
+        if lookup is None or not lookup.in_place or lookup.wide:
+            return False
+        done = self.backends[owner].update_in_place(side, self._unit_field(owner))
+        if done is None:
+            return False
+        if not done:
+            raise _Missed()
+        lookup.replaced = True
+        return True
 
     def _write_rows(self, table: pa.Table, rows: dict[str, list[int]], values: dict[str, Any],
                     moved: dict[str, list[Any]], lookup: Lookup | None) -> None:
         """Write ``rows`` (unit -> row numbers) and delete ``moved`` ids from their old units,
         under leases on all those units; raise ``_Moved`` before any engine write if
-        ``lookup`` finds ids that live in another unit now."""
+        ``lookup`` finds ids that live in another unit now, ``_Missed`` if its update in
+        place left a row unreplaced (the rows it did replace are written again)."""
         ids = table.column(ID).to_pylist()
 
         def write(owner: str, units: list[str], report: set[str]) -> dict[str, tuple[Any, int]]:
-            found = lookup.moves() if lookup is not None else ({}, {})
-            if found[0]:
-                raise _Moved(*found)
             backend = self.backends[owner]
             mine = [i for u in units for i in rows.get(u, [])]
             side = self._side(owner, table.take(pa.array(mine, pa.int64())))
-            if mine:  # first, so a point moving within one owner is never absent
+            replaced = bool(mine) and self._in_place(owner, side, lookup)
+            found = lookup.moves() if lookup is not None and not replaced else ({}, {})
+            if found[0]:
+                raise _Moved(*found)
+            if mine and not replaced:  # first, so a point moving within one owner is never absent
                 backend.upsert(side)
             gone = [(moved[u], self._scope(owner, u)) for u in units if moved.get(u)]
             if gone:

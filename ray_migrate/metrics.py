@@ -190,7 +190,8 @@ def shadow_read(migration: str, unit: str, owner: str, overlap: float | None,
 
 
 # --- the client's instrumentation ---------------------------------------------------------
-ENGINE_OPS = {"upsert": "upsert", "append": "upsert", "delete_many": "delete",
+ENGINE_OPS = {"upsert": "upsert", "append": "upsert", "update_in_place": "upsert",
+              "delete_many": "delete",
               "fetch": "retrieve", "search": "search", "count": "count"}
 
 

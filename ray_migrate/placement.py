@@ -10,7 +10,7 @@ transforms it uses.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -33,12 +33,15 @@ UNFLIPPABLE = frozenset({"source", "done"})
 class Lookup:
     """Where an upsert's ids live now (``Placement._moves``), asked once and only if needed:
     started at once while the cached routes show a unit capturing, else only if the router
-    does not grant the write wide leases (``RoutingTable.quiet``, P2a), which make it moot."""
+    does not grant the write wide leases (``RoutingTable.quiet``, P2a), which make it moot.
+    ``in_place``: the write first tries the owners' conditional update, which makes it moot
+    when every row kept its tenant (P2b); ``replaced`` says it did."""
 
-    def __init__(self, find: Callable[[], Any], pool: ThreadPoolExecutor, start: bool):
+    def __init__(self, find: Callable[[], Any], pool: ThreadPoolExecutor, start: bool,
+                 in_place: bool = False):
         self._find, self._pool, self._lock = find, pool, threading.Lock()
         self._future: Future | None = pool.submit(find) if start else None
-        self.wide = False
+        self.wide, self.in_place, self.replaced = False, in_place, False
 
     def granted(self, leases: dict[str, dict[str, Any]]) -> None:
         """The leases the router granted this round: wide ones need no look-up."""
@@ -51,6 +54,39 @@ class Lookup:
             if self._future is None:
                 self._future = self._pool.submit(self._find)
         return self._future.result()
+
+    def first(self) -> Lookup:
+        """The same look-up for the write again, asked at once, with no update in place."""
+        return Lookup(self._find, self._pool, True)
+
+
+class InPlaceOdds:
+    """Whether an upsert tries the update in place first (P2b): yes unless more than half
+    of the last ``WINDOW`` tries left a row unreplaced. An application that mostly writes new
+    ids would otherwise pay a merge that replaces nothing before every look-up; it still
+    tries once every ``WINDOW`` writes, to notice when its writes turn to updates."""
+
+    WINDOW = 16
+
+    def __init__(self) -> None:
+        self._last: deque[bool] = deque(maxlen=self.WINDOW)
+        self._skipped = 0
+        self._lock = threading.Lock()
+        self.counts = {"replaced": 0, "missed": 0}  # tries since the client connected
+
+    def worth(self) -> bool:
+        with self._lock:
+            if self._last.count(False) <= self.WINDOW // 2 \
+                    or self._skipped + 1 >= self.WINDOW:
+                self._skipped = 0
+                return True
+            self._skipped += 1
+            return False
+
+    def record(self, replaced: bool) -> None:
+        with self._lock:
+            self._last.append(replaced)
+            self.counts["replaced" if replaced else "missed"] += 1
 
 
 class Placement:
@@ -119,6 +155,11 @@ class Placement:
         tenant value), read from both sides at once."""
         return self._on_sides({side: ids for side in self._owners(routes)})
 
+    def _unit_field(self, side: str) -> str:
+        """The tenant field under its name on that side (``Transform.target_unit``)."""
+        fld = self.cfg.units.field or ""
+        return fld if side == "source" else self.forward.field_name(fld) or fld
+
     def _on_sides(self, asked: dict[str, list[Any]]) -> list[tuple[str, Any, str, Any]]:
         """The copies of ``asked[side]`` on each side, both sides read at once (in
         ``_reads``, whose tasks wait on nothing: a write thread waiting here cannot starve
@@ -126,8 +167,7 @@ class Placement:
         fld = self.cfg.units.field or ""
 
         def read(side: str) -> list[tuple[str, Any, str, Any]]:
-            # The tenant field alone, under its name on that side (``Transform.target_unit``)
-            name = fld if side == "source" else self.forward.field_name(fld) or fld
+            name = self._unit_field(side)
             return [(side, pid, self.unit_of(pid, {fld: v}), v)
                     for pid, v in self.backends[side].fetch_values(asked[side], name)]
 

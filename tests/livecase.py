@@ -63,10 +63,12 @@ class Case:
     rollback: bool = False
     config: dict[str, Any] = field(default_factory=dict, hash=False)  # merged over defaults
     n_points: int = N_POINTS
+    target_kind: str = ""  # the target engine, if not the other one
+    writer: tuple[str, ...] = ()  # more arguments of the writer (tests/mp_workload.py)
 
     @property
     def target(self) -> str:
-        return "lancedb" if self.source == "qdrant" else "qdrant"
+        return self.target_kind or ("lancedb" if self.source == "qdrant" else "qdrant")
 
 
 # An operator rolls the canary back inside its rollback window: run once per session (the
@@ -269,7 +271,7 @@ class LiveRun:
                 [sys.executable, str(HERE / "mp_workload.py"), "--address", self.head.address,
                  "--migration-id", self.mid, "--initial", str(self.tmp / "initial.json"),
                  "--ops-log", str(self.tmp / "ops.jsonl"), "--dim", str(DIM),
-                 "--max-rate", str(RATE), *self.writer_args]
+                 "--max-rate", str(RATE), *self.case.writer, *self.writer_args]
                 + (["--tenant-moves"] if self.case.tenant_moves else []),
                 "writer", stdin=subprocess.PIPE)
             self._watch(on_poll)

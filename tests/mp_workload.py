@@ -100,7 +100,12 @@ def connect(address: str, migration_id: str, log: Log, storage_options: str | No
 class Workload:
     """The writer's own model of the collection, to choose ops (the test replays the log)."""
 
-    def __init__(self, initial: dict[str, Any], seed: int, tenant_moves: bool, dim: int):
+    # Cumulative shares of update, insert and delete (the rest re-inserts a deleted id), and
+    # the share of updates that move their point, by mix.
+    MIXES = {"even": ((0.4, 0.6, 0.8), 0.5), "updates": ((0.7, 0.8, 0.9), 1 / 7)}
+
+    def __init__(self, initial: dict[str, Any], seed: int, tenant_moves: bool, dim: int,
+                 mix: str = "even"):
         self.live: dict[int, str] = {int(k): v for k, v in initial["ids"].items()}
         self.deleted: dict[int, str] = {}
         self.tenants: list[str] = list(initial["tenants"])
@@ -108,6 +113,7 @@ class Workload:
         self.rng = np.random.default_rng(seed)
         self.moves = tenant_moves
         self.dim = dim
+        self.shares, self.move_share = self.MIXES[mix]
 
     def _choose(self, pool: dict[int, str]) -> int:
         """A random id of ``pool``, the same for the same history (sorted: dict order is not)."""
@@ -119,7 +125,8 @@ class Workload:
 
     def next_op(self, i: int) -> dict[str, Any]:
         r = self.rng.random()
-        kind = "update" if r < 0.4 else "insert" if r < 0.6 else "delete" if r < 0.8 \
+        up, ins, dele = self.shares
+        kind = "update" if r < up else "insert" if r < ins else "delete" if r < dele \
             else "reinsert"
         if (kind in ("update", "delete") and not self.live) or \
                 (kind == "reinsert" and not self.deleted):
@@ -134,7 +141,7 @@ class Workload:
         pool = self.live if kind == "update" else self.deleted
         pid = self._choose(pool)
         tenant = pool[pid]
-        if self.moves and (kind == "reinsert" or self.rng.random() < 0.5):
+        if self.moves and (kind == "reinsert" or self.rng.random() < self.move_share):
             tenant = self._other_tenant(tenant)
         return self._upsert(i, kind, pid, tenant, pool[pid])
 
@@ -184,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                   gateway=args.gateway, t=time.time())
     else:
         coll = connect(args.address, args.migration_id, log, args.storage_options)
-    work = Workload(initial, args.seed, args.tenant_moves, args.dim)
+    work = Workload(initial, args.seed, args.tenant_moves, args.dim, args.mix)
     period = 1.0 / args.max_rate if args.max_rate > 0 else 0.0
     i, next_at = 0, time.monotonic()
     while not stop.due():
@@ -208,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
         if period:
             next_at = max(next_at + period, time.monotonic() - 1.0)
             time.sleep(max(0.0, next_at - time.monotonic()))  # a rate cap, not a wait for
-    log.write(kind="stopped", ops=i, reason=stop.reason or "max-s", t=time.time())
+    odds = getattr(coll, "_odds", None)  # a RoutedCollection's updates in place (P2b)
+    log.write(kind="stopped", ops=i, reason=stop.reason or "max-s", t=time.time(),
+              in_place=dict(odds.counts) if odds is not None else None)
     coll.close()
     return 0
 
@@ -243,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--tenant-moves", action="store_true")
+    ap.add_argument("--mix", choices=sorted(Workload.MIXES), default="even",
+                    help="the ops' shares: even, or mostly updates in their tenant")
     ap.add_argument("--max-rate", type=float, default=0.0, help="ops/s at most; 0: no cap")
     ap.add_argument("--max-s", type=float, default=600.0)
     ap.add_argument("--storage-options", default=None,

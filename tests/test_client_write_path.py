@@ -12,10 +12,12 @@ import threading
 from collections import Counter
 from typing import Any
 
-from test_live import DIM, live_config, other_side, seed
+import numpy as np
+from test_live import DIM, live_config, other_side, read_side, seed
 
 from ray_migrate.client import RoutedCollection
 from ray_migrate.migration import Migration
+from ray_migrate.placement import InPlaceOdds
 from ray_migrate.routing.table import RoutingTable
 from ray_migrate.schema import ID, payload_dicts
 
@@ -137,6 +139,63 @@ def test_a_look_up_reads_both_owners_at_once(ray_cluster, tmp_path):
     finally:
         coll.close()
         m.router.kill()
+
+
+def test_an_update_in_its_tenant_is_written_in_place_and_only_a_miss_looks_up(ray_cluster,
+                                                                              tmp_path):
+    """P2b. t1 captures (no wide leases): an upsert of point 1 in its own tenant replaces it
+    in place, with no look-up and no other write; one moving point 5 from t1 to t0 replaces
+    nothing, looks up and logs the move in t1's log; one of a new id replaces nothing, looks
+    up and inserts it. Read with LanceDB's own client."""
+    m, coll = started(tmp_path, "winplace")
+    calls: Counter[str] = Counter()
+    backend = coll.backends["source"]
+
+    def counted(name: str, real: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return real(*args)
+        return call
+
+    for name in ("update_in_place", "fetch_values", "fetch", "upsert"):
+        setattr(backend, name, counted(name, getattr(backend, name)))
+    try:
+        m.router.call("set_phase", "tenant=t1", "capturing")
+        coll._quiet = lambda: False  # type: ignore[method-assign] # the cache may lag
+        coll.upsert([point(1, "t1")])
+        assert calls == {"update_in_place": 1}, calls
+        coll.upsert([point(5, "t0")])
+        assert calls["update_in_place"] == 2 and calls["fetch_values"] >= 1, calls
+        assert calls["upsert"] == 1, "written again after the look-up"
+        assert 5 in m.router.call("peek_changes", "tenant=t1"), "the move is logged in t1"
+        coll.upsert([point(900, "t2")])
+        assert calls["update_in_place"] == 3 and calls["upsert"] == 2, calls
+        assert coll._odds.counts == {"replaced": 1, "missed": 2}
+    finally:
+        coll.close()
+        m.router.kill()
+    src = m.cfg.source
+    found = read_side({"kind": "lancedb", "uri": src.uri, "table": src.table})
+    assert {pid: found[pid][1] for pid in (1, 5, 900)} == {
+        1: {"tenant": "t1", "v": 1}, 5: {"tenant": "t0", "v": 1}, 900: {"tenant": "t2", "v": 1}}
+    assert all(found[pid][0] == np.full(DIM, 0.5, np.float32).tobytes() for pid in (1, 5, 900))
+    assert len(found) == 41, "40 seeded points and the new one, each once"
+
+
+def test_in_place_odds_look_up_first_after_mostly_misses_and_try_again_later():
+    """An application that mostly writes new ids stops paying a merge that replaces nothing
+    before each look-up, and tries in place once every WINDOW writes to notice a change."""
+    odds, half = InPlaceOdds(), InPlaceOdds.WINDOW // 2
+    for _ in range(half + 1):
+        assert odds.worth(), "at most half of the last tries missed"
+        odds.record(False)
+    tries = [odds.worth() for _ in range(2 * InPlaceOdds.WINDOW)]
+    assert tries.count(True) == 2 and tries[InPlaceOdds.WINDOW - 1], tries
+    for _ in range(InPlaceOdds.WINDOW - half - 1):  # the periodic tries replaced all
+        odds.record(True)
+    assert not odds.worth(), "9 of the last 16 tries missed"
+    odds.record(True)
+    assert odds.worth(), "8 of the last 16 tries missed: in place again"
 
 
 def started(tmp_path, prefix: str) -> tuple[Migration, RoutedCollection]:

@@ -386,3 +386,37 @@ def test_stored_form_is_what_fetch_returns(tmp_path):
     stored, fetched = b.stored_form(written), b.fetch([2, 5])
     assert stored.schema == fetched.schema
     assert rows(stored) == rows(fetched)
+
+
+def test_update_in_place_replaces_only_points_that_keep_their_tenant(tmp_path):
+    """P2b: a row replaces the point of its id only where the stored point is in the row's
+    tenant; an absent id is not inserted and a point of another tenant (or of none) is left
+    as it was; True only when every row replaced one. Read with LanceDB's own client."""
+    info = info_of(schema={"tenant": "string", "n": "int", "tags": "json"})
+    b = new_backend(tmp_path, info)
+    b.upsert(batch(info, [1, 2, 3], [{"tenant": "a", "n": 0}, {"tenant": "b", "n": 0},
+                                     {"tenant": None, "n": 0}]))
+
+    def stored() -> dict[int, tuple[bytes, str | None, int]]:
+        t = lancedb.connect(str(tmp_path / "db")).open_table("t").to_arrow()
+        vecs = vectors_to_numpy(t.column("vector"))
+        return {pid: (vecs[i].tobytes(), t.column("tenant")[i].as_py(), t.column("n")[i].as_py())
+                for i, pid in enumerate(t.column("id").to_pylist())}
+
+    before = stored()
+    same = batch(info, [1], [{"tenant": "a", "n": 1}], seed=1)
+    assert b.update_in_place(same, "tenant") is True
+    after = stored()
+    assert after[1] == (vectors_to_numpy(same.column("vector"))[0].tobytes(), "a", 1)
+    assert {k: after[k] for k in (2, 3)} == {k: before[k] for k in (2, 3)}
+    # 1 stays in a (replaced); 2 is b's, 3 has no tenant and 4 is absent: none of them is
+    # written, and the call says so.
+    mixed = batch(info, [1, 2, 3, 4], [{"tenant": "a", "n": 2}, {"tenant": "a", "n": 2},
+                                       {"tenant": "a", "n": 2}, {"tenant": "a", "n": 2}], seed=2)
+    assert b.update_in_place(mixed, "tenant") is False
+    last = stored()
+    assert set(last) == {1, 2, 3} and last[1][1:] == ("a", 2)
+    assert {k: last[k] for k in (2, 3)} == {k: before[k] for k in (2, 3)}
+    # A field held in the JSON column cannot be compared: the caller must look up.
+    assert b.update_in_place(batch(info, [1], [{"tenant": "a", "tags": [1]}]), "tags") is None
+    assert stored() == last

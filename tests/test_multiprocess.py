@@ -24,6 +24,7 @@ tests/observe/test_report.py reads too.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -47,6 +48,11 @@ CASES = [
     Case("l2q", "lancedb", config={"copy": {"throttle": {"max_client_p99_ms": 0.01,
                                                          "max_pause_s": 0.5}}}),
     Case("q2l-moves", "qdrant", tenant_moves=True),
+    # Both owners LanceDB, a writer of mostly updates in their tenant: its upserts update in
+    # place without a look-up (P2b); those that move a point, insert or re-insert one find
+    # it by an update that did not replace every row, and look up.
+    Case("l2l-moves", "lancedb", tenant_moves=True, target_kind="lancedb",
+         writer=("--mix", "updates")),
 ]
 
 
@@ -63,4 +69,17 @@ def test_multiprocess_migration(case: Case, run_no: int, tmp_path: Path,
     with ray_head(tmp_path, num_cpus=4) as head:
         live = LiveRun(head, tmp_path, mid, case, cfg, initial)
         live.drive(rollback_canary if case.rollback else None)
-        judged_or_fail(live)
+        judged_or_fail(live, extra=lambda _: in_place_used(tmp_path, case))
+
+
+def in_place_used(tmp: Path, case: Case) -> list[str]:
+    """With LanceDB on both sides, the writer's upserts took both paths of P2b: some updated
+    in place with no look-up, some found a row unreplaced and looked up."""
+    if (case.source, case.target) != ("lancedb", "lancedb"):
+        return []
+    with open(tmp / "ops.jsonl") as f:
+        stopped = [d for d in map(json.loads, f) if d.get("kind") == "stopped"]
+    counts = stopped[-1]["in_place"] if stopped else None
+    if not counts or not counts["replaced"] or not counts["missed"]:
+        return [f"updates in place: {counts} (expected some replaced and some missed)"]
+    return []

@@ -30,6 +30,9 @@ class Capabilities:
     # ``list_units`` lists many units' ids in one pass, which their scans start from: the
     # driver starts capture for every unit first, then lists them all (Qdrant local mode).
     lists_units: bool = False
+    # ``update_in_place`` replaces points only where they keep their tenant, in one engine
+    # call that says whether every row did: a client's upsert then needs no look-up (P2b).
+    updates_in_place: bool = False
 
 
 def in_tenant(unit: UnitSpec | None, payload: dict[str, Any]) -> bool:
@@ -144,6 +147,15 @@ class Backend(ABC):
         belong to one of them and insert absent ones; a point of any other tenant stays as
         it is, and its id is returned. A catch-up writes so: between its read of the owner
         and this write, the point may have moved to a tenant whose owner is this side."""
+
+    def update_in_place(self, table: pa.Table, field: str) -> bool | None:
+        """Replace by id only the points stored with the same value of ``field`` (a tenant
+        unit's field, in this side's names) as their row of ``table``; insert nothing and
+        leave every other point as it is. True when every row replaced a point, False when
+        some did not (absent, or of another tenant now: the caller looks them up and writes
+        them again), None when this table cannot say (``capabilities.updates_in_place``, or
+        no column of its own for the field)."""
+        return None
 
     def append(self, table: pa.Table) -> None:
         """Insert points known to be absent (a fresh unit of a fresh target). Engines where

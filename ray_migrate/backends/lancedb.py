@@ -93,7 +93,8 @@ class LanceBackend(Backend):
     kind = "lancedb"
     capabilities = Capabilities(parallel_writes=True, snapshot_scan=True,
                                 preferred_write_rows=10_000,
-                                higher_score_is_better=False, reads_back_writes=True)
+                                higher_score_is_better=False, reads_back_writes=True,
+                                updates_in_place=True)
 
     def __init__(self, endpoint: LanceEndpoint, payload_schema: dict[str, str] | None = None):
         self.endpoint = endpoint
@@ -391,6 +392,23 @@ class LanceBackend(Backend):
                                       strict=True)
                 if any(in_tenant(u, p) for u in tenants)}
         return [pid for pid in ids if pid not in held]
+
+    def update_in_place(self, table: pa.Table, field: str) -> bool | None:
+        """One conditional merge: a row replaces the point of its id only where the stored
+        point's column ``field`` equals the row's (a null equals nothing: such rows count as
+        not replaced). Only a field stored as a column of its own can be compared."""
+        if table.num_rows == 0:
+            return True
+        lay = self._layout()
+        if lay.payload.get(field) not in PLAIN_KINDS or field in lay.json_text:
+            return None
+        data = self._rows(table)
+        col = quote_ident(field)
+        with _guard(f"merge_insert into {self._where()}"):
+            done = (self.tbl.merge_insert(ID)
+                    .when_matched_update_all(where=f"target.{col} = source.{col}")
+                    .execute(data))
+        return done.num_updated_rows == table.num_rows
 
     def _any_of(self, tenants: list[UnitSpec]) -> str:
         """A merge's condition on the matched row: it is in one of these tenant units."""

@@ -107,6 +107,10 @@ class RetryingBackend(Backend):
             return self._retried("upsert", table)
         return self._retried("upsert", table, within)
 
+    def update_in_place(self, table: pa.Table, field: str) -> bool | None:
+        # Tried again after a lost reply, it replaces the same points with the same rows.
+        return self._retried("update_in_place", table, field)
+
     def append(self, table: pa.Table) -> None:
         self.inner.append(table)
 

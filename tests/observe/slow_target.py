@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 WRAPPER = "observe.slow_target:wrap"  # tests/ is on every process's PYTHONPATH
-SLOWED = ("search", "upsert", "delete")
+SLOWED = ("search", "upsert", "update_in_place", "delete")
 
 
 def env(side: str = "target", ms: float = 200.0) -> dict[str, str]:

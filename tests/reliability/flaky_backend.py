@@ -37,9 +37,9 @@ from ray_migrate.errors import TerminalError, TransientError
 
 WRAPPER = "reliability.flaky_backend:wrap"
 INJECTED = ("exists", "describe", "check_compatible", "tenant_counts", "id_boundaries",
-            "count", "fetch", "fetch_values", "checksum", "search", "upsert", "append", "delete",
-            "delete_many", "stored_form", "finalize", "maintain")
-WRITES = ("upsert", "append", "delete", "delete_many")
+            "count", "fetch", "fetch_values", "checksum", "search", "upsert", "update_in_place", "append",
+            "delete", "delete_many", "stored_form", "finalize", "maintain")
+WRITES = ("upsert", "update_in_place", "append", "delete", "delete_many")
 
 
 def env(dir_: Path, rate: float = 0.05, slow: float = 0.05, seed: int = 7,
