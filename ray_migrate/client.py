@@ -279,9 +279,14 @@ class RoutedCollection(LeasedWrites, ScanReads):
             found = lookup.moves() if lookup is not None and not replaced else ({}, {})
             if found[0]:
                 raise _Moved(*found)
-            if mine and not replaced:  # first, so a point moving within one owner is never absent
+            if mine and not replaced:
                 backend.upsert(side)
-            gone = [(moved[u], self._scope(owner, u)) for u in units if moved.get(u)]
+            # A point moving between two units of this owner was just replaced by id: a delete
+            # of its old copy could only delete another client's write of it to the old
+            # tenant since the look-up (P5a). Only copies left on the other owner go.
+            here = {ids[i] for i in mine}
+            gone = [(left, self._scope(owner, u)) for u in units
+                    if (left := [pid for pid in moved.get(u, ()) if pid not in here])]
             if gone:
                 backend.delete_many(gone)
             out = {}

@@ -353,3 +353,43 @@ def test_a_local_qdrant_scan_leaves_out_a_point_that_left_its_unit_meanwhile(tmp
     put(source, sm, {3: ("b", 1)})  # a client moves 3 to b
     rest = [pid for batch, _ in pages for pid in batch.column("id").to_pylist()]
     assert rest == [4], "3 is b's now: b's copy takes it"
+
+
+def test_a_move_within_one_owner_never_deletes_a_write_made_since_its_look_up(ray_cluster,
+                                                                                tmp_path):
+    """P5a. Client M moves point 4 from t0 to t2, both on the source; client W writes 4 to
+    t0 again right after M's upsert has landed (M's look-up found 4 in t0). Before: M then
+    deleted 4 "where it is still in t0", W's acknowledged write, and 4 was gone. Now M's
+    upsert by id replaced the old copy and M deletes nothing there: 4 is W's point in t0,
+    once. Read with LanceDB's own client."""
+    from test_client_write_path import point, started
+
+    from ray_migrate import RoutedCollection
+
+    m, mover = started(tmp_path, "movew")
+    writer = RoutedCollection.connect(m.cfg.migration_id)
+    backend = mover.backends["source"]
+    real_upsert, raced = backend.upsert, []
+
+    def then_w_writes(*args: Any) -> Any:
+        out = real_upsert(*args)
+        if not raced:  # M's upsert of 4 in t2 has landed; W writes 4 to t0 now
+            raced.append(True)
+            writer.upsert([{**point(4, "t0"), "payload": {"tenant": "t0", "v": 2}}])
+        return out
+
+    backend.upsert = then_w_writes  # type: ignore[method-assign]
+    try:
+        m.router.call("set_phase", "tenant=t1", "capturing")  # no wide leases: look-ups
+        for c in (mover, writer):
+            c._quiet = lambda: False  # type: ignore[method-assign] # the cache may lag
+        mover.upsert([point(4, "t2")])
+        assert raced, "W wrote between M's upsert and the end of M's write"
+    finally:
+        writer.close()
+        mover.close()
+        m.router.kill()
+    src = m.cfg.source
+    found = read_side({"kind": "lancedb", "uri": src.uri, "table": src.table})
+    assert found[4][1] == {"tenant": "t0", "v": 2}, "W's acknowledged write, the last one"
+    assert len(found) == 40, "every point once"
