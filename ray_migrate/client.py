@@ -235,9 +235,10 @@ class RoutedCollection(LeasedWrites, ScanReads):
         return table.num_rows
 
     def _lookup(self, table: pa.Table, rows: dict[str, list[int]]) -> Lookup | None:
-        """With tenant units, an upsert's look-up: after an update in place that did not
-        replace every row (P2b) where every owner can try one and recent tries mostly did;
-        else started at once while the cached routes show a unit capturing."""
+        """With tenant units, an upsert's look-up. Not quiet, where every owner can update
+        in place and recent tries mostly replaced every row: asked only if the update in
+        place misses (P2b). Otherwise started at once while the cached routes are not
+        quiet, else only if the router grants no wide leases (P2a)."""
         if self.cfg.units.by != "tenant":
             return None
         ids = table.column(ID).to_pylist()
