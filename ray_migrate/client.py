@@ -285,7 +285,7 @@ class RoutedCollection(LeasedWrites, ScanReads):
             # A point moving between two units of this owner was just replaced by id: a delete
             # of its old copy could only delete another client's write of it to the old
             # tenant since the look-up (P5a). Only copies left on the other owner go.
-            here = {ids[i] for i in mine}
+            here = {ids[i] for i in mine} if moved else set()
             gone = [(left, self._scope(owner, u)) for u in units
                     if (left := [pid for pid in moved.get(u, ()) if pid not in here])]
             if gone:

@@ -89,6 +89,12 @@ def _guard(what: str) -> Iterator[None]:
         raise _convert(err, what) from err
 
 
+def _own_column(lay: Layout, field: str) -> bool:
+    """Whether a payload field is stored as a column of its own, of a plain type (read back
+    as written, comparable in a filter), not in the JSON column."""
+    return lay.payload.get(field) in PLAIN_KINDS and field not in lay.json_text
+
+
 class LanceBackend(Backend):
     kind = "lancedb"
     capabilities = Capabilities(parallel_writes=True, snapshot_scan=True,
@@ -331,7 +337,7 @@ class LanceBackend(Backend):
         """Only the id and the field's own column, where it has one of a plain type (a
         tenant look-up of 100 ids read about half the time of whole rows)."""
         lay = self._layout()
-        if lay.payload.get(field) not in PLAIN_KINDS or field in lay.json_text:
+        if not _own_column(lay, field):
             return super().fetch_values(ids, field)
         keys = self._id_list(ids, lay)
         out: list[tuple[Any, Any]] = []
@@ -399,8 +405,7 @@ class LanceBackend(Backend):
         not replaced). Only a field stored as a column of its own can be compared."""
         if table.num_rows == 0:
             return True
-        lay = self._layout()
-        if lay.payload.get(field) not in PLAIN_KINDS or field in lay.json_text:
+        if not _own_column(self._layout(), field):
             return None
         data = self._rows(table)
         col = quote_ident(field)
