@@ -9,13 +9,17 @@ each on a fresh copy of the same pristine LanceDB source (100k x 64, 8 tenants, 
 on id), so the table's drift under writes hits every window alike:
 
 - before: the application's own LanceDB client (no RoutedCollection, no router);
+- split floor: the same own client on two copies of the source, each upsert split by tenant
+  and written to both at once (bench/app_proc.py ``--mode split``): what any write that
+  commits to two owners costs on this machine, with no router and no migration (in the waves
+  a routed write commits to both owners);
 - control: RoutedCollection with its router up and no migration (``Migration.start(workers=
   False)`` in a process of its own);
 - during: RoutedCollection while ``ray-migrate run --address`` (its own process, L->L, tenant
   units) runs; 'after': the same client for ``--after`` s once the run has exited.
 
 Per window: write p50/p99 and count, search p99, errors; per run the ratios during / before
-and during / control; per write (routed windows) the ms in the router's lease calls and in
+and during / control, split floor / before and during / split floor; per write (routed windows) the ms in the router's lease calls and in
 each owner's engine call; CPU per process group (psutil, sampled every second: the app, the
 `run` driver, the router, the unit workers, Ray's own) and the migration's stage then. Each
 run holds a machine-wide lock file (``RAY_MIGRATE_BENCH_LOCK``, default
@@ -113,6 +117,8 @@ def app(work: Path, mode: str, env: dict[str, str], a: argparse.Namespace, mid: 
             str(work.parent / "src"), "--points", str(a.points)]
     if mode == "routed":
         args += ["--migration-id", mid, "--address", address]
+    if mode == "split":
+        args += ["--uri2", str(work.parent / "src2")]
     return spawn(args, work / "app.out", env)
 
 
@@ -171,6 +177,13 @@ def before(run: Path, head: Any, a: argparse.Namespace) -> dict[str, Any]:
     work = run / "before"
     shutil.copytree(run.parent / "pristine", work / "src")
     return timed_window(work / "app", app(work / "app", "own", head.env, a), a)
+
+
+def split(run: Path, head: Any, a: argparse.Namespace) -> dict[str, Any]:
+    work = run / "split"
+    for name in ("src", "src2"):
+        shutil.copytree(run.parent / "pristine", work / name)
+    return timed_window(work / "app", app(work / "app", "split", head.env, a), a)
 
 
 def control(run: Path, head: Any, a: argparse.Namespace, k: int) -> dict[str, Any]:
@@ -309,7 +322,8 @@ def during(run: Path, head: Any, a: argparse.Namespace, k: int) -> dict[str, Any
 def one_run(root: Path, head: Any, a: argparse.Namespace, k: int) -> dict[str, Any]:
     run = root / f"run{k}"
     run.mkdir()
-    out = {"before": before(run, head, a), "control": control(run, head, a, k),
+    out = {"before": before(run, head, a), "split": split(run, head, a),
+           "control": control(run, head, a, k),
            "during": during(run, head, a, k)}
     shutil.rmtree(run, ignore_errors=True)
     return out
@@ -328,7 +342,10 @@ def report(runs: list[dict[str, Any]], a: argparse.Namespace, cmd: str, secs: fl
         enough = min(b["n"], c["n"], d["n"]) >= a.min_writes
         ok_b += rb <= 1.5 and enough
         ok_c += rc <= 1.3 and enough
-        for name, w in (("before (own client)", b), ("control (routed, no migration)", c),
+        f = r["split"]
+        for name, w in (("before (own client)", b),
+                        ("split floor (own client, two tables at once)", f),
+                        ("control (routed, no migration)", c),
                         ("during (routed, ray-migrate run)", d), ("after", d["after"])):
             rows.append((f"run {k + 1}: write p50 / p99 / max (ms), writes, {name}",
                          f"{fmt(w['p50'])} / {fmt(w['p99'])} / {fmt(w['max'])}, {w['n']}",
@@ -337,6 +354,8 @@ def report(runs: list[dict[str, Any]], a: argparse.Namespace, cmd: str, secs: fl
                      "pass" if rb <= 1.5 and enough else "FAIL"))
         rows.append((f"run {k + 1}: write p99 during / control", f"{rc:.2f}", "<= 1.3",
                      "pass" if rc <= 1.3 and enough else "FAIL"))
+        rows.append((f"run {k + 1}: write p99 split floor / before; during / split floor",
+                     f"{f['p99'] / b['p99']:.2f}; {d['p99'] / f['p99']:.2f}", "", ""))
         rows.append((f"run {k + 1}: search p99 before / control / during (ms)",
                      f"{fmt(b['s_p99'])} / {fmt(c['s_p99'])} / {fmt(d['s_p99'])}", "", ""))
         errs = len(b["errors"]) + len(c["errors"]) + len(d["errors"]) + len(d["after"]["errors"])
@@ -432,7 +451,7 @@ def main() -> int:
                 with bench_lock(None if a.no_lock else LOCK):
                     runs.append(one_run(root, head, a, k))
                 print(json.dumps({k: {w: {x: r[w][x] for x in ("n", "p50", "p99")}
-                                      for w in ("before", "control", "during")}
+                                      for w in ("before", "split", "control", "during")}
                                   for k, r in enumerate(runs)}), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

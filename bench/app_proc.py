@@ -1,10 +1,14 @@
 """The application of bench/app_latency.py: a process of its own writing and searching.
 
-    python bench/app_proc.py --mode own|routed --workdir DIR [--uri URI --table T]
+    python bench/app_proc.py --mode own|split|routed --workdir DIR [--uri URI --table T]
                              [--address ADDR --migration-id MID] [--points N] ...
 
 ``own``: the application's own LanceDB client (what it had before it adopted
 ``RoutedCollection``): ``merge_insert`` by id and exact searches filtered on the tenant.
+``split``: the same own client on two tables (``--uri`` and ``--uri2``, copies of one
+source), each upsert split by tenant (even tenants to the first, odd to the second) and written
+to both at once from two threads: the floor of any write that must commit to two owners, with
+no router and no migration.
 ``routed``: the same workload through ``RoutedCollection.connect`` (retried until the router
 exists). Every ``1 / (rate / batch)`` s an upsert of ``batch`` ids drawn from the seeded ids
 (updates: the table keeps its size), and from a second thread ``reads`` searches per second.
@@ -132,6 +136,26 @@ def own_client(a: argparse.Namespace) -> tuple[Any, Any]:
     return upsert, search
 
 
+def split_client(a: argparse.Namespace) -> tuple[Any, Any]:
+    """Two own clients, one per table; an upsert writes both halves at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = own_client(a)
+    second = own_client(argparse.Namespace(**{**vars(a), "uri": a.uri2}))
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="split")
+
+    def upsert(r: dict[str, Any]) -> None:
+        odd = (r["ids"] % TENANTS) % 2 == 1
+        halves = [(up, {"ids": r["ids"][m], "vec": r["vec"][m]})
+                  for up, m in ((first[0], ~odd), (second[0], odd))]
+        for f in [pool.submit(up, half) for up, half in halves if len(half["ids"])]:
+            f.result()
+
+    def search(q: np.ndarray, tenant: str) -> None:
+        (second if int(tenant[1:]) % 2 else first)[1](q, tenant)
+    return upsert, search
+
+
 def routed_client(a: argparse.Namespace, calls: Calls) -> tuple[Any, Any, Any, Split]:
     from ray_migrate import RoutedCollection
     from ray_migrate.errors import TerminalError
@@ -170,9 +194,10 @@ def loop(every_s: float, stop: threading.Event, step: Any) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=("own", "routed"), required=True)
+    ap.add_argument("--mode", choices=("own", "split", "routed"), required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--uri")
+    ap.add_argument("--uri2", help="split: the second table's folder")
     ap.add_argument("--table", default="src")
     ap.add_argument("--address")
     ap.add_argument("--migration-id")
@@ -188,6 +213,8 @@ def main() -> int:
     coll = split = None
     if a.mode == "own":
         upsert, search = own_client(a)
+    elif a.mode == "split":
+        upsert, search = split_client(a)
     else:
         upsert, search, coll, split = routed_client(a, calls)
     stop = threading.Event()
