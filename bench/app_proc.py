@@ -206,6 +206,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=100, help="points per upsert")
     ap.add_argument("--reads", type=float, default=2.0, help="searches per second")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--by-tenant", action="store_true",
+                    help="each upsert's ids from one tenant, the tenants in turn (default: "
+                         "from every tenant)")
     ap.add_argument("--max-s", type=float, default=900.0)
     a = ap.parse_args()
     work = Path(a.workdir)
@@ -220,8 +223,16 @@ def main() -> int:
     stop = threading.Event()
     wrng, rrng = np.random.default_rng(a.seed), np.random.default_rng(a.seed + 1)
 
+    turn = iter(range(1 << 62))
+
+    def pick() -> np.ndarray:
+        if not a.by_tenant:
+            return wrng.choice(a.points, a.batch, replace=False)
+        t = next(turn) % TENANTS  # ids x with x % TENANTS == t are tenant t's
+        return wrng.choice(np.arange(t, a.points, TENANTS), a.batch, replace=False)
+
     def write() -> None:
-        r = rows(wrng.choice(a.points, a.batch, replace=False), wrng)
+        r = rows(pick(), wrng)
         acc = split.start() if split else {}
         t, t0 = time.time(), time.perf_counter()
         err = None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["copy_lance", "copy_q2l", "verify", "whole", "live", "router", "nodes", "gateway",
+ORDER = ["copy_lance", "copy_q2l", "verify", "whole", "live", "live_by_tenant", "router", "nodes", "gateway",
          "fragments", "conflicts"]
 
 
