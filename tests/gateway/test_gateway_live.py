@@ -8,6 +8,7 @@ errors, 0 lost, no deleted point back, every search hit alive and in its tenant.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +16,65 @@ from typing import Any
 
 from gwserve import free_port
 from livecase import Case, LiveRun, _ops_while, judged_or_fail, seed, write_config
+from mp_workload import SEARCH_EVERY
 from raycluster import ray_head
+
+from ray_migrate import failpoints
 
 KEY = "live-key"
 N_POINTS = 900
 # The gateway is deployed once the router exists, which takes a CLI start and Serve's start
-# (about 20 s on a loaded 2-core machine): the copy is slowed so that the writer writes
-# through the gateway while units copy, catch up and are cut over.
-COPY_POINTS_PER_S = 30
+# (about 20 s on a loaded 2-core machine): every unit's copy waits, after its first batch, until
+# the writer has had writes (REST and gRPC in turn) and a search through the gateway answered
+# (a fail point held until this file exists), so that the writer writes through the gateway
+# while units copy, catch up and are cut over. (Before, the copy was slowed to 30 points/s to
+# outlast the start, and it took ~30 s.)
+COPIED_AFTER = "gateway-wrote"
+WRITES_IN_COPY = 2 * SEARCH_EVERY  # acknowledged writes through the gateway, a copy held
+HOLD_COPY_S = 240
 
 
-def start_gateway(live: LiveRun, table: dict[str, Any] | None) -> None:
-    """on_poll: `ray-migrate gateway --detach` once the router has written its table."""
-    if table is not None and "gateway" not in live.procs:
-        live.cli("gateway", "--detach")
+def hold_copy(tmp: Path) -> dict[str, str]:
+    """The head's environment: every copy batch waits until ``COPIED_AFTER`` exists."""
+    return {failpoints.ENV: json.dumps({"copy.batch_written": {
+        "action": "wait", "path": str(tmp / COPIED_AFTER), "seconds": HOLD_COPY_S}})}
+
+
+class StartGateway:
+    """on_poll: `ray-migrate gateway --detach` once the router has written its table; let
+    the copies go on once, since the poll first saw a unit copying, the writer has had more
+    than ``WRITES_IN_COPY`` writes and a search through the gateway answered."""
+
+    def __init__(self) -> None:
+        self.before: tuple[int, int] | None = None  # answered when a unit was first copying
+
+    def __call__(self, live: LiveRun, table: dict[str, Any] | None) -> None:
+        if table is not None and "gateway" not in live.procs:
+            live.cli("gateway", "--detach")
+        go = live.tmp / COPIED_AFTER
+        if go.exists() or table is None:
+            return
+        answered = _answered(live.tmp / "ops.jsonl")
+        if self.before is None:
+            if any(r["phase"] == "copying" for r in table["units"].values()):
+                self.before = answered
+            return
+        writes, searches = answered[0] - self.before[0], answered[1] - self.before[1]
+        if writes > WRITES_IN_COPY and searches:
+            live.out.notes.append(f"{writes} writes and {searches} searches through the "
+                                  "gateway answered while every copy was held: they go on")
+            go.touch()
+
+
+def _answered(ops: Path) -> tuple[int, int]:
+    """(acknowledged writes, answered searches) in the writer's ops log so far."""
+    try:
+        lines = ops.read_text().splitlines()
+    except FileNotFoundError:
+        return 0, 0
+    ends = [d for d in map(json.loads, lines[:-1]) if d.get("phase") == "end" and d["ok"]]
+    searches = sum(str(d["i"]).startswith("s") for d in ends)
+    return len(ends) - searches, searches
 
 
 def stop_serve(live: LiveRun) -> None:
@@ -43,18 +89,19 @@ def stop_serve(live: LiveRun) -> None:
 def test_a_live_migration_through_the_gateway_loses_nothing(tmp_path: Path) -> None:
     port, grpc_port = free_port(), free_port()
     case = Case("gw-q2l", "qdrant", n_points=N_POINTS, config={
-        "gateway": {"port": port, "grpc_port": grpc_port, "api_key": KEY, "num_cpus": 0},
-        "copy": {"max_points_per_s": COPY_POINTS_PER_S}})
+        "gateway": {"port": port, "grpc_port": grpc_port, "api_key": KEY, "num_cpus": 0}})
     mid = "mp-gw-q2l"
     initial = seed(case.source, tmp_path / "source", n=N_POINTS)
     cfg = write_config(tmp_path, mid, case)
-    with ray_head(tmp_path, num_cpus=4) as head:
+    with ray_head(tmp_path, num_cpus=4, env=hold_copy(tmp_path)) as head:
         live = LiveRun(head, tmp_path, mid, case, cfg, initial, writer_args=(
             "--gateway", f"http://127.0.0.1:{port}", "--gateway-key", KEY,
             "--gateway-grpc-port", str(grpc_port)))
-        live.drive(start_gateway)
+        live.drive(StartGateway())
         assert live.procs["gateway"].wait(timeout=120) == 0, \
             (tmp_path / "gateway.out").read_text()[-3000:]
         stop_serve(live)
         j = judged_or_fail(live)
-    assert _ops_while(j.exp, live.out, "copying") > 0, "the writer wrote while units copied"
+    assert (tmp_path / COPIED_AFTER).exists(), "the writer never wrote through the gateway"
+    assert _ops_while(j.exp, live.out, "copying") >= WRITES_IN_COPY, \
+        "the writer wrote while units copied"
