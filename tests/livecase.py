@@ -137,7 +137,7 @@ def write_config(tmp: Path, mid: str, case: Case) -> Path:
         "target": endpoint(case.target, tmp / "target"),
         "units": {"by": "tenant", "field": "tenant"},
         "copy": {"batch_size": 200, "workers": 2},
-        "cutover": {"mode": "auto", "waves": [1, "50%", "100%"], "pause_s": 3},
+        "cutover": {"mode": "auto", "waves": [1, "50%", "100%"], "pause_s": 1},
         # The window is held open until the operator's `ray-migrate rollback` has ended
         # (``HELD_RUN``): a fixed one had to outlast it on a loaded machine (14 s once), and
         # was waited out whole.
