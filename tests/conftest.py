@@ -51,14 +51,12 @@ def q2l_rollback_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     its own process, tests/livecase.py), driven and judged once for the session: one live
     migration costs about a minute. tests/test_multiprocess.py holds it to the guarantee,
     tests/observe/test_report.py reads its report folder. Its head is stopped before."""
-    from livecase import ROLLBACK_CASE, LiveRun, judged_or_fail, rollback_canary, seed
+    from livecase import ROLLBACK_CASE, LiveRun, judged_or_fail, rollback_canary, seeded_head
     from livecase import write_config as live_config
-    from raycluster import ray_head
 
     tmp, mid = tmp_path_factory.mktemp("q2l-rollback"), "mp-q2l-rollback-0"
-    initial = seed(ROLLBACK_CASE.source, tmp / "source")
     cfg = live_config(tmp, mid, ROLLBACK_CASE)
-    with ray_head(tmp, num_cpus=4) as head:
+    with seeded_head(tmp, ROLLBACK_CASE.source, num_cpus=4) as (head, initial):
         live = LiveRun(head, tmp, mid, ROLLBACK_CASE, cfg, initial)
         try:
             live.drive(rollback_canary)

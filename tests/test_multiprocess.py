@@ -35,10 +35,9 @@ from livecase import (
     LiveRun,
     judged_or_fail,
     rollback_canary,
-    seed,
+    seeded_head,
     write_config,
 )
-from raycluster import ray_head
 
 REPEAT = int(os.environ.get("RM_MP_REPEAT", "1"))
 CASES = [
@@ -64,9 +63,8 @@ def test_multiprocess_migration(case: Case, run_no: int, tmp_path: Path,
         request.getfixturevalue("q2l_rollback_run").passed_or_fail()
         return
     mid = f"mp-{case.name}-{run_no}"
-    initial = seed(case.source, tmp_path / "source")
     cfg = write_config(tmp_path, mid, case)
-    with ray_head(tmp_path, num_cpus=4) as head:
+    with seeded_head(tmp_path, case.source, case.n_points, num_cpus=4) as (head, initial):
         live = LiveRun(head, tmp_path, mid, case, cfg, initial)
         live.drive(rollback_canary if case.rollback else None)
         judged_or_fail(live, extra=lambda _: in_place_used(tmp_path, case))

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from gwserve import free_port
-from livecase import Case, LiveRun, _ops_while, judged_or_fail, seed, write_config
+from livecase import Case, LiveRun, _ops_while, judged_or_fail, seeded_head, write_config
 from mp_workload import SEARCH_EVERY
-from raycluster import ray_head
 
 from ray_migrate import failpoints
 
@@ -91,9 +90,9 @@ def test_a_live_migration_through_the_gateway_loses_nothing(tmp_path: Path) -> N
     case = Case("gw-q2l", "qdrant", n_points=N_POINTS, config={
         "gateway": {"port": port, "grpc_port": grpc_port, "api_key": KEY, "num_cpus": 0}})
     mid = "mp-gw-q2l"
-    initial = seed(case.source, tmp_path / "source", n=N_POINTS)
     cfg = write_config(tmp_path, mid, case)
-    with ray_head(tmp_path, num_cpus=4, env=hold_copy(tmp_path)) as head:
+    with seeded_head(tmp_path, case.source, N_POINTS, num_cpus=4,
+                     env=hold_copy(tmp_path)) as (head, initial):
         live = LiveRun(head, tmp_path, mid, case, cfg, initial, writer_args=(
             "--gateway", f"http://127.0.0.1:{port}", "--gateway-key", KEY,
             "--gateway-grpc-port", str(grpc_port)))

@@ -19,9 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from livecase import Case, LiveRun, judged_or_fail, seed, status, write_config
+from livecase import Case, LiveRun, judged_or_fail, seeded_head, status, write_config
 from prometheus_client.parser import text_string_to_metric_families
-from raycluster import Head, ray_head
+from raycluster import Head
 
 from ray_migrate.metrics import DEFINITIONS, PHASE_NUMBERS, exported_name
 
@@ -121,10 +121,10 @@ def check_names(sc: Scraper, mid: str) -> None:
 
 def test_metrics_from_a_live_run(tmp_path: Path) -> None:
     mid = "obs-metrics"
-    initial = seed(CASE.source, tmp_path / "source", CASE.n_points)
     cfg = write_config(tmp_path, mid, CASE)
     # Ray's processes report their metrics every second (10 s by default).
-    with ray_head(tmp_path, num_cpus=4, env={"RAY_metrics_report_interval_ms": "1000"}) as head:
+    with seeded_head(tmp_path, CASE.source, CASE.n_points, num_cpus=4,
+                     env={"RAY_metrics_report_interval_ms": "1000"}) as (head, initial):
         sc = Scraper(head)
         live = LiveRun(head, tmp_path, mid, CASE, cfg, initial, run_args=("--progress-s", "1"))
         live.drive(lambda _live, _table: sc.maybe())

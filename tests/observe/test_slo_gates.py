@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livecase import DIM, TENANTS, Case, Judged, LiveRun, judged_or_fail, seed, write_config
-from raycluster import ray_head
+from livecase import DIM, TENANTS, Case, Judged, LiveRun, judged_or_fail, seeded_head, write_config
 from slow_target import env
 
 from ray_migrate import failpoints
@@ -187,15 +186,15 @@ CASE = Case("slo-q2l", "qdrant", n_points=1500, config={
 
 def test_a_slow_target_breaches_the_gate_and_the_wave_is_rolled_back(tmp_path: Path) -> None:
     mid = "slo-q2l"
-    initial = seed(CASE.source, tmp_path / "source", CASE.n_points)
     cfg = write_config(tmp_path, mid, CASE)
     # Wave 1 waits until the canary's reader has had a search answered: on a loaded machine
     # the reader once connected after the canary's pause had begun, and the gate saw 2
     # requests (fewer than it judges) where the test needs a breach.
     held = {"waves.wave": {"action": "wait", "wave": 1, "path": str(tmp_path / READY),
                            "seconds": 120}}
-    with ray_head(tmp_path, num_cpus=4, env={**env("target", SLOW_MS),
-                                             failpoints.ENV: json.dumps(held)}) as head:
+    with seeded_head(tmp_path, CASE.source, CASE.n_points, num_cpus=4,
+                     env={**env("target", SLOW_MS), failpoints.ENV: json.dumps(held)}
+                     ) as (head, initial):
         live = LiveRun(head, tmp_path, mid, CASE, cfg, initial)
         live.drive(on_poll=start_canary_reader)
         judged_or_fail(live, run_rc=1, extra=lambda j: canary_rolled_back(live, j))

@@ -21,8 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from flaky_backend import FlakyBackend, counts, env
-from livecase import Case, Judged, LiveRun, judged_or_fail, seed, write_config
-from raycluster import ray_head
+from livecase import Case, Judged, LiveRun, judged_or_fail, seeded_head, write_config
 
 from ray_migrate.backends.lancedb import LanceBackend
 from ray_migrate.backends.retrying import RetryingBackend
@@ -197,9 +196,9 @@ CASE = Case("flaky-q2l", "qdrant", n_points=2000,
 def test_a_live_run_through_flaky_engines(tmp_path: Path) -> None:
     mid = "flaky-q2l"
     faults = tmp_path / "faults"
-    initial = seed(CASE.source, tmp_path / "source", CASE.n_points)
     cfg = write_config(tmp_path, mid, CASE)
-    with ray_head(tmp_path, num_cpus=4, env=env(faults, terminal=FAILING)) as head:
+    with seeded_head(tmp_path, CASE.source, CASE.n_points, num_cpus=4,
+                     env=env(faults, terminal=FAILING)) as (head, initial):
         live = LiveRun(head, tmp_path, mid, CASE, cfg, initial)
         live.drive()
         judged_or_fail(live, run_rc=1, extra=lambda j: one_unit_failed(live, j, faults))

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livecase import Case, LiveRun, judged_or_fail, logs_dir, seed, write_config
-from raycluster import ray_head
+from livecase import Case, LiveRun, judged_or_fail, logs_dir, seeded_head, write_config
 
 from ray_migrate.failpoints import ENV
 
@@ -83,9 +82,8 @@ def live_run(tmp: Path, mid: str, case: Case, env: dict[str, str],
              rerun: int = 0) -> Iterator[LiveRun]:
     """Seed, run with the faults armed and judge (failing on a broken promise); the run, while
     its cluster (and its logs) are still there."""
-    initial = seed(case.source, tmp / "source", case.n_points)
     cfg = write_config(tmp, mid, case)
-    with ray_head(tmp, num_cpus=4, env=env) as head:
+    with seeded_head(tmp, case.source, case.n_points, num_cpus=4, env=env) as (head, initial):
         live = LiveRun(head, tmp, mid, case, cfg, initial)
         live.reruns_after_kill = rerun
         try:
