@@ -177,6 +177,9 @@ def check(found: dict[int, Any], truth: dict[int, Any], tenants: set[str], where
         assert got[pid][1] == payload, f"{where}: point {pid} payload {got[pid][1]} != {payload}"
 
 
+WINDOW_AFTER_ROLLBACK_S = 1.0
+
+
 def live_config(root, mid: str, source: dict, target: dict, **over) -> Any:
     return parse_config({
         "migration_id": mid, "source": source, "target": target,
@@ -190,14 +193,29 @@ def live_config(root, mid: str, source: dict, target: dict, **over) -> Any:
 
 @pytest.mark.parametrize("direction, kill_router", [
     ("qdrant->lancedb", False), ("lancedb->qdrant", False), ("qdrant->lancedb", True)])
-def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_router):
+def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_router,
+                                     monkeypatch):
     import ray
+
+    from ray_migrate import driver
 
     src_kind, dst_kind = direction.split("->")
     source, truth = seed(src_kind, tmp_path)
     target = other_side(dst_kind, tmp_path)
     mid = f"live-{src_kind[0]}{dst_kind[0]}-{int(kill_router)}-{tmp_path.name}"
-    cfg = live_config(tmp_path, mid, source, target)
+    # The rollback window is held open until the test's rollback has ended, then lasts
+    # WINDOW_AFTER_ROLLBACK_S more (the writer writing): before, a fixed 6 s window had to
+    # outlast the rollback on a loaded machine, and was waited out whole.
+    cfg = live_config(tmp_path, mid, source, target,
+                      rollback={"window_s": WINDOW_AFTER_ROLLBACK_S})
+    rolled_back = threading.Event()
+    window = driver.hold_rollback_window
+
+    def held(m: Migration) -> None:
+        rolled_back.wait(240)
+        window(m)
+
+    monkeypatch.setattr(driver, "hold_rollback_window", held)
     started = threading.Event()
     result: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: result.update(
@@ -228,18 +246,21 @@ def test_live_migration_loses_nothing(ray_cluster, tmp_path, direction, kill_rou
 
     deadline = time.monotonic() + 240
     killed = False
-    while time.monotonic() < deadline and set(phases().values()) != {"target"}:
-        if kill_router and not killed and "copying" in phases().values():
-            ray.kill(coll.router.actor, no_restart=False)
-            killed = True
-        time.sleep(0.05)
-    assert set(phases().values()) == {"target"}, phases()
-    assert killed or not kill_router
-    # Inside the rollback window: flip one unit back while the writer goes on.
-    back = Migration(cfg, command="rollback")
-    back.start(workers=False)
-    res = switch_units(back, ["tenant=t1"], "rollback")
-    back.close(release_stores=False)
+    try:
+        while time.monotonic() < deadline and set(phases().values()) != {"target"}:
+            if kill_router and not killed and "copying" in phases().values():
+                ray.kill(coll.router.actor, no_restart=False)
+                killed = True
+            time.sleep(0.05)
+        assert set(phases().values()) == {"target"}, phases()
+        assert killed or not kill_router
+        # Inside the rollback window: flip one unit back while the writer goes on.
+        back = Migration(cfg, command="rollback")
+        back.start(workers=False)
+        res = switch_units(back, ["tenant=t1"], "rollback")
+        back.close(release_stores=False)
+    finally:
+        rolled_back.set()
     assert res["tenant=t1"]["ok"], res
     runner.join(240)
     time.sleep(0.5)
