@@ -205,16 +205,20 @@ class Snapshot:
 def test_two_migrations_side_by_side_with_clients_on_both(tmp_path: Path) -> None:
     from raycluster import ray_head
 
-    lives = []
-    with ray_head(tmp_path, num_cpus=6) as head:
-        for case in TWINS:
+    lives: list[LiveRun] = []
+    for case in TWINS:
+        (tmp_path / case.name).mkdir()
+    # The sources are seeded while `ray start` (processes of its own) boots.
+    seeding = ThreadPoolExecutor(len(TWINS), thread_name_prefix="seed")
+    seeded = [seeding.submit(seed, case.source, tmp_path / case.name / "source", case.n_points)
+              for case in TWINS]
+    with seeding, ray_head(tmp_path, num_cpus=6) as head:
+        for case, initial in zip(TWINS, (f.result() for f in seeded), strict=True):
             tmp = tmp_path / case.name
-            tmp.mkdir()
             if lives:  # one state_uri for both: the first one's, seen from here too
                 (tmp / "state").symlink_to(lives[0].tmp / "state")
             shared = {**case.config, "state_uri": str(tmp_path / TWINS[0].name / "state")}
             cfg = write_config(tmp, case.name, type(case)(case.name, case.source, config=shared))
-            initial = seed(case.source, tmp / "source", case.n_points)
             lives.append(LiveRun(head, tmp, case.name, case, cfg, initial,
                                  writer_args=("--seed", str(11 + len(lives)))))
         snap = Snapshot(lives)
