@@ -3,7 +3,7 @@
 A Ray head from `ray start --head` (token auth, tests/raycluster.py); `ray-migrate run CONFIG
 --address` as one subprocess; the application (tests/mp_workload.py) as another, writing one
 point per call through ``RoutedCollection.connect`` from as soon as the router exists, through
-copy, catch-up and every cutover wave, until 3 s after the run has ended; in one case an
+copy, catch-up and every cutover wave, until 2 s after the run has ended; in one case an
 operator's `ray-migrate rollback` of the canary inside its rollback window. Then source and
 target are read with the engines' own clients and compared with the writer's acknowledged
 operations replayed in order (one sequential writer: the final state of every id is known).
@@ -44,8 +44,9 @@ CASES = [
     ROLLBACK_CASE,
     # The copy's adaptive throttle on, with a ceiling every window is above: each copy batch
     # is followed by a pause while the writer writes, and nothing acknowledged may be lost.
-    Case("l2q", "lancedb", config={"copy": {"throttle": {"max_client_p99_ms": 0.01,
-                                                         "max_pause_s": 0.5}}}),
+    # 2000 points: ten batches of 200, each paused (4000 took ~16 s of copy, mostly pauses).
+    Case("l2q", "lancedb", n_points=2000,
+         config={"copy": {"throttle": {"max_client_p99_ms": 0.01, "max_pause_s": 0.5}}}),
     Case("q2l-moves", "qdrant", tenant_moves=True),
     # Both owners LanceDB, a writer of mostly updates in their tenant: its upserts update in
     # place without a look-up (P2b); those that move a point, insert or re-insert one find
