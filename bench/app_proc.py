@@ -27,6 +27,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))  # last on sys.path: bench/co
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
 import argparse
+import itertools
 import json
 import threading
 import time
@@ -223,7 +224,7 @@ def main() -> int:
     stop = threading.Event()
     wrng, rrng = np.random.default_rng(a.seed), np.random.default_rng(a.seed + 1)
 
-    turn = iter(range(1 << 62))
+    turn = itertools.count()
 
     def pick() -> np.ndarray:
         if not a.by_tenant:
